@@ -1,0 +1,26 @@
+"""Model families: each module exports MODEL_TYPES, config_from_hf, build and hf_architecture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+
+from ..errors import ConfigError
+from . import bert, distilbert
+
+_FAMILIES: list[ModuleType] = [bert, distilbert]
+try:  # the decoder family lands in its own module
+    from . import decoder
+
+    _FAMILIES.append(decoder)
+except ImportError:  # pragma: no cover
+    pass
+
+FAMILIES: dict[str, ModuleType] = {t: fam for fam in _FAMILIES for t in fam.MODEL_TYPES}
+
+
+def family_for(model_type: str | None, where: Path | str) -> ModuleType:
+    if model_type not in FAMILIES:
+        raise ConfigError(f"{where}: model_type {model_type!r} is not supported; supported: "
+                          f"{', '.join(sorted(FAMILIES))}")
+    return FAMILIES[model_type]

@@ -1,0 +1,191 @@
+"""load_model / save_pretrained: a Hub checkpoint becomes one of our own modules, and back.
+
+The walk: name -> local directory (hub.resolve_model) -> config.json -> family (models/) -> module built on the meta
+device -> checkpoint index -> strict key check -> each tensor read, cast and assigned -> fresh head initialised if
+the checkpoint carries none for this task.
+
+The key check is strict in the way a user needs: a missing or mis-shaped base weight, or an unknown key inside the
+base model, is an error that names the keys; a checkpoint's other heads (an MLM head, `lm_head`, NSP) and legacy
+buffers (`position_ids`) are dropped with a logged note, as the reference does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, ConfigError
+from .models import family_for
+from .weights import CheckpointIndex, _BUFFER_SUFFIXES, describe_keys, index_checkpoint, set_tensor
+
+log = logging.getLogger("minitune")
+
+DTYPES = {None: torch.float32, "fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+HEADS = ("sequence", "multiple_choice")
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype={dtype!r} is not supported; use one of fp32, bf16, fp16")
+    return DTYPES[dtype]
+
+
+def read_config(model_dir: Path) -> dict:
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{model_dir}: no config.json: point --model at a Hugging Face model directory")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}): download it again") from None
+
+
+def _checkpoint_head_labels(hf: dict, family, head: str) -> list[str] | None:
+    """Label names when the checkpoint was saved with a head for this task, else None."""
+    archs = hf.get("architectures") or []
+    if family.hf_architecture(hf["model_type"], head) not in archs:
+        return None
+    id2label = hf.get("id2label") or {}
+    return [id2label[k] for k in sorted(id2label, key=int)] if id2label else None
+
+
+def load_model(name_or_path, num_labels: int | None = None, head: str = "sequence", dtype=None) -> nn.Module:
+    """A classifier of our own modules with the checkpoint's weights; `model(input_ids, attention_mask)` -> logits."""
+    from .hub import resolve_model
+
+    if head not in HEADS:
+        raise ConfigError(f"head={head!r} is not supported; use one of {', '.join(HEADS)}")
+    path = resolve_model(str(name_or_path))
+    if path.suffix == ".gguf":
+        from .gguf import gguf_to_hf_config, gguf_to_state_dict, read_gguf
+        from .weights import index_state_dict
+
+        g = read_gguf(path)
+        hf, index = gguf_to_hf_config(g), index_state_dict(path, gguf_to_state_dict(g))
+    else:
+        hf, index = read_config(path), None
+    family = family_for(hf.get("model_type"), path)
+    cfg = family.config_from_hf(hf)
+    ckpt_labels = _checkpoint_head_labels(hf, family, head)
+    if num_labels is None:
+        num_labels = len(ckpt_labels) if ckpt_labels else 2
+    with torch.device("meta"):
+        model = family.build(cfg, head, num_labels)
+    index = index or index_checkpoint(path)
+    head_loaded = _copy_weights(model, index, resolve_dtype(dtype), use_head=ckpt_labels is not None)
+    model.hf_config, model.head, model.name_or_path = hf, head, str(name_or_path)
+    model.label_names = ckpt_labels if head_loaded else None
+    return model.eval()
+
+
+def _normalise_names(index: CheckpointIndex, prefix: str) -> dict[str, str]:
+    """Checkpoint name -> model name. A bare base model (no `bert.` prefix) gets the prefix added."""
+    names = list(index.shapes)
+    bare = not any(n.startswith(prefix + ".") for n in names)
+    return {n: (f"{prefix}.{n}" if bare else n) for n in names}
+
+
+def _copy_weights(model: nn.Module, index: CheckpointIndex, dtype: torch.dtype, use_head: bool) -> bool:
+    """The strict 1:1 copy. Returns whether the checkpoint's head was loaded (else a fresh head is initialised)."""
+    prefix = model.base_prefix
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    to_model = _normalise_names(index, prefix)
+    found = {to_model[n]: index.shapes[n] for n in index.shapes}
+
+    in_base = lambda k: k.startswith(prefix + ".")  # noqa: E731
+    head_keys = {k for k in expected if not in_base(k)}
+    # Pooler weights may be absent (checkpoints trained without NSP); the reference initialises them fresh.
+    optional = {k for k in expected if ".pooler." in k}
+    missing = [k for k in expected if k not in found and k not in head_keys and k not in optional]
+    unexpected = [k for k in found if in_base(k) and k not in expected and not k.endswith(_BUFFER_SUFFIXES)
+                  and ".pooler." not in k]
+    mismatched = [k for k in found if k in expected and k not in head_keys and found[k] != expected[k]]
+    where = index.path
+    if missing:
+        raise CheckpointError(f"{where}: missing weights {describe_keys(missing)}: the checkpoint does not fit "
+                              "its config.json (wrong or partial download?)")
+    if mismatched:
+        k = mismatched[0]
+        raise CheckpointError(f"{where}: {k} has shape {list(found[k])} but the config implies {list(expected[k])} "
+                              f"({len(mismatched)} mismatched): config.json and the weights disagree")
+    if unexpected:
+        raise CheckpointError(f"{where}: unexpected weights {describe_keys(unexpected)}: this checkpoint is not a "
+                              f"{model.cfg.model_type} model of this config")
+    head_fits = use_head and all(found.get(k) == expected[k] for k in head_keys)
+    dropped = [k for k in found if k not in expected or (k in head_keys and not head_fits)]
+    if dropped:
+        log.info("not used from the checkpoint: %s", describe_keys(dropped))
+
+    from_model = {m: n for n, m in to_model.items()}
+    for key in expected:
+        if key in found and (key not in head_keys or head_fits):
+            t = index.readers[from_model[key]]()
+            set_tensor(model, key, t.to(dtype) if t.is_floating_point() else t)
+    fresh = [k for k in expected if k not in found or (k in head_keys and not head_fits)]
+    _init_fresh(model, fresh, dtype)
+    return bool(head_keys) and head_fits
+
+
+def _init_fresh(model: nn.Module, keys: list[str], dtype: torch.dtype) -> None:
+    """Weights the checkpoint does not carry (a new head, a missing pooler), initialised as the reference does."""
+    if not keys:
+        return
+    log.info("initialised fresh: %s", describe_keys(keys))
+    std = getattr(model.cfg, "initializer_range", 0.02)
+    for key in keys:
+        module_name, _, leaf = key.rpartition(".")
+        module = model.get_submodule(module_name)
+        shape = (module._parameters.get(leaf) if leaf in module._parameters else module._buffers[leaf]).shape
+        t = torch.empty(shape, dtype=dtype)
+        if leaf == "bias":
+            nn.init.zeros_(t)
+        else:
+            nn.init.normal_(t, mean=0.0, std=std)
+        set_tensor(model, key, t)
+
+
+def save_pretrained(model: nn.Module, out_dir, label_names: list[str] | None = None,
+                    problem_type: str | None = None) -> None:
+    """The Hub layout: config.json (architectures, id2label) and model.safetensors, each written atomically."""
+    from safetensors.torch import save_file
+
+    from .models import family_for
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    family = family_for(model.hf_config.get("model_type"), out)
+    cfg = dict(model.hf_config)
+    names = label_names or model.label_names or [f"LABEL_{i}" for i in range(model.num_labels)]
+    if model.head == "sequence":
+        cfg["id2label"] = {str(i): n for i, n in enumerate(names)}
+        cfg["label2id"] = {n: i for i, n in enumerate(names)}
+    cfg["architectures"] = [family.hf_architecture(cfg["model_type"], model.head)]
+    if problem_type:
+        cfg["problem_type"] = problem_type
+    dtypes = {p.dtype for p in model.parameters()}
+    cfg["dtype"] = str(dtypes.pop()).removeprefix("torch.") if len(dtypes) == 1 else "float32"
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    _atomic_write(out / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
+    _atomic_write(out / "config.json", lambda p: Path(p).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n"))
+    model.label_names = names
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write to a temporary file beside `path`, then rename: a crash never leaves a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

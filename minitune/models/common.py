@@ -1,0 +1,64 @@
+"""Pieces the encoder families share: activations, the SDPA padding mask, and multiple-choice flattening."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = {
+    "gelu": F.gelu,  # exact (erf) GELU, as the reference's "gelu"
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+def attention_bias(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, T) 1/0 mask -> (B, 1, 1, T) boolean mask for scaled_dot_product_attention (True = attend).
+
+    None when nothing is padded, so SDPA can take its unmasked (faster) kernel.
+    """
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    return attention_mask[:, None, None, :].bool()
+
+
+def flatten_choices(input_ids, attention_mask, token_type_ids):
+    """Multiple choice: (B, C, T) -> (B*C, T) so every choice is encoded as its own sequence."""
+    if input_ids.dim() == 2:
+        return input_ids, attention_mask, token_type_ids
+
+    def flat(t):
+        return None if t is None else t.reshape(-1, t.shape[-1])  # (B*C, T)
+
+    return flat(input_ids), flat(attention_mask), flat(token_type_ids)
+
+
+def unflatten_choices(logits: torch.Tensor, input_shape: torch.Size) -> torch.Tensor:
+    if len(input_shape) == 3:
+        return logits.view(input_shape[0], input_shape[1])  # (B, C)
+    return logits
+
+
+class Classifier(torch.nn.Module):
+    """What every family's classifier shares: where the Hub config lives and how to save in the Hub layout.
+
+    Subclasses set `base_prefix` (the Hub's name for the bare model: "bert", "roberta", "distilbert", "model") and
+    build a head whose parameters live outside that prefix. `load_model` fills `hf_config`, `label_names` and
+    `model_type` after loading.
+    """
+
+    base_prefix: str = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hf_config: dict = {}
+        self.label_names: list[str] | None = None
+        self.head = "sequence"
+
+    def save_pretrained(self, out_dir, label_names: list[str] | None = None, problem_type: str | None = None) -> None:
+        from ..modeling import save_pretrained
+
+        save_pretrained(self, out_dir, label_names=label_names, problem_type=problem_type)

@@ -1,0 +1,133 @@
+"""Checkpoint readers and the strict 1:1 copy into a module built on the meta device.
+
+Formats: `model.safetensors`, sharded safetensors (`model.safetensors.index.json`), and, for repositories that only
+have it, `pytorch_model.bin` read with `torch.load(weights_only=True)` -- nothing is ever unpickled without it.
+GGUF files go through minitune.gguf and arrive here as an in-memory state dict.
+
+Why a meta-device build: the module's parameters are never allocated; each checkpoint tensor is read (and cast to the
+requested dtype) one at a time and becomes the parameter itself, so a checkpoint is never held twice in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+
+log = logging.getLogger("minitune")
+
+# Keys the reference keeps in checkpoints that are not weights (legacy buffers), dropped silently.
+_BUFFER_SUFFIXES = ("position_ids", "rotary_emb.inv_freq", "token_type_ids")
+
+
+@dataclass
+class CheckpointIndex:
+    """Names and shapes of a checkpoint's tensors, and how to read each one, without reading any data."""
+
+    path: Path
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    readers: dict[str, Callable[[], torch.Tensor]] = field(default_factory=dict)
+
+    def add(self, name: str, shape, reader: Callable[[], torch.Tensor]) -> None:
+        self.shapes[name] = tuple(shape)
+        self.readers[name] = reader
+
+
+def _fix_legacy_name(name: str) -> str:
+    # Old TF-converted checkpoints name LayerNorm parameters gamma/beta; the reference renames them on load.
+    if name.endswith(".gamma"):
+        return name[: -len(".gamma")] + ".weight"
+    if name.endswith(".beta"):
+        return name[: -len(".beta")] + ".bias"
+    return name
+
+
+def _index_safetensors(index: CheckpointIndex, file: Path) -> None:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        handle = safe_open(str(file), framework="pt")
+        names = list(handle.keys())
+        shapes = {n: handle.get_slice(n).get_shape() for n in names}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{file}: not a readable safetensors file ({e}); it is truncated or corrupt: delete it and download it again"
+        ) from None
+    for n in names:
+        index.add(_fix_legacy_name(n), shapes[n], lambda n=n, h=handle: _read_safetensor(h, n, file))
+
+
+def _read_safetensor(handle, name: str, file: Path) -> torch.Tensor:
+    try:
+        return handle.get_tensor(name)
+    except Exception as e:  # safetensors raises several types for truncated data
+        raise CheckpointError(f"{file}: tensor {name!r} cannot be read ({e}): the file is truncated or corrupt") from None
+
+
+def _index_pytorch_bin(index: CheckpointIndex, file: Path) -> None:
+    try:
+        sd = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"{file}: cannot be read with torch.load(weights_only=True) ({type(e).__name__}); it is corrupt or holds "
+            "more than tensors: convert it to safetensors with a tool you trust"
+        ) from None
+    for n, t in sd.items():
+        index.add(_fix_legacy_name(n), t.shape, lambda t=t: t)
+
+
+def index_checkpoint(model_dir: Path) -> CheckpointIndex:
+    """Find the weights in a Hub-layout directory and index them."""
+    index = CheckpointIndex(model_dir)
+    single, sharded = model_dir / "model.safetensors", model_dir / "model.safetensors.index.json"
+    if single.is_file():
+        _index_safetensors(index, single)
+    elif sharded.is_file():
+        try:
+            weight_map = json.loads(sharded.read_text())["weight_map"]
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{sharded}: not a valid shard index ({e}): download it again") from None
+        for shard in sorted(set(weight_map.values())):
+            if not (model_dir / shard).is_file():
+                raise CheckpointError(f"{sharded} names shard {shard!r}, which is missing: download it again")
+            _index_safetensors(index, model_dir / shard)
+    elif (model_dir / "pytorch_model.bin").is_file():
+        _index_pytorch_bin(index, model_dir / "pytorch_model.bin")
+    else:
+        raise CheckpointError(
+            f"{model_dir}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin: "
+            "point --model at a directory holding the checkpoint's weights"
+        )
+    return index
+
+
+def index_state_dict(path: Path, sd: dict[str, torch.Tensor]) -> CheckpointIndex:
+    index = CheckpointIndex(path)
+    for n, t in sd.items():
+        index.add(n, t.shape, lambda t=t: t)
+    return index
+
+
+def set_tensor(model: nn.Module, key: str, value: torch.Tensor, requires_grad: bool = True) -> None:
+    """Make `value` the parameter or buffer `key` of `model` (no copy: the tensor itself)."""
+    module_name, _, leaf = key.rpartition(".")
+    module = model.get_submodule(module_name)
+    if leaf in module._parameters:
+        module._parameters[leaf] = nn.Parameter(value, requires_grad=requires_grad and value.is_floating_point())
+    elif leaf in module._buffers:
+        module._buffers[leaf] = value
+    else:
+        raise KeyError(key)
+
+
+def describe_keys(keys, limit: int = 5) -> str:
+    keys = sorted(keys)
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
