@@ -6,9 +6,9 @@ from pathlib import Path
 from types import ModuleType
 
 from ..errors import ConfigError
-from . import bert, distilbert
+from . import bert, distilbert, ffnn
 
-_FAMILIES: list[ModuleType] = [bert, distilbert]
+_FAMILIES: list[ModuleType] = [bert, distilbert, ffnn]
 try:  # the decoder family lands in its own module
     from . import decoder
 

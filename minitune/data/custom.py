@@ -1,0 +1,173 @@
+"""User data files for ``--task custom``: CSV, TSV or JSON Lines with a text, a label and an optional pair column.
+
+Labels may be names or integers. A label cell holding several labels (comma-separated in CSV/TSV, a JSON list
+in JSONL) makes the task multi-label; there an empty cell means "no label". Label names are the sorted
+distinct labels of the training file (numerically when all are integers) unless the user gives them; with
+given names, a cell may also hold a 0-based index into them. A dev or test file may not introduce labels the
+training file lacks. Label names cannot contain commas (the comma separates labels).
+
+This module only parses and maps labels; tasks.py turns the rows into Examples.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from minitune.data.readers import data_error, read_delimited, read_jsonl, warn_skipped
+SINGLE_LABEL, MULTI_LABEL = "single_label", "multi_label"
+_DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+_JSONL = (".jsonl", ".ndjson")
+_INT = re.compile(r"-?\d+")
+
+
+@dataclass(frozen=True)
+class Columns:
+    text: str = "text"
+    label: str = "label"
+    pair: str | None = None
+
+    def needed(self) -> list[str]:
+        return [self.text, self.label] + ([self.pair] if self.pair else [])
+
+
+@dataclass
+class Row:
+    """One parsed record before its labels are mapped to indices."""
+
+    line: int
+    text: str
+    pair: str | None
+    tokens: list[str]
+    multi: bool  # the cell itself says multi-label (several labels, or a JSON list)
+
+
+def read_rows(path: Path, columns: Columns) -> list[Row]:
+    """Parse a custom file by extension; rows with an empty text are skipped with one DataWarning."""
+    suffix = path.suffix.lower()
+    if suffix in _DELIMITERS:
+        rows = _delimited_rows(path, _DELIMITERS[suffix], columns)
+    elif suffix in _JSONL:
+        rows = _jsonl_rows(path, columns)
+    else:
+        raise data_error(path, None, f"unsupported file type {suffix or '(none)'!r}",
+                         "use a .csv, .tsv or .jsonl file")
+    kept = [row for row in rows if row.text.strip()]
+    if not kept:
+        raise data_error(path, None, f"every row has an empty {columns.text!r}", "fill in the text column")
+    warn_skipped(path, [row.line for row in rows if not row.text.strip()])
+    return kept
+
+
+def _column_fix(columns: Columns) -> str:
+    return "choose the columns with --text-col / --label-col / --pair-col"
+
+
+def _delimited_rows(path: Path, delimiter: str, columns: Columns) -> list[Row]:
+    table = read_delimited(path, delimiter, header=True)
+    fix = _column_fix(columns)
+    i_text, i_label = table.column(columns.text, fix), table.column(columns.label, fix)
+    i_pair = table.column(columns.pair, fix) if columns.pair else None
+    rows = []
+    for line, fields in table.rows:
+        tokens = [token.strip() for token in fields[i_label].split(",") if token.strip()]
+        pair = fields[i_pair] if i_pair is not None else None
+        rows.append(Row(line, fields[i_text], pair, tokens, len(tokens) > 1))
+    return rows
+
+
+def _jsonl_rows(path: Path, columns: Columns) -> list[Row]:
+    rows = []
+    for line, record in read_jsonl(path):
+        for key in columns.needed():
+            if key not in record:
+                present = ", ".join(repr(k) for k in record)
+                raise data_error(path, line, f"missing key {key!r} (keys present: {present})",
+                                 _column_fix(columns))
+        text = _string(path, line, record, columns.text)
+        pair = _string(path, line, record, columns.pair) if columns.pair else None
+        tokens, multi = _json_label(path, line, record[columns.label])
+        rows.append(Row(line, text, pair, tokens, multi))
+    return rows
+
+
+def _string(path: Path, line: int, record: dict[str, Any], key: str) -> str:
+    value = record[key]
+    if not isinstance(value, str):
+        raise data_error(path, line, f"{key!r} must be a string, got {type(value).__name__}",
+                         "quote the value")
+    return value
+
+
+def _json_label(path: Path, line: int, value: Any) -> tuple[list[str], bool]:
+    """A JSON label: a name, an integer, a comma-separated string, or a list of names/integers."""
+    def token(item: Any) -> str:
+        if isinstance(item, str):
+            return item.strip()
+        if isinstance(item, int) and not isinstance(item, bool):
+            return str(item)
+        raise data_error(path, line, f"label {item!r} is not a name or an integer",
+                         "write labels as strings, integers or a list of them")
+
+    if isinstance(value, list):
+        return [t for t in map(token, value) if t], True
+    if isinstance(value, str):
+        tokens = [t.strip() for t in value.split(",") if t.strip()]
+        return tokens, len(tokens) > 1
+    return [token(value)], False
+
+
+def label_names_from(rows: list[Row]) -> list[str]:
+    """Sorted distinct labels; numerically when every label is an integer."""
+    distinct = {token for row in rows for token in row.tokens}
+    if distinct and all(_INT.fullmatch(token) for token in distinct):
+        return sorted(distinct, key=int)
+    return sorted(distinct)
+
+
+def infer_kind(path: Path, train: list[Row], others: list[Row], names: list[str]) -> str:
+    """Multi-label when any cell of any file holds several labels (or a JSON list)."""
+    kind = MULTI_LABEL if any(row.multi for row in train + others) else SINGLE_LABEL
+    if kind == SINGLE_LABEL and len(names) < 2:
+        raise data_error(path, None, f"only one label ({', '.join(names) or 'none'}) in the file",
+                         "a classifier needs at least two labels; check --label-col")
+    return kind
+
+
+def encode_labels(path: Path, rows: list[Row], names: list[str], kind: str, ids_allowed: bool
+                  ) -> list[int | list[int]]:
+    """Map each row's label tokens to a class index (single-label) or a multi-hot list (multi-label).
+
+    ``ids_allowed``: an integer token that is not a label name is read as a 0-based index into ``names``
+    (only when the user gave the names; otherwise integers are names themselves).
+    """
+    index = {name: i for i, name in enumerate(names)}
+    labels: list[int | list[int]] = []
+    for row in rows:
+        ids = [_label_index(path, row.line, token, index, names, ids_allowed) for token in row.tokens]
+        if kind == MULTI_LABEL:
+            hot = [0] * len(names)
+            for i in ids:
+                hot[i] = 1
+            labels.append(hot)
+        elif len(ids) == 1:
+            labels.append(ids[0])
+        else:
+            problem = "empty label" if not ids else f"{len(ids)} labels in a single-label task"
+            raise data_error(path, row.line, problem, "give exactly one label per row")
+    return labels
+
+
+def _label_index(path: Path, line: int, token: str, index: dict[str, int], names: list[str],
+                 ids_allowed: bool) -> int:
+    if token in index:
+        return index[token]
+    if ids_allowed and _INT.fullmatch(token):
+        if 0 <= int(token) < len(names):
+            return int(token)
+        raise data_error(path, line, f"label id {token} out of range 0..{len(names) - 1}",
+                         "ids are 0-based positions in --label-names")
+    known = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+    raise data_error(path, line, f"unknown label {token!r} (known labels: {known})",
+                     "use a label of the training file or list it in --label-names")

@@ -1,0 +1,52 @@
+"""Examples -> token features, once per run; and rare-label oversampling for multi-label training.
+
+A feature is what batching.collate pads: {"input_ids", "token_type_ids", "label"}; for multiple choice each key
+holds one list per choice, every choice encoded as the pair (query, option).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .tasks import MULTI_LABEL, MULTIPLE_CHOICE, Example
+
+
+def tokenize(examples: Sequence[Example], tokenizer, kind: str, max_length: int) -> list[dict]:
+    if kind == MULTIPLE_CHOICE:
+        return [_choice_feature(ex, tokenizer, max_length) for ex in examples]
+    pairs = [ex.pair for ex in examples] if examples and examples[0].pair is not None else None
+    encoded = tokenizer.encode_batch([ex.text for ex in examples], pairs, max_length=max_length)
+    features = []
+    for ex, enc in zip(examples, encoded):
+        f = {"input_ids": enc["input_ids"], "token_type_ids": enc["token_type_ids"]}
+        if ex.label is not None:
+            f["label"] = [float(v) for v in ex.label] if kind == MULTI_LABEL else int(ex.label)
+        features.append(f)
+    return features
+
+
+def _choice_feature(ex: Example, tokenizer, max_length: int) -> dict:
+    enc = tokenizer.encode_batch([ex.text] * len(ex.choices), list(ex.choices), max_length=max_length)
+    f = {"input_ids": [e["input_ids"] for e in enc], "token_type_ids": [e["token_type_ids"] for e in enc]}
+    if ex.label is not None:
+        f["label"] = int(ex.label)
+    return f
+
+
+def oversample_rare(Y: np.ndarray, min_count: int, seed: int) -> np.ndarray:
+    """Indices of the training set with examples of rare labels repeated until each label has >= min_count
+    positives (or as close as repeating its examples allows). Frequent labels are left alone."""
+    rng = np.random.default_rng(seed)
+    extra: list[np.ndarray] = []
+    counts = Y.sum(axis=0).astype(np.int64)
+    for label in np.argsort(counts):  # rarest first: their copies also count toward labels they co-occur with
+        have = counts[label]
+        if have == 0 or have >= min_count:
+            continue
+        rows = np.flatnonzero(Y[:, label])
+        added = rng.choice(rows, size=min_count - have, replace=True)
+        extra.append(added)
+        counts += Y[added].sum(axis=0).astype(np.int64)
+    return np.concatenate([np.arange(len(Y)), *extra]) if extra else np.arange(len(Y))

@@ -1,0 +1,98 @@
+"""Per-label decision thresholds for multi-label classification, tuned on dev to maximise each label's F1.
+
+Each label is tuned on its own (its F1 depends only on its own column), over one of two candidate sets:
+- "grid": 0.05, 0.10, ..., 0.95 — coarse, hard to overfit on small dev sets (the default);
+- "unique": every distinct score of that label plus 0.5 — the exact optimum on dev, more prone to overfit.
+A label is predicted when score >= threshold (`apply_thresholds`, the same rule as metrics.predict_multilabel).
+Ties in F1 go to the threshold closest to 0.5 (then the lower one), so a label whose F1 is flat — e.g. no
+positives on dev, where F1 is 0 everywhere — keeps the untuned 0.5.
+
+Both searches are vectorised: the grid scores all (threshold, example, label) triples at once; "unique"
+sorts each column once and reads tp and predicted counts at every cut from cumulative sums.
+Because thresholds are chosen on dev, dev metrics at tuned thresholds are optimistic; judge them on test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minitune.eval.metrics import predict_multilabel
+
+GRID = np.round(np.arange(1, 20) * 0.05, 2)  # 0.05 .. 0.95; rounded so 0.15 is 0.15, not 0.15000000000000002
+DEFAULT_THRESHOLD = 0.5
+
+
+def _check(y_true, probs) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true)
+    p = np.asarray(probs, dtype=np.float64)
+    if y.ndim != 2 or y.shape != p.shape:
+        raise ValueError(f"y_true {y.shape} and probs {p.shape} must both be (N, L)")
+    if y.dtype != bool and not np.isin(y, (0, 1)).all():
+        raise ValueError("y_true must hold only 0/1 values")
+    return y.astype(bool), p
+
+
+def _pick(f1: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Per column of f1 (K, L) the candidate (K, L) with the best F1; ties -> nearest 0.5, then lower."""
+    best = np.nanmax(f1, axis=0, keepdims=True)
+    is_best = np.isclose(f1, best, rtol=1e-12, atol=0.0) & ~np.isnan(f1)
+    # Lexicographic key: distance to 0.5 first, the threshold itself second; non-best rows are pushed out.
+    distance = np.where(is_best, np.abs(candidates - DEFAULT_THRESHOLD), np.inf)
+    key = np.where(np.isclose(distance, distance.min(axis=0, keepdims=True), rtol=0, atol=1e-12),
+                   candidates, np.inf)
+    return np.take_along_axis(candidates, key.argmin(axis=0)[None, :], axis=0)[0]
+
+
+def _grid_f1(y: np.ndarray, p: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    pred = p[None, :, :] >= grid[:, None, None]  # (G, N, L)
+    tp = (pred & y[None]).sum(axis=1)  # (G, L)
+    denom = pred.sum(axis=1) + y.sum(axis=0)[None, :]
+    return np.divide(2.0 * tp, denom, out=np.zeros(tp.shape), where=denom > 0)
+
+
+def _unique_f1(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """F1 at every distinct score of each column: (N + 1, L) values and candidates, NaN where not a cut."""
+    n, num_labels = p.shape
+    order = np.argsort(-p, axis=0, kind="stable")
+    s = np.take_along_axis(p, order, axis=0)  # (N, L) descending
+    tp = np.cumsum(np.take_along_axis(y, order, axis=0), axis=0)  # positives among the top k+1
+    k = np.arange(1, n + 1)[:, None]  # predicted count when cutting after row k-1
+    # Only the last row of a run of equal scores is a valid cut: threshold s predicts all rows >= s.
+    last_of_run = np.ones_like(s, dtype=bool)
+    last_of_run[:-1] = s[:-1] != s[1:]
+    f1 = np.where(last_of_run, 2.0 * tp / (k + y.sum(axis=0)[None, :]), np.nan)
+    # Append the 0.5 candidate so a flat F1 can fall back to the untuned threshold.
+    at_half = _grid_f1(y, p, np.array([DEFAULT_THRESHOLD]))
+    return np.vstack([f1, at_half]), np.vstack([s, np.full((1, num_labels), DEFAULT_THRESHOLD)])
+
+
+def tune_thresholds(y_true, probs, method: str = "grid") -> np.ndarray:
+    """Per-label thresholds (L,) maximising each label's F1 on (y_true, probs), both (N, L).
+
+    method: "grid" (0.05..0.95 step 0.05) or "unique" (each label's distinct scores, plus 0.5).
+    """
+    y, p = _check(y_true, probs)
+    if p.shape[0] == 0:
+        return np.full(p.shape[1], DEFAULT_THRESHOLD)
+    if method == "grid":
+        f1 = _grid_f1(y, p, GRID)
+        candidates = np.broadcast_to(GRID[:, None], f1.shape)
+    elif method == "unique":
+        f1, candidates = _unique_f1(y, p)
+    else:
+        raise ValueError(f"threshold method {method!r} must be 'grid' or 'unique'")
+    return _pick(f1, candidates)
+
+
+def apply_thresholds(probs, thr) -> np.ndarray:
+    """Bool (N, L) predictions: probs >= thr, thr a scalar or (L,)."""
+    return predict_multilabel(probs, thr)
+
+
+def per_label_f1(y_true, probs, thr) -> np.ndarray:
+    """F1 of each label (L,) at thresholds thr (scalar or (L,)); 0 where a label has no gold nor predicted."""
+    y, p = _check(y_true, probs)
+    pred = apply_thresholds(p, thr)
+    tp = (pred & y).sum(axis=0)
+    denom = pred.sum(axis=0) + y.sum(axis=0)
+    return np.divide(2.0 * tp, denom, out=np.zeros(tp.shape), where=denom > 0)

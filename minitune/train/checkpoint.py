@@ -1,0 +1,98 @@
+"""Checkpoints for `--resume`: model, optimizer, scheduler, loss scaler, every RNG and the sampler position.
+
+Written atomically: everything goes into a fresh temporary directory beside the target, which then replaces the
+previous checkpoint by rename, so a crash mid-write leaves the last good checkpoint in place. Weights are
+safetensors; the trainer state is read back with `torch.load(weights_only=True)`: it holds only tensors, numbers,
+strings, lists and dicts, never pickled objects.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import CheckpointError
+
+WEIGHTS, STATE = "model.safetensors", "trainer_state.pt"
+
+
+def rng_state() -> dict:
+    state = {"python": json.dumps(random.getstate()), "numpy": json.dumps(_np_state()), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _np_state() -> list:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return [name, keys.tolist(), pos, has_gauss, gauss]
+
+
+def set_rng_state(state: dict) -> None:
+    py = json.loads(state["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    name, keys, pos, has_gauss, gauss = json.loads(state["numpy"])
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint must keep: every trainable parameter (all of them for full fine-tuning, adapters for LoRA)."""
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k in names}
+
+
+def save_checkpoint(directory: Path, model, optimizer, scheduler, scaler, sampler, loop_state: dict) -> None:
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    try:
+        save_file(trainable_state(model), str(tmp / WEIGHTS))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(), "sampler": sampler.state_dict(), "rng": rng_state(),
+                    "loop": loop_state}, tmp / STATE)
+        old = directory.with_name(directory.name + ".old")
+        if directory.exists():
+            directory.rename(old)
+        tmp.rename(directory)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_checkpoint(directory: Path, model, optimizer, scheduler, scaler, sampler) -> dict:
+    """Restore everything save_checkpoint wrote; returns the loop state."""
+    directory = Path(directory)
+    if not (directory / STATE).is_file() or not (directory / WEIGHTS).is_file():
+        raise CheckpointError(f"--resume {directory.parent}: no checkpoint there ({directory} lacks {WEIGHTS} or "
+                              f"{STATE}); start without --resume")
+    try:
+        weights = load_file(str(directory / WEIGHTS))
+        state = torch.load(directory / STATE, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"--resume {directory}: the checkpoint cannot be read ({type(e).__name__}: {e}); "
+                              "it is corrupt: start without --resume") from None
+    own = model.state_dict()
+    unknown = [k for k in weights if k not in own]
+    if unknown:
+        raise CheckpointError(f"--resume {directory}: weights {unknown[:3]} do not belong to this model: resume with "
+                              "the same --model and options")
+    with torch.no_grad():
+        for k, v in weights.items():
+            own[k].copy_(v)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    sampler.load_state_dict(state["sampler"])
+    set_rng_state(state["rng"])
+    return state["loop"]

@@ -1,0 +1,137 @@
+"""The training loop: accumulation equals the large batch, resume equals straight training, non-finite steps skip."""
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import transformers
+
+import minitune
+from minitune.data.batching import BucketedBatchSampler, collate, length_of
+from minitune.train.amp import DynamicLossScaler
+from minitune.train.loop import TrainData, accumulate_gradients, fit
+from minitune.train.losses import build_loss
+
+
+def tiny_bert(tmp_path, dropout=0.1):
+    torch.manual_seed(3)
+    cfg = transformers.BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=37, max_position_embeddings=64, hidden_dropout_prob=dropout,
+                                  attention_probs_dropout_prob=dropout, num_labels=3)
+    transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path / "tiny")
+    return minitune.load_model(tmp_path / "tiny", num_labels=3)
+
+
+def ragged_features(n=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    feats = []
+    for i in range(n):
+        length = int(torch.randint(3, 40, (1,), generator=g))
+        ids = [2] + torch.randint(5, 60, (length,), generator=g).tolist() + [3]
+        feats.append({"input_ids": ids, "token_type_ids": [0] * len(ids), "label": i % 3})
+    return feats
+
+
+def grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_four_micro_batches_of_8_equal_one_batch_of_32(tmp_path):
+    model = tiny_bert(tmp_path, dropout=0.0).train()
+    feats = ragged_features(32)
+    loss_fn = build_loss("ce", "single_label", 3)
+    scaler = DynamicLossScaler(enabled=False)
+    cpu = torch.device("cpu")
+    big_loss, _ = accumulate_gradients(model, loss_fn, [collate(feats, 0)], "fp32", cpu, scaler)
+    big = grads(model)
+    model.zero_grad(set_to_none=True)
+    # Micro-batches of different padded lengths: sorted by length, so each pads to a very different width.
+    order = sorted(range(32), key=lambda i: length_of(feats[i]))
+    micro = [collate([feats[i] for i in order[k:k + 8]], 0) for k in range(0, 32, 8)]
+    assert len({b["input_ids"].shape[1] for b in micro}) == 4
+    small_loss, _ = accumulate_gradients(model, loss_fn, micro, "fp32", cpu, scaler)
+    small = grads(model)
+    assert math.isclose(big_loss, small_loss, rel_tol=1e-5)
+    for name in big:
+        torch.testing.assert_close(small[name], big[name], atol=1e-6, rtol=1e-5)
+
+
+def loop_cfg(**kw):
+    base = dict(epochs=2, max_steps=None, grad_accum=2, lr=1e-3, weight_decay=0.01, llrd=0.9, scheduler="cosine",
+                warmup_ratio=0.1, precision="fp32", clip_grad=1.0, eval_every=None, log_every=1, patience=None,
+                metric="score", resume=None)
+    return SimpleNamespace(**{**base, **kw})
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashingFeatures(list):
+    """Raises on the first access after `after` accesses: a crash in the middle of training."""
+
+    def __init__(self, items, after):
+        super().__init__(items)
+        self.left = after
+
+    def __getitem__(self, i):
+        self.left -= 1
+        if self.left < 0:
+            raise Crash()
+        return super().__getitem__(i)
+
+
+def run_fit(tmp_path, name, features, cfg, evaluate=None):
+    model = tiny_bert(tmp_path / name)
+    torch.manual_seed(cfg.seed if hasattr(cfg, "seed") else 0)
+    data = TrainData(features, BucketedBatchSampler([length_of(f) for f in features], 4, seed=1, window=2),
+                     lambda b: collate(b, 0))
+    evaluate = evaluate or (lambda m: {"score": 0.0})
+    state = fit(model, build_loss("ce", "single_label", 3), data, evaluate, cfg, tmp_path / name, torch.device("cpu"))
+    return model, state
+
+
+def test_two_epochs_equal_one_epoch_then_resume(tmp_path):
+    feats = ragged_features(24)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    straight, _ = run_fit(tmp_path, "a", feats, loop_cfg())
+    # Crash early in epoch 2 (24 features per epoch), then resume from the epoch-1 checkpoint.
+    with pytest.raises(Crash):
+        run_fit(tmp_path, "b", CrashingFeatures(feats, after=24 + 5), loop_cfg())
+    resumed, state = run_fit(tmp_path, "b", feats, loop_cfg(resume=str(tmp_path / "b")))
+    assert state.epoch == 2 and state.step == 6
+    for (n, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), n
+
+
+def test_non_finite_loss_skips_the_step_and_keeps_weights(tmp_path):
+    feats = ragged_features(8)
+    model = tiny_bert(tmp_path)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ce = build_loss("ce", "single_label", 3)
+    data = TrainData(feats, BucketedBatchSampler([length_of(f) for f in feats], 8, seed=0), lambda b: collate(b, 0))
+    for precision in ("fp32", "fp16"):
+        state = fit(model, lambda logits, y: ce(logits, y) * float("nan"), data, lambda m: {"score": 0.0},
+                    loop_cfg(epochs=1, grad_accum=1, precision=precision), tmp_path, torch.device("cpu"))
+        assert state.skipped_steps == 1 and state.step == 0
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, before[k]), k
+
+
+def test_early_stopping_keeps_the_best_weights(tmp_path):
+    feats = ragged_features(16)
+    scores = iter([0.5, 0.9, 0.4, 0.3, 0.2, 0.1])
+    snapshots = []
+
+    def evaluate(m):
+        snapshots.append({k: v.clone() for k, v in m.state_dict().items()})
+        return {"score": next(scores)}
+
+    (tmp_path / "c").mkdir()
+    model, state = run_fit(tmp_path, "c", feats, loop_cfg(epochs=6, patience=2, grad_accum=1), evaluate)
+    assert state.stopped_early and state.epoch == 4 and state.best == 0.9
+    for k, v in model.state_dict().items():  # the model holds epoch 2's weights, the best
+        assert torch.equal(v, snapshots[1][k]), k
+    lines = (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()
+    assert sum('"type": "eval"' in line for line in lines) == 4
