@@ -6,15 +6,9 @@ from pathlib import Path
 from types import ModuleType
 
 from ..errors import ConfigError
-from . import bert, distilbert, ffnn
+from . import bert, decoder, distilbert, ffnn
 
-_FAMILIES: list[ModuleType] = [bert, distilbert, ffnn]
-try:  # the decoder family lands in its own module
-    from . import decoder
-
-    _FAMILIES.append(decoder)
-except ImportError:  # pragma: no cover
-    pass
+_FAMILIES: list[ModuleType] = [bert, distilbert, decoder, ffnn]
 
 FAMILIES: dict[str, ModuleType] = {t: fam for fam in _FAMILIES for t in fam.MODEL_TYPES}
 

@@ -23,9 +23,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
-from .common import ACTIVATIONS, Classifier, attention_bias, flatten_choices, unflatten_choices
+from .common import (ACTIVATIONS, Classifier, Packing, attention_bias, choose_packing, flatten_choices,
+                     unflatten_choices)
 
 MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
+# Unpad when at least this share of a batch is padding (see benchmarks/padding.py for where it pays).
+UNPAD_MIN_SHARE = 0.15
 
 
 @dataclass
@@ -108,17 +111,21 @@ class Layer(nn.Module):
         self.output = nn.ModuleDict({"dense": nn.Linear(cfg.intermediate_size, h), "LayerNorm": nn.LayerNorm(h, eps=eps)})
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        B, T, H = x.shape
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None, pack: Packing | None = None) -> torch.Tensor:
+        """x: (B, T, H), or (N, H) real tokens only when `pack` says where they sit."""
         sa, ao = self.attention["self"], self.attention["output"]
+        H = x.shape[-1]
 
         def heads(t: torch.Tensor) -> torch.Tensor:
+            t = pack.pad(t) if pack is not None else t  # attention needs the (B, T) layout back
+            B, T = t.shape[:2]
             return t.view(B, T, self.n_heads, H // self.n_heads).transpose(1, 2)  # (B, nh, T, hd)
 
         q, k, v = heads(sa["query"](x)), heads(sa["key"](x)), heads(sa["value"](x))
         p = self.attn_dropout if self.training else 0.0
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
-        a = a.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
+        a = a.transpose(1, 2).flatten(2)  # (B, T, H)
+        a = pack.unpad(a) if pack is not None else a
         x = ao["LayerNorm"](x + self.dropout(ao["dense"](a)))
         h = self.act(self.intermediate["dense"](x))
         return self.output["LayerNorm"](x + self.dropout(self.output["dense"](h)))
@@ -133,16 +140,19 @@ class Encoder(nn.Module):
         self.encoder = nn.ModuleDict({"layer": nn.ModuleList(Layer(cfg) for _ in range(cfg.num_hidden_layers))})
         self.pooler = nn.ModuleDict({"dense": nn.Linear(cfg.hidden_size, cfg.hidden_size)}) if pooler else None
         self.gradient_checkpointing = False
+        self.unpad_min_share = UNPAD_MIN_SHARE
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         x = self.embeddings(input_ids, token_type_ids)
         bias = attention_bias(attention_mask)
+        pack = choose_packing(attention_mask, self.unpad_min_share) if bias is not None else None
+        x = pack.unpad(x) if pack is not None else x  # (N, H): pads leave after the embeddings, once
         for layer in self.encoder["layer"]:
             if self.gradient_checkpointing and self.training:
-                x = checkpoint(layer, x, bias, use_reentrant=False)
+                x = checkpoint(layer, x, bias, pack, use_reentrant=False)
             else:
-                x = layer(x, bias)
-        return x  # (B, T, H)
+                x = layer(x, bias, pack)
+        return pack.pad(x) if pack is not None else x  # (B, T, H); zeros at pads when unpadded
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.pooler["dense"](hidden[:, 0]))

@@ -25,6 +25,36 @@ def attention_bias(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     return attention_mask[:, None, None, :].bool()
 
 
+class Packing:
+    """Where the real tokens of a padded (B, T) batch sit, to run per-token layers on real tokens only.
+
+    Projections, MLPs and norms act on each token independently, so they can run on the (N, H) stack of real
+    tokens; only attention needs the (B, T) layout back. `pad` re-forms the padded block (zeros at pads), `unpad`
+    takes the real rows out again.
+    """
+
+    def __init__(self, attention_mask: torch.Tensor):
+        self.B, self.T = attention_mask.shape
+        self.keep = attention_mask.reshape(-1).nonzero().squeeze(1)  # (N,) flat indices of real tokens
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(self.B * self.T, -1).index_select(0, self.keep)  # (N, H)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.new_zeros(self.B * self.T, x.shape[-1]).index_copy(0, self.keep, x)
+        return out.view(self.B, self.T, -1)  # (B, T, H)
+
+
+def choose_packing(attention_mask: torch.Tensor | None, min_pad_share: float) -> Packing | None:
+    """Unpad only when enough of the batch is padding to pay for the gathers and scatters around attention."""
+    if attention_mask is None or min_pad_share > 1:
+        return None
+    real = int(attention_mask.sum())
+    if real == attention_mask.numel() or 1 - real / attention_mask.numel() < min_pad_share:
+        return None
+    return Packing(attention_mask)
+
+
 def flatten_choices(input_ids, attention_mask, token_type_ids):
     """Multiple choice: (B, C, T) -> (B*C, T) so every choice is encoded as its own sequence."""
     if input_ids.dim() == 2:
@@ -57,6 +87,14 @@ class Classifier(torch.nn.Module):
         self.hf_config: dict = {}
         self.label_names: list[str] | None = None
         self.head = "sequence"
+
+    def set_unpadded(self, flag: bool | float) -> None:
+        """Run per-token layers on real tokens only: True always, False never, a float: when at least that share
+        of the batch is padding."""
+        share = {True: 0.0, False: 2.0}.get(flag, flag) if isinstance(flag, bool) else float(flag)
+        for m in self.modules():
+            if hasattr(m, "unpad_min_share"):
+                m.unpad_min_share = share
 
     def save_pretrained(self, out_dir, label_names: list[str] | None = None, problem_type: str | None = None) -> None:
         from ..modeling import save_pretrained

@@ -17,7 +17,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
-from .common import ACTIVATIONS, Classifier, attention_bias, flatten_choices, unflatten_choices
+from .bert import UNPAD_MIN_SHARE
+from .common import (ACTIVATIONS, Classifier, Packing, attention_bias, choose_packing, flatten_choices,
+                     unflatten_choices)
 
 MODEL_TYPES = ("distilbert",)
 EPS = 1e-12
@@ -68,17 +70,21 @@ class Block(nn.Module):
         self.output_layer_norm = nn.LayerNorm(d, eps=EPS)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        B, T, D = x.shape
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None, pack: Packing | None = None) -> torch.Tensor:
+        """x: (B, T, D), or (N, D) real tokens only when `pack` says where they sit."""
         att = self.attention
+        D = x.shape[-1]
 
         def heads(t: torch.Tensor) -> torch.Tensor:
+            t = pack.pad(t) if pack is not None else t
+            B, T = t.shape[:2]
             return t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, nh, T, hd)
 
         q, k, v = heads(att["q_lin"](x)), heads(att["k_lin"](x)), heads(att["v_lin"](x))
         p = self.attn_dropout if self.training else 0.0
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
-        a = a.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
+        a = a.transpose(1, 2).flatten(2)  # (B, T, D)
+        a = pack.unpad(a) if pack is not None else a
         x = self.sa_layer_norm(x + att["out_lin"](a))
         h = self.dropout(self.ffn["lin2"](self.act(self.ffn["lin1"](x))))
         return self.output_layer_norm(x + h)
@@ -95,6 +101,7 @@ class DistilBertModel(nn.Module):
         self.emb_dropout = nn.Dropout(cfg.dropout)
         self.transformer = nn.ModuleDict({"layer": nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))})
         self.gradient_checkpointing = False
+        self.unpad_min_share = UNPAD_MIN_SHARE
 
     def forward(self, input_ids, attention_mask=None) -> torch.Tensor:
         emb = self.embeddings
@@ -102,12 +109,14 @@ class DistilBertModel(nn.Module):
         x = emb["word_embeddings"](input_ids) + emb["position_embeddings"](pos)
         x = self.emb_dropout(emb["LayerNorm"](x))
         bias = attention_bias(attention_mask)
+        pack = choose_packing(attention_mask, self.unpad_min_share) if bias is not None else None
+        x = pack.unpad(x) if pack is not None else x  # (N, D)
         for block in self.transformer["layer"]:
             if self.gradient_checkpointing and self.training:
-                x = checkpoint(block, x, bias, use_reentrant=False)
+                x = checkpoint(block, x, bias, pack, use_reentrant=False)
             else:
-                x = block(x, bias)
-        return x  # (B, T, D)
+                x = block(x, bias, pack)
+        return pack.pad(x) if pack is not None else x  # (B, T, D); zeros at pads when unpadded
 
 
 class DistilBertClassifier(Classifier):
