@@ -58,8 +58,15 @@ def _checkpoint_head_labels(hf: dict, family, head: str) -> list[str] | None:
     return [id2label[k] for k in sorted(id2label, key=int)] if id2label else None
 
 
-def load_model(name_or_path, num_labels: int | None = None, head: str = "sequence", dtype=None) -> nn.Module:
-    """A classifier of our own modules with the checkpoint's weights; `model(input_ids, attention_mask)` -> logits."""
+def load_model(name_or_path, num_labels: int | None = None, head: str = "sequence", dtype=None,
+               quantize: str | None = None) -> nn.Module:
+    """A classifier of our own modules with the checkpoint's weights; `model(input_ids, attention_mask)` -> logits.
+
+    quantize="nf4" stores every linear layer but the head in NF4 as it is read (QLoRA): each full-precision
+    weight is quantized on arrival, so the full-precision model is never held whole.
+    """
+    if quantize not in (None, "nf4"):
+        raise ConfigError(f"--quantize {quantize!r} is not supported; use nf4")
     from .hub import resolve_model
 
     if head not in HEADS:
@@ -81,7 +88,8 @@ def load_model(name_or_path, num_labels: int | None = None, head: str = "sequenc
     with torch.device("meta"):
         model = family.build(cfg, head, num_labels)
     index = index or index_checkpoint(path)
-    head_loaded = _copy_weights(model, index, resolve_dtype(dtype), use_head=ckpt_labels is not None)
+    head_loaded = _copy_weights(model, index, resolve_dtype(dtype), use_head=ckpt_labels is not None,
+                                quantize=quantize)
     model.hf_config, model.head, model.name_or_path = hf, head, str(name_or_path)
     model.label_names = ckpt_labels if head_loaded else None
     return model.eval()
@@ -94,7 +102,8 @@ def _normalise_names(index: CheckpointIndex, prefix: str) -> dict[str, str]:
     return {n: (f"{prefix}.{n}" if bare else n) for n in names}
 
 
-def _copy_weights(model: nn.Module, index: CheckpointIndex, dtype: torch.dtype, use_head: bool) -> bool:
+def _copy_weights(model: nn.Module, index: CheckpointIndex, dtype: torch.dtype, use_head: bool,
+                  quantize: str | None = None) -> bool:
     """The strict 1:1 copy. Returns whether the checkpoint's head was loaded (else a fresh head is initialised)."""
     prefix = model.base_prefix
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -126,10 +135,20 @@ def _copy_weights(model: nn.Module, index: CheckpointIndex, dtype: torch.dtype, 
         log.info("not used from the checkpoint: %s", describe_keys(dropped))
 
     from_model = {m: n for n, m in to_model.items()}
+    nf4 = {}
+    if quantize == "nf4":
+        from .nf4 import NF4Linear, quantize_model_
+
+        quantize_model_(model)  # NF4 placeholders for every linear but the head; filled as weights arrive
+        nf4 = {f"{n}.weight": m for n, m in model.named_modules() if isinstance(m, NF4Linear)}
     for key in expected:
         if key in found and (key not in head_keys or head_fits):
             t = index.readers[from_model[key]]()
-            set_tensor(model, key, t.to(dtype) if t.is_floating_point() else t)
+            t = t.to(dtype) if t.is_floating_point() else t
+            if key in nf4:
+                nf4[key].load_weight(t)
+            else:
+                set_tensor(model, key, t)
     fresh = [k for k in expected if k not in found or (k in head_keys and not head_fits)]
     _init_fresh(model, fresh, dtype)
     return bool(head_keys) and head_fits
@@ -171,9 +190,11 @@ def save_pretrained(model: nn.Module, out_dir, label_names: list[str] | None = N
     cfg["architectures"] = [family.hf_architecture(cfg["model_type"], model.head)]
     if problem_type:
         cfg["problem_type"] = problem_type
-    dtypes = {p.dtype for p in model.parameters()}
+    from .adapters import export_state_dict
+
+    state = export_state_dict(model)  # plain Hub names: LoRA merged, NF4 dequantized
+    dtypes = {v.dtype for v in state.values() if v.is_floating_point()} or {torch.float32}
     cfg["dtype"] = str(dtypes.pop()).removeprefix("torch.") if len(dtypes) == 1 else "float32"
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     _atomic_write(out / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
     _atomic_write(out / "config.json", lambda p: Path(p).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n"))
     model.label_names = names

@@ -87,7 +87,7 @@ def build_model(cfg: RunConfig, task: TaskData, tokenizer):
     num_labels = None if head == "multiple_choice" else task.num_labels
     if cfg.model == "ffnn":
         return build_ffnn(len(tokenizer), num_labels or 1, head, tokenizer.pad_token_id)
-    model = load_model(cfg.model, num_labels=num_labels, head=head)
+    model = load_model(cfg.model, num_labels=num_labels, head=head, quantize=cfg.quantize)
     if hasattr(model, "set_pad_token_id") and tokenizer.pad_token_id is not None:
         model.set_pad_token_id(tokenizer.pad_token_id)
     if cfg.grad_checkpointing:
@@ -165,6 +165,9 @@ def save_model(model, tokenizer, task: TaskData, out_dir: Path, thresholds=None)
     model.save_pretrained(target, label_names=task.label_names if task.kind != MULTIPLE_CHOICE else None,
                           problem_type=problem)
     tokenizer.save_pretrained(target)
+    from .adapters import save_adapter_dir
+
+    save_adapter_dir(model, out_dir, getattr(model, "name_or_path", None))
     if thresholds is not None:
         data = {"threshold": None, "per_label": dict(zip(task.label_names, map(float, thresholds)))}
         _atomic_write(target / "thresholds.json", lambda p: Path(p).write_text(json.dumps(data, indent=2)))
