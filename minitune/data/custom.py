@@ -25,11 +25,11 @@ _INT = re.compile(r"-?\d+")
 @dataclass(frozen=True)
 class Columns:
     text: str = "text"
-    label: str = "label"
+    label: str | None = "label"  # None: unlabelled input (run.py predict)
     pair: str | None = None
 
     def needed(self) -> list[str]:
-        return [self.text, self.label] + ([self.pair] if self.pair else [])
+        return [c for c in (self.text, self.label, self.pair) if c]
 
 
 @dataclass
@@ -67,11 +67,13 @@ def _column_fix(columns: Columns) -> str:
 def _delimited_rows(path: Path, delimiter: str, columns: Columns) -> list[Row]:
     table = read_delimited(path, delimiter, header=True)
     fix = _column_fix(columns)
-    i_text, i_label = table.column(columns.text, fix), table.column(columns.label, fix)
+    i_text = table.column(columns.text, fix)
+    i_label = table.column(columns.label, fix) if columns.label else None
     i_pair = table.column(columns.pair, fix) if columns.pair else None
     rows = []
     for line, fields in table.rows:
-        tokens = [token.strip() for token in fields[i_label].split(",") if token.strip()]
+        cell = fields[i_label] if i_label is not None else ""
+        tokens = [token.strip() for token in cell.split(",") if token.strip()]
         pair = fields[i_pair] if i_pair is not None else None
         rows.append(Row(line, fields[i_text], pair, tokens, len(tokens) > 1))
     return rows
@@ -87,7 +89,7 @@ def _jsonl_rows(path: Path, columns: Columns) -> list[Row]:
                                  _column_fix(columns))
         text = _string(path, line, record, columns.text)
         pair = _string(path, line, record, columns.pair) if columns.pair else None
-        tokens, multi = _json_label(path, line, record[columns.label])
+        tokens, multi = _json_label(path, line, record[columns.label]) if columns.label else ([], False)
         rows.append(Row(line, text, pair, tokens, multi))
     return rows
 

@@ -1,0 +1,140 @@
+"""run.py end to end on small real subsets: outputs, predict, resume, config files and user errors."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from torch.testing import assert_close
+
+import minitune
+from run import main
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = ["--max-train-samples", "48", "--max-eval-samples", "24", "--epochs", "1", "--batch-size", "16",
+         "--grad-accum", "1", "--max-length", "48"]
+
+
+def train(tmp_path, data_dir, name, *args):
+    out = tmp_path / name
+    assert main(["--data-dir", str(data_dir), "--output-dir", str(out), *SMALL, *args]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def humor_run(tmp_path_factory, data_dir):
+    return train(tmp_path_factory.mktemp("cli"), data_dir, "humor", "--task", "humor")
+
+
+def test_humor_run_writes_every_output(humor_run):
+    out = humor_run
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["task"] == "humor" and cfg["lr"] == 2e-5 and cfg["label_smoothing"] == 0.1 and cfg["llrd"] == 0.95
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_logs = [r for r in records if r["type"] == "train"]
+    assert train_logs and all({"loss", "lr", "grad_norm", "tokens_per_s", "peak_mem_bytes"} <= set(r)
+                              for r in train_logs)
+    assert any(r["type"] == "eval" and "macro_f1" in r for r in records)
+    results = json.loads((out / "results.json").read_text())
+    dev = results["dev"]
+    assert dev["n_examples"] == 24 and set(dev["per_class"]) == {"not_humor", "humor"}
+    assert len(dev["confusion_matrix"]) == 2 and sum(map(sum, dev["confusion_matrix"])) == 24
+    assert "not_humor" in (out / "report.txt").read_text()
+
+
+def test_humor_model_loads_in_both_stacks_with_equal_logits(humor_run):
+    model_dir = humor_run / "model"
+    ours = minitune.load_model(model_dir)
+    ref = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    assert ours.label_names == ["not_humor", "humor"] == [ref.config.id2label[i] for i in range(2)]
+    tok = minitune.load_tokenizer(model_dir)
+    enc = tok(["What do you call a fish with no eyes? A fsh.", "The meeting is at noon."])
+    with torch.no_grad():
+        assert_close(ours(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]),
+                     ref(**enc).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_predict_writes_labels_and_probabilities(humor_run, tmp_path, data_dir):
+    src = tmp_path / "texts.csv"
+    src.write_text("id,text\n1,Why did the chicken cross the road? To get to the other side.\n2,Rain expected today.\n")
+    out = tmp_path / "preds.csv"
+    assert main(["predict", "--model", str(humor_run / "model"), "--input", str(src), "--output", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 2 and {r["label"] for r in rows} <= {"humor", "not_humor"}
+    for r in rows:
+        assert abs(float(r["prob_humor"]) + float(r["prob_not_humor"]) - 1) < 1e-5
+
+
+def test_semeval_thresholds_saved_and_used(tmp_path, data_dir):
+    out = train(tmp_path, data_dir, "semeval", "--task", "semeval")
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["thresholds"]) == set(results["dev"]["label_names"]) and "tuned" in results["dev"]
+    saved = json.loads((out / "model" / "thresholds.json").read_text())["per_label"]
+    assert saved == results["thresholds"]
+    assert minitune.load_model(out / "model").hf_config["problem_type"] == "multi_label_classification"
+
+
+def test_recipe_mpr_fold_reports_query_types_and_first_option_baseline(tmp_path, data_dir):
+    out = train(tmp_path, data_dir, "mpr", "--task", "recipe-mpr", "--folds", "1")
+    results = json.loads((out / "results.json").read_text())
+    groups = results["test"]["by_group"]
+    assert {"overall", "Specific", "Commonsense", "Negated"} <= set(groups) and groups["overall"]["n"] == 100
+    assert 0.1 <= results["baseline_first_option"]["accuracy"] <= 0.3
+
+
+def test_ffnn_baseline_and_toml_config(tmp_path, data_dir):
+    toml = tmp_path / "run.toml"
+    toml.write_text('task = "humor"\nmodel = "ffnn"\nepochs = 2\nmax-length = 32\n')
+    out = tmp_path / "ffnn"
+    assert main(["--config", str(toml), "--data-dir", str(data_dir), "--output-dir", str(out),
+                 "--max-train-samples", "64", "--max-eval-samples", "32"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"] == "ffnn" and cfg["epochs"] == 2 and cfg["max_length"] == 32 and cfg["lr"] == 1e-3
+    assert minitune.load_model(out / "model").cfg.model_type == "minitune-ffnn"
+
+
+def test_custom_task_with_pairs_and_no_dev_file(tmp_path):
+    rows = [("the cat sat", "a cat", "yes"), ("dogs bark", "a fish", "no")] * 20
+    f = tmp_path / "pairs.jsonl"
+    f.write_text("".join(json.dumps({"q": a, "p": b, "y": c}) + "\n" for a, b, c in rows))
+    out = tmp_path / "custom"
+    assert main(["--task", "custom", "--train-file", str(f), "--dev-file", str(f), "--text-col", "q",
+                 "--pair-col", "p", "--label-col", "y", "--output-dir", str(out), "--epochs", "1",
+                 "--batch-size", "8"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["dev"]["label_names"] == ["no", "yes"] and results["dev"]["n_examples"] == 40
+
+
+def run_cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "run.py", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "humor", "--precision", "fp8"], "invalid choice: 'fp8'"),
+    (["--task", "humor", "--lr", "-1"], "--lr must be positive"),
+    (["--task", "nope"], "invalid choice: 'nope'"),
+    (["--task", "humor", "--model", "/no/such/dir"], "/no/such/dir"),
+    (["--task", "custom", "--train-file", "x.csv"], "--task custom needs --train-file and --dev-file"),
+    (["--task", "humor", "--quantize", "nf4"], "add --lora-r"),
+])
+def test_user_errors_end_in_one_clear_line(tmp_path, data_dir, args, message):
+    r = run_cli(*args, "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "o"))
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert message in last and "Traceback" not in r.stderr
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_bad_custom_file_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nfine,a\nalso fine,b\nragged,a,extra\n")
+    r = run_cli("--task", "custom", "--train-file", str(bad), "--dev-file", str(bad), "--output-dir",
+                str(tmp_path / "o"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "bad.csv" in last and "line 4" in last
+    assert not (tmp_path / "o" / "results.json").exists()
