@@ -88,8 +88,11 @@ def build_model(cfg: RunConfig, task: TaskData, tokenizer):
     if cfg.model == "ffnn":
         return build_ffnn(len(tokenizer), num_labels or 1, head, tokenizer.pad_token_id)
     model = load_model(cfg.model, num_labels=num_labels, head=head, quantize=cfg.quantize)
-    if hasattr(model, "set_pad_token_id") and tokenizer.pad_token_id is not None:
-        model.set_pad_token_id(tokenizer.pad_token_id)
+    if model.hf_config.get("pad_token_id") is None and tokenizer.pad_token_id is not None:
+        # Saved with the model so transformers, which pools at the last non-pad token, reads the same pad id.
+        log.warning("%s defines no pad token in its config: using the tokenizer's (id %d)", cfg.model,
+                    tokenizer.pad_token_id)
+        model.hf_config["pad_token_id"] = tokenizer.pad_token_id
     if cfg.grad_checkpointing:
         for m in model.modules():
             if hasattr(m, "gradient_checkpointing"):
