@@ -92,99 +92,124 @@ def accumulate_gradients(model, loss_fn, micro_batches: list[dict], precision: s
     return loss, tokens
 
 
-def fit(model: nn.Module, loss_fn: nn.Module, data: TrainData, evaluate: Callable[[nn.Module], dict], cfg,
-        out_dir: Path, device: torch.device) -> LoopState:
-    """Train `model` in place; at the end it holds the best weights seen by `evaluate` (on cfg.metric)."""
-    out_dir = Path(out_dir)
-    steps_per_epoch = math.ceil(len(data.sampler) / cfg.grad_accum)
-    total = cfg.max_steps or cfg.epochs * steps_per_epoch
-    epochs = math.ceil(total / steps_per_epoch)
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.llrd)
-    scheduler = build_scheduler(optimizer, cfg.scheduler, total, int(cfg.warmup_ratio * total))
-    scaler = DynamicLossScaler(enabled=cfg.precision == "fp16")
-    params = [p for p in model.parameters() if p.requires_grad]
-    state = LoopState()
-    if cfg.resume:
-        state = LoopState(**load_checkpoint(out_dir / "checkpoint", model, optimizer, scheduler, scaler,
-                                            data.sampler))
-    log = MetricsLog(out_dir / "metrics.jsonl", append=bool(cfg.resume))
-    bar = tqdm(total=total, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
-    window: list[list[int]] = []
-    t0, tokens0 = time.perf_counter(), state.tokens
+class Loop:
+    """What one `fit` owns: optimizer, schedule, scaler, logs and the loop state, with one method per phase."""
 
-    def step_window() -> None:
-        nonlocal t0, tokens0
-        model.train()
-        loss, tokens = accumulate_gradients(model, loss_fn, [data.collate([data.features[i] for i in idx])
-                                                             for idx in window], cfg.precision, device, scaler)
-        found_inf = scaler.unscale_(optimizer) or not math.isfinite(loss)
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad if cfg.clip_grad > 0 else float("inf"))
-        applied = not found_inf and scaler.step(optimizer)
-        scaler.update()  # backs off after an inf (fp16), grows after clean steps
-        optimizer.zero_grad(set_to_none=True)
-        window.clear()
-        state.tokens += tokens
+    def __init__(self, model, loss_fn, data: TrainData, evaluate, cfg, out_dir: Path, device: torch.device):
+        self.model, self.loss_fn, self.data, self.evaluate, self.cfg = model, loss_fn, data, evaluate, cfg
+        self.out_dir, self.device = Path(out_dir), device
+        self.steps_per_epoch = math.ceil(len(data.sampler) / cfg.grad_accum)
+        self.total = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.llrd)
+        self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, self.total, int(cfg.warmup_ratio * self.total))
+        self.scaler = DynamicLossScaler(enabled=cfg.precision == "fp16")
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.state = LoopState()
+        if cfg.resume:
+            self.state = LoopState(**load_checkpoint(self.out_dir / "checkpoint", model, self.optimizer,
+                                                     self.scheduler, self.scaler, data.sampler))
+        self.log = MetricsLog(self.out_dir / "metrics.jsonl", append=bool(cfg.resume))
+        self.bar = tqdm(total=self.total, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True)
+        self.t0, self.tokens0 = time.perf_counter(), self.state.tokens
+
+    def done(self) -> bool:
+        return self.state.step >= self.total or self.state.stopped_early
+
+    def step(self, window: list[list[int]]) -> bool:
+        """One optimizer step over an accumulation window of batches; False when it was skipped (non-finite)."""
+        self.model.train()
+        batches = [self.data.collate([self.data.features[i] for i in idx]) for idx in window]
+        loss, tokens = accumulate_gradients(self.model, self.loss_fn, batches, self.cfg.precision, self.device,
+                                            self.scaler)
+        found_inf = self.scaler.unscale_(self.optimizer) or not math.isfinite(loss)
+        clip = self.cfg.clip_grad if self.cfg.clip_grad > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+        applied = not found_inf and self.scaler.step(self.optimizer)
+        self.scaler.update()  # backs off after an inf (fp16), grows after clean steps
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.tokens += tokens
         if not applied:
-            state.skipped_steps += 1
-            return
-        scheduler.step()
-        state.step += 1
-        bar.update(1)
-        if state.step % cfg.log_every == 0 or state.step == total:
-            now = time.perf_counter()
-            tps = (state.tokens - tokens0) / max(now - t0, 1e-9)
-            t0, tokens0 = now, state.tokens
-            lr = optimizer.param_groups[-1]["lr"]
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
-            log.write(type="train", step=state.step, epoch=state.epoch, loss=loss, lr=lr, grad_norm=float(norm),
-                      tokens_per_s=tps, peak_mem_bytes=peak_memory_bytes(device), skipped_steps=state.skipped_steps)
+            self.state.skipped_steps += 1
+            return False
+        self.scheduler.step()
+        self.state.step += 1
+        self.bar.update(1)
+        if self.state.step % self.cfg.log_every == 0 or self.state.step == self.total:
+            self.log_step(loss, float(norm))
+        return True
 
-    def evaluate_and_keep() -> None:
-        metrics = evaluate(model)
-        value = metrics[cfg.metric]
+    def log_step(self, loss: float, grad_norm: float) -> None:
+        now = time.perf_counter()
+        tps = (self.state.tokens - self.tokens0) / max(now - self.t0, 1e-9)
+        self.t0, self.tokens0 = now, self.state.tokens
+        lr = self.optimizer.param_groups[-1]["lr"]  # the head's group: the peak lr under LLRD
+        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+        self.log.write(type="train", step=self.state.step, epoch=self.state.epoch, loss=loss, lr=lr,
+                       grad_norm=grad_norm, tokens_per_s=tps, peak_mem_bytes=peak_memory_bytes(self.device),
+                       skipped_steps=self.state.skipped_steps)
+
+    def evaluate_and_keep(self) -> None:
+        """Evaluate; keep the weights if they are the best so far; count toward early stopping."""
+        state, metric = self.state, self.cfg.metric
+        metrics = self.evaluate(self.model)
+        value = metrics[metric]
         improved = state.best is None or value > state.best
         if improved:
             state.best, state.best_step, state.bad_evals = value, state.step, 0
-            _save_best(model, out_dir)
+            _save_best(self.model, self.out_dir)
         else:
             state.bad_evals += 1
-        if getattr(scheduler, "needs_metric", False):
-            scheduler.step(metric=value)
-        log.write(type="eval", step=state.step, epoch=state.epoch, improved=improved, **metrics)
-        tqdm.write(f"eval step {state.step}: {cfg.metric}={value:.4f}" + (" (best)" if improved else ""))
-        if cfg.patience and state.bad_evals >= cfg.patience:
+        if getattr(self.scheduler, "needs_metric", False):
+            self.scheduler.step(metric=value)
+        self.log.write(type="eval", step=state.step, epoch=state.epoch, improved=improved, **metrics)
+        tqdm.write(f"eval step {state.step}: {metric}={value:.4f}" + (" (best)" if improved else ""))
+        if self.cfg.patience and state.bad_evals >= self.cfg.patience:
             state.stopped_early = True
 
-    def checkpoint() -> None:
-        save_checkpoint(out_dir / "checkpoint", model, optimizer, scheduler, scaler, data.sampler, asdict(state))
+    def checkpoint(self) -> None:
+        save_checkpoint(self.out_dir / "checkpoint", self.model, self.optimizer, self.scheduler, self.scaler,
+                        self.data.sampler, asdict(self.state))
 
+    def close(self) -> None:
+        self.bar.close()
+        self.log.close()
+
+
+def fit(model: nn.Module, loss_fn: nn.Module, data: TrainData, evaluate: Callable[[nn.Module], dict], cfg,
+        out_dir: Path, device: torch.device) -> LoopState:
+    """Train `model` in place; at the end it holds the best weights seen by `evaluate` (on cfg.metric).
+
+    Evaluation (and a resumable checkpoint) comes after every epoch, or every `cfg.eval_every` steps.
+    """
+    loop = Loop(model, loss_fn, data, evaluate, cfg, out_dir, device)
+    state, sampler, accum = loop.state, data.sampler, cfg.grad_accum
     try:
-        for epoch in range(state.epoch, epochs):
-            if state.step >= total or state.stopped_early:
+        for epoch in range(state.epoch, math.ceil(loop.total / loop.steps_per_epoch)):
+            if loop.done():
                 break
-            data.sampler.set_epoch(epoch)
-            remaining = len(data.sampler) - data.sampler.state_dict()["batches_done"]
-            for i, idx in enumerate(data.sampler):  # lazily, so the sampler's position is the consumed position
+            sampler.set_epoch(epoch)
+            remaining = len(sampler) - sampler.state_dict()["batches_done"]
+            window: list[list[int]] = []
+            for i, idx in enumerate(sampler):  # lazily, so the sampler's position is the consumed position
                 window.append(idx)
-                if len(window) < cfg.grad_accum and i < remaining - 1:
+                if len(window) < accum and i < remaining - 1:
                     continue
-                before = state.step
-                step_window()
-                if cfg.eval_every and state.step > before and state.step % cfg.eval_every == 0:
-                    evaluate_and_keep()
-                    checkpoint()
-                if state.step >= total or state.stopped_early:
+                applied = loop.step(window)
+                window = []
+                if cfg.eval_every and applied and state.step % cfg.eval_every == 0:
+                    loop.evaluate_and_keep()
+                    loop.checkpoint()
+                if loop.done():
                     break
             state.epoch = epoch + 1
             if not cfg.eval_every:
-                evaluate_and_keep()
-            checkpoint()
+                loop.evaluate_and_keep()
+            loop.checkpoint()
         if state.best is None or (cfg.eval_every and state.step % cfg.eval_every):
-            evaluate_and_keep()  # the last steps were not evaluated yet
+            loop.evaluate_and_keep()  # the last steps were not evaluated yet
     finally:
-        bar.close()
-        log.close()
-    _restore_best(model, out_dir)
+        loop.close()
+    _restore_best(model, loop.out_dir)
     return state
 
 
