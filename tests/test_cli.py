@@ -138,3 +138,26 @@ def test_bad_custom_file_names_file_and_line(tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert "bad.csv" in last and "line 4" in last
     assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_bf16_precision_trains_on_cpu(tmp_path, data_dir):
+    out = train(tmp_path, data_dir, "bf16", "--task", "humor", "--precision", "bf16")
+    results = json.loads((out / "results.json").read_text())
+    assert results["train"]["skipped_steps"] == 0 and results["train"]["step"] == 3
+
+
+def test_smollm2_qlora_run_and_predict(tmp_path, data_dir):
+    """A real decoder from GGUF, QLoRA (NF4 base + LoRA), and predict on its merged model/."""
+    out = tmp_path / "qlora"
+    assert main(["--task", "semeval", "--model", "smollm2", "--lora-r", "4", "--quantize", "nf4", "--lr", "2e-4",
+                 "--data-dir", str(data_dir), "--output-dir", str(out), "--max-train-samples", "16",
+                 "--max-eval-samples", "8", "--epochs", "1", "--batch-size", "8", "--max-length", "24"]) == 0
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    cfg = json.loads((out / "model" / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForSequenceClassification"] and cfg["pad_token_id"] is not None
+    src = tmp_path / "t.jsonl"
+    src.write_text(json.dumps({"text": "I am so happy today!"}) + "\n")
+    assert main(["predict", "--model", str(out / "model"), "--input", str(src), "--output",
+                 str(tmp_path / "p.csv")]) == 0
+    rows = list(csv.DictReader((tmp_path / "p.csv").open()))
+    assert len(rows) == 1 and "prob_joy" in rows[0]

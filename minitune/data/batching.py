@@ -8,7 +8,8 @@ Feature layout (what the tokenizer step produces):
 
 Padding is what makes transformer fine-tuning slow on short texts: padding every batch to a fixed 128 wastes
 77-85% of the token slots on all-MiniLM tokens of tweets and jokes, padding to the batch's longest still wastes
-42-54% with random batches, and sorting by length within windows of 50 batches brings the waste to 2-3%
+42-54% with random batches, and sorting by length within windows of 50 batches brings the waste to about 3%
+(windows of 100 batches, the default here: about 2%)
 (measured on hahackathon and goemotions, batch 32, cap 128; tests/test_batching.py checks it).
 
 Samplers yield lists of example indices. Each epoch's order depends only on (seed, epoch), so a run resumed
@@ -251,7 +252,7 @@ class BucketedBatchSampler(_EpochBatchSampler):
         *,
         shuffle: bool = True,
         seed: int = 0,
-        window: int = 50,
+        window: int = 100,
         drop_last: bool = False,
     ) -> None:
         super().__init__(lengths, shuffle=shuffle, seed=seed)
