@@ -202,12 +202,3 @@ def hf_architecture(model_type: str, head: str) -> str:
     family = {"bert": "Bert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta"}[model_type]
     return family + ("ForSequenceClassification" if head == "sequence" else "ForMultipleChoice")
 
-
-def init_linear(module: nn.Module, std: float) -> None:
-    """The reference's init for a fresh head: weights N(0, initializer_range), biases zero."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, mean=0.0, std=std)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
