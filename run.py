@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: the last checkpoint is kept; continue with --resume", file=sys.stderr)
+        training = not (argv and argv[0] == "predict")
+        print("interrupted" + (": the last checkpoint is kept; continue with --resume OUTPUT_DIR" if training
+                               else ""), file=sys.stderr)
         return 130
     return 0
 

@@ -1,7 +1,7 @@
 """minitune: a compact, hand-written PyTorch stack for fine-tuning pretrained transformers on text classification.
 
 Public API:
-    load_model(name_or_path, num_labels=None, head="sequence" | "multiple_choice", dtype=None) -> nn.Module
+    load_model(name_or_path, num_labels=None, head="sequence" | "multiple_choice", dtype=None, quantize=None)
     load_tokenizer(name_or_path) -> Tokenizer
     model.save_pretrained(dir), tokenizer.save_pretrained(dir)
 """
@@ -19,7 +19,7 @@ def load_tokenizer(name_or_path):
     from .tokenizer import Tokenizer
 
     path = resolve_model(str(name_or_path))
-    if path.suffix == ".gguf":
+    if path.suffix.lower() == ".gguf":
         from .gguf import gguf_tokenizer, read_gguf
 
         tok, special = gguf_tokenizer(read_gguf(path))

@@ -26,7 +26,9 @@ def apply_adapters(model: nn.Module, cfg) -> list[str]:
     alpha = cfg.lora_alpha if cfg.lora_alpha is not None else 2.0 * cfg.lora_r
     names = apply_lora(model, cfg.lora_r, alpha, cfg.lora_dropout, targets, model_type=model.cfg.model_type)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    # NF4 weights are buffers: count them too, or QLoRA's trainable share would look twice as large.
+    total = sum(p.numel() for p in model.parameters()) + sum(
+        m.in_features * m.out_features for m in model.modules() if isinstance(m, NF4Linear))
     print(f"LoRA r={cfg.lora_r} alpha={alpha} on {len(names)} layers: {trainable:,} trainable of {total:,} "
           f"parameters ({100 * trainable / max(total, 1):.2f}%)")
     return names
@@ -61,7 +63,13 @@ def export_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in out.items()}
 
 
-def save_adapter_dir(model: nn.Module, out_dir: Path, base: str) -> None:
+def save_adapter_dir(model: nn.Module, out_dir: Path, base: str | None) -> None:
+    """adapter/ in PEFT's layout; base_model_name_or_path is what peft can open (a Hub id or a real path)."""
     if lora_modules(model):
-        save_adapter(model, out_dir / "adapter", base_model_name_or_path=base)
+        from .hub import ALIASES, resolve_model
+
+        target = ALIASES.get(base or "", base)
+        if target and target.startswith("pip:"):  # a packaged model: name the file it resolved to
+            target = str(resolve_model(base))
+        save_adapter(model, out_dir / "adapter", base_model_name_or_path=target)
 

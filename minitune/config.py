@@ -100,14 +100,20 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _field_type(name: str) -> type:
+    hint = get_type_hints(RunConfig)[name]
+    return next(t for t in (get_args(hint) or (hint,)) if t is not type(None))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run.py", description="Fine-tune a pretrained transformer on a text "
-                                "classification task.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                "classification task. Defaults shown are the general ones; each task's own "
+                                "defaults (see TASK_DEFAULTS in minitune/config.py) apply first.")
     p.add_argument("--config", help="TOML file setting any of the keys below (flags given here win)")
-    hints = get_type_hints(RunConfig)
     for f in fields(RunConfig):
-        typ = next(t for t in (get_args(hints[f.name]) or (hints[f.name],)) if t is not type(None))
-        kw = dict(help=f.metadata["help"], default=argparse.SUPPRESS, dest=f.name)
+        typ = _field_type(f.name)
+        # SUPPRESS keeps unset flags out of the namespace, so task defaults and the TOML file can fill them.
+        kw = dict(help=f"{f.metadata['help']} (default: {f.default})", default=argparse.SUPPRESS, dest=f.name)
         if typ is bool:
             p.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kw)
         else:
@@ -116,12 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _coerce(path: str, key: str, value):
+    """A TOML value as the field's type: ints become floats where a float is wanted, nothing else is guessed."""
+    typ = _field_type(key)
+    if value is None or isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
+        return value
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    raise ConfigError(f"--config {path}: {key} = {value!r} should be a {typ.__name__} (e.g. {key} = "
+                      f"{RunConfig.__dataclass_fields__[key].default!r})")
+
+
 def _read_toml(path: str) -> dict:
     try:
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"--config {path}: file not found") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"--config {path}: not valid TOML ({e})") from None
     known = {f.name for f in fields(RunConfig)}
     out = {}
@@ -129,43 +146,72 @@ def _read_toml(path: str) -> dict:
         key = k.replace("-", "_")
         if key not in known:
             raise ConfigError(f"--config {path}: unknown key {k!r}; keys are the flags' names, e.g. batch_size")
-        out[key] = v
+        out[key] = _coerce(path, key, v)
     return out
 
 
 def parse_config(argv: list[str] | None = None) -> RunConfig:
     args = vars(build_parser().parse_args(argv))
-    from_file = _read_toml(args.pop("config")) if args.get("config") else {}
-    args.pop("config", None)
+    config_file = args.pop("config", None)
+    from_file = _read_toml(config_file) if config_file else {}
     task = args.get("task", from_file.get("task"))
     if task is None:
         raise ConfigError(f"--task is required: one of {', '.join(TASKS)}")
     model = args.get("model", from_file.get("model", "minilm"))
-    merged = {**TASK_DEFAULTS.get(task, {}), **(FFNN_DEFAULTS if model == "ffnn" else {}), **from_file, **args}
-    return validate(RunConfig(**merged))
+    defaults = {**TASK_DEFAULTS.get(task, {}), **(FFNN_DEFAULTS if model == "ffnn" else {})}
+    chosen = {**from_file, **args}
+    if chosen.get("loss") not in (None, "ce") and "label_smoothing" not in chosen:
+        defaults.pop("label_smoothing", None)  # a task's smoothing default belongs to its default loss, ce
+    return validate(RunConfig(**{**defaults, **chosen}))
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
 
 
 def validate(cfg: RunConfig) -> RunConfig:
+    """Every check that needs no file: a bad flag fails here, before any output is written."""
     for f in fields(RunConfig):
         choices = f.metadata["choices"]
-        if choices and getattr(cfg, f.name) not in choices:
-            raise ConfigError(f"{_flag(f.name)} {getattr(cfg, f.name)!r}: choose one of "
-                              f"{', '.join(str(c) for c in choices if c is not None)}")
-    positive = ("epochs", "batch_size", "grad_accum", "max_length", "log_every")
-    for name in positive:
-        if getattr(cfg, name) is None or getattr(cfg, name) < 1:
-            raise ConfigError(f"{_flag(name)} must be a positive integer, got {getattr(cfg, name)!r}")
-    if cfg.lr <= 0:
-        raise ConfigError(f"--lr must be positive, got {cfg.lr}")
-    if not 0 <= cfg.warmup_ratio < 1:
-        raise ConfigError(f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}")
-    if cfg.task == "custom" and not (cfg.train_file and cfg.dev_file):
-        raise ConfigError("--task custom needs --train-file and --dev-file")
-    if cfg.quantize and not cfg.lora_r:
-        raise ConfigError("--quantize nf4 freezes the base weights: add --lora-r (e.g. --lora-r 16) to train adapters")
+        _check(not choices or getattr(cfg, f.name) in choices, f"{_flag(f.name)} {getattr(cfg, f.name)!r}: choose "
+               f"one of {', '.join(str(c) for c in choices or () if c is not None)}")
+    for name in ("epochs", "batch_size", "grad_accum", "max_length", "log_every"):
+        value = getattr(cfg, name)
+        _check(isinstance(value, int) and value >= 1, f"{_flag(name)} must be a positive integer, got {value!r}")
+    for name in ("max_steps", "max_tokens", "max_train_samples", "max_eval_samples", "eval_every", "folds",
+                 "patience"):
+        value = getattr(cfg, name)
+        _check(value is None or value >= 1, f"{_flag(name)} must be a positive integer, got {value!r}")
+    _check(cfg.lr > 0, f"--lr must be positive, got {cfg.lr}")
+    _check(0 <= cfg.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}")
+    _check(0 <= cfg.lora_dropout < 1, f"--lora-dropout must be in [0, 1), got {cfg.lora_dropout}")
+    _check(0 < cfg.threshold < 1, f"--threshold must be in (0, 1), got {cfg.threshold}")
+    _check(cfg.llrd is None or 0 < cfg.llrd <= 1, f"--llrd must be in (0, 1], got {cfg.llrd}")
+    _check(cfg.lora_r >= 0, f"--lora-r must be >= 0, got {cfg.lora_r}")
+    _check(cfg.task != "custom" or bool(cfg.train_file),
+           "--task custom needs --train-file (and --dev-file, else 10% of train is held out)")
+    _check(not cfg.quantize or cfg.lora_r > 0,
+           "--quantize nf4 freezes the base weights: add --lora-r (e.g. --lora-r 16) to train adapters")
+    _check(cfg.model != "ffnn" or not (cfg.lora_r or cfg.quantize or cfg.grad_checkpointing),
+           "--model ffnn is trained in full from scratch: drop --lora-r, --quantize and --grad-checkpointing")
+    _check(cfg.device in ("auto", "cpu") or cfg.device.startswith("cuda"),
+           f"--device {cfg.device!r}: use cpu, cuda (or cuda:N), or auto")
+    if cfg.metric is None:
+        cfg.metric = "accuracy" if cfg.task == "recipe-mpr" else "macro_f1"
+    if cfg.resume:
+        _check(cfg.output_dir in (None, cfg.resume), f"--resume {cfg.resume} continues in that directory: drop "
+               f"--output-dir {cfg.output_dir} or make it the same")
+        cfg.output_dir = cfg.resume
     if cfg.output_dir is None:
         cfg.output_dir = str(Path("runs") / f"{cfg.task}-{Path(cfg.model).name}")
     return cfg
+
+
+# What a resumed run must share with the run it continues: anything that shapes the model, data or schedule.
+RESUME_KEYS = ("task", "model", "lora_r", "lora_alpha", "lora_targets", "quantize", "lr", "llrd", "batch_size",
+               "grad_accum", "max_tokens", "padding", "epochs", "max_steps", "max_length", "max_train_samples",
+               "seed", "scheduler", "warmup_ratio", "precision")
 
 
 def dump(cfg: RunConfig) -> str:

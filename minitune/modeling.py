@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .atomic import atomic_write, atomic_write_text
 from .errors import CheckpointError, ConfigError
 from .models import family_for
 from .weights import CheckpointIndex, _BUFFER_SUFFIXES, describe_keys, index_checkpoint, set_tensor
@@ -49,13 +48,12 @@ def read_config(model_dir: Path) -> dict:
         raise CheckpointError(f"{path}: not valid JSON ({e}): download it again") from None
 
 
-def _checkpoint_head_labels(hf: dict, family, head: str) -> list[str] | None:
-    """Label names when the checkpoint was saved with a head for this task, else None."""
-    archs = hf.get("architectures") or []
-    if family.hf_architecture(hf["model_type"], head) not in archs:
-        return None
+def _checkpoint_head(hf: dict, family, head: str) -> tuple[bool, list[str] | None]:
+    """(whether the checkpoint was saved with a head for this task, its label names if it names them)."""
+    if family.hf_architecture(hf["model_type"], head) not in (hf.get("architectures") or []):
+        return False, None
     id2label = hf.get("id2label") or {}
-    return [id2label[k] for k in sorted(id2label, key=int)] if id2label else None
+    return True, [id2label[k] for k in sorted(id2label, key=int)] if id2label and head == "sequence" else None
 
 
 def load_model(name_or_path, num_labels: int | None = None, head: str = "sequence", dtype=None,
@@ -72,7 +70,7 @@ def load_model(name_or_path, num_labels: int | None = None, head: str = "sequenc
     if head not in HEADS:
         raise ConfigError(f"head={head!r} is not supported; use one of {', '.join(HEADS)}")
     path = resolve_model(str(name_or_path))
-    if path.suffix == ".gguf":
+    if path.suffix.lower() == ".gguf":
         from .gguf import gguf_to_hf_config, gguf_to_state_dict, read_gguf
         from .weights import index_state_dict
 
@@ -82,16 +80,16 @@ def load_model(name_or_path, num_labels: int | None = None, head: str = "sequenc
         hf, index = read_config(path), None
     family = family_for(hf.get("model_type"), path)
     cfg = family.config_from_hf(hf)
-    ckpt_labels = _checkpoint_head_labels(hf, family, head)
+    has_head, ckpt_labels = _checkpoint_head(hf, family, head)
     if num_labels is None:
         num_labels = len(ckpt_labels) if ckpt_labels else 2
     with torch.device("meta"):
         model = family.build(cfg, head, num_labels)
     index = index or index_checkpoint(path)
-    head_loaded = _copy_weights(model, index, resolve_dtype(dtype), use_head=ckpt_labels is not None,
-                                quantize=quantize)
+    head_loaded = _copy_weights(model, index, resolve_dtype(dtype), use_head=has_head, quantize=quantize)
     model.hf_config, model.head, model.name_or_path = hf, head, str(name_or_path)
     model.label_names = ckpt_labels if head_loaded else None
+    model.head_trained = head_loaded  # False: a fresh, untrained head
     return model.eval()
 
 
@@ -195,18 +193,7 @@ def save_pretrained(model: nn.Module, out_dir, label_names: list[str] | None = N
     state = export_state_dict(model)  # plain Hub names: LoRA merged, NF4 dequantized
     dtypes = {v.dtype for v in state.values() if v.is_floating_point()} or {torch.float32}
     cfg["dtype"] = str(dtypes.pop()).removeprefix("torch.") if len(dtypes) == 1 else "float32"
-    _atomic_write(out / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-    _atomic_write(out / "config.json", lambda p: Path(p).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n"))
+    atomic_write(out / "model.safetensors", lambda p: save_file(state, p, metadata={"format": "pt"}))
+    atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     model.label_names = names
 
-
-def _atomic_write(path: Path, write) -> None:
-    """Write to a temporary file beside `path`, then rename: a crash never leaves a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -1,7 +1,7 @@
 """`run.py predict`: a trained model directory + a file of texts -> a CSV of labels and probabilities per row.
 
-Reads .csv, .tsv or .jsonl with a text column (and the pair column the model was trained with, if any).
-Multi-label models apply the per-label thresholds saved beside them (model/thresholds.json), else 0.5.
+Reads .csv, .tsv or .jsonl with a text column (and, with --pair-col, the second segment a pair model needs).
+Multi-label models apply the thresholds run.py chose on dev (model/thresholds.json), else 0.5.
 The output is written to a temporary file and renamed, so a failure leaves no half-written predictions.
 """
 
@@ -10,12 +10,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .data.custom import Columns, read_rows
 from .errors import ConfigError
 
@@ -37,13 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _thresholds(model_dir: Path, names: list[str], override: float | None) -> np.ndarray:
+    """--threshold, else what run.py chose on dev (tuned per label, or its fixed threshold), else 0.5."""
     if override is not None:
         return np.full(len(names), override)
     path = model_dir / "thresholds.json"
-    if path.is_file():
-        per_label = json.loads(path.read_text())["per_label"]
-        return np.array([per_label.get(n, 0.5) for n in names])
-    return np.full(len(names), 0.5)
+    if not path.is_file():
+        return np.full(len(names), 0.5)
+    saved = json.loads(path.read_text())
+    if saved.get("use") == "tuned":
+        return np.array([saved["per_label"].get(n, 0.5) for n in names])
+    return np.full(len(names), saved.get("threshold") or 0.5)
 
 
 def run_predict(argv: list[str]) -> Path:
@@ -53,10 +55,13 @@ def run_predict(argv: list[str]) -> Path:
     from .runner import make_collate, pick_device, predict_scores
 
     args = build_parser().parse_args(argv)
+    if args.batch_size < 1 or args.max_length < 1:
+        raise ConfigError("--batch-size and --max-length must be positive integers")
     model_dir = Path(args.model)
     model = load_model(model_dir)
-    if model.head != "sequence":
-        raise ConfigError(f"--model {model_dir}: predict handles sequence classifiers; this is a {model.head} model")
+    if not model.head_trained:
+        raise ConfigError(f"--model {model_dir}: no trained sequence-classification head there (a base checkpoint or "
+                          "a multiple-choice model); pass the model/ directory of a run.py classification run")
     tokenizer = load_tokenizer(model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.set_pad_to_eos()
@@ -66,9 +71,8 @@ def run_predict(argv: list[str]) -> Path:
     examples = [Example(text=r.text, pair=r.pair) for r in rows]
     features = tokenize(examples, tokenizer, kind, args.max_length)
     device = pick_device(args.device)
-    cfg = argparse.Namespace(padding="dynamic", max_length=args.max_length)
-    scores = predict_scores(model.to(device), features, make_collate(cfg, tokenizer.pad_token_id), kind,
-                            args.batch_size, device, "fp32")
+    collate_fn = make_collate("dynamic", args.max_length, tokenizer.pad_token_id)
+    scores = predict_scores(model.to(device), features, collate_fn, kind, args.batch_size, device, "fp32")
     names = model.label_names
     if multi:
         chosen = scores >= _thresholds(model_dir, names, args.threshold)
@@ -81,16 +85,11 @@ def run_predict(argv: list[str]) -> Path:
 
 
 def _write_csv(path: Path, rows, labels, scores, names, label_header: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["row", "text", label_header] + [f"prob_{n}" for n in names])
             for r, lab, p in zip(rows, labels, scores):
                 w.writerow([r.line, r.text, lab] + [f"{v:.6f}" for v in p])
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
+    atomic_write(path, write)

@@ -4,20 +4,24 @@ Output directory: config.json (resolved config), metrics.jsonl, results.json, re
 --resume), best.safetensors, and model/ in the Hub layout (config.json, model.safetensors, tokenizer files,
 thresholds.json for multi-label) that minitune.load_model and transformers both load. Recipe-MPR runs its five
 folds in fold0/ .. fold4/ and reports test accuracy over all folds; model/ holds fold 0's model.
+
+Everything a user can get wrong (flags, files, model name, metric) is checked before the output directory is
+written to, so a mistake costs seconds and leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .atomic import atomic_write_text
 from .config import RunConfig, dump, print_config
 from .data.batching import BucketedBatchSampler, RandomBatchSampler, TokenBudgetBatchSampler, collate, length_of
 from .data.features import oversample_rare, tokenize
@@ -26,12 +30,18 @@ from .errors import ConfigError
 from .eval.metrics import classification_report
 from .eval.report import format_report, write_results
 from .eval.thresholds import tune_thresholds
-from .modeling import _atomic_write
 from .train.amp import autocast_context
 from .train.loop import TrainData, fit
 from .train.losses import balanced_class_weights, balanced_pos_weight, build_loss
 
 log = logging.getLogger("minitune")
+
+# Metrics --metric may select on, per task kind (all: higher is better).
+METRICS = {
+    "single_label": ("macro_f1", "accuracy", "micro_f1", "weighted_f1", "binary_f1"),
+    "multi_label": ("macro_f1", "jaccard", "micro_f1", "weighted_f1", "subset_accuracy"),
+    "multiple_choice": ("accuracy", "macro_f1"),
+}
 
 
 def seed_everything(seed: int) -> None:
@@ -43,9 +53,13 @@ def seed_everything(seed: int) -> None:
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device: use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: no CUDA device is available here; use --device cpu")
-    return torch.device(name)
+    return device
 
 
 def make_sampler(cfg: RunConfig, features: list[dict], seed: int):
@@ -57,9 +71,9 @@ def make_sampler(cfg: RunConfig, features: list[dict], seed: int):
     return RandomBatchSampler(lengths, cfg.batch_size, shuffle=True, seed=seed)
 
 
-def make_collate(cfg: RunConfig, pad_id: int, padding_side: str = "right"):
-    padding = "fixed" if cfg.padding == "fixed" else "dynamic"
-    return lambda feats: collate(feats, pad_id, padding, cfg.max_length, padding_side)
+def make_collate(padding: str, max_length: int, pad_id: int, padding_side: str = "right"):
+    mode = "fixed" if padding == "fixed" else "dynamic"
+    return lambda feats: collate(feats, pad_id, mode, max_length, padding_side)
 
 
 @torch.no_grad()
@@ -79,9 +93,23 @@ def predict_scores(model, features: list[dict], collate_fn, kind: str, batch_siz
     return np.stack(out)
 
 
+def check_max_length(cfg: RunConfig, hf_config: dict) -> None:
+    """A --max-length beyond the position table would index past it in the middle of training."""
+    positions = hf_config.get("max_position_embeddings")
+    if positions is None or hf_config.get("model_type") in ("llama", "qwen2", "gemma"):
+        return  # RoPE has no table; its limit is the tokenizer's
+    usable = positions - (hf_config.get("pad_token_id", 0) + 1 if hf_config.get("model_type") != "bert" else 0)
+    if hf_config.get("model_type") in ("roberta", "xlm-roberta") and cfg.max_length > usable:
+        raise ConfigError(f"--max-length {cfg.max_length} exceeds {cfg.model}'s {usable} positions; use at most "
+                          f"{usable}")
+    if cfg.max_length > positions:
+        raise ConfigError(f"--max-length {cfg.max_length} exceeds {cfg.model}'s {positions} positions; use at most "
+                          f"{positions}")
+
+
 def build_model(cfg: RunConfig, task: TaskData, tokenizer):
-    from .models.ffnn import build_ffnn
     from . import load_model
+    from .models.ffnn import build_ffnn
 
     head = "multiple_choice" if task.kind == MULTIPLE_CHOICE else "sequence"
     num_labels = None if head == "multiple_choice" else task.num_labels
@@ -104,30 +132,26 @@ def build_model(cfg: RunConfig, task: TaskData, tokenizer):
     return model
 
 
-def build_loss_for(cfg: RunConfig, task: TaskData, train_features: list[dict]):
-    kind = task.kind
+def build_loss_for(cfg: RunConfig, task: TaskData, train_ex):
+    """The loss; class weights come from the original training labels (before any oversampling)."""
     weights = pos_weight = None
     if cfg.class_weights == "balanced":
-        labels = np.array([f["label"] for f in train_features])
-        if kind == MULTI_LABEL:
+        labels = label_array(task, train_ex)
+        if task.kind == MULTI_LABEL:
             pos_weight = balanced_pos_weight(labels)
         else:
             weights = balanced_class_weights(labels, task.num_labels)
-    return build_loss(cfg.loss or "", "single_label" if kind == MULTIPLE_CHOICE else kind, task.num_labels,
-                      class_weights=weights, pos_weight=pos_weight, label_smoothing=cfg.label_smoothing,
-                      gamma=cfg.focal_gamma, gamma_neg=cfg.asl_gamma_neg, gamma_pos=cfg.asl_gamma_pos,
-                      clip=cfg.asl_clip)
-
-
-def labels_of(task: TaskData, examples) -> np.ndarray:
-    return label_array(task, examples)
+    kind = "single_label" if task.kind == MULTIPLE_CHOICE else task.kind
+    return build_loss(cfg.loss or "", kind, task.num_labels, class_weights=weights, pos_weight=pos_weight,
+                      label_smoothing=cfg.label_smoothing, gamma=cfg.focal_gamma, gamma_neg=cfg.asl_gamma_neg,
+                      gamma_pos=cfg.asl_gamma_pos, clip=cfg.asl_clip)
 
 
 def report_for(task: TaskData, examples, scores, cfg: RunConfig, thresholds=None) -> dict:
     groups = [ex.meta.get("query_types", []) for ex in examples] if task.kind == MULTIPLE_CHOICE else None
     names = task.label_names if task.kind != MULTIPLE_CHOICE else [f"choice_{i}" for i in range(scores.shape[1])]
-    return classification_report(task.kind, labels_of(task, examples), scores, names, threshold=cfg.threshold,
-                                  tuned_thresholds=thresholds, groups=groups)
+    return classification_report(task.kind, label_array(task, examples), scores, names, threshold=cfg.threshold,
+                                 tuned_thresholds=thresholds, groups=groups)
 
 
 def train_once(cfg: RunConfig, task: TaskData, train_ex, dev_ex, tokenizer, out_dir: Path, device):
@@ -138,42 +162,45 @@ def train_once(cfg: RunConfig, task: TaskData, train_ex, dev_ex, tokenizer, out_
     train_f = tokenize(train_ex, tokenizer, task.kind, cfg.max_length)
     dev_f = tokenize(dev_ex, tokenizer, task.kind, cfg.max_length)
     if cfg.oversample_rare and task.kind == MULTI_LABEL:
-        keep = oversample_rare(labels_of(task, train_ex), cfg.oversample_rare, cfg.seed)
-        train_f = [train_f[i] for i in keep]
+        train_f = [train_f[i] for i in oversample_rare(label_array(task, train_ex), cfg.oversample_rare, cfg.seed)]
     log.info("tokenized %d train / %d dev examples in %.1fs", len(train_f), len(dev_f), time.perf_counter() - t0)
     model = build_model(cfg, task, tokenizer).to(device)
-    collate_fn = make_collate(cfg, tokenizer.pad_token_id)
-    loss_fn = build_loss_for(cfg, task, train_f).to(device)
+    collate_fn = make_collate(cfg.padding, cfg.max_length, tokenizer.pad_token_id)
+    loss_fn = build_loss_for(cfg, task, train_ex).to(device)
 
     def evaluate(m) -> dict:
         scores = predict_scores(m, dev_f, collate_fn, task.kind, cfg.batch_size * 2, device, cfg.precision)
         rep = report_for(task, dev_ex, scores, cfg)
-        metrics = {k: v for k, v in rep.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        if cfg.metric not in metrics:
-            raise ConfigError(f"--metric {cfg.metric!r} is not reported for {task.kind}; choose one of "
-                              f"{', '.join(sorted(metrics))}")
-        return metrics
+        return {k: rep[k] for k in METRICS[task.kind] if k in rep}
 
     data = TrainData(train_f, make_sampler(cfg, train_f, cfg.seed), collate_fn)
     state = fit(model, loss_fn, data, evaluate, cfg, out_dir, device)
     scores = predict_scores(model, dev_f, collate_fn, task.kind, cfg.batch_size * 2, device, cfg.precision)
-    state_dict = asdict(state) | {"seconds": round(time.perf_counter() - t0, 1)}
-    return model, state_dict, scores, collate_fn
+    return model, dataclasses.asdict(state) | {"seconds": round(time.perf_counter() - t0, 1)}, scores, collate_fn
 
 
-def save_model(model, tokenizer, task: TaskData, out_dir: Path, thresholds=None) -> None:
+def choose_thresholds(task: TaskData, dev_ex, scores, cfg: RunConfig) -> dict:
+    """Per-label thresholds tuned on dev (for per-label F1), kept for prediction only if they also do at least
+    as well as the fixed threshold on the run's --metric; both are reported either way."""
+    tuned = tune_thresholds(label_array(task, dev_ex), scores)
+    rep = report_for(task, dev_ex, scores, cfg, tuned)
+    use = "tuned" if rep["tuned"][cfg.metric] >= rep[cfg.metric] else "fixed"
+    return {"threshold": cfg.threshold, "per_label": dict(zip(task.label_names, map(float, tuned))), "use": use,
+            "metric": cfg.metric}
+
+
+def save_model(model, tokenizer, task: TaskData, out_dir: Path, thresholds: dict | None = None) -> None:
+    from .adapters import save_adapter_dir
+
     target = out_dir / "model"
-    problem = "multi_label_classification" if task.kind == MULTI_LABEL else (
-        "single_label_classification" if task.kind != MULTIPLE_CHOICE else None)
+    problem = {MULTI_LABEL: "multi_label_classification", MULTIPLE_CHOICE: None}.get(
+        task.kind, "single_label_classification")
     model.save_pretrained(target, label_names=task.label_names if task.kind != MULTIPLE_CHOICE else None,
                           problem_type=problem)
     tokenizer.save_pretrained(target)
-    from .adapters import save_adapter_dir
-
     save_adapter_dir(model, out_dir, getattr(model, "name_or_path", None))
     if thresholds is not None:
-        data = {"threshold": None, "per_label": dict(zip(task.label_names, map(float, thresholds)))}
-        _atomic_write(target / "thresholds.json", lambda p: Path(p).write_text(json.dumps(data, indent=2)))
+        atomic_write_text(target / "thresholds.json", json.dumps(thresholds, indent=2) + "\n")
 
 
 def subsample(examples: list, n: int | None, seed: int | None) -> list:
@@ -189,50 +216,61 @@ def holdout(task: TaskData, examples: list, share: float, seed: int) -> tuple[li
     """Split examples into (train, held-out), stratified by label (iteratively for multi-label)."""
     from .data.splits import multilabel_holdout, stratified_holdout
 
-    labels = labels_of(task, examples)
     split = multilabel_holdout if task.kind == MULTI_LABEL else stratified_holdout
-    tr, te = split(labels, share, seed)
+    tr, te = split(label_array(task, examples), share, seed)
     return [examples[i] for i in tr], [examples[i] for i in te]
 
 
-def run_train(cfg: RunConfig) -> dict:
+def _check_inputs(cfg: RunConfig):
+    """Load and check everything that can be wrong before anything is written: task files, the metric, the
+    model and tokenizer, --test-file, --max-length. Returns (task, tokenizer, test examples or None)."""
     from . import load_tokenizer
     from .data.tasks import resolve_data_dir
+    from .hub import resolve_model
+    from .modeling import read_config
 
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    print_config(cfg)
-    _atomic_write(out / "config.json", lambda p: Path(p).write_text(dump(cfg) + "\n"))
-    device = pick_device(cfg.device)
     task = load_task(cfg.task, resolve_data_dir(cfg.data_dir), seed=cfg.seed, train_file=cfg.train_file,
-                     dev_file=cfg.dev_file, **_custom_columns(cfg))
-    if cfg.metric is None:
-        cfg.metric = "accuracy" if task.kind == MULTIPLE_CHOICE else "macro_f1"
-    tokenizer = load_tokenizer("minilm" if cfg.model == "ffnn" else cfg.model)
+                     dev_file=cfg.dev_file, **({} if cfg.task != "custom" else dict(
+                         text_col=cfg.text_col, label_col=cfg.label_col, pair_col=cfg.pair_col)))
+    if cfg.metric not in METRICS[task.kind]:
+        raise ConfigError(f"--metric {cfg.metric!r} is not a selection metric for {task.kind} tasks; choose one of "
+                          f"{', '.join(METRICS[task.kind])}")
+    if cfg.test_file and task.folds:
+        raise ConfigError("--test-file: recipe-mpr is scored on the test part of each of its folds; drop it")
+    test_ex = load_eval_file(task, cfg.test_file) if cfg.test_file else None
+    name = "minilm" if cfg.model == "ffnn" else cfg.model
+    path = resolve_model(name)
+    if path.suffix.lower() != ".gguf" and cfg.model != "ffnn":
+        check_max_length(cfg, read_config(path))
+    tokenizer = load_tokenizer(name)
     if tokenizer.pad_token_id is None:
         log.warning("%s has no pad token: using its eos token for padding", cfg.model)
         tokenizer.set_pad_to_eos()
+    return task, tokenizer, test_ex
+
+
+def run_train(cfg: RunConfig) -> dict:
+    device = pick_device(cfg.device)
+    task, tokenizer, test_ex = _check_inputs(cfg)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    print_config(cfg)
+    atomic_write_text(out / "config.json", dump(cfg) + "\n")
     t0 = time.perf_counter()
     if task.kind == MULTIPLE_CHOICE and task.folds:
         results = _run_folds(cfg, task, tokenizer, out, device)
     else:
-        results = _run_holdout(cfg, task, tokenizer, out, device)
+        results = _run_holdout(cfg, task, tokenizer, test_ex, out, device)
     results["train"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
     results = {"task": cfg.task, "model": cfg.model, "config": json.loads(dump(cfg)), **results}
     write_results(out / "results.json", results)
     text = format_report(results)
-    _atomic_write(out / "report.txt", lambda p: Path(p).write_text(text + "\n"))
+    atomic_write_text(out / "report.txt", text)
     print(text)
     return results
 
 
-def _custom_columns(cfg: RunConfig) -> dict:
-    if cfg.task != "custom":
-        return {}
-    return dict(text_col=cfg.text_col, label_col=cfg.label_col, pair_col=cfg.pair_col)
-
-
-def _run_holdout(cfg: RunConfig, task: TaskData, tokenizer, out: Path, device) -> dict:
+def _run_holdout(cfg: RunConfig, task: TaskData, tokenizer, test_ex, out: Path, device) -> dict:
     train_ex = subsample(task.train, cfg.max_train_samples, cfg.seed)
     dev_ex = subsample(task.dev, cfg.max_eval_samples, None)
     if not dev_ex:  # no dev file: hold out 10% of train, stratified, to select on
@@ -240,15 +278,15 @@ def _run_holdout(cfg: RunConfig, task: TaskData, tokenizer, out: Path, device) -
         log.info("no dev file: holding out %d of %d training examples for selection", len(dev_ex),
                  len(dev_ex) + len(train_ex))
     model, state, scores, collate_fn = train_once(cfg, task, train_ex, dev_ex, tokenizer, out, device)
-    thresholds = tune_thresholds(labels_of(task, dev_ex), scores) if task.kind == MULTI_LABEL else None
-    results = {"train": state, "dev": report_for(task, dev_ex, scores, cfg, thresholds)}
+    thresholds = choose_thresholds(task, dev_ex, scores, cfg) if task.kind == MULTI_LABEL else None
+    tuned = np.array(list(thresholds["per_label"].values())) if thresholds else None
+    results = {"train": state, "dev": report_for(task, dev_ex, scores, cfg, tuned)}
     if thresholds is not None:
-        results["thresholds"] = dict(zip(task.label_names, map(float, thresholds)))
-    if cfg.test_file:
-        test_ex = load_eval_file(task, cfg.test_file)
+        results["thresholds"] = thresholds
+    if test_ex is not None:
         test_f = tokenize(test_ex, tokenizer, task.kind, cfg.max_length)
         test_scores = predict_scores(model, test_f, collate_fn, task.kind, cfg.batch_size * 2, device, cfg.precision)
-        results["test"] = report_for(task, test_ex, test_scores, cfg, thresholds)
+        results["test"] = report_for(task, test_ex, test_scores, cfg, tuned)
     save_model(model, tokenizer, task, out, thresholds)
     return results
 
@@ -265,11 +303,15 @@ def _run_folds(cfg: RunConfig, task: TaskData, tokenizer, out: Path, device) -> 
         else:  # the published folds leave validation empty: select on 10% of the fold's training part
             fold_train, fold_val = holdout(task, fold_train, 0.1, cfg.seed)
         fold_train = subsample(fold_train, cfg.max_train_samples, cfg.seed)
-        model, state, _, collate_fn = train_once(cfg, task, fold_train, fold_val, tokenizer, out / f"fold{k}", device)
+        fold_dir = out / f"fold{k}"
+        # On --resume, folds that never started begin afresh; finished ones resume into "done" at once.
+        fold_cfg = dataclasses.replace(cfg, resume=cfg.resume if (fold_dir / "checkpoint").is_dir() else None)
+        model, state, _, collate_fn = train_once(fold_cfg, task, fold_train, fold_val, tokenizer, fold_dir, device)
         ex = [task.train[i] for i in te]
         scores = predict_scores(model, tokenize(ex, tokenizer, task.kind, cfg.max_length), collate_fn, task.kind,
                                 cfg.batch_size * 2, device, cfg.precision)
-        per_fold.append({"fold": k, **state, "test_accuracy": float((scores.argmax(1) == labels_of(task, ex)).mean())})
+        accuracy = float((scores.argmax(1) == label_array(task, ex)).mean())
+        per_fold.append({"fold": k, **state, "test_accuracy": accuracy})
         test_ex += ex
         test_scores.append(scores)
         if k == 0:

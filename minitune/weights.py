@@ -1,4 +1,4 @@
-"""Checkpoint readers and the strict 1:1 copy into a module built on the meta device.
+"""Checkpoint readers: names, shapes and lazy readers of every tensor (modeling.py does the strict 1:1 copy).
 
 Formats: `model.safetensors`, sharded safetensors (`model.safetensors.index.json`), and, for repositories that only
 have it, `pytorch_model.bin` read with `torch.load(weights_only=True)` -- nothing is ever unpickled without it.

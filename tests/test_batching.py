@@ -84,7 +84,7 @@ def test_collate_user_errors_name_the_flag():
         collate(CLS, pad_id=0, padding="longest")
     with pytest.raises(ConfigError, match="--max-length"):
         collate(CLS, pad_id=0, padding="fixed")
-    with pytest.raises(ConfigError, match="--padding-side"):
+    with pytest.raises(ConfigError, match="padding side"):
         collate(CLS, pad_id=0, padding_side="middle")
 
 

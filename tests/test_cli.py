@@ -72,9 +72,13 @@ def test_predict_writes_labels_and_probabilities(humor_run, tmp_path, data_dir):
 def test_semeval_thresholds_saved_and_used(tmp_path, data_dir):
     out = train(tmp_path, data_dir, "semeval", "--task", "semeval")
     results = json.loads((out / "results.json").read_text())
-    assert set(results["thresholds"]) == set(results["dev"]["label_names"]) and "tuned" in results["dev"]
-    saved = json.loads((out / "model" / "thresholds.json").read_text())["per_label"]
-    assert saved == results["thresholds"]
+    chosen = results["thresholds"]
+    assert set(chosen["per_label"]) == set(results["dev"]["label_names"]) and "tuned" in results["dev"]
+    assert chosen["threshold"] == 0.5 and chosen["metric"] == "jaccard"  # semeval selects on its official score
+    # the tuned thresholds are kept for prediction only if they do at least as well on the run's metric
+    better = results["dev"]["tuned"]["jaccard"] >= results["dev"]["jaccard"]
+    assert chosen["use"] == ("tuned" if better else "fixed")
+    assert json.loads((out / "model" / "thresholds.json").read_text()) == chosen
     assert minitune.load_model(out / "model").hf_config["problem_type"] == "multi_label_classification"
 
 
@@ -102,11 +106,12 @@ def test_custom_task_with_pairs_and_no_dev_file(tmp_path):
     f = tmp_path / "pairs.jsonl"
     f.write_text("".join(json.dumps({"q": a, "p": b, "y": c}) + "\n" for a, b, c in rows))
     out = tmp_path / "custom"
-    assert main(["--task", "custom", "--train-file", str(f), "--dev-file", str(f), "--text-col", "q",
-                 "--pair-col", "p", "--label-col", "y", "--output-dir", str(out), "--epochs", "1",
-                 "--batch-size", "8"]) == 0
+    assert main(["--task", "custom", "--train-file", str(f), "--text-col", "q", "--pair-col", "p",
+                 "--label-col", "y", "--output-dir", str(out), "--epochs", "1", "--batch-size", "8"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["dev"]["label_names"] == ["no", "yes"] and results["dev"]["n_examples"] == 40
+    # no dev file: 10% of the 40 training rows are held out, stratified, to select on
+    assert results["dev"]["label_names"] == ["no", "yes"] and results["dev"]["n_examples"] == 4
+    assert [c["support"] for c in results["dev"]["per_class"].values()] == [2, 2]
 
 
 def run_cli(*args, cwd=REPO):
@@ -118,7 +123,12 @@ def run_cli(*args, cwd=REPO):
     (["--task", "humor", "--lr", "-1"], "--lr must be positive"),
     (["--task", "nope"], "invalid choice: 'nope'"),
     (["--task", "humor", "--model", "/no/such/dir"], "/no/such/dir"),
-    (["--task", "custom", "--train-file", "x.csv"], "--task custom needs --train-file and --dev-file"),
+    (["--task", "custom"], "--task custom needs --train-file"),
+    (["--task", "humor", "--metric", "jaccard"], "--metric 'jaccard' is not a selection metric"),
+    (["--task", "humor", "--max-length", "1000"], "--max-length 1000 exceeds minilm's 512 positions"),
+    (["--task", "humor", "--device", "tpu"], "--device 'tpu'"),
+    (["--task", "humor", "--model", "ffnn", "--lora-r", "4"], "drop --lora-r"),
+    (["--task", "humor", "--test-file", "/no/such.csv"], "/no/such.csv"),
     (["--task", "humor", "--quantize", "nf4"], "add --lora-r"),
 ])
 def test_user_errors_end_in_one_clear_line(tmp_path, data_dir, args, message):
@@ -161,3 +171,33 @@ def test_smollm2_qlora_run_and_predict(tmp_path, data_dir):
                  str(tmp_path / "p.csv")]) == 0
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
     assert len(rows) == 1 and "prob_joy" in rows[0]
+
+
+def test_toml_values_are_type_checked(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('task = "humor"\nlr = "2e-5"\n')
+    r = run_cli("--config", str(toml))
+    assert r.returncode == 2 and "lr = '2e-5' should be a float" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_resume_continues_in_its_directory_and_refuses_changed_settings(tmp_path, data_dir):
+    out = train(tmp_path, data_dir, "r", "--task", "humor", "--epochs", "2", "--max-steps", "3")
+    first = json.loads((out / "results.json").read_text())["train"]
+    assert main(["--resume", str(out), "--data-dir", str(data_dir), *SMALL, "--task", "humor", "--epochs", "2",
+                 "--max-steps", "3"]) == 0
+    again = json.loads((out / "results.json").read_text())["train"]
+    assert again["step"] == first["step"] == 3  # nothing left to do: the finished run is not trained twice
+    r = run_cli("--resume", str(out), "--data-dir", str(data_dir), *SMALL, "--task", "humor", "--epochs", "2",
+                "--max-steps", "3", "--lr", "1e-4")
+    assert r.returncode == 2 and "started with --lr 2e-05" in r.stderr.strip().splitlines()[-1]
+
+
+def test_multiple_choice_model_reloads_with_its_trained_head(tmp_path, data_dir):
+    out = train(tmp_path, data_dir, "mc", "--task", "recipe-mpr", "--folds", "1", "--max-length", "32")
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / "model" / "model.safetensors"))["classifier.weight"]
+    model = minitune.load_model(out / "model", head="multiple_choice")
+    assert model.head_trained and torch.equal(model.classifier.weight, saved)
+    r = run_cli("predict", "--model", str(out / "model"), "--input", "x.csv", "--output", str(tmp_path / "p.csv"))
+    assert r.returncode == 2 and "no trained sequence-classification head" in r.stderr

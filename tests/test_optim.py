@@ -239,5 +239,5 @@ def test_scheduler_state_round_trip(name):
 def test_bad_scheduler_names_the_flag():
     with pytest.raises(ConfigError, match="--scheduler"):
         build_scheduler(two_group_optimizer(), "step", total_steps=10, warmup_steps=0)
-    with pytest.raises(ConfigError, match="--warmup-steps"):
+    with pytest.raises(ConfigError, match="--warmup-ratio"):
         build_scheduler(two_group_optimizer(), "linear", total_steps=10, warmup_steps=11)

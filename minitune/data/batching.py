@@ -110,7 +110,7 @@ def collate(
     if not features:
         raise ValueError("collate got an empty batch")
     if padding_side not in PADDING_SIDES:
-        raise ConfigError(f"--padding-side {padding_side!r} is not a side: use left or right")
+        raise ConfigError(f"padding side {padding_side!r} is not a side: use left or right")
     left = padding_side == "left"
     multiple_choice = is_multiple_choice(features[0])
     length = _padded_length(max(length_of(f) for f in features), padding, max_length, pad_to_multiple_of)
@@ -258,7 +258,7 @@ class BucketedBatchSampler(_EpochBatchSampler):
         super().__init__(lengths, shuffle=shuffle, seed=seed)
         _check_batch_size(batch_size)
         if window < 1:
-            raise ConfigError(f"--bucket-window {window} must be a positive number of batches")
+            raise ConfigError(f"bucket window {window} must be a positive number of batches")
         self.batch_size = batch_size
         self.window = window
         self.drop_last = drop_last
@@ -294,7 +294,7 @@ class TokenBudgetBatchSampler(_EpochBatchSampler):
                 f"--max-tokens {max_tokens} is below the longest example ({longest} tokens): raise it to at least that"
             )
         if window < 1:
-            raise ConfigError(f"--bucket-window {window} must be a positive number of batches")
+            raise ConfigError(f"bucket window {window} must be a positive number of batches")
         self.max_tokens = max_tokens
         self.window = window
 

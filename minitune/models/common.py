@@ -76,8 +76,8 @@ class Classifier(torch.nn.Module):
     """What every family's classifier shares: where the Hub config lives and how to save in the Hub layout.
 
     Subclasses set `base_prefix` (the Hub's name for the bare model: "bert", "roberta", "distilbert", "model") and
-    build a head whose parameters live outside that prefix. `load_model` fills `hf_config`, `label_names` and
-    `model_type` after loading.
+    build a head whose parameters live outside that prefix. `load_model` fills `hf_config`, `label_names`, `head`,
+    `head_trained` and `name_or_path` after loading.
     """
 
     base_prefix: str = ""

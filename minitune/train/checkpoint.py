@@ -51,16 +51,19 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k in names}
 
 
-def save_checkpoint(directory: Path, model, optimizer, scheduler, scaler, sampler, loop_state: dict) -> None:
+def save_checkpoint(directory: Path, model, optimizer, scheduler, scaler, sampler, loop_state: dict,
+                    signature: dict) -> None:
+    """`signature`: the settings a resumed run must share with this one (checked by load_checkpoint)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    old = directory.with_name(directory.name + ".old")
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:
         save_file(trainable_state(model), str(tmp / WEIGHTS))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(), "sampler": sampler.state_dict(), "rng": rng_state(),
-                    "loop": loop_state}, tmp / STATE)
-        old = directory.with_name(directory.name + ".old")
+                    "loop": loop_state, "signature": json.dumps(signature, sort_keys=True)}, tmp / STATE)
+        shutil.rmtree(old, ignore_errors=True)  # left over if an earlier run died between the renames below
         if directory.exists():
             directory.rename(old)
         tmp.rename(directory)
@@ -70,23 +73,36 @@ def save_checkpoint(directory: Path, model, optimizer, scheduler, scaler, sample
         raise
 
 
-def load_checkpoint(directory: Path, model, optimizer, scheduler, scaler, sampler) -> dict:
+def _readable(directory: Path) -> Path | None:
+    """The checkpoint directory, or its `.old` twin when a crash came between save_checkpoint's two renames."""
+    for d in (directory, directory.with_name(directory.name + ".old")):
+        if (d / STATE).is_file() and (d / WEIGHTS).is_file():
+            return d
+    return None
+
+
+def load_checkpoint(directory: Path, model, optimizer, scheduler, scaler, sampler, signature: dict) -> dict:
     """Restore everything save_checkpoint wrote; returns the loop state."""
-    directory = Path(directory)
-    if not (directory / STATE).is_file() or not (directory / WEIGHTS).is_file():
-        raise CheckpointError(f"--resume {directory.parent}: no checkpoint there ({directory} lacks {WEIGHTS} or "
-                              f"{STATE}); start without --resume")
+    where = Path(directory).parent
+    directory = _readable(Path(directory))
+    if directory is None:
+        raise CheckpointError(f"--resume {where}: no checkpoint there; start without --resume")
     try:
         weights = load_file(str(directory / WEIGHTS))
         state = torch.load(directory / STATE, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"--resume {directory}: the checkpoint cannot be read ({type(e).__name__}: {e}); "
+        raise CheckpointError(f"--resume {where}: the checkpoint cannot be read ({type(e).__name__}: {e}); "
                               "it is corrupt: start without --resume") from None
+    saved = json.loads(state.get("signature", "{}"))
+    changed = sorted(k for k in set(saved) | set(signature) if saved.get(k) != signature.get(k))
+    if changed:
+        was = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)}" for k in changed)
+        raise CheckpointError(f"--resume {where}: the run was started with {was}; resume with the same settings")
     own = model.state_dict()
-    unknown = [k for k in weights if k not in own]
-    if unknown:
-        raise CheckpointError(f"--resume {directory}: weights {unknown[:3]} do not belong to this model: resume with "
-                              "the same --model and options")
+    if set(weights) != {k for k, p in model.named_parameters() if p.requires_grad} or any(
+            own[k].shape != v.shape for k, v in weights.items()):
+        raise CheckpointError(f"--resume {where}: the checkpoint's weights do not fit this model; resume with the "
+                              "same --model and options")
     with torch.no_grad():
         for k, v in weights.items():
             own[k].copy_(v)

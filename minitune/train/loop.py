@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .amp import DynamicLossScaler, autocast_context
+from ..config import RESUME_KEYS
 from .checkpoint import load_checkpoint, save_checkpoint, trainable_state
 from .optim import build_optimizer, build_scheduler
 
@@ -101,13 +102,16 @@ class Loop:
         self.steps_per_epoch = math.ceil(len(data.sampler) / cfg.grad_accum)
         self.total = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.llrd)
-        self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, self.total, int(cfg.warmup_ratio * self.total))
+        # Warmup rounds up, as the reference does: a short run still gets a warmup step.
+        warmup = math.ceil(cfg.warmup_ratio * self.total)
+        self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, self.total, warmup)
+        self.signature = {k: getattr(cfg, k) for k in RESUME_KEYS if hasattr(cfg, k)}
         self.scaler = DynamicLossScaler(enabled=cfg.precision == "fp16")
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.state = LoopState()
         if cfg.resume:
             self.state = LoopState(**load_checkpoint(self.out_dir / "checkpoint", model, self.optimizer,
-                                                     self.scheduler, self.scaler, data.sampler))
+                                                     self.scheduler, self.scaler, data.sampler, self.signature))
         self.log = MetricsLog(self.out_dir / "metrics.jsonl", append=bool(cfg.resume))
         self.bar = tqdm(total=self.total, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True)
         self.t0, self.tokens0 = time.perf_counter(), self.state.tokens
@@ -124,6 +128,7 @@ class Loop:
         found_inf = self.scaler.unscale_(self.optimizer) or not math.isfinite(loss)
         clip = self.cfg.clip_grad if self.cfg.clip_grad > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
+        lr = self.optimizer.param_groups[-1]["lr"]  # the lr this step applies (the head's: the peak under LLRD)
         applied = not found_inf and self.scaler.step(self.optimizer)
         self.scaler.update()  # backs off after an inf (fp16), grows after clean steps
         self.optimizer.zero_grad(set_to_none=True)
@@ -135,14 +140,13 @@ class Loop:
         self.state.step += 1
         self.bar.update(1)
         if self.state.step % self.cfg.log_every == 0 or self.state.step == self.total:
-            self.log_step(loss, float(norm))
+            self.log_step(loss, float(norm), lr)
         return True
 
-    def log_step(self, loss: float, grad_norm: float) -> None:
+    def log_step(self, loss: float, grad_norm: float, lr: float) -> None:
         now = time.perf_counter()
         tps = (self.state.tokens - self.tokens0) / max(now - self.t0, 1e-9)
         self.t0, self.tokens0 = now, self.state.tokens
-        lr = self.optimizer.param_groups[-1]["lr"]  # the head's group: the peak lr under LLRD
         self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
         self.log.write(type="train", step=self.state.step, epoch=self.state.epoch, loss=loss, lr=lr,
                        grad_norm=grad_norm, tokens_per_s=tps, peak_mem_bytes=peak_memory_bytes(self.device),
@@ -168,7 +172,7 @@ class Loop:
 
     def checkpoint(self) -> None:
         save_checkpoint(self.out_dir / "checkpoint", self.model, self.optimizer, self.scheduler, self.scaler,
-                        self.data.sampler, asdict(self.state))
+                        self.data.sampler, asdict(self.state), self.signature)
 
     def close(self) -> None:
         self.bar.close()
@@ -190,6 +194,7 @@ def fit(model: nn.Module, loss_fn: nn.Module, data: TrainData, evaluate: Callabl
             sampler.set_epoch(epoch)
             remaining = len(sampler) - sampler.state_dict()["batches_done"]
             window: list[list[int]] = []
+            finished = True
             for i, idx in enumerate(sampler):  # lazily, so the sampler's position is the consumed position
                 window.append(idx)
                 if len(window) < accum and i < remaining - 1:
@@ -200,8 +205,9 @@ def fit(model: nn.Module, loss_fn: nn.Module, data: TrainData, evaluate: Callabl
                     loop.evaluate_and_keep()
                     loop.checkpoint()
                 if loop.done():
+                    finished = i == remaining - 1
                     break
-            state.epoch = epoch + 1
+            state.epoch += finished  # epochs completed
             if not cfg.eval_every:
                 loop.evaluate_and_keep()
             loop.checkpoint()
@@ -216,10 +222,10 @@ def fit(model: nn.Module, loss_fn: nn.Module, data: TrainData, evaluate: Callabl
 def _save_best(model: nn.Module, out_dir: Path) -> None:
     from safetensors.torch import save_file
 
-    from ..modeling import _atomic_write
+    from ..atomic import atomic_write
 
     state = trainable_state(model)
-    _atomic_write(out_dir / "best.safetensors", lambda p: save_file(state, str(p)))
+    atomic_write(out_dir / "best.safetensors", lambda p: save_file(state, p))
 
 
 def _restore_best(model: nn.Module, out_dir: Path) -> None:

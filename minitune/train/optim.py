@@ -196,9 +196,9 @@ class PlateauSchedule(LRSchedule):
 
     def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int, config: PlateauConfig) -> None:
         if config.mode not in ("max", "min"):
-            raise ConfigError(f"--plateau-mode {config.mode!r} must be max (scores) or min (losses)")
+            raise ConfigError(f"plateau mode {config.mode!r} must be max (scores) or min (losses)")
         if not 0 < config.factor < 1:
-            raise ConfigError(f"--plateau-factor {config.factor} must be in (0, 1) (e.g. 0.5)")
+            raise ConfigError(f"plateau factor {config.factor} must be in (0, 1) (e.g. 0.5)")
         self.config = config
         self.warmup_steps = warmup_steps
         self.scales = [1.0] * len(optimizer.param_groups)
@@ -268,11 +268,11 @@ def build_scheduler(
     if name not in SCHEDULERS:
         raise ConfigError(f"--scheduler {name!r} is not a schedule: use one of {', '.join(SCHEDULERS)}")
     if warmup_steps < 0:
-        raise ConfigError(f"--warmup-steps {warmup_steps} must be >= 0")
+        raise ConfigError(f"warmup of {warmup_steps} steps must be >= 0: check --warmup-ratio")
     if name == "plateau":
         return PlateauSchedule(optimizer, warmup_steps, plateau or PlateauConfig())
     if name != "constant" and warmup_steps > total_steps:
         raise ConfigError(
-            f"--warmup-steps {warmup_steps} exceeds the {total_steps} training steps: lower it or train longer"
+            f"the warmup of {warmup_steps} steps exceeds the {total_steps} training steps: lower --warmup-ratio or train longer"
         )
     return LRSchedule(optimizer, lambda step: schedule_multiplier(name, step, total_steps, warmup_steps))
