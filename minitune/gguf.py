@@ -20,7 +20,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -296,24 +296,36 @@ def _meta(g: GGUFFile, key: str, default: Any = ...) -> Any:
     return default
 
 
-def gguf_to_state_dict(g: GGUFFile) -> dict[str, torch.Tensor]:
-    """Every tensor as float32 under its Hub (transformers Llama) name; no lm_head when the embeddings are tied."""
+def gguf_hub_tensors(g: GGUFFile) -> dict[str, tuple[tuple[int, ...], Callable[[], torch.Tensor]]]:
+    """Hub name -> (torch shape, loader) for every tensor, dequantized only when its loader is called, so a loader
+    that quantizes as it goes (QLoRA) never holds the whole float32 model."""
     _require_llama(g)
     n_head = _meta(g, "llama.attention.head_count")
     n_kv = _meta(g, "llama.attention.head_count_kv", n_head)
+
+    def loader(name: str) -> Callable[[], torch.Tensor]:
+        def load() -> torch.Tensor:
+            w = g.tensor(name)
+            if ".attn_q." in name:
+                w = unpermute_qk(w, n_head)
+            elif ".attn_k." in name:
+                w = unpermute_qk(w, n_kv)
+            return torch.from_numpy(w)
+        return load
+
     out = {}
-    for name in g.tensors:
+    for name, info in g.tensors.items():
         hub = hub_name(name)
         if hub is None:
             raise CheckpointError(f"{g.path}: tensor {name!r} has no Hub Llama counterpart (rope_freqs means Llama-3 "
                                   f"rope scaling, which GGUF loading does not support); use the safetensors checkpoint")
-        w = g.tensor(name)
-        if ".attn_q." in name:
-            w = unpermute_qk(w, n_head)
-        elif ".attn_k." in name:
-            w = unpermute_qk(w, n_kv)
-        out[hub] = torch.from_numpy(w)
+        out[hub] = (info.shape, loader(name))
     return out
+
+
+def gguf_to_state_dict(g: GGUFFile) -> dict[str, torch.Tensor]:
+    """Every tensor as float32 under its Hub (transformers Llama) name; no lm_head when the embeddings are tied."""
+    return {hub: load() for hub, (_, load) in gguf_hub_tensors(g).items()}
 
 
 def gguf_to_hf_config(g: GGUFFile) -> dict[str, Any]:

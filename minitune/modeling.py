@@ -71,11 +71,12 @@ def load_model(name_or_path, num_labels: int | None = None, head: str = "sequenc
         raise ConfigError(f"head={head!r} is not supported; use one of {', '.join(HEADS)}")
     path = resolve_model(str(name_or_path))
     if path.suffix.lower() == ".gguf":
-        from .gguf import gguf_to_hf_config, gguf_to_state_dict, read_gguf
-        from .weights import index_state_dict
+        from .gguf import gguf_hub_tensors, gguf_to_hf_config, read_gguf
 
         g = read_gguf(path)
-        hf, index = gguf_to_hf_config(g), index_state_dict(path, gguf_to_state_dict(g))
+        hf, index = gguf_to_hf_config(g), CheckpointIndex(path)
+        for name, (shape, load) in gguf_hub_tensors(g).items():
+            index.add(name, shape, load)
     else:
         hf, index = read_config(path), None
     family = family_for(hf.get("model_type"), path)

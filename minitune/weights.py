@@ -108,13 +108,6 @@ def index_checkpoint(model_dir: Path) -> CheckpointIndex:
     return index
 
 
-def index_state_dict(path: Path, sd: dict[str, torch.Tensor]) -> CheckpointIndex:
-    index = CheckpointIndex(path)
-    for n, t in sd.items():
-        index.add(n, t.shape, lambda t=t: t)
-    return index
-
-
 def set_tensor(model: nn.Module, key: str, value: torch.Tensor, requires_grad: bool = True) -> None:
     """Make `value` the parameter or buffer `key` of `model` (no copy: the tensor itself)."""
     module_name, _, leaf = key.rpartition(".")
