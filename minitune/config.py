@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import get_args, get_type_hints
 
+from .data.tasks import TASKS
 from .errors import ConfigError
 
-TASKS = ("humor", "semeval", "goemotions", "recipe-mpr", "custom")
 
 
 def opt(default, help: str, choices=None):

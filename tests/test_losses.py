@@ -224,7 +224,7 @@ def test_build_loss_errors():
         build_loss("focal", "single_label", 3, label_smoothing=0.1)
     with pytest.raises(ConfigError, match=r"class weights \(--class-weights\).*\(3\)"):
         build_loss("ce", "single_label", 3, class_weights=[1.0, 2.0])
-    with pytest.raises(ConfigError, match="kind"):
+    with pytest.raises(ValueError, match="kind"):
         build_loss("ce", "regression", 3)
     with pytest.raises(ConfigError) as info:
         build_loss("bce:0.5+foo", "multi_label", 3)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from minitune.data.readers import data_error, read_delimited, read_jsonl, warn_skipped
-SINGLE_LABEL, MULTI_LABEL = "single_label", "multi_label"
+from minitune.kinds import MULTI_LABEL, SINGLE_LABEL
 _DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 _JSONL = (".jsonl", ".ndjson")
 _INT = re.compile(r"-?\d+")

@@ -30,9 +30,9 @@ from minitune.data import custom
 from minitune.data.download import ensure_task_files
 from minitune.data.readers import data_error, fix_mojibake, read_delimited, read_json, read_text, warn_skipped
 from minitune.errors import ConfigError, DataError
+from minitune.kinds import MULTI_LABEL, MULTIPLE_CHOICE, SINGLE_LABEL
 
 TASKS = ("humor", "semeval", "goemotions", "recipe-mpr", "custom")
-SINGLE_LABEL, MULTI_LABEL, MULTIPLE_CHOICE = "single_label", "multi_label", "multiple_choice"
 DATA_DIR_ENV = "MINITUNE_DATA_DIR"
 HUMOR_LABELS = ["not_humor", "humor"]
 _INT = re.compile(r"-?\d+")

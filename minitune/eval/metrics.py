@@ -25,10 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SINGLE_LABEL = "single_label"
-MULTI_LABEL = "multi_label"
-MULTIPLE_CHOICE = "multiple_choice"
-KINDS = (SINGLE_LABEL, MULTI_LABEL, MULTIPLE_CHOICE)
+from minitune.kinds import MULTI_LABEL, normalize_kind
+
 
 
 @dataclass
@@ -185,13 +183,6 @@ def accuracy_by_group(correct: np.ndarray, groups: Sequence[Sequence[str]]) -> d
 
 def _group_entry(n: int, n_correct: int) -> dict[str, float | int]:
     return {"n": n, "correct": n_correct, "accuracy": n_correct / n if n else 0.0}
-
-
-def normalize_kind(kind: str) -> str:
-    k = kind.strip().lower().replace("-", "_")
-    if k not in KINDS:
-        raise ValueError(f"kind {kind!r} is not one of {KINDS}")
-    return k
 
 
 def predict_multilabel(scores, threshold) -> np.ndarray:

@@ -29,20 +29,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minitune.errors import ConfigError
+from minitune.kinds import MULTI_LABEL, normalize_kind
 
-SINGLE_LABEL = "single_label"
-MULTI_LABEL = "multi_label"
-MULTIPLE_CHOICE = "multiple_choice"
-KINDS = (SINGLE_LABEL, MULTI_LABEL, MULTIPLE_CHOICE)
 LOSS_NAMES = ("ce", "bce", "focal", "asl")
-
-
-def normalize_kind(kind: str) -> str:
-    """Accept "single-label" as well as "single_label" (and so on); return the underscore form."""
-    k = kind.strip().lower().replace("-", "_")
-    if k not in KINDS:
-        raise ConfigError(f"task kind {kind!r} is not one of {', '.join(KINDS)}; fix the task definition")
-    return k
 
 
 def _optional_buffer(module: nn.Module, name: str, value: torch.Tensor | Sequence[float] | None) -> None:
