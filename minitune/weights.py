@@ -49,26 +49,49 @@ def _fix_legacy_name(name: str) -> str:
     return name
 
 
+# safetensors dtype names -> torch dtypes, for reading tensor bytes with plain file reads.
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
 def _index_safetensors(index: CheckpointIndex, file: Path) -> None:
+    """Validate the file with safetensors, then read each tensor with a plain read into fresh memory.
+
+    Why not safetensors' own (memory-mapped) tensors: they stay backed by the file, so the whole mapping lives as
+    long as any one of them, and a quantizing load (QLoRA) would keep every page it touched resident.
+    """
     from safetensors import SafetensorError, safe_open
 
     try:
-        handle = safe_open(str(file), framework="pt")
-        names = list(handle.keys())
-        shapes = {n: handle.get_slice(n).get_shape() for n in names}
+        with safe_open(str(file), framework="pt") as handle:  # checks the header against the file's size
+            names = list(handle.keys())
+        with open(file, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(header_len))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(
             f"{file}: not a readable safetensors file ({e}); it is truncated or corrupt: delete it and download it again"
         ) from None
+    start = 8 + header_len
     for n in names:
-        index.add(_fix_legacy_name(n), shapes[n], lambda n=n, h=handle: _read_safetensor(h, n, file))
+        info = header[n]
+        if info["dtype"] not in _ST_DTYPES:
+            raise CheckpointError(f"{file}: tensor {n!r} has dtype {info['dtype']}, which minitune does not read")
+        begin, end = info["data_offsets"]
+        index.add(_fix_legacy_name(n), info["shape"],
+                  lambda n=n, i=info, b=begin, e=end: _read_tensor(file, n, i, start + b, e - b))
 
 
-def _read_safetensor(handle, name: str, file: Path) -> torch.Tensor:
-    try:
-        return handle.get_tensor(name)
-    except Exception as e:  # safetensors raises several types for truncated data
-        raise CheckpointError(f"{file}: tensor {name!r} cannot be read ({e}): the file is truncated or corrupt") from None
+def _read_tensor(file: Path, name: str, info: dict, offset: int, nbytes: int) -> torch.Tensor:
+    buf = bytearray(nbytes)
+    with open(file, "rb") as f:
+        f.seek(offset)
+        if f.readinto(buf) != nbytes:
+            raise CheckpointError(f"{file}: tensor {name!r} is cut short: the file is truncated; download it again")
+    if not nbytes:
+        return torch.empty(info["shape"], dtype=_ST_DTYPES[info["dtype"]])
+    return torch.frombuffer(buf, dtype=_ST_DTYPES[info["dtype"]]).view(info["shape"])
 
 
 def _index_pytorch_bin(index: CheckpointIndex, file: Path) -> None:
