@@ -1,0 +1,261 @@
+#!/usr/bin/env python
+"""End-to-end benchmark: `run.py` (minitune) against `hf_trainer_baseline.py` (transformers.Trainer), on CPU.
+
+    python benchmarks/e2e.py --quick                        # smoke run: 64 train / 64 dev examples, 1 epoch
+    python benchmarks/e2e.py                                # humor (2 epochs) + semeval (5), 2000 train ex., full dev
+    python benchmarks/e2e.py --mode recipe-mpr goemotions   # minitune-only runs
+
+Modes:
+- compare: for each task (humor, semeval) both stacks as subprocesses, back to back, with the same flags;
+  each run's wall time is measured from process start to its results.json being written (file mtime), and
+  also to process exit; CPU seconds and peak RSS come from os.wait4. Dev scores are read from each results.json
+  (both are scored by minitune.eval.metrics). --order abba runs minitune first on the first task and the
+  Trainer first on the second, so a drift in machine load does not favour one stack.
+- recipe-mpr: minitune's 5-fold protocol; test accuracy over all folds, per query type, and the
+  always-first-option baseline, from results.json ("test", "baseline_first_option").
+- goemotions: minitune only; dev macro-F1 at the fixed threshold (the task default 0.3) and at tuned
+  per-label thresholds.
+Results go to benchmarks/results/e2e.json (e2e_quick.json for --quick); each mode's section is replaced, others
+kept; a replaced "compare" section moves to "compare_history".
+Threads: OMP_NUM_THREADS (and MKL_NUM_THREADS) = --threads for every subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+STACKS = {"minitune": [str(ROOT / "run.py")], "hf_trainer": [str(ROOT / "benchmarks" / "hf_trainer_baseline.py")]}
+HEADLINES = {"humor": ("accuracy", "binary_f1", "macro_f1"),
+             "semeval": ("jaccard", "macro_f1", "micro_f1", "tuned.jaccard", "tuned.macro_f1")}
+# Epochs per compared task: SemEval's BCE head needs more steps before any score passes 0.5 (with 2 epochs of
+# 2000 examples, 126 steps, both stacks still predicted no label at all on dev).
+COMPARE_EPOCHS = {"humor": 2, "semeval": 5}
+
+
+def source_fingerprint() -> dict:
+    """Which minitune code a run measured: git HEAD, and a hash of run.py + minitune/**/*.py as they are on disk
+    (the checkout is shared and may hold uncommitted edits)."""
+    digest = hashlib.sha256()
+    for path in [ROOT / "run.py", *sorted((ROOT / "minitune").rglob("*.py"))]:
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "run.py", "minitune"], cwd=ROOT,
+                           capture_output=True, text=True)
+    return {"git_head": head.stdout.strip() or None, "uncommitted_files": len(dirty.stdout.splitlines()),
+            "source_sha256": digest.hexdigest()[:16]}
+
+
+def run_process(cmd: list[str], out_dir: Path, threads: int) -> dict:
+    """Run one training process; wall time to results.json and to exit, CPU time and peak RSS of the child."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = out_dir / "results.json"
+    if results.exists():
+        results.unlink()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    load_before, source = os.getloadavg(), source_fingerprint()
+    with open(out_dir / "log.txt", "w", encoding="utf-8") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        start = time.time()
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        end = time.time()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    record = {"cmd": cmd, "returncode": proc.returncode, "wall_to_exit_s": round(end - start, 2),
+              "cpu_s": round(usage.ru_utime + usage.ru_stime, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+              "loadavg_1m_before": round(load_before[0], 2), "loadavg_1m_after": round(os.getloadavg()[0], 2),
+              "log": str(out_dir / "log.txt"), "source": source}
+    if proc.returncode != 0 or not results.exists():
+        tail = (out_dir / "log.txt").read_text(encoding="utf-8", errors="replace")[-2000:]
+        raise SystemExit(f"error: {' '.join(cmd)} failed (exit {proc.returncode}); log {out_dir / 'log.txt'}:\n{tail}")
+    record["wall_to_results_s"] = round(results.stat().st_mtime - start, 2)
+    record["results"] = json.loads(results.read_text(encoding="utf-8"))
+    return record
+
+
+def common_flags(args: argparse.Namespace, task: str, out_dir: Path) -> list[str]:
+    flags = ["--task", task, "--model", args.model, "--data-dir", str(args.data_dir), "--output-dir", str(out_dir),
+             "--device", "cpu"]
+    epochs = args.epochs or COMPARE_EPOCHS.get(task)  # else the task's default
+    if epochs:
+        flags += ["--epochs", str(epochs)]
+    if args.train_samples:
+        flags += ["--max-train-samples", str(args.train_samples)]
+    if args.eval_samples:
+        flags += ["--max-eval-samples", str(args.eval_samples)]
+    return flags + list(args.extra)
+
+
+def pick(report: dict, key: str):
+    for part in key.split("."):
+        report = report.get(part, {}) if isinstance(report, dict) else {}
+    return report if isinstance(report, (int, float)) else None
+
+
+def selected_step(train: dict) -> int | None:
+    """The optimizer step whose weights were kept: minitune's best_step, the Trainer's best checkpoint number."""
+    if "best_step" in train:
+        return train["best_step"]
+    name = train.get("best_checkpoint") or ""
+    return int(name.rsplit("-", 1)[1]) if "-" in name else None
+
+
+def compare_task(args: argparse.Namespace, task: str, minitune_first: bool) -> dict:
+    order = ["minitune", "hf_trainer"] if minitune_first else ["hf_trainer", "minitune"]
+    runs = {}
+    for stack in order:
+        out_dir = args.work_dir / f"{task}-{stack}"
+        cmd = [PYTHON, *STACKS[stack], *common_flags(args, task, out_dir)]
+        if stack == "hf_trainer" and args.no_llrd:
+            cmd.append("--no-llrd")
+        elif stack == "minitune" and args.no_llrd:
+            cmd += ["--llrd", "1"]
+        print(f"[{time.strftime('%H:%M:%S')}] {task} / {stack}: {' '.join(cmd[1:])}", flush=True)
+        record = run_process(cmd, out_dir, args.threads)
+        res = record.pop("results")
+        record["dev"] = {k: pick(res["dev"], k) for k in HEADLINES[task]}
+        record["train"] = {k: v for k, v in res["train"].items() if k not in ("folds",)}
+        record["n_dev"] = res["dev"].get("n_examples")
+        record["selected_step"] = selected_step(res["train"])
+        runs[stack] = record
+        print(f"    wall {record['wall_to_results_s']:.1f}s  cpu {record['cpu_s']:.1f}s  "
+              f"rss {record['peak_rss_mb']:.0f} MB  dev {record['dev']}", flush=True)
+    ratio = runs["hf_trainer"]["wall_to_results_s"] / runs["minitune"]["wall_to_results_s"]
+    return {"epochs": args.epochs or COMPARE_EPOCHS.get(task), "order": order, "runs": runs,
+            "wall_ratio_hf_over_minitune": round(ratio, 3)}
+
+
+def minitune_only(args: argparse.Namespace, task: str, flags: list[str]) -> dict:
+    out_dir = args.work_dir / f"{task}-minitune"
+    cmd = [PYTHON, *STACKS["minitune"], *common_flags(args, task, out_dir), *flags]
+    print(f"[{time.strftime('%H:%M:%S')}] {task} / minitune: {' '.join(cmd[1:])}", flush=True)
+    record = run_process(cmd, out_dir, args.threads)
+    return record
+
+
+def recipe_mpr(args: argparse.Namespace) -> dict:
+    flags = ["--folds", str(args.folds)] if args.folds else []
+    record = minitune_only(args, "recipe-mpr", flags)
+    res = record.pop("results")
+    groups = {k: v for k, v in res["test"]["by_group"].items()}
+    base = res["baseline_first_option"]["by_group"]
+    record["test_accuracy"] = res["test"]["accuracy"]
+    record["baseline_first_option_accuracy"] = res["baseline_first_option"]["accuracy"]
+    record["by_query_type"] = {k: {"n": v["n"], "accuracy": v["accuracy"], "baseline_first": base[k]["accuracy"]}
+                               for k, v in groups.items()}
+    record["folds"] = [{k: f[k] for k in ("fold", "step", "best", "test_accuracy", "seconds")}
+                       for f in res["train"]["folds"]]
+    return record
+
+
+def goemotions(args: argparse.Namespace) -> dict:
+    record = minitune_only(args, "goemotions", [])
+    res = record.pop("results")
+    dev = res["dev"]
+    record["dev"] = {"threshold": dev["threshold"], "macro_f1_fixed": dev["macro_f1"],
+                     "macro_f1_tuned": dev["tuned"]["macro_f1"], "micro_f1_fixed": dev["micro_f1"],
+                     "micro_f1_tuned": dev["tuned"]["micro_f1"], "jaccard_fixed": dev["jaccard"],
+                     "n_examples": dev["n_examples"]}
+    record["train"] = res["train"]
+    return record
+
+
+def fmt(v, spec: str = ".4f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_compare(section: dict) -> None:
+    print("\n| task | stack | wall to results (s) | wall to exit (s) | CPU (s) | peak RSS (MB) | steps (kept) "
+          "| dev scores |")
+    print("|---|---|---:|---:|---:|---:|---:|---|")
+    for task, entry in section["tasks"].items():
+        for stack in ("minitune", "hf_trainer"):
+            r = entry["runs"][stack]
+            scores = "  ".join(f"{k} {fmt(v)}" for k, v in r["dev"].items())
+            print(f"| {task} | {stack} | {r['wall_to_results_s']:.1f} | {r['wall_to_exit_s']:.1f} | {r['cpu_s']:.1f} "
+                  f"| {r['peak_rss_mb']:.0f} | {r['train'].get('step')} ({r['selected_step']}) | {scores} |")
+        print(f"| {task} | Trainer / minitune wall | {entry['wall_ratio_hf_over_minitune']:.2f}x | | | | | |")
+
+
+def print_minitune_only(name: str, r: dict) -> None:
+    print(f"\n{name}: wall {r['wall_to_results_s']:.1f}s  cpu {r['cpu_s']:.1f}s  rss {r['peak_rss_mb']:.0f} MB")
+    if name == "recipe-mpr":
+        print(f"  test accuracy {r['test_accuracy']:.4f}  always-first baseline {r['baseline_first_option_accuracy']:.4f}")
+        for k, v in r["by_query_type"].items():
+            print(f"  {k:12s} n={v['n']:3d}  accuracy {v['accuracy']:.4f}  first-option {v['baseline_first']:.4f}")
+    else:
+        d = r["dev"]
+        print(f"  dev macro-F1 at {d['threshold']}: {d['macro_f1_fixed']:.4f}  tuned: {d['macro_f1_tuned']:.4f}  "
+              f"(micro-F1 {d['micro_f1_fixed']:.4f} / {d['micro_f1_tuned']:.4f}, n={d['n_examples']})")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--mode", nargs="+", default=["compare"], choices=["compare", "recipe-mpr", "goemotions"])
+    p.add_argument("--tasks", nargs="+", default=["humor", "semeval"], choices=["humor", "semeval"])
+    p.add_argument("--quick", action="store_true", help="smoke run: 64 train / 64 dev examples, 1 epoch")
+    p.add_argument("--train-samples", type=int, default=2000, help="--max-train-samples for every run (0 = all)")
+    p.add_argument("--eval-samples", type=int, default=0, help="--max-eval-samples (0 = the whole dev set)")
+    p.add_argument("--epochs", type=int, default=0, help=f"epochs for every run (0 = {COMPARE_EPOCHS} for compare, "
+                   "the task default for recipe-mpr (5) and goemotions (4))")
+    p.add_argument("--folds", type=int, default=0, help="recipe-mpr: run only the first N folds (0 = all 5)")
+    p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for every subprocess")
+    p.add_argument("--order", choices=["ab", "ba", "abba"], default="abba",
+                   help="ab: minitune first on every task; ba: Trainer first; abba: alternate per task")
+    p.add_argument("--no-llrd", action="store_true", help="compare without layer-wise LR decay (humor's default "
+                   "0.95 otherwise; the Trainer baseline then gets LLRD parameter groups)")
+    p.add_argument("--model", default="minilm")
+    p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
+    p.add_argument("--work-dir", type=Path, default=Path("/tmp/minitune-e2e"), help="run outputs (checkpoints)")
+    p.add_argument("--out", type=Path, default=None, help="JSON file (default benchmarks/results/e2e[_quick].json)")
+    p.add_argument("extra", nargs="*", help="after --: further run.py flags given to every run")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.train_samples, args.eval_samples, args.epochs = 64, 64, 1
+        args.folds = args.folds or 1
+    args.out = args.out or ROOT / "benchmarks" / "results" / ("e2e_quick.json" if args.quick else "e2e.json")
+    args.work_dir = args.work_dir / ("quick" if args.quick else "full")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    doc = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {}
+    settings = {"train_samples": args.train_samples or None, "eval_samples": args.eval_samples or None,
+                "epochs": args.epochs or None, "compare_epochs": args.epochs or COMPARE_EPOCHS, "threads": args.threads, "model": args.model, "no_llrd": args.no_llrd,
+                "extra_flags": list(args.extra), "cpu_count": os.cpu_count(),
+                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_at_start": list(os.getloadavg())}
+    if "compare" in args.mode:
+        tasks = {}
+        for i, task in enumerate(args.tasks):
+            first = {"ab": True, "ba": False, "abba": i % 2 == 0}[args.order]
+            tasks[task] = compare_task(args, task, first)
+        if "compare" in doc:  # keep earlier measurements: the latest is "compare", older ones "compare_history"
+            doc.setdefault("compare_history", []).append(doc["compare"])
+        doc["compare"] = {"settings": {**settings, "order": args.order}, "tasks": tasks}
+        print_compare(doc["compare"])
+    if "recipe-mpr" in args.mode:
+        doc["recipe-mpr"] = {"settings": {**settings, "folds": args.folds or 5}, **recipe_mpr(args)}
+        print_minitune_only("recipe-mpr", doc["recipe-mpr"])
+    if "goemotions" in args.mode:
+        doc["goemotions"] = {"settings": settings, **goemotions(args)}
+        print_minitune_only("goemotions", doc["goemotions"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
