@@ -162,9 +162,9 @@ def goemotions(args: argparse.Namespace) -> dict:
     record = minitune_only(args, "goemotions", [])
     res = record.pop("results")
     dev = res["dev"]
-    record["dev"] = {"threshold": dev["threshold"], "macro_f1_fixed": dev["macro_f1"],
-                     "macro_f1_tuned": dev["tuned"]["macro_f1"], "micro_f1_fixed": dev["micro_f1"],
-                     "micro_f1_tuned": dev["tuned"]["micro_f1"], "jaccard_fixed": dev["jaccard"],
+    record["dev"] = {"threshold": dev["threshold"], "macro_f1_fixed": pick(dev, "macro_f1"),
+                     "macro_f1_tuned": pick(dev, "tuned.macro_f1"), "micro_f1_fixed": pick(dev, "micro_f1"),
+                     "micro_f1_tuned": pick(dev, "tuned.micro_f1"), "jaccard_fixed": pick(dev, "jaccard"),
                      "n_examples": dev["n_examples"]}
     record["train"] = res["train"]
     return record
@@ -195,8 +195,8 @@ def print_minitune_only(name: str, r: dict) -> None:
             print(f"  {k:12s} n={v['n']:3d}  accuracy {v['accuracy']:.4f}  first-option {v['baseline_first']:.4f}")
     else:
         d = r["dev"]
-        print(f"  dev macro-F1 at {d['threshold']}: {d['macro_f1_fixed']:.4f}  tuned: {d['macro_f1_tuned']:.4f}  "
-              f"(micro-F1 {d['micro_f1_fixed']:.4f} / {d['micro_f1_tuned']:.4f}, n={d['n_examples']})")
+        print(f"  dev macro-F1 at {d['threshold']}: {fmt(d['macro_f1_fixed'])}  tuned: {fmt(d['macro_f1_tuned'])}  "
+              f"(micro-F1 {fmt(d['micro_f1_fixed'])} / {fmt(d['micro_f1_tuned'])}, n={d['n_examples']})")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

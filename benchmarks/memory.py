@@ -21,7 +21,8 @@ estimate of 16 bytes per parameter with AdamW (weights 4 + gradients 4 + two mom
 On CPU the reading is the child's ru_maxrss, minus the RSS of the bare interpreter with torch and minitune
 imported for the "over baseline" column; on GPU torch.cuda.max_memory_allocated and max_memory_reserved.
 
-LoRA / QLoRA rows: add MemConfig entries with `adapter` set and fill in `apply_adapter` (nothing else changes).
+Full fine-tuning vs LoRA vs QLoRA on decoder shapes (Qwen2.5-0.5B, Llama-3.2-1B/3B) is measured by
+benchmarks/adapters.py, with the same child-process method.
 
 References: Rajbhandari et al., 2020 (ZeRO), whose accounting of Adam training state per parameter this follows
 (their mixed-precision 2 + 2 + 12 bytes; plain fp32 here: 4 + 4 + 8, also 16); Chen et al., 2016 (gradient
@@ -54,7 +55,6 @@ class MemConfig:
     checkpointing: bool = False
     micro_batch: int = 32
     accum_steps: int = 1
-    adapter: str | None = None  # "lora" / "qlora" rows come with a later issue: see apply_adapter
     optimizer: str = "minitune"  # minitune's build_optimizer, or torch AdamW "fused" / "forloop" on its groups
 
 
@@ -69,17 +69,8 @@ CONFIGS: dict[str, MemConfig] = {
                                   optimizer="fused"),
     "fp32-forloop-adamw": MemConfig("fp32, batch 32, torch AdamW(foreach=False) on the same groups",
                                     optimizer="forloop"),
-    # "lora-r16": MemConfig("LoRA r=16 on attention, fp32", adapter="lora"),      <- a later issue
-    # "qlora-r16": MemConfig("QLoRA: NF4 base + LoRA r=16, bf16", adapter="qlora"), <- a later issue
 }
 DEFAULT_CONFIGS = ["fp32", "bf16", "fp32-ckpt", "fp32-accum4x8", "fp32-fused-adamw"]
-
-
-def apply_adapter(model, config: MemConfig):
-    """Where LoRA / QLoRA wrap the model before the optimizer is built; returns the model to train."""
-    if config.adapter is None:
-        return model
-    raise NotImplementedError(f"adapter {config.adapter!r}: LoRA/QLoRA memory rows are not wired up yet")
 
 
 def make_optimizer(model, kind: str):
@@ -137,7 +128,6 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         for module in model.modules():
             if hasattr(module, "gradient_checkpointing"):
                 module.gradient_checkpointing = True
-    model = apply_adapter(model, config)
     model.train()
     optimizer = make_optimizer(model, config.optimizer)
     params = [p for p in model.parameters() if p.requires_grad]

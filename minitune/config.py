@@ -46,7 +46,8 @@ class RunConfig:
     weight_decay: float = opt(0.01, "AdamW weight decay (never on biases and norms)")
     warmup_ratio: float = opt(0.1, "share of steps spent in linear warmup")
     scheduler: str = opt("cosine", "schedule after warmup", ("cosine", "linear", "constant", "plateau"))
-    llrd: float = opt(None, "layer-wise LR decay: head at lr, each lower layer x llrd, embeddings lowest")
+    llrd: float = opt(None, "layer-wise LR decay: head at lr, each lower layer x llrd, embeddings lowest "
+                            "(0 or 1: off)")
     clip_grad: float = opt(1.0, "clip the gradient norm to this (0 = off)")
     max_length: int = opt(128, "truncate inputs to this many tokens")
     max_train_samples: int = opt(None, "use only the first N training examples (after a seeded shuffle)")
@@ -187,7 +188,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(0 <= cfg.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}")
     _check(0 <= cfg.lora_dropout < 1, f"--lora-dropout must be in [0, 1), got {cfg.lora_dropout}")
     _check(0 < cfg.threshold < 1, f"--threshold must be in (0, 1), got {cfg.threshold}")
-    _check(cfg.llrd is None or 0 < cfg.llrd <= 1, f"--llrd must be in (0, 1], got {cfg.llrd}")
+    _check(cfg.llrd is None or 0 <= cfg.llrd <= 1, f"--llrd must be in [0, 1] (0 or 1: off), got {cfg.llrd}")
+    if cfg.llrd in (0, 1):
+        cfg.llrd = None  # one lr for every layer
     _check(cfg.lora_r >= 0, f"--lora-r must be >= 0, got {cfg.lora_r}")
     _check(cfg.task != "custom" or bool(cfg.train_file),
            "--task custom needs --train-file (and --dev-file, else 10% of train is held out)")

@@ -168,14 +168,21 @@ def train_once(cfg: RunConfig, task: TaskData, train_ex, dev_ex, tokenizer, out_
     collate_fn = make_collate(cfg.padding, cfg.max_length, tokenizer.pad_token_id)
     loss_fn = build_loss_for(cfg, task, train_ex).to(device)
 
+    best: dict = {}
+
     def evaluate(m) -> dict:
         scores = predict_scores(m, dev_f, collate_fn, task.kind, cfg.batch_size * 2, device, cfg.precision)
         rep = report_for(task, dev_ex, scores, cfg)
+        if not best or rep[cfg.metric] > best["value"]:  # the loop keeps these weights: keep their scores too
+            best.update(value=rep[cfg.metric], scores=scores)
         return {k: rep[k] for k in METRICS[task.kind] if k in rep}
 
     data = TrainData(train_f, make_sampler(cfg, train_f, cfg.seed), collate_fn)
     state = fit(model, loss_fn, data, evaluate, cfg, out_dir, device)
-    scores = predict_scores(model, dev_f, collate_fn, task.kind, cfg.batch_size * 2, device, cfg.precision)
+    if "scores" in best and not cfg.resume:
+        scores = best["scores"]  # the best evaluation already scored the weights fit() restored
+    else:  # resumed: the best evaluation may have happened in an earlier process
+        scores = predict_scores(model, dev_f, collate_fn, task.kind, cfg.batch_size * 2, device, cfg.precision)
     return model, dataclasses.asdict(state) | {"seconds": round(time.perf_counter() - t0, 1)}, scores, collate_fn
 
 
