@@ -20,7 +20,8 @@ def load_tokenizer(name_or_path):
 
     path = resolve_model(str(name_or_path))
     if path.suffix.lower() == ".gguf":
-        from .gguf import gguf_tokenizer, read_gguf
+        from .gguf import read_gguf
+        from .gguf_llama import gguf_tokenizer
 
         tok, special = gguf_tokenizer(read_gguf(path))
         return Tokenizer(tok, **special)

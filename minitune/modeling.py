@@ -71,7 +71,8 @@ def load_model(name_or_path, num_labels: int | None = None, head: str = "sequenc
         raise ConfigError(f"head={head!r} is not supported; use one of {', '.join(HEADS)}")
     path = resolve_model(str(name_or_path))
     if path.suffix.lower() == ".gguf":
-        from .gguf import gguf_hub_tensors, gguf_to_hf_config, read_gguf
+        from .gguf import read_gguf
+        from .gguf_llama import gguf_hub_tensors, gguf_to_hf_config
 
         g = read_gguf(path)
         hf, index = gguf_to_hf_config(g), CheckpointIndex(path)

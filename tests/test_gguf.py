@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from minitune.errors import CheckpointError
-from minitune.gguf import (GGML_TYPES, byte_alphabet, dequantize, gguf_to_hf_config, gguf_to_state_dict,
-                           gguf_tokenizer, read_gguf, unpermute_qk)
+from minitune.gguf import GGML_TYPES, dequantize, read_gguf
+from minitune.gguf_llama import byte_alphabet, gguf_to_hf_config, gguf_to_state_dict, gguf_tokenizer, unpermute_qk
 
 gguf = pytest.importorskip("gguf", reason="the gguf package is the reference reader/quantizer")
 transformers = pytest.importorskip("transformers", reason="transformers is the reference GGUF loader")
