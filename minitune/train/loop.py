@@ -3,7 +3,9 @@ stopping, best-model keeping and resumable checkpoints. No callbacks: every step
 
 Gradient accumulation equals the large-batch update: each micro-batch's mean loss is weighted by its share of the
 examples in the accumulation window (n_micro / n_window), so 4 micro-batches of 8 give exactly the gradient of one
-batch of 32 (up to float summation order), whatever their padded lengths.
+batch of 32 (up to float summation order), whatever their padded lengths. One exception: class-weighted
+cross-entropy normalises each micro-batch by its own sum of weights (as torch does), so under accumulation its
+micro-batches are weighted by examples, not by class weight.
 
 A non-finite loss or gradient, in any precision, is counted and its step skipped, never applied; with fp16 the
 dynamic loss scaler also backs off.
