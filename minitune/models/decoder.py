@@ -19,7 +19,6 @@ the last token that is not the pad id, which is wrong when pad == eos).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
 from .common import ACTIVATIONS, Classifier
+from .rope import RotaryEmbedding, apply_rope, rope_inv_freq, rotate_half  # noqa: F401 (part of this API)
 
 MODEL_TYPES = ("llama", "qwen2", "gemma")
 _ARCH_NAMES = {"llama": "Llama", "qwen2": "Qwen2", "gemma": "Gemma"}
@@ -194,48 +194,6 @@ class RMSNorm(nn.Module):
             return (h * (1.0 + self.weight.float())).to(dtype)
         # Llama casts before the weight multiply: bf16 rounding happens here, not after.
         return self.weight * h.to(dtype)
-
-
-def rope_inv_freq(cfg: DecoderConfig, device: torch.device | None = None) -> torch.Tensor:
-    """(head_dim / 2,) fp32 inverse frequencies, with the Llama 3 wavelength rescaling when configured."""
-    d = cfg.head_dim
-    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
-    if cfg.rope_type != "llama3":
-        return inv
-    factor, lo, hi = cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
-    ctx = cfg.rope_original_max_position_embeddings
-    wavelen = 2 * math.pi / inv
-    # Long wavelengths (beyond ctx / lo) are slowed by `factor`, short ones (below ctx / hi) kept; in between, a
-    # linear blend in ctx / wavelen.
-    slowed = torch.where(wavelen > ctx / lo, inv / factor, inv)
-    blend = (ctx / wavelen - lo) / (hi - lo)
-    blended = (1 - blend) * slowed / factor + blend * slowed
-    middle = ~(wavelen < ctx / hi) & ~(wavelen > ctx / lo)
-    return torch.where(middle, blended, slowed)
-
-
-class RotaryEmbedding(nn.Module):
-    """cos/sin tables for the given positions. inv_freq is recomputed per call (head_dim/2 numbers) rather than kept
-    as a buffer, so it stays fp32 under model.to(bf16) and needs nothing special when built on the meta device."""
-
-    def __init__(self, cfg: DecoderConfig):
-        super().__init__()
-        self.cfg = cfg
-
-    def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        inv = rope_inv_freq(self.cfg, device=x.device)
-        freqs = position_ids[..., None].float() * inv  # (B, T, D/2)
-        angles = torch.cat((freqs, freqs), dim=-1)  # (B, T, D): half-split layout
-        return angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    return (x * cos) + (rotate_half(x) * sin)
 
 
 def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
