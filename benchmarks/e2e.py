@@ -3,6 +3,7 @@
 
     python benchmarks/e2e.py --quick                        # smoke run: 64 train / 64 dev examples, 1 epoch
     python benchmarks/e2e.py                                # humor (2 epochs) + semeval (5), 2000 train ex., full dev
+    python benchmarks/e2e.py --seeds 1 2 3                  # the comparison repeated over seeds, summarised
     python benchmarks/e2e.py --mode recipe-mpr goemotions   # minitune-only runs
 
 Modes:
@@ -135,6 +136,40 @@ def compare_task(args: argparse.Namespace, task: str, minitune_first: bool) -> d
             "wall_ratio_hf_over_minitune": round(ratio, 3)}
 
 
+def summarize_seeds(per_seed: dict) -> dict:
+    """Per task: each stack's mean and sample std of every dev score over the seeds, the paired difference
+    (minitune - Trainer, same seed and so the same training subset) and the median wall ratio."""
+    import statistics
+
+    summary = {}
+    for task in next(iter(per_seed.values())):
+        entries = [tasks[task] for tasks in per_seed.values()]
+        scores = {}
+        for key in HEADLINES[task]:
+            values = {stack: [e["runs"][stack]["dev"][key] for e in entries] for stack in ("minitune", "hf_trainer")}
+            diffs = [a - b for a, b in zip(values["minitune"], values["hf_trainer"])]
+            scores[key] = {**{stack: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
+                              for stack, v in values.items()},
+                           "diff_mean": statistics.fmean(diffs), "diff_min": min(diffs), "diff_max": max(diffs)}
+        ratios = [e["wall_ratio_hf_over_minitune"] for e in entries]
+        cpu = [e["runs"]["hf_trainer"]["cpu_s"] / e["runs"]["minitune"]["cpu_s"] for e in entries]
+        summary[task] = {"seeds": len(entries), "scores": scores, "wall_ratio_median": statistics.median(ratios),
+                         "wall_ratios": ratios, "cpu_ratio_median": round(statistics.median(cpu), 3)}
+    return summary
+
+
+def print_seed_summary(summary: dict) -> None:
+    print("\n| task | dev score | minitune mean ± std | Trainer mean ± std | minitune - Trainer: mean (min, max) |")
+    print("|---|---|---|---|---|")
+    for task, entry in summary.items():
+        for key, s in entry["scores"].items():
+            m, h = s["minitune"], s["hf_trainer"]
+            print(f"| {task} | {key} | {m['mean']:.4f} ± {m['std']:.4f} | {h['mean']:.4f} ± {h['std']:.4f} "
+                  f"| {s['diff_mean']:+.4f} ({s['diff_min']:+.4f}, {s['diff_max']:+.4f}) |")
+        print(f"| {task} | Trainer / minitune wall, median of {entry['seeds']} | {entry['wall_ratio_median']:.2f}x "
+              f"| CPU {entry['cpu_ratio_median']:.2f}x | {entry['wall_ratios']} |")
+
+
 def minitune_only(args: argparse.Namespace, task: str, flags: list[str]) -> dict:
     out_dir = args.work_dir / f"{task}-minitune"
     cmd = [PYTHON, *STACKS["minitune"], *common_flags(args, task, out_dir), *flags]
@@ -210,6 +245,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=0, help=f"epochs for every run (0 = {COMPARE_EPOCHS} for compare, "
                    "the task default for recipe-mpr (5) and goemotions (4))")
     p.add_argument("--folds", type=int, default=0, help="recipe-mpr: run only the first N folds (0 = all 5)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="compare: repeat for each seed (run.py's "
+                   "--seed, which also picks the training subset) and summarise mean, std and paired differences "
+                   "into the 'compare_seeds' section")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for every subprocess")
     p.add_argument("--order", choices=["ab", "ba", "abba"], default="abba",
                    help="ab: minitune first on every task; ba: Trainer first; abba: alternate per task")
@@ -236,7 +274,18 @@ def main(argv: list[str] | None = None) -> int:
                 "epochs": args.epochs or None, "compare_epochs": args.epochs or COMPARE_EPOCHS, "threads": args.threads, "model": args.model, "no_llrd": args.no_llrd,
                 "extra_flags": list(args.extra), "cpu_count": os.cpu_count(),
                 "started": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_at_start": list(os.getloadavg())}
-    if "compare" in args.mode:
+    if "compare" in args.mode and args.seeds:
+        per_seed, base_extra, base_work = {}, list(args.extra), args.work_dir
+        for n, seed in enumerate(args.seeds):
+            args.extra, args.work_dir = [*base_extra, "--seed", str(seed)], base_work / f"seed{seed}"
+            # abba across seeds too: each stack goes first equally often on each task
+            per_seed[str(seed)] = {task: compare_task(args, task, (i + n) % 2 == 0) for i, task in enumerate(args.tasks)}
+            doc["compare_seeds"] = {"settings": {**settings, "seeds": args.seeds}, "per_seed": per_seed,
+                                    "summary": summarize_seeds(per_seed)}
+            args.out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")  # keep finished seeds
+        args.extra, args.work_dir = base_extra, base_work
+        print_seed_summary(doc["compare_seeds"]["summary"])
+    elif "compare" in args.mode:
         tasks = {}
         for i, task in enumerate(args.tasks):
             first = {"ab": True, "ba": False, "abba": i % 2 == 0}[args.order]

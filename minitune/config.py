@@ -51,7 +51,8 @@ class RunConfig:
     clip_grad: float = opt(1.0, "clip the gradient norm to this (0 = off)")
     max_length: int = opt(128, "truncate inputs to this many tokens")
     max_train_samples: int = opt(None, "use only the first N training examples (after a seeded shuffle)")
-    max_eval_samples: int = opt(None, "use only the first N dev examples")
+    max_eval_samples: int = opt(None, "use only the first N dev examples (recipe-mpr: of each fold's "
+                                    "validation part; its test part is always scored whole)")
     seed: int = opt(42, "seed of every RNG (python, numpy, torch, sampler, option shuffle)")
     precision: str = opt("fp32", "mixed precision: bf16 autocast, fp16 autocast + loss scaler", ("fp32", "bf16", "fp16"))
     padding: str = opt("bucketed", "batching: pad to max_length, to the batch's longest, or length-bucketed",

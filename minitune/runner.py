@@ -310,6 +310,7 @@ def _run_folds(cfg: RunConfig, task: TaskData, tokenizer, out: Path, device) -> 
         else:  # the published folds leave validation empty: select on 10% of the fold's training part
             fold_train, fold_val = holdout(task, fold_train, 0.1, cfg.seed)
         fold_train = subsample(fold_train, cfg.max_train_samples, cfg.seed)
+        fold_val = subsample(fold_val, cfg.max_eval_samples, None)  # caps selection only; each fold's test is whole
         fold_dir = out / f"fold{k}"
         # On --resume, folds that never started begin afresh; finished ones resume into "done" at once.
         fold_cfg = dataclasses.replace(cfg, resume=cfg.resume if (fold_dir / "checkpoint").is_dir() else None)

@@ -1,5 +1,6 @@
 """The training loop: accumulation equals the large batch, resume equals straight training, non-finite steps skip."""
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -10,13 +11,14 @@ import transformers
 import minitune
 from minitune.data.batching import BucketedBatchSampler, collate, length_of
 from minitune.train.amp import DynamicLossScaler
-from minitune.train.loop import TrainData, accumulate_gradients, fit
+from minitune.train.loop import SPARSE_MIN_ROWS, TrainData, accumulate_gradients, fit, sparse_embedding_grads
 from minitune.train.losses import build_loss
 
 
 def tiny_bert(tmp_path, dropout=0.1):
     torch.manual_seed(3)
-    cfg = transformers.BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    # A vocabulary above SPARSE_MIN_ROWS, so the loop's sparse embedding gradient is what these tests exercise.
+    cfg = transformers.BertConfig(vocab_size=SPARSE_MIN_ROWS + 4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                   intermediate_size=37, max_position_embeddings=64, hidden_dropout_prob=dropout,
                                   attention_probs_dropout_prob=dropout, num_labels=3)
     transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path / "tiny")
@@ -55,6 +57,28 @@ def test_four_micro_batches_of_8_equal_one_batch_of_32(tmp_path):
     assert math.isclose(big_loss, small_loss, rel_tol=1e-5)
     for name in big:
         torch.testing.assert_close(small[name], big[name], atol=1e-6, rtol=1e-5)
+
+
+def test_sparse_embedding_gradient_equals_the_dense_one(tmp_path):
+    feats = ragged_features(32)
+    micro = [collate(feats[k:k + 8], 0) for k in range(0, 32, 8)]  # padded with id 0, the pad row
+    loss_fn = build_loss("ce", "single_label", 3)
+    scaler, cpu = DynamicLossScaler(enabled=False), torch.device("cpu")
+    dense_model = tiny_bert(tmp_path, dropout=0.0).train()
+    accumulate_gradients(dense_model, loss_fn, micro, "fp32", cpu, scaler)
+    sparse_model = tiny_bert(tmp_path, dropout=0.0).train()
+    (table,) = sparse_embedding_grads(sparse_model)
+    accumulate_gradients(sparse_model, loss_fn, micro, "fp32", cpu, scaler)
+    assert table.grad.layout == torch.strided and table is sparse_model.bert.embeddings.word_embeddings.weight
+    dense, sparse = grads(dense_model), grads(sparse_model)
+    assert dense.keys() == sparse.keys()
+    for name in dense:
+        torch.testing.assert_close(sparse[name], dense[name], atol=1e-7, rtol=1e-6)
+    assert not table.grad[0].any()  # the pad row gets no gradient, as in the reference
+    used = torch.zeros(table.shape[0], dtype=torch.bool)
+    used[torch.cat([b["input_ids"].flatten() for b in micro])] = True
+    assert table.grad[used & (torch.arange(table.shape[0]) != 0)].abs().sum(1).gt(0).all()
+    assert not table.grad[~used].any()
 
 
 def loop_cfg(**kw):
@@ -96,13 +120,20 @@ def test_two_epochs_equal_one_epoch_then_resume(tmp_path):
     feats = ragged_features(24)
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     straight, _ = run_fit(tmp_path, "a", feats, loop_cfg())
-    # Crash early in epoch 2 (24 features per epoch), then resume from the epoch-1 checkpoint.
+    # Crash in epoch 2 (24 features per epoch, 8 per step) after step 4 was logged, then resume from the
+    # epoch-1 checkpoint (step 3).
     with pytest.raises(Crash):
-        run_fit(tmp_path, "b", CrashingFeatures(feats, after=24 + 5), loop_cfg())
+        run_fit(tmp_path, "b", CrashingFeatures(feats, after=24 + 12), loop_cfg())
+    logged = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if r["type"] == "train"] == [1, 2, 3, 4]
     resumed, state = run_fit(tmp_path, "b", feats, loop_cfg(resume=str(tmp_path / "b")))
     assert state.epoch == 2 and state.step == 6
     for (n, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), n
+    # Step 4 was trained twice; the log keeps it once, as if training had never stopped.
+    logged = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if r["type"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in logged if r["type"] == "eval"] == [3, 6]
 
 
 def test_non_finite_loss_skips_the_step_and_keeps_weights(tmp_path):
