@@ -63,13 +63,12 @@ def export_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in out.items()}
 
 
-def save_adapter_dir(model: nn.Module, out_dir: Path, base: str | None) -> None:
-    """adapter/ in PEFT's layout; base_model_name_or_path is what peft can open (a Hub id or a real path)."""
-    if lora_modules(model):
-        from .hub import ALIASES, resolve_model
+def save_adapter_dir(model: nn.Module, target_dir: Path, base: str | None) -> None:
+    """The PEFT adapter in `target_dir`; base_model_name_or_path is what peft can open (a Hub id or a real path)."""
+    from .hub import ALIASES, resolve_model
 
-        target = ALIASES.get(base or "", base)
-        if target and target.startswith("pip:"):  # a packaged model: name the file it resolved to
-            target = str(resolve_model(base))
-        save_adapter(model, out_dir / "adapter", base_model_name_or_path=target)
+    target = ALIASES.get(base or "", base)
+    if target and target.startswith("pip:"):  # a packaged model: name the file it resolved to
+        target = str(resolve_model(base))
+    save_adapter(model, target_dir, base_model_name_or_path=target)
 

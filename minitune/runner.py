@@ -15,13 +15,14 @@ import dataclasses
 import json
 import logging
 import random
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .atomic import atomic_write_text
+from .atomic import atomic_dir, atomic_write_text
 from .config import RunConfig, dump, print_config
 from .data.batching import BucketedBatchSampler, RandomBatchSampler, TokenBudgetBatchSampler, collate, length_of
 from .data.features import oversample_rare, tokenize
@@ -198,16 +199,24 @@ def choose_thresholds(task: TaskData, dev_ex, scores, cfg: RunConfig) -> dict:
 
 def save_model(model, tokenizer, task: TaskData, out_dir: Path, thresholds: dict | None = None) -> None:
     from .adapters import save_adapter_dir
+    from .lora import lora_modules
 
-    target = out_dir / "model"
     problem = {MULTI_LABEL: "multi_label_classification", MULTIPLE_CHOICE: None}.get(
         task.kind, "single_label_classification")
-    model.save_pretrained(target, label_names=task.label_names if task.kind != MULTIPLE_CHOICE else None,
-                          problem_type=problem)
-    tokenizer.save_pretrained(target)
-    save_adapter_dir(model, out_dir, getattr(model, "name_or_path", None))
-    if thresholds is not None:
-        atomic_write_text(target / "thresholds.json", json.dumps(thresholds, indent=2) + "\n")
+
+    def write_model(target: Path) -> None:
+        model.save_pretrained(target, label_names=task.label_names if task.kind != MULTIPLE_CHOICE else None,
+                              problem_type=problem)
+        tokenizer.save_pretrained(target)
+        if thresholds is not None:
+            atomic_write_text(target / "thresholds.json", json.dumps(thresholds, indent=2) + "\n")
+
+    # Whole directories, swapped in: nothing from an earlier run in the same --output-dir survives beside them.
+    atomic_dir(out_dir / "model", write_model)
+    if lora_modules(model):
+        atomic_dir(out_dir / "adapter", lambda target: save_adapter_dir(model, target, getattr(model, "name_or_path", None)))
+    elif (out_dir / "adapter").is_dir():
+        shutil.rmtree(out_dir / "adapter")  # an earlier LoRA run's adapter does not belong to these weights
 
 
 def subsample(examples: list, n: int | None, seed: int | None) -> list:
@@ -301,6 +310,10 @@ def _run_holdout(cfg: RunConfig, task: TaskData, tokenizer, test_ex, out: Path, 
 def _run_folds(cfg: RunConfig, task: TaskData, tokenizer, out: Path, device) -> dict:
     """Recipe-MPR's 5-fold protocol: train on each fold's train, select on its val, predict its test."""
     folds = task.folds[: cfg.folds] if cfg.folds else task.folds
+    if not cfg.resume:  # an earlier run here with more folds: its extra fold directories are not this run's
+        for stale in out.glob("fold*"):
+            if stale.is_dir() and stale.name[4:].isdigit() and int(stale.name[4:]) >= len(folds):
+                shutil.rmtree(stale)
     test_ex, test_scores, per_fold = [], [], []
     for k, (tr, va, te) in enumerate(folds):
         log.info("fold %d/%d: %d train, %d val, %d test", k + 1, len(folds), len(tr), len(va), len(te))

@@ -80,10 +80,21 @@ def test_semeval_thresholds_saved_and_used(tmp_path, data_dir):
     assert chosen["use"] == ("tuned" if better else "fixed")
     assert json.loads((out / "model" / "thresholds.json").read_text()) == chosen
     assert minitune.load_model(out / "model").hf_config["problem_type"] == "multi_label_classification"
+    # A new run in the same directory replaces model/ whole: no thresholds, stray shard or old adapter survive.
+    (out / "model" / "model-00002-of-00002.safetensors").write_bytes(b"stale")
+    (out / "adapter").mkdir()
+    (out / "adapter" / "adapter_config.json").write_text("{}")
+    train(tmp_path, data_dir, "semeval", "--task", "humor")
+    assert not (out / "model" / "thresholds.json").exists() and not (out / "adapter").exists()
+    assert sorted(p.name for p in (out / "model").iterdir()) == sorted(
+        ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"])
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary directories left
 
 
 def test_recipe_mpr_fold_reports_query_types_and_first_option_baseline(tmp_path, data_dir):
+    (tmp_path / "mpr" / "fold3").mkdir(parents=True)  # left by an earlier 5-fold run in the same directory
     out = train(tmp_path, data_dir, "mpr", "--task", "recipe-mpr", "--folds", "1")
+    assert sorted(p.name for p in out.glob("fold*")) == ["fold0"]
     results = json.loads((out / "results.json").read_text())
     groups = results["test"]["by_group"]
     assert {"overall", "Specific", "Commonsense", "Negated"} <= set(groups) and groups["overall"]["n"] == 100

@@ -9,7 +9,7 @@ import torch
 import transformers
 
 import minitune
-from minitune.data.batching import BucketedBatchSampler, collate, length_of
+from minitune.data.batching import BucketedBatchSampler, TokenBudgetBatchSampler, collate, length_of
 from minitune.train.amp import DynamicLossScaler
 from minitune.train.loop import SPARSE_MIN_ROWS, TrainData, accumulate_gradients, fit, sparse_embedding_grads
 from minitune.train.losses import build_loss
@@ -134,6 +134,22 @@ def test_two_epochs_equal_one_epoch_then_resume(tmp_path):
     logged = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if r["type"] == "train"] == [1, 2, 3, 4, 5, 6]
     assert [r["step"] for r in logged if r["type"] == "eval"] == [3, 6]
+
+
+def test_token_budget_schedule_counts_every_epoch(tmp_path):
+    feats = ragged_features(40, seed=1)
+    lengths = [length_of(f) for f in feats]
+    sampler = TokenBudgetBatchSampler(lengths, max_tokens=120, seed=2, window=2)
+    counts = [len(sampler.batches(e)) for e in range(3)]
+    assert len(set(counts)) > 1  # the case that matters: the number of batches changes between epochs
+    data = TrainData(feats, sampler, lambda b: collate(b, 0))
+    cfg = loop_cfg(epochs=3, grad_accum=1, log_every=1, scheduler="linear", warmup_ratio=0.0)
+    state = fit(tiny_bert(tmp_path), build_loss("ce", "single_label", 3), data, lambda m: {"score": 0.0}, cfg,
+                tmp_path, torch.device("cpu"))
+    assert state.step == sum(counts) and state.epoch == 3
+    lrs = [r["lr"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if r["type"] == "train"]
+    # linear decay to zero over exactly the steps trained: the last step applies lr / total
+    assert math.isclose(lrs[-1], cfg.lr / sum(counts), rel_tol=1e-6)
 
 
 def test_non_finite_loss_skips_the_step_and_keeps_weights(tmp_path):

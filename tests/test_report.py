@@ -8,6 +8,8 @@ import re
 import numpy as np
 import pytest
 
+from minitune.atomic import atomic_dir
+
 from minitune.errors import ConfigError
 from minitune.eval.metrics import classification_report
 from minitune.eval.report import format_report, write_results
@@ -117,6 +119,22 @@ def test_write_results_atomic_roundtrip(tmp_path, data_dir):
         write_results(path, {"bad": object()})
     assert json.loads(path.read_text(encoding="utf-8"))["task"] == "semeval"
     assert os.listdir(path.parent) == ["results.json"]
+
+
+def test_atomic_dir_swaps_whole_directories(tmp_path):
+    target = tmp_path / "model"
+    atomic_dir(target, lambda d: (d / "a.txt").write_text("old"))
+    (target / "stray.txt").write_text("from an earlier run")
+    atomic_dir(target, lambda d: (d / "b.txt").write_text("new"))
+    assert sorted(os.listdir(target)) == ["b.txt"] and os.listdir(tmp_path) == ["model"]
+
+    def broken(d):
+        (d / "c.txt").write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_dir(target, broken)
+    assert sorted(os.listdir(target)) == ["b.txt"] and os.listdir(tmp_path) == ["model"]
 
 
 def test_write_results_unwritable_is_config_error(tmp_path):

@@ -136,8 +136,7 @@ class Loop:
     def __init__(self, model, loss_fn, data: TrainData, evaluate, cfg, out_dir: Path, device: torch.device):
         self.model, self.loss_fn, self.data, self.evaluate, self.cfg = model, loss_fn, data, evaluate, cfg
         self.out_dir, self.device = Path(out_dir), device
-        self.steps_per_epoch = math.ceil(len(data.sampler) / cfg.grad_accum)
-        self.total = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.total, self.epochs = self._plan(cfg)
         self.optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.llrd)
         # Warmup rounds up, as the reference does: a short run still gets a warmup step.
         warmup = math.ceil(cfg.warmup_ratio * self.total)
@@ -154,6 +153,17 @@ class Loop:
         self.log = MetricsLog(self.out_dir / "metrics.jsonl", self.state.step if cfg.resume else None)
         self.bar = tqdm(total=self.total, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True)
         self.t0, self.tokens0 = time.perf_counter(), self.state.tokens
+
+    def _plan(self, cfg) -> tuple[int, int]:
+        """(optimizer steps, epochs) of the run. Each epoch is counted: token-budget batches vary in number from
+        one epoch to the next, and the schedule must end where training ends."""
+        per_epoch = lambda e: math.ceil(len(self.data.sampler.batches(e)) / cfg.grad_accum)  # noqa: E731
+        if not cfg.max_steps:
+            return sum(per_epoch(e) for e in range(cfg.epochs)), cfg.epochs
+        steps, epochs = 0, 0
+        while steps < cfg.max_steps:
+            steps, epochs = steps + per_epoch(epochs), epochs + 1
+        return cfg.max_steps, epochs
 
     def done(self) -> bool:
         return self.state.step >= self.total or self.state.stopped_early
@@ -229,7 +239,7 @@ def fit(model: nn.Module, loss_fn: nn.Module, data: TrainData, evaluate: Callabl
     loop = Loop(model, loss_fn, data, evaluate, cfg, out_dir, device)
     state, sampler, accum = loop.state, data.sampler, cfg.grad_accum
     try:
-        for epoch in range(state.epoch, math.ceil(loop.total / loop.steps_per_epoch)):
+        for epoch in range(state.epoch, loop.epochs):
             if loop.done():
                 break
             sampler.set_epoch(epoch)
