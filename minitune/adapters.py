@@ -64,7 +64,10 @@ def export_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_adapter_dir(model: nn.Module, target_dir: Path, base: str | None) -> None:
-    """The PEFT adapter in `target_dir`; base_model_name_or_path is what peft can open (a Hub id or a real path)."""
+    """The PEFT adapter in `target_dir`, if the model has LoRA layers; base_model_name_or_path is what peft can
+    open (a Hub id or a real path)."""
+    if not lora_modules(model):
+        return
     from .hub import ALIASES, resolve_model
 
     target = ALIASES.get(base or "", base)
