@@ -118,7 +118,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
     import minitune
     from minitune.train.amp import DynamicLossScaler
-    from minitune.train.loop import accumulate_gradients
+    from minitune.train.loop import accumulate_gradients, sparse_embedding_grads, zero_grads
     from minitune.train.losses import build_loss
 
     config, device = MemConfig(**spec["config"]), spec["device"]
@@ -131,10 +131,11 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     model.train()
     optimizer = make_optimizer(model, config.optimizer)
     params = [p for p in model.parameters() if p.requires_grad]
+    kept = sparse_embedding_grads(model) if device == "cpu" else []  # as minitune's loop does
     for p in params:  # create AdamW's state as every step after the first has it
-        p.grad = torch.zeros_like(p)
+        p.grad = torch.zeros_like(p) if p.grad is None else p.grad
     optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    zero_grads(optimizer, kept)
     batch = torch.load(spec["batch_file"])
     micro = [{k: v[i:i + config.micro_batch] for k, v in batch.items()}
              for i in range(0, len(batch["labels"]), config.micro_batch)]
@@ -146,7 +147,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     loss, tokens = accumulate_gradients(model, loss_fn, micro, config.precision, torch.device(device), scaler)
     fwd_bwd = {k.replace("peak_", "peak_fwd_bwd_"): v for k, v in common.peak_memory(device).items()}
     optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    zero_grads(optimizer, kept)
     common.sync(device)
     seconds = time.perf_counter() - t0
     return {**common.peak_memory(device), **fwd_bwd, "baseline_bytes": baseline, "mem_before_step_bytes": before,

@@ -138,7 +138,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
     import minitune
     from minitune.train.amp import DynamicLossScaler
-    from minitune.train.loop import accumulate_gradients
+    from minitune.train.loop import accumulate_gradients, sparse_embedding_grads, zero_grads
     from minitune.train.losses import build_loss
     from minitune.train.optim import build_optimizer
 
@@ -154,13 +154,14 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     loss_kind = "single_label" if spec["head"] == "multiple_choice" else spec["kind"]
     loss_fn = build_loss("", loss_kind, spec["num_labels"]).to(device)
     optimizer = build_optimizer(model, lr=2e-5, weight_decay=0.01)
+    kept = sparse_embedding_grads(model) if device.type == "cpu" else []  # as minitune's loop does
     scaler = DynamicLossScaler(enabled=False)
     data = torch.load(spec["batches_file"])
 
     def step(batch: dict) -> int:
         _, tokens = accumulate_gradients(model, loss_fn, [batch], spec["precision"], device, scaler)
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        zero_grads(optimizer, kept)
         return tokens
 
     return {"supported": True, "execution": "unpadded" if unpadded else "padded" if hasattr(model, "set_unpadded")

@@ -115,12 +115,17 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     import torch.nn.functional as F
 
     from minitune.train.amp import autocast_context
+    from minitune.train.loop import sparse_embedding_grads, zero_grads
     from minitune.train.optim import build_optimizer
 
     device, precision = spec["device"], spec["precision"]
     model, forward, described = load_stack(spec["stack"], spec["checkpoint"])
     model.to(device)
     optimizer = build_optimizer(model, lr=2e-5, weight_decay=0.01)
+    # minitune's loop keeps the word-embedding gradient as a buffer filled by sparse rows on CPU; the
+    # transformers stack keeps torch's dense embedding backward, as the Trainer runs it.
+    own = spec["stack"] != "transformers" and device == "cpu"
+    kept = sparse_embedding_grads(model) if own else []
     data = torch.load(spec["batches_file"])
     to_device = lambda b: {k: v.to(device) for k, v in b.items()}
 
@@ -143,7 +148,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         common.sync(device)
         t2 = time.perf_counter()
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        zero_grads(optimizer, kept)
         common.sync(device)
         phases.append((t1 - t0, t2 - t1, time.perf_counter() - t2))
         return int(batch["attention_mask"].sum())

@@ -112,22 +112,29 @@ def accumulate_gradients(model, loss_fn, micro_batches: list[dict], precision: s
 SPARSE_MIN_ROWS = 4096  # vocabulary-sized tables; position and segment tables stay dense
 
 
-def sparse_embedding_grads(model: nn.Module, min_rows: int = SPARSE_MIN_ROWS) -> list[nn.Parameter]:
+def sparse_embedding_grads(model: nn.Module, min_rows: int = SPARSE_MIN_ROWS) -> list[tuple[nn.Parameter, torch.Tensor]]:
     """Let large embedding tables take their gradient as sparse rows, added into one dense buffer kept for the run.
 
     Why: the dense backward of an embedding allocates and zero-fills the whole table on every micro-batch
     (30522 x 384 for MiniLM, 250002 x 1024 for XLM-R); on CPU that fresh allocation page-faults, and it was 7%
     of a MiniLM training step. Adding each micro-batch's rows into a buffer that stays mapped gives the same
     gradient (up to the order of float additions), and AdamW still sees a dense gradient: zeros where no token
-    was used, as in the reference. Returns the parameters whose `.grad` is such a buffer.
+    was used, as in the reference. Returns (parameter, buffer) pairs for `zero_grads`.
     """
-    params = []
+    kept = []
     for module in model.modules():
         if isinstance(module, nn.Embedding) and module.weight.requires_grad and module.num_embeddings >= min_rows:
             module.sparse = True
             module.weight.grad = torch.zeros_like(module.weight)
-            params.append(module.weight)
-    return params
+            kept.append((module.weight, module.weight.grad))
+    return kept
+
+
+def zero_grads(optimizer: torch.optim.Optimizer, kept: list[tuple[nn.Parameter, torch.Tensor]]) -> None:
+    """Free every gradient, except the kept embedding buffers: zeroed in place, ready for the next sparse rows."""
+    optimizer.zero_grad(set_to_none=True)
+    for p, buffer in kept:
+        p.grad = buffer.zero_()
 
 
 class Loop:
@@ -145,7 +152,7 @@ class Loop:
         self.scaler = DynamicLossScaler(enabled=cfg.precision == "fp16")
         self.params = [p for p in model.parameters() if p.requires_grad]
         # CPU only: CUDA's caching allocator has no page faults to save, and its sparse add is not deterministic.
-        self.grad_buffers = [(p, p.grad) for p in sparse_embedding_grads(model)] if device.type == "cpu" else []
+        self.kept_grads = sparse_embedding_grads(model) if device.type == "cpu" else []
         self.state = LoopState()
         if cfg.resume:
             self.state = LoopState(**load_checkpoint(self.out_dir / "checkpoint", model, self.optimizer,
@@ -180,9 +187,7 @@ class Loop:
         lr = self.optimizer.param_groups[-1]["lr"]  # the lr this step applies (the head's: the peak under LLRD)
         applied = not found_inf and self.scaler.step(self.optimizer)
         self.scaler.update()  # backs off after an inf (fp16), grows after clean steps
-        self.optimizer.zero_grad(set_to_none=True)
-        for p, buffer in self.grad_buffers:  # the kept buffer, zeroed in place: sparse rows must land in it
-            p.grad = buffer.zero_()
+        zero_grads(self.optimizer, self.kept_grads)
         self.state.tokens += tokens
         if not applied:
             self.state.skipped_steps += 1
