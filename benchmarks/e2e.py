@@ -271,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     doc = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {}
     settings = {"train_samples": args.train_samples or None, "eval_samples": args.eval_samples or None,
-                "epochs": args.epochs or None, "compare_epochs": args.epochs or COMPARE_EPOCHS, "threads": args.threads, "model": args.model, "no_llrd": args.no_llrd,
+                "epochs": args.epochs or None, "compare_epochs": args.epochs or COMPARE_EPOCHS,
+                "threads": args.threads, "model": args.model, "no_llrd": args.no_llrd,
                 "extra_flags": list(args.extra), "cpu_count": os.cpu_count(),
                 "started": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_at_start": list(os.getloadavg())}
     if "compare" in args.mode and args.seeds:
@@ -279,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         for n, seed in enumerate(args.seeds):
             args.extra, args.work_dir = [*base_extra, "--seed", str(seed)], base_work / f"seed{seed}"
             # abba across seeds too: each stack goes first equally often on each task
-            per_seed[str(seed)] = {task: compare_task(args, task, (i + n) % 2 == 0) for i, task in enumerate(args.tasks)}
+            per_seed[str(seed)] = {task: compare_task(args, task, (i + n) % 2 == 0)
+                                   for i, task in enumerate(args.tasks)}
             doc["compare_seeds"] = {"settings": {**settings, "seeds": args.seeds}, "per_seed": per_seed,
                                     "summary": summarize_seeds(per_seed)}
             args.out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")  # keep finished seeds

@@ -18,8 +18,8 @@ gradient clipping, per-epoch evaluation and checkpointing, `load_best_model_at_e
 `EarlyStoppingCallback` with the same patience.
 
 Two places where the numbers are set by hand to equal minitune's (both read in transformers 5.x' source):
-- warmup: minitune warms up for int(warmup_ratio * total) steps; the Trainer would take ceil(...) for a
-  fractional warmup_steps, so the integer count is passed instead;
+- warmup: minitune warms up for ceil(warmup_ratio * total) steps, as the Trainer rounds a fractional
+  warmup; the integer count is passed so both read the same number;
 - layer-wise LR decay (--llrd, humor's default 0.95): the Trainer has no such option, so `LLRDTrainer`
   overrides `create_optimizer` to build the Trainer's own optimizer class and kwargs over LLRD parameter groups
   (head at lr, block i of L at lr * llrd^(L - i), embeddings at lr * llrd^(L + 1); decay on the Trainer's
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
@@ -69,7 +70,7 @@ def check_supported(cfg: RunConfig) -> None:
         "--max-tokens": cfg.max_tokens is not None,
         "--eval-every": cfg.eval_every is not None,
         "--scheduler plateau": cfg.scheduler == "plateau",
-        "--precision (fp32 only)": cfg.precision != "fp32",
+        "--precision fp16 (the Trainer has no fp16 on CPU)": cfg.precision == "fp16",
         "--lora-r / --quantize": bool(cfg.lora_r) or cfg.quantize is not None,
         "--resume": cfg.resume is not None,
         "--test-file": cfg.test_file is not None,
@@ -160,12 +161,12 @@ def training_arguments(cfg: RunConfig, out: Path, n_train: int):
         per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size * 2,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1, lr_scheduler_type=cfg.scheduler,
-        warmup_steps=int(cfg.warmup_ratio * total),  # minitune's floor, see the module docstring
+        warmup_steps=math.ceil(cfg.warmup_ratio * total),  # minitune's count, see the module docstring
         label_smoothing_factor=cfg.label_smoothing, max_grad_norm=cfg.clip_grad,
         eval_strategy="epoch", save_strategy="epoch", save_total_limit=1, load_best_model_at_end=True,
         metric_for_best_model=cfg.metric, greater_is_better=True,
         logging_strategy="steps", logging_steps=cfg.log_every, report_to="none", disable_tqdm=True,
-        dataloader_num_workers=0,
+        dataloader_num_workers=0, bf16=cfg.precision == "bf16",  # autocast, as run.py's --precision bf16
     ), total
 
 

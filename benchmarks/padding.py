@@ -5,7 +5,8 @@ padded to the item batch's longest pair) with the real all-MiniLM-L6-v2 tokenize
 
 - fixed:    random batches padded to 128;
 - dynamic:  the same random batches padded to their longest sequence;
-- bucketed: BucketedBatchSampler batches (sorted within windows of 50 batches), padded to their longest;
+- bucketed: BucketedBatchSampler batches as run.py makes them (sorted within windows of 100 batches, the
+            default), padded to their longest;
 - unpadded: the random batches again, with `model.set_unpadded(True)` so per-token layers see real tokens
   only: 0% padding by construction. Timed only when minitune's classifier has `set_unpadded` ("n/a" before).
   The three padded schemes call `set_unpadded(False)` where it exists: the encoders otherwise unpad on their

@@ -214,7 +214,8 @@ def save_model(model, tokenizer, task: TaskData, out_dir: Path, thresholds: dict
     # Whole directories, swapped in: nothing from an earlier run in the same --output-dir survives beside them.
     atomic_dir(out_dir / "model", write_model)
     if lora_modules(model):
-        atomic_dir(out_dir / "adapter", lambda target: save_adapter_dir(model, target, getattr(model, "name_or_path", None)))
+        base = getattr(model, "name_or_path", None)
+        atomic_dir(out_dir / "adapter", lambda target: save_adapter_dir(model, target, base))
     elif (out_dir / "adapter").is_dir():
         shutil.rmtree(out_dir / "adapter")  # an earlier LoRA run's adapter does not belong to these weights
 

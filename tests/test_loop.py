@@ -18,8 +18,9 @@ from minitune.train.losses import build_loss
 def tiny_bert(tmp_path, dropout=0.1):
     torch.manual_seed(3)
     # A vocabulary above SPARSE_MIN_ROWS, so the loop's sparse embedding gradient is what these tests exercise.
-    cfg = transformers.BertConfig(vocab_size=SPARSE_MIN_ROWS + 4, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=37, max_position_embeddings=64, hidden_dropout_prob=dropout,
+    cfg = transformers.BertConfig(vocab_size=SPARSE_MIN_ROWS + 4, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=37, max_position_embeddings=64,
+                                  hidden_dropout_prob=dropout,
                                   attention_probs_dropout_prob=dropout, num_labels=3)
     transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path / "tiny")
     return minitune.load_model(tmp_path / "tiny", num_labels=3)
@@ -147,7 +148,8 @@ def test_token_budget_schedule_counts_every_epoch(tmp_path):
     state = fit(tiny_bert(tmp_path), build_loss("ce", "single_label", 3), data, lambda m: {"score": 0.0}, cfg,
                 tmp_path, torch.device("cpu"))
     assert state.step == sum(counts) and state.epoch == 3
-    lrs = [r["lr"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if r["type"] == "train"]
+    logged = map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+    lrs = [r["lr"] for r in logged if r["type"] == "train"]
     # linear decay to zero over exactly the steps trained: the last step applies lr / total
     assert math.isclose(lrs[-1], cfg.lr / sum(counts), rel_tol=1e-6)
 

@@ -112,7 +112,10 @@ def accumulate_gradients(model, loss_fn, micro_batches: list[dict], precision: s
 SPARSE_MIN_ROWS = 4096  # vocabulary-sized tables; position and segment tables stay dense
 
 
-def sparse_embedding_grads(model: nn.Module, min_rows: int = SPARSE_MIN_ROWS) -> list[tuple[nn.Parameter, torch.Tensor]]:
+KeptGrads = list[tuple[nn.Parameter, torch.Tensor]]
+
+
+def sparse_embedding_grads(model: nn.Module, min_rows: int = SPARSE_MIN_ROWS) -> KeptGrads:
     """Let large embedding tables take their gradient as sparse rows, added into one dense buffer kept for the run.
 
     Why: the dense backward of an embedding allocates and zero-fills the whole table on every micro-batch
@@ -130,7 +133,7 @@ def sparse_embedding_grads(model: nn.Module, min_rows: int = SPARSE_MIN_ROWS) ->
     return kept
 
 
-def zero_grads(optimizer: torch.optim.Optimizer, kept: list[tuple[nn.Parameter, torch.Tensor]]) -> None:
+def zero_grads(optimizer: torch.optim.Optimizer, kept: KeptGrads) -> None:
     """Free every gradient, except the kept embedding buffers: zeroed in place, ready for the next sparse rows."""
     optimizer.zero_grad(set_to_none=True)
     for p, buffer in kept:
