@@ -128,6 +128,13 @@ def machine_info(device: str, threads: int) -> dict[str, Any]:
     return info
 
 
+def run_meta(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """What every results JSON records about its run: the command, the machine and the resolved flags."""
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("child", "out")}
+    return {"command": command_line(), "quick": args.quick, **extra,
+            "machine": machine_info(args.device, args.threads), "settings": settings}
+
+
 def _meminfo(key: str) -> int | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():

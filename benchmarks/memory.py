@@ -239,9 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
         common.child_main(args.child, child)
         return {}
     estimate = BYTES_PER_PARAM_ADAMW * shape_parameters(args.shape)
-    meta = {"command": common.command_line(), "quick": args.quick, "machine": common.machine_info(
-        args.device, args.threads), "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in
-                                                 vars(args).items() if k not in ("child", "out")}}
+    meta = common.run_meta(args)
     runs: dict[str, list[dict]] = {name: [] for name in args.configs}
     with tempfile.TemporaryDirectory(prefix="minitune-bench-") as tmp:
         work = Path(tmp)

@@ -268,9 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     from minitune.data.tasks import MULTIPLE_CHOICE
 
-    meta = {"command": common.command_line(), "quick": args.quick, "machine": common.machine_info(args.device,
-            args.threads), "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                                        if k not in ("child", "out")}}
+    meta = common.run_meta(args)
     report: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="minitune-bench-") as tmp:
         workdir = Path(tmp)

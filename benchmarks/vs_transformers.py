@@ -252,10 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "minitune-unpadded" in stacks and not minitune_has_unpadded():
         print("minitune-unpadded: n/a (minitune's classifiers have no set_unpadded yet)")
         stacks.remove("minitune-unpadded")
-    meta = {"command": common.command_line(), "quick": args.quick, "stacks": stacks,
-            "machine": common.machine_info(args.device, args.threads),
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                         if k not in ("child", "out")}}
+    meta = common.run_meta(args, stacks=stacks)
     features = humor_features(args.data_dir, args.max_length)
     report: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="minitune-bench-") as tmp:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .lora import LoRALinear, apply_lora, lora_modules, save_adapter
+from .lora import LoRALinear, apply_lora, save_adapter
 from .nf4 import NF4Linear
 
 
@@ -64,10 +64,8 @@ def export_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_adapter_dir(model: nn.Module, target_dir: Path, base: str | None) -> None:
-    """The PEFT adapter in `target_dir`, if the model has LoRA layers; base_model_name_or_path is what peft can
-    open (a Hub id or a real path)."""
-    if not lora_modules(model):
-        return
+    """The model's LoRA layers as a PEFT adapter in `target_dir`; base_model_name_or_path is what peft can open
+    (a Hub id or a real path)."""
     from .hub import ALIASES, resolve_model
 
     target = ALIASES.get(base or "", base)

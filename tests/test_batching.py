@@ -101,6 +101,18 @@ def make_samplers(seed: int = 3):
     ]
 
 
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_num_batches_counts_each_epoch_without_building_it(drop_last):
+    samplers = make_samplers() + [RandomBatchSampler(LENGTHS, 8, seed=1, drop_last=drop_last),
+                                  BucketedBatchSampler(LENGTHS, 8, seed=1, window=3, drop_last=drop_last)]
+    assert len(LENGTHS) % 8  # a short last batch, so drop_last changes the count
+    for sampler in samplers:
+        for epoch in range(3):
+            assert sampler.num_batches(epoch) == len(sampler.batches(epoch))
+        sampler.set_epoch(2)
+        assert len(sampler) == len(sampler.batches(2))
+
+
 @pytest.mark.parametrize("idx", range(3))
 def test_every_example_once_per_epoch_and_deterministic(idx):
     sampler, twin = make_samplers()[idx], make_samplers()[idx]

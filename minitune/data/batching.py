@@ -165,6 +165,8 @@ class _EpochBatchSampler:
         self.seed = seed
         self.epoch = 0
         self.batches_done = 0
+        self.batch_size: int | None = None  # fixed-size samplers set it; token budgets vary their batch sizes
+        self.drop_last = False
         self._cache: tuple[tuple[int, int], list[list[int]]] | None = None
 
     def _make_batches(self, rng: np.random.Generator) -> list[list[int]]:
@@ -203,8 +205,15 @@ class _EpochBatchSampler:
         self.epoch += 1
         self.batches_done = 0
 
+    def num_batches(self, epoch: int) -> int:
+        """Batches in an epoch: counted without building it where every batch has batch_size examples."""
+        if self.batch_size is None:  # token budgets: the count changes with each epoch's shuffle
+            return len(self.batches(epoch))
+        n = len(self.lengths)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
     def __len__(self) -> int:
-        return len(self.batches())
+        return self.num_batches(self.epoch)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "batches_done": self.batches_done}

@@ -167,7 +167,7 @@ class Loop:
     def _plan(self, cfg) -> tuple[int, int]:
         """(optimizer steps, epochs) of the run. Each epoch is counted: token-budget batches vary in number from
         one epoch to the next, and the schedule must end where training ends."""
-        per_epoch = lambda e: math.ceil(len(self.data.sampler.batches(e)) / cfg.grad_accum)  # noqa: E731
+        per_epoch = lambda e: math.ceil(self.data.sampler.num_batches(e) / cfg.grad_accum)  # noqa: E731
         if not cfg.max_steps:
             return sum(per_epoch(e) for e in range(cfg.epochs)), cfg.epochs
         steps, epochs = 0, 0
