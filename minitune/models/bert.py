@@ -18,13 +18,20 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
-from .common import (ACTIVATIONS, Classifier, Packing, attention_bias, choose_packing, flatten_choices,
-                     unflatten_choices)
+from .common import (
+    ACTIVATIONS,
+    Classifier,
+    Packing,
+    attention_bias,
+    choose_packing,
+    flatten_choices,
+    self_attention,
+    unflatten_choices,
+)
 
 MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
 # Unpad when at least this share of a batch is padding (see benchmarks/padding.py for where it pays).
@@ -114,18 +121,8 @@ class Layer(nn.Module):
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None, pack: Packing | None = None) -> torch.Tensor:
         """x: (B, T, H), or (N, H) real tokens only when `pack` says where they sit."""
         sa, ao = self.attention["self"], self.attention["output"]
-        H = x.shape[-1]
-
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            t = pack.pad(t) if pack is not None else t  # attention needs the (B, T) layout back
-            B, T = t.shape[:2]
-            return t.view(B, T, self.n_heads, H // self.n_heads).transpose(1, 2)  # (B, nh, T, hd)
-
-        q, k, v = heads(sa["query"](x)), heads(sa["key"](x)), heads(sa["value"](x))
         p = self.attn_dropout if self.training else 0.0
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
-        a = a.transpose(1, 2).flatten(2)  # (B, T, H)
-        a = pack.unpad(a) if pack is not None else a
+        a = self_attention(sa["query"](x), sa["key"](x), sa["value"](x), self.n_heads, bias, pack, p)
         x = ao["LayerNorm"](x + self.dropout(ao["dense"](a)))
         h = self.act(self.intermediate["dense"](x))
         return self.output["LayerNorm"](x + self.dropout(self.output["dense"](h)))

@@ -1,4 +1,5 @@
-"""Pieces the encoder families share: activations, the SDPA padding mask, and multiple-choice flattening."""
+"""Pieces the encoder families share: activations, the SDPA padding mask, packed (unpadded) attention, and
+multiple-choice flattening."""
 
 from __future__ import annotations
 
@@ -29,13 +30,20 @@ class Packing:
     """Where the real tokens of a padded (B, T) batch sit, to run per-token layers on real tokens only.
 
     Projections, MLPs and norms act on each token independently, so they can run on the (N, H) stack of real
-    tokens; only attention needs the (B, T) layout back. `pad` re-forms the padded block (zeros at pads), `unpad`
-    takes the real rows out again.
+    tokens; only attention needs to know which tokens belong together. `unpad` takes the real rows out of a
+    (B, T, H) block, `pad` re-forms the block (zeros at pads). Rows are taken in order, so each sequence's real
+    tokens are one contiguous run of the stack, `lengths[b]` long.
+
+    `per_sequence` (CPU by default): attention runs sequence by sequence on its own tokens, with no mask and no
+    pad at all. Elsewhere one masked call on the re-padded block is cheaper than B small kernel launches.
     """
 
-    def __init__(self, attention_mask: torch.Tensor):
+    def __init__(self, attention_mask: torch.Tensor, per_sequence: bool | None = None):
         self.B, self.T = attention_mask.shape
         self.keep = attention_mask.reshape(-1).nonzero().squeeze(1)  # (N,) flat indices of real tokens
+        if per_sequence is None:
+            per_sequence = attention_mask.device.type == "cpu"
+        self.lengths = attention_mask.sum(1).tolist() if per_sequence else None
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(self.B * self.T, -1).index_select(0, self.keep)  # (N, H)
@@ -43,6 +51,30 @@ class Packing:
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         out = x.new_zeros(self.B * self.T, x.shape[-1]).index_copy(0, self.keep, x)
         return out.view(self.B, self.T, -1)  # (B, T, H)
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, bias: torch.Tensor | None,
+          dropout_p: float) -> torch.Tensor:
+    B, T, H = q.shape
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.view(B, T, n_heads, H // n_heads).transpose(1, 2)  # (B, nh, T, hd)
+
+    a = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=bias, dropout_p=dropout_p)
+    return a.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
+
+
+def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, bias: torch.Tensor | None,
+                   pack: Packing | None, dropout_p: float) -> torch.Tensor:
+    """Bidirectional multi-head attention over projected q, k, v, in and out in the same layout: (B, T, H), or
+    (N, H) real tokens when `pack` is given. A pad key is never attended to; a pad query's output is discarded
+    (padded layout) or never computed (packed)."""
+    if pack is None:
+        return _sdpa(q, k, v, n_heads, bias, dropout_p)
+    if pack.lengths is None:
+        return pack.unpad(_sdpa(pack.pad(q), pack.pad(k), pack.pad(v), n_heads, bias, dropout_p))
+    runs = zip(q.split(pack.lengths), k.split(pack.lengths), v.split(pack.lengths))
+    return torch.cat([_sdpa(qs[None], ks[None], vs[None], n_heads, None, dropout_p)[0] for qs, ks, vs in runs])
 
 
 def choose_packing(attention_mask: torch.Tensor | None, min_pad_share: float) -> Packing | None:

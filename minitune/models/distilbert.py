@@ -18,8 +18,16 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
 from .bert import UNPAD_MIN_SHARE
-from .common import (ACTIVATIONS, Classifier, Packing, attention_bias, choose_packing, flatten_choices,
-                     unflatten_choices)
+from .common import (
+    ACTIVATIONS,
+    Classifier,
+    Packing,
+    attention_bias,
+    choose_packing,
+    flatten_choices,
+    self_attention,
+    unflatten_choices,
+)
 
 MODEL_TYPES = ("distilbert",)
 EPS = 1e-12
@@ -73,18 +81,8 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None, pack: Packing | None = None) -> torch.Tensor:
         """x: (B, T, D), or (N, D) real tokens only when `pack` says where they sit."""
         att = self.attention
-        D = x.shape[-1]
-
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            t = pack.pad(t) if pack is not None else t
-            B, T = t.shape[:2]
-            return t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, nh, T, hd)
-
-        q, k, v = heads(att["q_lin"](x)), heads(att["k_lin"](x)), heads(att["v_lin"](x))
         p = self.attn_dropout if self.training else 0.0
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)
-        a = a.transpose(1, 2).flatten(2)  # (B, T, D)
-        a = pack.unpad(a) if pack is not None else a
+        a = self_attention(att["q_lin"](x), att["k_lin"](x), att["v_lin"](x), self.n_heads, bias, pack, p)
         x = self.sa_layer_norm(x + att["out_lin"](a))
         h = self.dropout(self.ffn["lin2"](self.act(self.ffn["lin1"](x))))
         return self.output_layer_norm(x + h)
