@@ -33,10 +33,13 @@ class RunConfig:
     output_dir: str = opt(None, "where config, metrics, results and model/ go (default runs/<task>-<model>)")
     train_file: str = opt(None, "custom task: training file (.csv, .tsv or .jsonl)")
     dev_file: str = opt(None, "custom task: dev file in the same format")
-    test_file: str = opt(None, "a further labelled file in the task's format, evaluated with the best model")
+    test_file: str = opt(None, "a further labelled file in the task's format, evaluated with the best model "
+                                "(recipe-mpr: with the mean of the fold models' probabilities)")
     text_col: str = opt("text", "custom task: column holding the text")
     label_col: str = opt("label", "custom task: column holding the label(s); several labels comma-separated")
     pair_col: str = opt(None, "custom task: optional column holding a second text segment")
+    label_names: str = opt(None, "custom: comma-separated label names in id order, when the files hold 0-based label "
+                                 "ids (default: the labels found in the training file, sorted)")
     epochs: int = opt(3, "training epochs")
     max_steps: int = opt(None, "stop after this many optimizer steps (overrides epochs)")
     batch_size: int = opt(32, "examples per micro-batch")
@@ -213,9 +216,13 @@ def validate(cfg: RunConfig) -> RunConfig:
 
 
 # What a resumed run must share with the run it continues: anything that shapes the model, data or schedule.
-RESUME_KEYS = ("task", "model", "lora_r", "lora_alpha", "lora_targets", "quantize", "lr", "llrd", "batch_size",
+RESUME_KEYS = ("task", "model", "label_names", "lora_r", "lora_alpha", "lora_targets", "quantize", "lr", "llrd", "batch_size",
                "grad_accum", "max_tokens", "padding", "epochs", "max_steps", "max_length", "max_train_samples",
                "seed", "scheduler", "warmup_ratio", "precision")
+
+
+def resume_signature(cfg) -> dict:
+    return {k: getattr(cfg, k) for k in RESUME_KEYS if hasattr(cfg, k)}
 
 
 def dump(cfg: RunConfig) -> str:

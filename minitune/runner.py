@@ -23,15 +23,29 @@ import numpy as np
 import torch
 
 from .atomic import atomic_dir, atomic_write_text
-from .config import RunConfig, dump, print_config
-from .data.batching import BucketedBatchSampler, RandomBatchSampler, TokenBudgetBatchSampler, collate, length_of
+from .config import RunConfig, dump, print_config, resume_signature
+from .data.batching import (
+    BucketedBatchSampler,
+    RandomBatchSampler,
+    TokenBudgetBatchSampler,
+    collate,
+    length_of,
+)
 from .data.features import oversample_rare, tokenize
-from .data.tasks import MULTI_LABEL, MULTIPLE_CHOICE, TaskData, label_array, load_eval_file, load_task
-from .errors import ConfigError
+from .data.tasks import (
+    MULTI_LABEL,
+    MULTIPLE_CHOICE,
+    TaskData,
+    label_array,
+    load_eval_file,
+    load_task,
+)
+from .errors import ConfigError, MinituneError
 from .eval.metrics import classification_report
 from .eval.report import format_report, write_results
 from .eval.thresholds import tune_thresholds
 from .train.amp import autocast_context
+from .train.checkpoint import check_resumable
 from .train.loop import TrainData, fit
 from .train.losses import balanced_class_weights, balanced_pos_weight, build_loss
 
@@ -247,13 +261,19 @@ def _check_inputs(cfg: RunConfig):
     from .modeling import read_config
 
     task = load_task(cfg.task, resolve_data_dir(cfg.data_dir), seed=cfg.seed, train_file=cfg.train_file,
-                     dev_file=cfg.dev_file, **({} if cfg.task != "custom" else dict(
+                     dev_file=cfg.dev_file, label_names=cfg.label_names, **({} if cfg.task != "custom" else dict(
                          text_col=cfg.text_col, label_col=cfg.label_col, pair_col=cfg.pair_col)))
     if cfg.metric not in METRICS[task.kind]:
         raise ConfigError(f"--metric {cfg.metric!r} is not a selection metric for {task.kind} tasks; choose one of "
                           f"{', '.join(METRICS[task.kind])}")
-    if cfg.test_file and task.folds:
-        raise ConfigError("--test-file: recipe-mpr is scored on the test part of each of its folds; drop it")
+    build_loss_for(cfg, task, task.train)  # a loss that does not fit the task fails here, not after tokenizing
+    if cfg.max_tokens and cfg.max_tokens < cfg.max_length:
+        raise ConfigError(f"--max-tokens {cfg.max_tokens} is below --max-length {cfg.max_length}: a batch must hold "
+                          "the longest example; raise --max-tokens or lower --max-length")
+    if cfg.resume:
+        fold_dirs = sorted(Path(cfg.output_dir).glob("fold*")) if task.folds else [Path(cfg.output_dir)]
+        for d in [d for d in fold_dirs if (d / "checkpoint").is_dir()] or [Path(cfg.output_dir)]:
+            check_resumable(d / "checkpoint", resume_signature(cfg))
     test_ex = load_eval_file(task, cfg.test_file) if cfg.test_file else None
     name = "minilm" if cfg.model == "ffnn" else cfg.model
     path = resolve_model(name)
@@ -270,14 +290,22 @@ def run_train(cfg: RunConfig) -> dict:
     device = pick_device(cfg.device)
     task, tokenizer, test_ex = _check_inputs(cfg)
     out = Path(cfg.output_dir)
+    fresh = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     print_config(cfg)
     atomic_write_text(out / "config.json", dump(cfg) + "\n")
     t0 = time.perf_counter()
-    if task.kind == MULTIPLE_CHOICE and task.folds:
-        results = _run_folds(cfg, task, tokenizer, out, device)
-    else:
-        results = _run_holdout(cfg, task, tokenizer, test_ex, out, device)
+    try:
+        if task.kind == MULTIPLE_CHOICE and task.folds:
+            results = _run_folds(cfg, task, tokenizer, test_ex, out, device)
+        else:
+            results = _run_holdout(cfg, task, tokenizer, test_ex, out, device)
+    except MinituneError:
+        # A mistake only the model or the features reveal (a --lora-targets pattern that matches nothing): before
+        # any checkpoint, the directory this run made holds nothing worth keeping.
+        if fresh and not any(out.glob("**/checkpoint")):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     results["train"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
     results = {"task": cfg.task, "model": cfg.model, "config": json.loads(dump(cfg)), **results}
     write_results(out / "results.json", results)
@@ -308,16 +336,17 @@ def _run_holdout(cfg: RunConfig, task: TaskData, tokenizer, test_ex, out: Path, 
     return results
 
 
-def _run_folds(cfg: RunConfig, task: TaskData, tokenizer, out: Path, device) -> dict:
-    """Recipe-MPR's 5-fold protocol: train on each fold's train, select on its val, predict its test."""
+def _run_folds(cfg: RunConfig, task: TaskData, tokenizer, test_ex, out: Path, device) -> dict:
+    """Recipe-MPR's 5-fold protocol: train on each fold's train, select on its val, predict its test. A further
+    --test-file is scored by the mean of the fold models' probabilities (their ensemble)."""
     folds = task.folds[: cfg.folds] if cfg.folds else task.folds
     if not cfg.resume:  # an earlier run here with more folds: its extra fold directories are not this run's
         for stale in out.glob("fold*"):
             if stale.is_dir() and stale.name[4:].isdigit() and int(stale.name[4:]) >= len(folds):
                 shutil.rmtree(stale)
-    test_ex, test_scores, per_fold = [], [], []
+    fold_ex, test_scores, per_fold, file_scores = [], [], [], []
+    file_f = tokenize(test_ex, tokenizer, task.kind, cfg.max_length) if test_ex else None
     for k, (tr, va, te) in enumerate(folds):
-        log.info("fold %d/%d: %d train, %d val, %d test", k + 1, len(folds), len(tr), len(va), len(te))
         fold_train = [task.train[i] for i in tr]
         if va:
             fold_val = [task.train[i] for i in va]
@@ -325,6 +354,8 @@ def _run_folds(cfg: RunConfig, task: TaskData, tokenizer, out: Path, device) -> 
             fold_train, fold_val = holdout(task, fold_train, 0.1, cfg.seed)
         fold_train = subsample(fold_train, cfg.max_train_samples, cfg.seed)
         fold_val = subsample(fold_val, cfg.max_eval_samples, None)  # caps selection only; each fold's test is whole
+        log.info("fold %d/%d: %d train, %d val%s, %d test", k + 1, len(folds), len(fold_train), len(fold_val),
+                 "" if va else " (10% of the fold's train part: the fold file gives none)", len(te))
         fold_dir = out / f"fold{k}"
         # On --resume, folds that never started begin afresh; finished ones resume into "done" at once.
         fold_cfg = dataclasses.replace(cfg, resume=cfg.resume if (fold_dir / "checkpoint").is_dir() else None)
@@ -334,12 +365,18 @@ def _run_folds(cfg: RunConfig, task: TaskData, tokenizer, out: Path, device) -> 
                                 cfg.batch_size * 2, device, cfg.precision)
         accuracy = float((scores.argmax(1) == label_array(task, ex)).mean())
         per_fold.append({"fold": k, **state, "test_accuracy": accuracy})
-        test_ex += ex
+        fold_ex += ex
         test_scores.append(scores)
+        if file_f is not None:
+            file_scores.append(predict_scores(model, file_f, collate_fn, task.kind, cfg.batch_size * 2, device,
+                                              cfg.precision))
         if k == 0:
             save_model(model, tokenizer, task, out)
     scores = np.concatenate(test_scores)
     first = np.zeros_like(scores)
     first[:, 0] = 1.0  # the always-pick-the-first-option baseline, after the seeded option shuffle
-    return {"train": {"folds": per_fold}, "test": report_for(task, test_ex, scores, cfg),
-            "baseline_first_option": report_for(task, test_ex, first, cfg)}
+    results = {"train": {"folds": per_fold}, "test": report_for(task, fold_ex, scores, cfg),
+               "baseline_first_option": report_for(task, fold_ex, first, cfg)}
+    if file_scores:
+        results["test_file"] = report_for(task, test_ex, np.mean(file_scores, axis=0), cfg)
+    return results

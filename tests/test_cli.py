@@ -27,7 +27,12 @@ def train(tmp_path, data_dir, name, *args):
 
 @pytest.fixture(scope="module")
 def humor_run(tmp_path_factory, data_dir):
-    return train(tmp_path_factory.mktemp("cli"), data_dir, "humor", "--task", "humor")
+    tmp = tmp_path_factory.mktemp("cli")
+    with (data_dir / "hahackathon" / "dev.csv").open(newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))[:41]  # header + 40 rows of real dev data, as a further labelled file
+    with (tmp / "further.csv").open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    return train(tmp, data_dir, "humor", "--task", "humor", "--test-file", str(tmp / "further.csv"))
 
 
 def test_humor_run_writes_every_output(humor_run):
@@ -44,6 +49,38 @@ def test_humor_run_writes_every_output(humor_run):
     assert dev["n_examples"] == 24 and set(dev["per_class"]) == {"not_humor", "humor"}
     assert len(dev["confusion_matrix"]) == 2 and sum(map(sum, dev["confusion_matrix"])) == 24
     assert "not_humor" in (out / "report.txt").read_text()
+    # --test-file: the whole further file (not capped by --max-eval-samples), scored by the selected model
+    test = results["test"]
+    assert test["n_examples"] == 40 and sum(map(sum, test["confusion_matrix"])) == 40
+
+
+def test_humor_defaults_are_the_source_documents(data_dir):
+    from minitune.config import parse_config
+
+    cfg = parse_config(["--task", "humor"])
+    assert (cfg.lr, cfg.warmup_ratio, cfg.scheduler, cfg.label_smoothing, cfg.llrd) == (2e-5, 0.1, "cosine", 0.1, 0.95)
+    assert cfg.batch_size * cfg.grad_accum == 32 and cfg.grad_accum == 4 and cfg.patience == 5
+    assert cfg.padding == "bucketed" and cfg.metric == "macro_f1"
+
+
+def test_every_flag_has_help_and_help_exits_cleanly():
+    from minitune.config import build_parser
+
+    parser = build_parser()
+    flags = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert len(flags) > 30
+    assert [a.option_strings[0] for a in flags if not (a.help or "").strip()] == []
+    r = run_cli("--help")
+    assert r.returncode == 0 and "--max-train-samples" in r.stdout and "--padding" in r.stdout
+
+
+def test_same_seed_same_run_other_seed_other_run(tmp_path, data_dir):
+    def dev(name, seed):
+        out = train(tmp_path, data_dir, name, "--task", "humor", "--model", "ffnn", "--lr", "1e-3", "--seed", seed)
+        return json.loads((out / "results.json").read_text())["dev"]["per_class"]
+
+    assert dev("a", "3") == dev("b", "3")
+    assert dev("c", "4") != dev("a", "3")
 
 
 def test_humor_model_loads_in_both_stacks_with_equal_logits(humor_run):
@@ -80,6 +117,22 @@ def test_semeval_thresholds_saved_and_used(tmp_path, data_dir):
     assert chosen["use"] == ("tuned" if better else "fixed")
     assert json.loads((out / "model" / "thresholds.json").read_text()) == chosen
     assert minitune.load_model(out / "model").hf_config["problem_type"] == "multi_label_classification"
+    # predict applies what thresholds.json says: tuned per-label values, the fixed one, or --threshold over both
+    names = results["dev"]["label_names"]
+    src = tmp_path / "t.jsonl"
+    src.write_text(json.dumps({"text": "What a wonderful, terrifying day."}) + "\n")
+
+    def predicted(saved: dict, *extra) -> set[str]:
+        (out / "model" / "thresholds.json").write_text(json.dumps(saved))
+        assert main(["predict", "--model", str(out / "model"), "--input", str(src), "--output",
+                     str(tmp_path / "p.csv"), *extra]) == 0
+        (row,) = csv.DictReader((tmp_path / "p.csv").open())
+        return set(filter(None, row["labels" if "labels" in row else "label"].split(",")))
+
+    per_label = {n: (0.0 if i % 2 else 1.01) for i, n in enumerate(names)}  # odd labels always, even never
+    assert predicted({"use": "tuned", "per_label": per_label, "threshold": 0.5}) == set(names[1::2])
+    assert predicted({"use": "fixed", "per_label": per_label, "threshold": 1.01}) == set()
+    assert predicted({"use": "fixed", "per_label": per_label, "threshold": 1.01}, "--threshold", "0") == set(names)
     # A new run in the same directory replaces model/ whole: no thresholds, stray shard or old adapter survive.
     (out / "model" / "model-00002-of-00002.safetensors").write_bytes(b"stale")
     (out / "adapter").mkdir()
@@ -93,12 +146,16 @@ def test_semeval_thresholds_saved_and_used(tmp_path, data_dir):
 
 def test_recipe_mpr_fold_reports_query_types_and_first_option_baseline(tmp_path, data_dir):
     (tmp_path / "mpr" / "fold3").mkdir(parents=True)  # left by an earlier 5-fold run in the same directory
-    out = train(tmp_path, data_dir, "mpr", "--task", "recipe-mpr", "--folds", "1")
+    further = tmp_path / "further.json"  # a further labelled file in the task's format: 30 real items
+    further.write_text(json.dumps(json.loads((data_dir / "recipe_mpr" / "500QA.json").read_text())[:30]))
+    out = train(tmp_path, data_dir, "mpr", "--task", "recipe-mpr", "--folds", "1", "--test-file", str(further))
     assert sorted(p.name for p in out.glob("fold*")) == ["fold0"]
     results = json.loads((out / "results.json").read_text())
     groups = results["test"]["by_group"]
     assert {"overall", "Specific", "Commonsense", "Negated"} <= set(groups) and groups["overall"]["n"] == 100
     assert 0.1 <= results["baseline_first_option"]["accuracy"] <= 0.3
+    assert results["test_file"]["n_examples"] == 30 and results["test_file"]["by_group"]["overall"]["n"] == 30
+    assert "test_file" in (out / "report.txt").read_text()
 
 
 def test_ffnn_baseline_and_toml_config(tmp_path, data_dir):
@@ -125,6 +182,17 @@ def test_custom_task_with_pairs_and_no_dev_file(tmp_path):
     assert [c["support"] for c in results["dev"]["per_class"].values()] == [2, 2]
 
 
+def test_custom_label_ids_named_by_label_names(tmp_path):
+    f = tmp_path / "ids.csv"
+    f.write_text("text,label\n" + "great film,1\nawful film,0\nsuperb acting,2\n" * 8)
+    out = tmp_path / "ids"
+    assert main(["--task", "custom", "--train-file", str(f), "--dev-file", str(f), "--label-names",
+                 "negative, positive, glowing", "--model", "ffnn", "--output-dir", str(out), "--epochs", "1"]) == 0
+    dev = json.loads((out / "results.json").read_text())["dev"]
+    assert dev["label_names"] == ["negative", "positive", "glowing"]
+    assert [c["support"] for c in dev["per_class"].values()] == [8, 8, 8]
+
+
 def run_cli(*args, cwd=REPO):
     return subprocess.run([sys.executable, "run.py", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
@@ -141,13 +209,17 @@ def run_cli(*args, cwd=REPO):
     (["--task", "humor", "--model", "ffnn", "--lora-r", "4"], "drop --lora-r"),
     (["--task", "humor", "--test-file", "/no/such.csv"], "/no/such.csv"),
     (["--task", "humor", "--quantize", "nf4"], "add --lora-r"),
+    (["--task", "humor", "--loss", "bce"], "bce"),
+    (["--task", "humor", "--label-names", "a,b"], "--task custom only"),
+    (["--task", "humor", "--max-tokens", "4"], "--max-tokens 4 is below --max-length"),
+    (["--task", "humor", "--lora-r", "4", "--lora-targets", "no_such_layer"], "no_such_layer"),
 ])
 def test_user_errors_end_in_one_clear_line(tmp_path, data_dir, args, message):
     r = run_cli(*args, "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "o"))
     assert r.returncode == 2, r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert message in last and "Traceback" not in r.stderr
-    assert not (tmp_path / "o" / "results.json").exists()
+    assert not (tmp_path / "o").exists()  # nothing written, not even the config
 
 
 def test_bad_custom_file_names_file_and_line(tmp_path):
@@ -189,6 +261,9 @@ def test_toml_values_are_type_checked(tmp_path):
     toml.write_text('task = "humor"\nlr = "2e-5"\n')
     r = run_cli("--config", str(toml))
     assert r.returncode == 2 and "lr = '2e-5' should be a float" in r.stderr and "Traceback" not in r.stderr
+    toml.write_text('task = "humor"\nlearning_rate = 2e-5\n')
+    r = run_cli("--config", str(toml))
+    assert r.returncode == 2 and "learning_rate" in r.stderr.strip().splitlines()[-1] and "Traceback" not in r.stderr
 
 
 def test_resume_continues_in_its_directory_and_refuses_changed_settings(tmp_path, data_dir):
@@ -198,9 +273,11 @@ def test_resume_continues_in_its_directory_and_refuses_changed_settings(tmp_path
                  "--max-steps", "3"]) == 0
     again = json.loads((out / "results.json").read_text())["train"]
     assert again["step"] == first["step"] == 3  # nothing left to do: the finished run is not trained twice
+    config = (out / "config.json").read_text()
     r = run_cli("--resume", str(out), "--data-dir", str(data_dir), *SMALL, "--task", "humor", "--epochs", "2",
                 "--max-steps", "3", "--lr", "1e-4")
     assert r.returncode == 2 and "started with --lr 2e-05" in r.stderr.strip().splitlines()[-1]
+    assert (out / "config.json").read_text() == config  # refused before anything was written
 
 
 def test_multiple_choice_model_reloads_with_its_trained_head(tmp_path, data_dir):

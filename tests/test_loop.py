@@ -184,3 +184,54 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
         assert torch.equal(v, snapshots[1][k]), k
     lines = (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()
     assert sum('"type": "eval"' in line for line in lines) == 4
+
+
+def test_eval_every_n_steps_and_once_more_at_the_end(tmp_path):
+    feats = ragged_features(24)  # 6 batches of 4 per epoch, 2 per step: 3 steps an epoch, 6 in all
+    (tmp_path / "e").mkdir()
+    _, state = run_fit(tmp_path, "e", feats, loop_cfg(eval_every=4))
+    logged = [json.loads(line) for line in (tmp_path / "e" / "metrics.jsonl").read_text().splitlines()]
+    assert state.step == 6 and [r["step"] for r in logged if r["type"] == "eval"] == [4, 6]
+
+
+@pytest.mark.parametrize("clip", [0.0, 1e-12])
+def test_gradient_clipping_acts_before_the_optimizer_step(tmp_path, clip):
+    """AdamW divides by sqrt(v) + eps: gradients clipped to norm 1e-12 sit far below eps=1e-8, so the first step
+    barely moves the weights; unclipped (0 = off) it moves them by about lr."""
+    feats = ragged_features(8)
+    model = tiny_bert(tmp_path)
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    data = TrainData(feats, BucketedBatchSampler([length_of(f) for f in feats], 8, seed=0), lambda b: collate(b, 0))
+    cfg = loop_cfg(epochs=1, grad_accum=1, clip_grad=clip, weight_decay=0.0, warmup_ratio=0.0, scheduler="constant")
+    fit(model, build_loss("ce", "single_label", 3), data, lambda m: {"score": 0.0}, cfg, tmp_path,
+        torch.device("cpu"))
+    moved = max(float((p.detach() - before[k]).abs().max()) for k, p in model.named_parameters())
+    assert (moved > 0.5 * cfg.lr) if clip == 0 else (0 < moved < 1e-3 * cfg.lr)
+
+
+def test_checkpoint_survives_a_crash_while_writing_and_between_renames(tmp_path, monkeypatch):
+    from minitune.train import checkpoint as ckpt
+
+    feats = ragged_features(24)
+    (tmp_path / "a").mkdir()
+    run_fit(tmp_path, "a", feats, loop_cfg())  # 2 epochs: the checkpoint holds step 6
+    directory = tmp_path / "a" / "checkpoint"
+    saved = (directory / ckpt.WEIGHTS).read_bytes()
+    model = tiny_bert(tmp_path / "m")
+    opt = torch.optim.AdamW(model.parameters())
+    sampler = BucketedBatchSampler([length_of(f) for f in feats], 4, seed=1, window=2)
+
+    def refuse(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt.torch, "save", refuse)
+    with pytest.raises(OSError):
+        ckpt.save_checkpoint(directory, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+                             DynamicLossScaler(enabled=False), sampler, {}, {})
+    monkeypatch.undo()
+    assert (directory / ckpt.WEIGHTS).read_bytes() == saved  # the last good checkpoint is untouched
+    assert sorted(p.name for p in (tmp_path / "a").iterdir() if p.name.startswith(".")) == []  # no temp dirs left
+    # A crash between save_checkpoint's two renames leaves only checkpoint.old: resume still finds it.
+    directory.rename(directory.with_name("checkpoint.old"))
+    _, state = run_fit(tmp_path, "a", feats, loop_cfg(resume=str(tmp_path / "a")))
+    assert state.step == 6 and state.epoch == 2

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError
 
-WEIGHTS, STATE = "model.safetensors", "trainer_state.pt"
+WEIGHTS, STATE, SIGNATURE = "model.safetensors", "trainer_state.pt", "signature.json"
 
 
 def rng_state() -> dict:
@@ -60,6 +60,7 @@ def save_checkpoint(directory: Path, model, optimizer, scheduler, scaler, sample
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:
         save_file(trainable_state(model), str(tmp / WEIGHTS))
+        (tmp / SIGNATURE).write_text(json.dumps(signature, sort_keys=True) + "\n", encoding="utf-8")
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(), "sampler": sampler.state_dict(), "rng": rng_state(),
                     "loop": loop_state, "signature": json.dumps(signature, sort_keys=True)}, tmp / STATE)
@@ -81,6 +82,29 @@ def _readable(directory: Path) -> Path | None:
     return None
 
 
+def _compare_signature(saved: dict, signature: dict, where: Path) -> None:
+    changed = sorted(k for k in set(saved) | set(signature) if saved.get(k) != signature.get(k))
+    if changed:
+        was = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)}" for k in changed)
+        raise CheckpointError(f"--resume {where}: the run was started with {was}; resume with the same settings")
+
+
+def check_resumable(directory: Path, signature: dict) -> None:
+    """Before anything is written: a checkpoint is there and was made with these settings. Cheap (reads only the
+    small signature file); load_checkpoint checks again on the real state."""
+    where = Path(directory).parent
+    found = _readable(Path(directory))
+    if found is None:
+        raise CheckpointError(f"--resume {where}: no checkpoint there; start without --resume")
+    if (found / SIGNATURE).is_file():
+        try:
+            saved = json.loads((found / SIGNATURE).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"--resume {where}: {found / SIGNATURE} cannot be read ({e}); it is corrupt: "
+                                  "start without --resume") from None
+        _compare_signature(saved, signature, where)
+
+
 def load_checkpoint(directory: Path, model, optimizer, scheduler, scaler, sampler, signature: dict) -> dict:
     """Restore everything save_checkpoint wrote; returns the loop state."""
     where = Path(directory).parent
@@ -93,11 +117,7 @@ def load_checkpoint(directory: Path, model, optimizer, scheduler, scaler, sample
     except Exception as e:
         raise CheckpointError(f"--resume {where}: the checkpoint cannot be read ({type(e).__name__}: {e}); "
                               "it is corrupt: start without --resume") from None
-    saved = json.loads(state.get("signature", "{}"))
-    changed = sorted(k for k in set(saved) | set(signature) if saved.get(k) != signature.get(k))
-    if changed:
-        was = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)}" for k in changed)
-        raise CheckpointError(f"--resume {where}: the run was started with {was}; resume with the same settings")
+    _compare_signature(json.loads(state.get("signature", "{}")), signature, where)
     own = model.state_dict()
     if set(weights) != {k for k, p in model.named_parameters() if p.requires_grad} or any(
             own[k].shape != v.shape for k, v in weights.items()):

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .amp import DynamicLossScaler, autocast_context
 from ..atomic import atomic_write_text
-from ..config import RESUME_KEYS
+from ..config import resume_signature
 from .checkpoint import load_checkpoint, save_checkpoint, trainable_state
 from .optim import build_optimizer, build_scheduler
 
@@ -151,7 +151,7 @@ class Loop:
         # Warmup rounds up, as the reference does: a short run still gets a warmup step.
         warmup = math.ceil(cfg.warmup_ratio * self.total)
         self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, self.total, warmup)
-        self.signature = {k: getattr(cfg, k) for k in RESUME_KEYS if hasattr(cfg, k)}
+        self.signature = resume_signature(cfg)
         self.scaler = DynamicLossScaler(enabled=cfg.precision == "fp16")
         self.params = [p for p in model.parameters() if p.requires_grad]
         # CPU only: CUDA's caching allocator has no page faults to save, and its sparse add is not deterministic.
