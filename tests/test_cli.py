@@ -169,6 +169,21 @@ def test_ffnn_baseline_and_toml_config(tmp_path, data_dir):
     assert minitune.load_model(out / "model").cfg.model_type == "minitune-ffnn"
 
 
+@pytest.mark.parametrize("task, flags, more_steps", [
+    ("humor", ["--padding", "fixed"], False),
+    ("humor", ["--padding", "dynamic"], False),
+    ("humor", ["--max-tokens", "256"], True),  # budget batches of 256 padded tokens: more than 3 batches of 16
+    ("humor", ["--class-weights", "balanced", "--grad-checkpointing"], False),
+    ("semeval", ["--oversample-rare", "8", "--class-weights", "balanced"], True),  # rare labels repeated
+])
+def test_training_options_through_run_py(tmp_path, data_dir, task, flags, more_steps):
+    out = train(tmp_path, data_dir, "opt", "--task", task, *flags)
+    results = json.loads((out / "results.json").read_text())
+    assert results["dev"]["n_examples"] == 24 and (results["train"]["step"] > 3) == more_steps
+    cfg = json.loads((out / "config.json").read_text())
+    assert all(cfg[f.lstrip("-").replace("-", "_")] not in (None, False, 0, "none") for f in flags if f[:2] == "--")
+
+
 def test_custom_task_with_pairs_and_no_dev_file(tmp_path):
     rows = [("the cat sat", "a cat", "yes"), ("dogs bark", "a fish", "no")] * 20
     f = tmp_path / "pairs.jsonl"
