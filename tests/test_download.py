@@ -17,7 +17,7 @@ from minitune.data.download import SOURCES, download, ensure_task_files, fetch
 from minitune.data.tasks import load_task
 from minitune.errors import DataError
 
-SERVED = [f for task in ("humor", "recipe-mpr") for f in SOURCES[task]]
+SERVED = [f for task in ("humor", "semeval", "goemotions", "recipe-mpr") for f in SOURCES[task]]
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +36,7 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
 @pytest.fixture
 def mirror(tmp_path, data_dir):
-    """A tmp copy of the humor and recipe-mpr files in the data-directory layout."""
+    """A tmp copy of the four tasks' files in the data-directory layout."""
     root = tmp_path / "mirror"
     for remote in SERVED:
         (root / remote.path).parent.mkdir(parents=True, exist_ok=True)
@@ -83,6 +83,9 @@ def test_download_then_load(server, mirror, tmp_path, monkeypatch):
     assert (len(task.train), len(task.dev)) == (8000, 1000)
     recipe = load_task("recipe-mpr", data)
     assert len(recipe.train) == 500 and len(recipe.folds) == 5
+    semeval, goemotions = load_task("semeval", data), load_task("goemotions", data)
+    assert (len(semeval.train), len(semeval.dev), semeval.num_labels) == (6838, 886, 11)
+    assert (len(goemotions.train), len(goemotions.dev), goemotions.num_labels) == (43410, 5426, 28)
     for remote in SERVED:
         assert (data / remote.path).read_bytes() == (mirror / remote.path).read_bytes()
     leftovers = [p for p in data.rglob("*") if p.is_file() and p.name.endswith(".part")]
@@ -134,3 +137,16 @@ def test_download_without_checksum(server, tmp_path):
     dest = tmp_path / "x" / "dev.csv"
     download(f"{server}/hahackathon/dev.csv", dest, None, timeout=5)
     assert _sha(dest, "sha256") == SOURCES["humor"][1].sha256
+
+
+def test_run_py_downloads_into_the_default_data_dir(server, tmp_path, monkeypatch):
+    """The whole path a user takes: no --data-dir, $MINITUNE_DATA_DIR names an empty folder, run.py fetches."""
+    from run import main
+
+    monkeypatch.setenv("MINITUNE_DATA_URL", server)
+    monkeypatch.setenv("MINITUNE_DATA_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    assert main(["--task", "semeval", "--model", "ffnn", "--max-train-samples", "32", "--max-eval-samples", "16",
+                 "--epochs", "1", "--output-dir", str(out)]) == 0
+    assert (tmp_path / "cache" / "semeval2018_ec" / "2018-E-c-En-train.txt").is_file()
+    assert (out / "results.json").is_file()
