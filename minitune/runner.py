@@ -169,13 +169,20 @@ def report_for(task: TaskData, examples, scores, cfg: RunConfig, thresholds=None
                                  tuned_thresholds=thresholds, groups=groups)
 
 
-def train_once(cfg: RunConfig, task: TaskData, train_ex, dev_ex, tokenizer, out_dir: Path, device):
-    """Fine-tune one model on train_ex, selecting on dev_ex; returns (model, loop state, dev scores, collate)."""
+def train_once(cfg: RunConfig, task: TaskData, train_ex, dev_ex, tokenizer, out_dir: Path, device,
+               tokenized: dict | None = None):
+    """Fine-tune one model on train_ex, selecting on dev_ex; returns (model, loop state, dev scores, collate).
+    `tokenized` (id(example) -> features) lets the folds of one run share a single tokenization."""
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     t0 = time.perf_counter()
-    train_f = tokenize(train_ex, tokenizer, task.kind, cfg.max_length)
-    dev_f = tokenize(dev_ex, tokenizer, task.kind, cfg.max_length)
+
+    def features(examples):
+        if tokenized is not None:
+            return [tokenized[id(ex)] for ex in examples]
+        return tokenize(examples, tokenizer, task.kind, cfg.max_length)
+
+    train_f, dev_f = features(train_ex), features(dev_ex)
     if cfg.oversample_rare and task.kind == MULTI_LABEL:
         train_f = [train_f[i] for i in oversample_rare(label_array(task, train_ex), cfg.oversample_rare, cfg.seed)]
     log.info("tokenized %d train / %d dev examples in %.1fs", len(train_f), len(dev_f), time.perf_counter() - t0)
@@ -345,6 +352,7 @@ def _run_folds(cfg: RunConfig, task: TaskData, tokenizer, test_ex, out: Path, de
             if stale.is_dir() and stale.name[4:].isdigit() and int(stale.name[4:]) >= len(folds):
                 shutil.rmtree(stale)
     fold_ex, test_scores, per_fold, file_scores = [], [], [], []
+    tokenized = dict(zip(map(id, task.train), tokenize(task.train, tokenizer, task.kind, cfg.max_length)))
     file_f = tokenize(test_ex, tokenizer, task.kind, cfg.max_length) if test_ex else None
     for k, (tr, va, te) in enumerate(folds):
         fold_train = [task.train[i] for i in tr]
@@ -359,10 +367,11 @@ def _run_folds(cfg: RunConfig, task: TaskData, tokenizer, test_ex, out: Path, de
         fold_dir = out / f"fold{k}"
         # On --resume, folds that never started begin afresh; finished ones resume into "done" at once.
         fold_cfg = dataclasses.replace(cfg, resume=cfg.resume if (fold_dir / "checkpoint").is_dir() else None)
-        model, state, _, collate_fn = train_once(fold_cfg, task, fold_train, fold_val, tokenizer, fold_dir, device)
+        model, state, _, collate_fn = train_once(fold_cfg, task, fold_train, fold_val, tokenizer, fold_dir, device,
+                                                 tokenized)
         ex = [task.train[i] for i in te]
-        scores = predict_scores(model, tokenize(ex, tokenizer, task.kind, cfg.max_length), collate_fn, task.kind,
-                                cfg.batch_size * 2, device, cfg.precision)
+        scores = predict_scores(model, [tokenized[id(e)] for e in ex], collate_fn, task.kind, cfg.batch_size * 2,
+                                device, cfg.precision)
         accuracy = float((scores.argmax(1) == label_array(task, ex)).mean())
         per_fold.append({"fold": k, **state, "test_accuracy": accuracy})
         fold_ex += ex
