@@ -58,8 +58,11 @@ class RunConfig:
                                     "validation part; its test part is always scored whole)")
     seed: int = opt(42, "seed of every RNG (python, numpy, torch, sampler, option shuffle)")
     precision: str = opt("fp32", "mixed precision: bf16 autocast, fp16 autocast + loss scaler", ("fp32", "bf16", "fp16"))
-    padding: str = opt("bucketed", "batching: pad to max_length, to the batch's longest, or length-bucketed",
-                       ("fixed", "dynamic", "bucketed"))
+    padding: str = opt(None, "batching: random batches padded to max_length (fixed) or to their longest (dynamic), "
+                       "or length-bucketed batches (least padding). Default: dynamic for encoders, which run "
+                       "padding-heavy batches unpadded (length-sorted batches cost about a point of dev score on "
+                       "small data sets, see README); bucketed for decoders, which have no unpadded path",
+                       (None, "fixed", "dynamic", "bucketed"))
     loss: str = opt(None, "ce | bce | focal | asl, or a weighted sum like bce:0.5+asl:0.5 (default ce / bce)")
     label_smoothing: float = opt(0.0, "label smoothing for cross-entropy")
     class_weights: str = opt("none", "class weights for ce / pos_weight for bce", ("none", "balanced"))

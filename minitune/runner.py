@@ -51,6 +51,8 @@ from .train.losses import balanced_class_weights, balanced_pos_weight, build_los
 
 log = logging.getLogger("minitune")
 
+DECODERS = ("llama", "qwen2", "gemma")
+
 # Metrics --metric may select on, per task kind (all: higher is better).
 METRICS = {
     "single_label": ("macro_f1", "accuracy", "micro_f1", "weighted_f1", "binary_f1"),
@@ -111,7 +113,7 @@ def predict_scores(model, features: list[dict], collate_fn, kind: str, batch_siz
 def check_max_length(cfg: RunConfig, hf_config: dict) -> None:
     """A --max-length beyond the position table would index past it in the middle of training."""
     positions = hf_config.get("max_position_embeddings")
-    if positions is None or hf_config.get("model_type") in ("llama", "qwen2", "gemma"):
+    if positions is None or hf_config.get("model_type") in DECODERS:
         return  # RoPE has no table; its limit is the tokenizer's
     usable = positions - (hf_config.get("pad_token_id", 0) + 1 if hf_config.get("model_type") != "bert" else 0)
     if hf_config.get("model_type") in ("roberta", "xlm-roberta") and cfg.max_length > usable:
@@ -277,15 +279,19 @@ def _check_inputs(cfg: RunConfig):
     if cfg.max_tokens and cfg.max_tokens < cfg.max_length:
         raise ConfigError(f"--max-tokens {cfg.max_tokens} is below --max-length {cfg.max_length}: a batch must hold "
                           "the longest example; raise --max-tokens or lower --max-length")
+    test_ex = load_eval_file(task, cfg.test_file) if cfg.test_file else None
+    name = "minilm" if cfg.model == "ffnn" else cfg.model
+    path = resolve_model(name)
+    hf_config = read_config(path) if path.suffix.lower() != ".gguf" and cfg.model != "ffnn" else None
+    if hf_config is not None:
+        check_max_length(cfg, hf_config)
+    if cfg.padding is None:  # encoders unpad padding-heavy batches; decoders (GGUF is Llama) have no such path
+        decoder = hf_config is None and cfg.model != "ffnn" or (hf_config or {}).get("model_type") in DECODERS
+        cfg.padding = "bucketed" if decoder else "dynamic"
     if cfg.resume:
         fold_dirs = sorted(Path(cfg.output_dir).glob("fold*")) if task.folds else [Path(cfg.output_dir)]
         for d in [d for d in fold_dirs if (d / "checkpoint").is_dir()] or [Path(cfg.output_dir)]:
             check_resumable(d / "checkpoint", resume_signature(cfg))
-    test_ex = load_eval_file(task, cfg.test_file) if cfg.test_file else None
-    name = "minilm" if cfg.model == "ffnn" else cfg.model
-    path = resolve_model(name)
-    if path.suffix.lower() != ".gguf" and cfg.model != "ffnn":
-        check_max_length(cfg, read_config(path))
     tokenizer = load_tokenizer(name)
     if tokenizer.pad_token_id is None:
         log.warning("%s has no pad token: using its eos token for padding", cfg.model)
