@@ -44,14 +44,13 @@ from .errors import ConfigError, MinituneError
 from .eval.metrics import classification_report
 from .eval.report import format_report, write_results
 from .eval.thresholds import tune_thresholds
+from .models.decoder import MODEL_TYPES as DECODER_TYPES
 from .train.amp import autocast_context
 from .train.checkpoint import check_resumable
 from .train.loop import TrainData, fit
 from .train.losses import balanced_class_weights, balanced_pos_weight, build_loss
 
 log = logging.getLogger("minitune")
-
-DECODERS = ("llama", "qwen2", "gemma")
 
 # Metrics --metric may select on, per task kind (all: higher is better).
 METRICS = {
@@ -113,7 +112,7 @@ def predict_scores(model, features: list[dict], collate_fn, kind: str, batch_siz
 def check_max_length(cfg: RunConfig, hf_config: dict) -> None:
     """A --max-length beyond the position table would index past it in the middle of training."""
     positions = hf_config.get("max_position_embeddings")
-    if positions is None or hf_config.get("model_type") in DECODERS:
+    if positions is None or hf_config.get("model_type") in DECODER_TYPES:
         return  # RoPE has no table; its limit is the tokenizer's
     usable = positions - (hf_config.get("pad_token_id", 0) + 1 if hf_config.get("model_type") != "bert" else 0)
     if hf_config.get("model_type") in ("roberta", "xlm-roberta") and cfg.max_length > usable:
@@ -187,7 +186,7 @@ def train_once(cfg: RunConfig, task: TaskData, train_ex, dev_ex, tokenizer, out_
     train_f, dev_f = features(train_ex), features(dev_ex)
     if cfg.oversample_rare and task.kind == MULTI_LABEL:
         train_f = [train_f[i] for i in oversample_rare(label_array(task, train_ex), cfg.oversample_rare, cfg.seed)]
-    log.info("tokenized %d train / %d dev examples in %.1fs", len(train_f), len(dev_f), time.perf_counter() - t0)
+    log.info("features for %d train / %d dev examples in %.1fs", len(train_f), len(dev_f), time.perf_counter() - t0)
     model = build_model(cfg, task, tokenizer).to(device)
     collate_fn = make_collate(cfg.padding, cfg.max_length, tokenizer.pad_token_id)
     loss_fn = build_loss_for(cfg, task, train_ex).to(device)
@@ -285,9 +284,9 @@ def _check_inputs(cfg: RunConfig):
     hf_config = read_config(path) if path.suffix.lower() != ".gguf" and cfg.model != "ffnn" else None
     if hf_config is not None:
         check_max_length(cfg, hf_config)
-    if cfg.padding is None:  # encoders unpad padding-heavy batches; decoders (GGUF is Llama) have no such path
-        decoder = hf_config is None and cfg.model != "ffnn" or (hf_config or {}).get("model_type") in DECODERS
-        cfg.padding = "bucketed" if decoder else "dynamic"
+    if cfg.padding is None:  # encoders unpad padding-heavy batches; decoders have no such path
+        family = "llama" if path.suffix.lower() == ".gguf" else (hf_config or {}).get("model_type")
+        cfg.padding = "bucketed" if family in DECODER_TYPES else "dynamic"
     if cfg.resume:
         fold_dirs = sorted(Path(cfg.output_dir).glob("fold*")) if task.folds else [Path(cfg.output_dir)]
         for d in [d for d in fold_dirs if (d / "checkpoint").is_dir()] or [Path(cfg.output_dir)]:
