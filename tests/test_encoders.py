@@ -148,3 +148,27 @@ def test_gradient_checkpointing_gives_the_same_gradients(model_type, tmp_path):
         grads.append({n: p.grad.clone() for n, p in ours.named_parameters()})
     for name in grads[0]:
         assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "xlm-roberta", "distilbert"])
+@pytest.mark.parametrize("unpadded", [True, False])
+def test_last_block_on_first_tokens_gives_the_reference_gradients(model_type, unpadded, tmp_path):
+    """The heads read only the first token, so the last block runs its queries, MLP and norms on B rows: the
+    logits and every parameter's gradient still equal transformers', which runs that block on every token."""
+    ref, cfg = hf_model(model_type, "sequence", tmp_path)
+    ours = minitune.load_model(tmp_path, num_labels=3).eval()  # eval: no dropout, so both draw nothing
+    ours.set_unpadded(unpadded)
+    ids, mask, _ = ragged_batch(cfg.pad_token_id)
+    rows = []
+    last = [m for m in ours.modules() if isinstance(m, torch.nn.LayerNorm)][-1]  # the last block's output norm
+    last.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
+    grads = []
+    for model in (ours, ref):
+        model.zero_grad()
+        logits = model(ids, mask) if model is ours else model(input_ids=ids, attention_mask=mask).logits
+        (logits * torch.arange(1.0, 4.0)).square().sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert rows == [len(ids)]  # (B, H): one row per sequence, not B x T or N real tokens
+    assert set(grads[0]) == set(grads[1])
+    for name, g in grads[1].items():
+        assert_close(grads[0][name], g, atol=1e-5, rtol=1e-4, msg=name)

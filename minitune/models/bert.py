@@ -19,7 +19,6 @@ from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
 from .common import (
@@ -28,6 +27,8 @@ from .common import (
     Packing,
     attention_bias,
     choose_packing,
+    first_tokens,
+    run_layers,
     flatten_choices,
     self_attention,
     unflatten_choices,
@@ -118,12 +119,15 @@ class Layer(nn.Module):
         self.output = nn.ModuleDict({"dense": nn.Linear(cfg.intermediate_size, h), "LayerNorm": nn.LayerNorm(h, eps=eps)})
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None, pack: Packing | None = None) -> torch.Tensor:
-        """x: (B, T, H), or (N, H) real tokens only when `pack` says where they sit."""
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None, pack: Packing | None = None,
+                first_only: bool = False) -> torch.Tensor:
+        """x: (B, T, H), or (N, H) real tokens only when `pack` says where they sit. `first_only`: compute the
+        output of each sequence's first token only, (B, H); every token still serves as key and value."""
         sa, ao = self.attention["self"], self.attention["output"]
         p = self.attn_dropout if self.training else 0.0
-        a = self_attention(sa["query"](x), sa["key"](x), sa["value"](x), self.n_heads, bias, pack, p)
-        x = ao["LayerNorm"](x + self.dropout(ao["dense"](a)))
+        q_in = first_tokens(x, pack) if first_only else x
+        a = self_attention(sa["query"](q_in), sa["key"](x), sa["value"](x), self.n_heads, bias, pack, p, first_only)
+        x = ao["LayerNorm"](q_in + self.dropout(ao["dense"](a)))
         h = self.act(self.intermediate["dense"](x))
         return self.output["LayerNorm"](x + self.dropout(self.output["dense"](h)))
 
@@ -139,20 +143,18 @@ class Encoder(nn.Module):
         self.gradient_checkpointing = False
         self.unpad_min_share = UNPAD_MIN_SHARE
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, first_token_only: bool = False
+                ) -> torch.Tensor:
+        """Hidden states (B, T, H); with `first_token_only`, the first token's only, (B, H) (see `run_layers`)."""
         x = self.embeddings(input_ids, token_type_ids)
         bias = attention_bias(attention_mask)
         pack = choose_packing(attention_mask, self.unpad_min_share) if bias is not None else None
-        x = pack.unpad(x) if pack is not None else x  # (N, H): pads leave after the embeddings, once
-        for layer in self.encoder["layer"]:
-            if self.gradient_checkpointing and self.training:
-                x = checkpoint(layer, x, bias, pack, use_reentrant=False)
-            else:
-                x = layer(x, bias, pack)
-        return pack.pad(x) if pack is not None else x  # (B, T, H); zeros at pads when unpadded
+        return run_layers(self.encoder["layer"], x, attention_mask, bias, pack, first_token_only,
+                          self.gradient_checkpointing and self.training)
 
-    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.pooler["dense"](hidden[:, 0]))
+    def pool(self, first: torch.Tensor) -> torch.Tensor:
+        """The BERT pooler on the first token's hidden state (B, H)."""
+        return torch.tanh(self.pooler["dense"](first))
 
 
 class BertClassifier(Classifier):
@@ -180,13 +182,13 @@ class BertClassifier(Classifier):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         shape = input_ids.shape
         input_ids, attention_mask, token_type_ids = flatten_choices(input_ids, attention_mask, token_type_ids)
-        hidden = self.base(input_ids, attention_mask, token_type_ids)
+        first = self.base(input_ids, attention_mask, token_type_ids, first_token_only=True)  # (B, H)
         if isinstance(self.classifier, nn.ModuleDict):
-            x = self.dropout(hidden[:, 0])
+            x = self.dropout(first)
             x = self.dropout(torch.tanh(self.classifier["dense"](x)))
             logits = self.classifier["out_proj"](x)
         else:
-            logits = self.classifier(self.dropout(self.base.pool(hidden)))
+            logits = self.classifier(self.dropout(self.base.pool(first)))
         return unflatten_choices(logits, shape)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 ACTIVATIONS = {
     "gelu": F.gelu,  # exact (erf) GELU, as the reference's "gelu"
@@ -44,6 +45,8 @@ class Packing:
         if per_sequence is None:
             per_sequence = attention_mask.device.type == "cpu"
         self.lengths = attention_mask.sum(1).tolist() if per_sequence else None
+        n = attention_mask.sum(1)
+        self.starts = n.cumsum(0) - n  # (B,) row of each sequence's first token in the stack (right padding)
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(self.B * self.T, -1).index_select(0, self.keep)  # (N, H)
@@ -55,26 +58,39 @@ class Packing:
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, bias: torch.Tensor | None,
           dropout_p: float) -> torch.Tensor:
-    B, T, H = q.shape
+    """q (B, Tq, H) against k, v (B, T, H); Tq is T, or 1 when only first tokens ask."""
+    B, Tq, H = q.shape
 
     def heads(t: torch.Tensor) -> torch.Tensor:
-        return t.view(B, T, n_heads, H // n_heads).transpose(1, 2)  # (B, nh, T, hd)
+        return t.view(B, t.shape[1], n_heads, H // n_heads).transpose(1, 2)  # (B, nh, T, hd)
 
     a = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=bias, dropout_p=dropout_p)
-    return a.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
+    return a.transpose(1, 2).reshape(B, Tq, H)  # (B, Tq, H)
 
 
 def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, bias: torch.Tensor | None,
-                   pack: Packing | None, dropout_p: float) -> torch.Tensor:
+                   pack: Packing | None, dropout_p: float, first_only: bool = False) -> torch.Tensor:
     """Bidirectional multi-head attention over projected q, k, v, in and out in the same layout: (B, T, H), or
     (N, H) real tokens when `pack` is given. A pad key is never attended to; a pad query's output is discarded
-    (padded layout) or never computed (packed)."""
+    (padded layout) or never computed (packed).
+
+    `first_only`: q holds only each sequence's first token, (B, H) from `first_tokens`, while k and v hold every
+    token. One masked call of B single-token queries; output (B, H).
+    """
+    if first_only:
+        kv = (pack.pad(k), pack.pad(v)) if pack is not None else (k, v)  # (B, T, H)
+        return _sdpa(q[:, None], *kv, n_heads, bias, dropout_p)[:, 0]  # (B, H)
     if pack is None:
         return _sdpa(q, k, v, n_heads, bias, dropout_p)
     if pack.lengths is None:
         return pack.unpad(_sdpa(pack.pad(q), pack.pad(k), pack.pad(v), n_heads, bias, dropout_p))
     runs = zip(q.split(pack.lengths), k.split(pack.lengths), v.split(pack.lengths))
     return torch.cat([_sdpa(qs[None], ks[None], vs[None], n_heads, None, dropout_p)[0] for qs, ks, vs in runs])
+
+
+def first_tokens(x: torch.Tensor, pack: Packing | None) -> torch.Tensor:
+    """(B, H) hidden states of each sequence's first token, from the padded (B, T, H) or packed (N, H) layout."""
+    return x[:, 0] if pack is None else x.index_select(0, pack.starts)
 
 
 def choose_packing(attention_mask: torch.Tensor | None, min_pad_share: float) -> Packing | None:
@@ -85,6 +101,29 @@ def choose_packing(attention_mask: torch.Tensor | None, min_pad_share: float) ->
     if real == attention_mask.numel() or 1 - real / attention_mask.numel() < min_pad_share:
         return None
     return Packing(attention_mask)
+
+
+def run_layers(layers, x: torch.Tensor, attention_mask: torch.Tensor | None, bias: torch.Tensor | None,
+               pack: Packing | None, first_token_only: bool, checkpointed: bool) -> torch.Tensor:
+    """The encoder blocks over embeddings x (B, T, H): (B, T, H) hidden states, or (B, H) first-token states.
+
+    Pads leave once, after the embeddings, when `pack` is given, and come back (as zeros) at the end.
+
+    `first_token_only` (what the classification heads read): after the last block's keys and values, no other
+    token's output is used, so that block runs its queries, attention output, MLP and norms on B rows instead
+    of every token. Exact, since those layers act on each row alone; it saves ~14% of a step's matmuls on
+    MiniLM's 6 blocks (1/L of the blocks in general). It needs a real first token (right padding); otherwise
+    every token runs and the first row is taken.
+    """
+    first = first_token_only and (attention_mask is None or bool(attention_mask[:, 0].all()))
+    x = pack.unpad(x) if pack is not None else x  # (N, H)
+    for i, layer in enumerate(layers):
+        args = (x, bias, pack, first and i == len(layers) - 1)
+        x = checkpoint(layer, *args, use_reentrant=False) if checkpointed else layer(*args)
+    if first:
+        return x  # (B, H)
+    x = pack.pad(x) if pack is not None else x  # (B, T, H); zeros at pads when unpadded
+    return x[:, 0] if first_token_only else x
 
 
 def flatten_choices(input_ids, attention_mask, token_type_ids):

@@ -14,7 +14,6 @@ from dataclasses import dataclass, fields
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..errors import ConfigError
 from .bert import UNPAD_MIN_SHARE
@@ -24,6 +23,8 @@ from .common import (
     Packing,
     attention_bias,
     choose_packing,
+    first_tokens,
+    run_layers,
     flatten_choices,
     self_attention,
     unflatten_choices,
@@ -78,12 +79,15 @@ class Block(nn.Module):
         self.output_layer_norm = nn.LayerNorm(d, eps=EPS)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None, pack: Packing | None = None) -> torch.Tensor:
-        """x: (B, T, D), or (N, D) real tokens only when `pack` says where they sit."""
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None, pack: Packing | None = None,
+                first_only: bool = False) -> torch.Tensor:
+        """x: (B, T, D), or (N, D) real tokens only when `pack` says where they sit; `first_only` as in bert.py."""
         att = self.attention
         p = self.attn_dropout if self.training else 0.0
-        a = self_attention(att["q_lin"](x), att["k_lin"](x), att["v_lin"](x), self.n_heads, bias, pack, p)
-        x = self.sa_layer_norm(x + att["out_lin"](a))
+        q_in = first_tokens(x, pack) if first_only else x
+        a = self_attention(att["q_lin"](q_in), att["k_lin"](x), att["v_lin"](x), self.n_heads, bias, pack, p,
+                           first_only)
+        x = self.sa_layer_norm(q_in + att["out_lin"](a))
         h = self.dropout(self.ffn["lin2"](self.act(self.ffn["lin1"](x))))
         return self.output_layer_norm(x + h)
 
@@ -101,20 +105,15 @@ class DistilBertModel(nn.Module):
         self.gradient_checkpointing = False
         self.unpad_min_share = UNPAD_MIN_SHARE
 
-    def forward(self, input_ids, attention_mask=None) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask=None, first_token_only: bool = False) -> torch.Tensor:
         emb = self.embeddings
         pos = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = emb["word_embeddings"](input_ids) + emb["position_embeddings"](pos)
         x = self.emb_dropout(emb["LayerNorm"](x))
         bias = attention_bias(attention_mask)
         pack = choose_packing(attention_mask, self.unpad_min_share) if bias is not None else None
-        x = pack.unpad(x) if pack is not None else x  # (N, D)
-        for block in self.transformer["layer"]:
-            if self.gradient_checkpointing and self.training:
-                x = checkpoint(block, x, bias, pack, use_reentrant=False)
-            else:
-                x = block(x, bias, pack)
-        return pack.pad(x) if pack is not None else x  # (B, T, D); zeros at pads when unpadded
+        return run_layers(self.transformer["layer"], x, attention_mask, bias, pack, first_token_only,
+                          self.gradient_checkpointing and self.training)
 
 
 class DistilBertClassifier(Classifier):
@@ -135,8 +134,8 @@ class DistilBertClassifier(Classifier):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         shape = input_ids.shape
         input_ids, attention_mask, _ = flatten_choices(input_ids, attention_mask, None)
-        hidden = self.distilbert(input_ids, attention_mask)
-        x = self.dropout(F.relu(self.pre_classifier(hidden[:, 0])))
+        first = self.distilbert(input_ids, attention_mask, first_token_only=True)  # (B, D)
+        x = self.dropout(F.relu(self.pre_classifier(first)))
         return unflatten_choices(self.classifier(x), shape)
 
 
