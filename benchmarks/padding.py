@@ -6,7 +6,8 @@ padded to the item batch's longest pair) with the real all-MiniLM-L6-v2 tokenize
 - fixed:    random batches padded to 128;
 - dynamic:  the same random batches padded to their longest sequence;
 - bucketed: BucketedBatchSampler batches as run.py makes them (sorted within windows of 100 batches, the
-            default), padded to their longest;
+            default), padded to their longest; for recipe-mpr also `item_floor_pad_share`, each item padded alone,
+            the least padding any batching of whole items can reach;
 - unpadded: the random batches again, with `model.set_unpadded(True)` so per-token layers see real tokens
   only: 0% padding by construction. Timed only when minitune's classifier has `set_unpadded` ("n/a" before).
   The three padded schemes call `set_unpadded(False)` where it exists: the encoders otherwise unpad on their
@@ -89,7 +90,20 @@ def epoch_stats(lengths: list[list[int]], batches: list[list[int]], scheme: str,
     for batch in batches:
         r, s = batch_counts(lengths, batch, scheme, max_length)
         real, slots = real + r, slots + s
-    return {"pad_share": 1.0 - real / slots, "real_tokens": real, "slots": slots, "batches": len(batches)}
+    stats = {"pad_share": 1.0 - real / slots, "real_tokens": real, "slots": slots, "batches": len(batches)}
+    if scheme == "bucketed" and any(len(seqs) > 1 for seqs in lengths):
+        stats["item_floor_pad_share"] = item_floor_pad_share(lengths)
+    return stats
+
+
+def item_floor_pad_share(lengths: list[list[int]]) -> float:
+    """Multiple choice: the pad share with every item padded alone, to its own longest choice.
+
+    A padded block holds whole items (the choices of an item are scored against each other), so no batching
+    or sorting of items can go below this; only unpadded execution does.
+    """
+    real = sum(sum(seqs) for seqs in lengths)
+    return 1.0 - real / sum(max(seqs) * len(seqs) for seqs in lengths)
 
 
 def check_against_padding_stats(features, batches, scheme: str, max_length: int, stats: dict) -> None:
@@ -139,7 +153,11 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
     import minitune
     from minitune.train.amp import DynamicLossScaler
-    from minitune.train.loop import accumulate_gradients, sparse_embedding_grads, zero_grads
+    from minitune.train.loop import (
+        accumulate_gradients,
+        sparse_embedding_grads,
+        zero_grads,
+    )
     from minitune.train.losses import build_loss
     from minitune.train.optim import build_optimizer
 
@@ -291,6 +309,10 @@ def main(argv: list[str] | None = None) -> dict:
     columns = ["data set", "scheme", "pad share", "slots", "real tokens", "tokens/s", "x fixed", "round range",
                "peak mem", "mem x fixed", "epoch est."]
     print(common.table(table_rows(report), columns))
+    for name, rows in report.items():
+        if "item_floor_pad_share" in rows["bucketed"]:
+            print(f"{name}: padding each item alone to its longest choice leaves "
+                  f"{100 * rows['bucketed']['item_floor_pad_share']:.1f}% padding, the floor for any padded batching")
     path = common.write_json(args.out, {**report, "_meta": {name: meta for name in report}}, merge=True)
     print(f"wrote {path}")
     return report

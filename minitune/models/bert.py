@@ -11,6 +11,10 @@ What must match the reference (tested in tests/test_encoders.py against transfor
 - post-LN blocks `LayerNorm(x + dropout(dense(h)))`, the config's activation and layer-norm eps;
 - heads: BERT seq-cls pooler -> tanh -> dropout -> classifier; RoBERTa seq-cls on <s>: dropout -> dense -> tanh ->
   dropout -> out_proj (no pooler); multiple choice for both: pooler -> dropout -> Linear(h, 1) over (B*C, T).
+
+Where we compute less than the reference, with the same logits and gradients (tests/test_encoders.py): pads
+leave after the embeddings when enough of a batch is padding (`choose_packing`), and since every head reads
+only the first token, the last block computes that token's row alone (`run_layers`).
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from .common import (
     attention_bias,
     choose_packing,
     first_tokens,
-    run_layers,
     flatten_choices,
+    run_layers,
     self_attention,
     unflatten_choices,
 )

@@ -24,8 +24,8 @@ from .common import (
     attention_bias,
     choose_packing,
     first_tokens,
-    run_layers,
     flatten_choices,
+    run_layers,
     self_attention,
     unflatten_choices,
 )
