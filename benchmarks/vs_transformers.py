@@ -3,10 +3,11 @@
 For each model (all-MiniLM-L6-v2, and random weights of the xlm-roberta-base and -large shapes) one Hub-layout
 checkpoint with a classification head is written by transformers; both stacks load that very file. The
 batches are real HaHackathon (humor) training texts tokenized by all-MiniLM's tokenizer, bucketed
-(BucketedBatchSampler, batch 32; 8 for large), padded with the model's own pad id; the same few batches, picked
+(BucketedBatchSampler, batch 32; 8 for large; `--batching random`: random batches, as the Trainer draws them,
+which transformers computes padded and minitune unpads), padded with the model's own pad id; the same few batches, picked
 at evenly spaced quantiles of their size, feed both stacks. One training step = forward + cross-entropy +
 backward + AdamW step (minitune's build_optimizer for both: lr 2e-5, weight decay 0.01 on matrices, the
-foreach kernel on CPU, fused on CUDA). fp32 on CPU; bf16 autocast on CUDA.
+fused kernel on CPU and CUDA). fp32 on CPU; bf16 autocast on CUDA.
 
 Stacks:
 - transformers: AutoModelForSequenceClassification.from_pretrained(dtype=float32), its default attention
@@ -69,13 +70,17 @@ def humor_features(data_dir: Path, max_length: int) -> list[dict]:
 
 
 def prepare_batches(features: list[dict], pad_id: int, settings: dict[str, int], args, path: Path) -> dict:
-    """Bucketed humor batches for one model: warmup, timed (quantile-picked) and the epoch's heaviest."""
+    """Humor batches for one model (bucketed, or random as the Trainer draws them): warmup, timed (quantile-picked)
+    and the epoch's heaviest."""
     import torch
 
-    from minitune.data.batching import BucketedBatchSampler, collate, length_of
+    from minitune.data.batching import BucketedBatchSampler, RandomBatchSampler, collate, length_of
 
     lengths = [length_of(f) for f in features]
-    batches = BucketedBatchSampler(lengths, settings["batch_size"], seed=args.seed).batches(0)
+    if args.batching == "random":
+        batches = RandomBatchSampler(lengths, settings["batch_size"], shuffle=True, seed=args.seed).batches(0)
+    else:
+        batches = BucketedBatchSampler(lengths, settings["batch_size"], seed=args.seed).batches(0)
     slots = lambda b: (max(lengths[i] for i in b) * len(b), sum(lengths[i] for i in b))
     timed = common.pick_batches(batches, slots, settings["steps"])
     make = lambda b: collate([features[i] for i in b], pad_id, "dynamic")
@@ -176,6 +181,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-worst", dest="worst", action="store_false",
                    help="skip the epoch's heaviest batch (peak memory then covers the timed batches only)")
     p.add_argument("--precision", default=None, help="fp32 (default on cpu) or bf16 (default on cuda)")
+    p.add_argument("--batching", choices=["bucketed", "random"], default="bucketed",
+                   help="bucketed humor batches (equal work for both stacks), or random ones as the Trainer draws "
+                        "them (transformers computes their padding; minitune unpads them above 15%% padding)")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", type=Path, default=common.REPO.parent / "shared" / "data")
