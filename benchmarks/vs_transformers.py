@@ -4,10 +4,10 @@ For each model (all-MiniLM-L6-v2, and random weights of the xlm-roberta-base and
 checkpoint with a classification head is written by transformers; both stacks load that very file. The
 batches are real HaHackathon (humor) training texts tokenized by all-MiniLM's tokenizer, bucketed
 (BucketedBatchSampler, batch 32; 8 for large; `--batching random`: random batches, as the Trainer draws them,
-which transformers computes padded and minitune unpads), padded with the model's own pad id; the same few batches, picked
-at evenly spaced quantiles of their size, feed both stacks. One training step = forward + cross-entropy +
-backward + AdamW step (minitune's build_optimizer for both: lr 2e-5, weight decay 0.01 on matrices, the
-fused kernel on CPU and CUDA). fp32 on CPU; bf16 autocast on CUDA.
+which transformers computes padded and minitune unpads), padded with the model's own pad id; the same few
+batches, picked at evenly spaced quantiles of their size, feed both stacks. One training step = forward +
+cross-entropy + backward + AdamW step (minitune's build_optimizer for both: lr 2e-5, weight decay 0.01 on
+matrices, the fused kernel on CPU and CUDA). fp32 on CPU; bf16 autocast on CUDA.
 
 Stacks:
 - transformers: AutoModelForSequenceClassification.from_pretrained(dtype=float32), its default attention
@@ -74,7 +74,12 @@ def prepare_batches(features: list[dict], pad_id: int, settings: dict[str, int],
     and the epoch's heaviest."""
     import torch
 
-    from minitune.data.batching import BucketedBatchSampler, RandomBatchSampler, collate, length_of
+    from minitune.data.batching import (
+        BucketedBatchSampler,
+        RandomBatchSampler,
+        collate,
+        length_of,
+    )
 
     lengths = [length_of(f) for f in features]
     if args.batching == "random":
