@@ -109,6 +109,11 @@ def predict_scores(model, features: list[dict], collate_fn, kind: str, batch_siz
     return np.stack(out)
 
 
+def run_scores(cfg: RunConfig, task: TaskData, model, features: list[dict], collate_fn, device) -> np.ndarray:
+    """predict_scores as a run evaluates: twice the training batch (no activations are kept for backward)."""
+    return predict_scores(model, features, collate_fn, task.kind, cfg.batch_size * 2, device, cfg.precision)
+
+
 def check_max_length(cfg: RunConfig, hf_config: dict) -> None:
     """A --max-length beyond the position table would index past it in the middle of training."""
     positions = hf_config.get("max_position_embeddings")
@@ -194,7 +199,7 @@ def train_once(cfg: RunConfig, task: TaskData, train_ex, dev_ex, tokenizer, out_
     best: dict = {}
 
     def evaluate(m) -> dict:
-        scores = predict_scores(m, dev_f, collate_fn, task.kind, cfg.batch_size * 2, device, cfg.precision)
+        scores = run_scores(cfg, task, m, dev_f, collate_fn, device)
         rep = report_for(task, dev_ex, scores, cfg)
         if not best or rep[cfg.metric] > best["value"]:  # the loop keeps these weights: keep their scores too
             best.update(value=rep[cfg.metric], scores=scores)
@@ -205,7 +210,7 @@ def train_once(cfg: RunConfig, task: TaskData, train_ex, dev_ex, tokenizer, out_
     if "scores" in best and not cfg.resume:
         scores = best["scores"]  # the best evaluation already scored the weights fit() restored
     else:  # resumed: the best evaluation may have happened in an earlier process
-        scores = predict_scores(model, dev_f, collate_fn, task.kind, cfg.batch_size * 2, device, cfg.precision)
+        scores = run_scores(cfg, task, model, dev_f, collate_fn, device)
     return model, dataclasses.asdict(state) | {"seconds": round(time.perf_counter() - t0, 1)}, scores, collate_fn
 
 
@@ -342,7 +347,7 @@ def _run_holdout(cfg: RunConfig, task: TaskData, tokenizer, test_ex, out: Path, 
         results["thresholds"] = thresholds
     if test_ex is not None:
         test_f = tokenize(test_ex, tokenizer, task.kind, cfg.max_length)
-        test_scores = predict_scores(model, test_f, collate_fn, task.kind, cfg.batch_size * 2, device, cfg.precision)
+        test_scores = run_scores(cfg, task, model, test_f, collate_fn, device)
         results["test"] = report_for(task, test_ex, test_scores, cfg, tuned)
     save_model(model, tokenizer, task, out, thresholds)
     return results
@@ -375,15 +380,13 @@ def _run_folds(cfg: RunConfig, task: TaskData, tokenizer, test_ex, out: Path, de
         model, state, _, collate_fn = train_once(fold_cfg, task, fold_train, fold_val, tokenizer, fold_dir, device,
                                                  tokenized)
         ex = [task.train[i] for i in te]
-        scores = predict_scores(model, [tokenized[id(e)] for e in ex], collate_fn, task.kind, cfg.batch_size * 2,
-                                device, cfg.precision)
+        scores = run_scores(cfg, task, model, [tokenized[id(e)] for e in ex], collate_fn, device)
         accuracy = float((scores.argmax(1) == label_array(task, ex)).mean())
         per_fold.append({"fold": k, **state, "test_accuracy": accuracy})
         fold_ex += ex
         test_scores.append(scores)
         if file_f is not None:
-            file_scores.append(predict_scores(model, file_f, collate_fn, task.kind, cfg.batch_size * 2, device,
-                                              cfg.precision))
+            file_scores.append(run_scores(cfg, task, model, file_f, collate_fn, device))
         if k == 0:
             save_model(model, tokenizer, task, out)
     scores = np.concatenate(test_scores)

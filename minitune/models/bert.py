@@ -29,8 +29,6 @@ from .common import (
     ACTIVATIONS,
     Classifier,
     Packing,
-    attention_bias,
-    choose_packing,
     first_tokens,
     flatten_choices,
     run_layers,
@@ -151,9 +149,7 @@ class Encoder(nn.Module):
                 ) -> torch.Tensor:
         """Hidden states (B, T, H); with `first_token_only`, the first token's only, (B, H) (see `run_layers`)."""
         x = self.embeddings(input_ids, token_type_ids)
-        bias = attention_bias(attention_mask)
-        pack = choose_packing(attention_mask, self.unpad_min_share) if bias is not None else None
-        return run_layers(self.encoder["layer"], x, attention_mask, bias, pack, first_token_only,
+        return run_layers(self.encoder["layer"], x, attention_mask, self.unpad_min_share, first_token_only,
                           self.gradient_checkpointing and self.training)
 
     def pool(self, first: torch.Tensor) -> torch.Tensor:

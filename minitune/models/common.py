@@ -44,8 +44,8 @@ class Packing:
         self.keep = attention_mask.reshape(-1).nonzero().squeeze(1)  # (N,) flat indices of real tokens
         if per_sequence is None:
             per_sequence = attention_mask.device.type == "cpu"
-        self.lengths = attention_mask.sum(1).tolist() if per_sequence else None
         n = attention_mask.sum(1)
+        self.lengths = n.tolist() if per_sequence else None
         self.starts = n.cumsum(0) - n  # (B,) row of each sequence's first token in the stack (right padding)
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,11 +103,12 @@ def choose_packing(attention_mask: torch.Tensor | None, min_pad_share: float) ->
     return Packing(attention_mask)
 
 
-def run_layers(layers, x: torch.Tensor, attention_mask: torch.Tensor | None, bias: torch.Tensor | None,
-               pack: Packing | None, first_token_only: bool, checkpointed: bool) -> torch.Tensor:
+def run_layers(layers, x: torch.Tensor, attention_mask: torch.Tensor | None, unpad_min_share: float,
+               first_token_only: bool, checkpointed: bool) -> torch.Tensor:
     """The encoder blocks over embeddings x (B, T, H): (B, T, H) hidden states, or (B, H) first-token states.
 
-    Pads leave once, after the embeddings, when `pack` is given, and come back (as zeros) at the end.
+    When at least `unpad_min_share` of the batch is padding, pads leave once, after the embeddings, and come
+    back (as zeros) at the end (`choose_packing`).
 
     `first_token_only` (what the classification heads read): after the last block's keys and values, no other
     token's output is used, so that block runs its queries, attention output, MLP and norms on B rows instead
@@ -115,6 +116,8 @@ def run_layers(layers, x: torch.Tensor, attention_mask: torch.Tensor | None, bia
     MiniLM's 6 blocks (1/L of the blocks in general). It needs a real first token (right padding); otherwise
     every token runs and the first row is taken.
     """
+    bias = attention_bias(attention_mask)
+    pack = choose_packing(attention_mask, unpad_min_share) if bias is not None else None
     first = first_token_only and (attention_mask is None or bool(attention_mask[:, 0].all()))
     x = pack.unpad(x) if pack is not None else x  # (N, H)
     for i, layer in enumerate(layers):

@@ -21,8 +21,6 @@ from .common import (
     ACTIVATIONS,
     Classifier,
     Packing,
-    attention_bias,
-    choose_packing,
     first_tokens,
     flatten_choices,
     run_layers,
@@ -110,9 +108,7 @@ class DistilBertModel(nn.Module):
         pos = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = emb["word_embeddings"](input_ids) + emb["position_embeddings"](pos)
         x = self.emb_dropout(emb["LayerNorm"](x))
-        bias = attention_bias(attention_mask)
-        pack = choose_packing(attention_mask, self.unpad_min_share) if bias is not None else None
-        return run_layers(self.transformer["layer"], x, attention_mask, bias, pack, first_token_only,
+        return run_layers(self.transformer["layer"], x, attention_mask, self.unpad_min_share, first_token_only,
                           self.gradient_checkpointing and self.training)
 
 
