@@ -38,17 +38,54 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SHAPES = {
-    "qwen2.5-0.5b": ("qwen2", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                                   num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
-                                   tie_word_embeddings=True)),
-    "llama-3.2-1b": ("llama", dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                                   num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
-                                   tie_word_embeddings=True)),
-    "llama-3.2-3b": ("llama", dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
-                                   num_attention_heads=24, num_key_value_heads=8, vocab_size=128256,
-                                   tie_word_embeddings=True)),
-    "tiny": ("qwen2", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                           num_key_value_heads=2, vocab_size=1000, tie_word_embeddings=True)),
+    "qwen2.5-0.5b": (
+        "qwen2",
+        dict(
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            vocab_size=151936,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "llama-3.2-1b": (
+        "llama",
+        dict(
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=16,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            vocab_size=128256,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "llama-3.2-3b": (
+        "llama",
+        dict(
+            hidden_size=3072,
+            intermediate_size=8192,
+            num_hidden_layers=28,
+            num_attention_heads=24,
+            num_key_value_heads=8,
+            vocab_size=128256,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "tiny": (
+        "qwen2",
+        dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=1000,
+            tie_word_embeddings=True,
+        ),
+    ),
 }
 CONFIGS = ("full", "lora", "qlora")
 
@@ -69,16 +106,15 @@ def make_checkpoint(shape: str, out: Path) -> None:
 
 def child(spec: dict) -> dict:
     import minitune
-    from minitune.adapters import apply_adapters
+    from minitune.adapters.lora import apply_adapters
     from minitune.train.optim import build_optimizer
 
     torch.manual_seed(0)
     device = torch.device(spec["device"])
-    cfg = argparse.Namespace(lora_r=16, lora_alpha=32.0, lora_dropout=0.0, lora_targets=None)
     name = spec["config"]
     model = minitune.load_model(spec["checkpoint"], num_labels=2, quantize="nf4" if name == "qlora" else None)
     if name != "full":
-        apply_adapters(model, cfg)
+        apply_adapters(model, r=16, alpha=32.0, dropout=0.0)
     model.to(device).train()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     opt = build_optimizer(model, 1e-4)
@@ -101,8 +137,12 @@ def child(spec: dict) -> dict:
             torch.cuda.synchronize()
         if step:  # the first step is warmup: allocations, optimizer state
             times.append(time.perf_counter() - t)
-    out = {"config": name, "trainable": trainable, "step_s": statistics.median(times),
-           "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    out = {
+        "config": name,
+        "trainable": trainable,
+        "step_s": statistics.median(times),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
     if device.type == "cuda":
         out["max_allocated_bytes"] = torch.cuda.max_memory_allocated()
         out["max_reserved_bytes"] = torch.cuda.max_memory_reserved()
@@ -126,14 +166,24 @@ def run(args) -> dict:
             make_checkpoint(shape, ckpt)
             rows = {}
             for config in args.configs:
-                spec = dict(checkpoint=str(ckpt), config=config, device=args.device, batch=args.batch,
-                            seq_len=args.seq_len, steps=args.steps)
-                proc = subprocess.run([sys.executable, "-m", "benchmarks.adapters", "--child", json.dumps(spec)],
-                                      cwd=ROOT, capture_output=True, text=True)
+                spec = dict(
+                    checkpoint=str(ckpt),
+                    config=config,
+                    device=args.device,
+                    batch=args.batch,
+                    seq_len=args.seq_len,
+                    steps=args.steps,
+                )
+                proc = subprocess.run(
+                    [sys.executable, "-m", "benchmarks.adapters", "--child", json.dumps(spec)],
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                )
                 if proc.returncode:
                     raise SystemExit(f"{shape}/{config} failed:\n{proc.stderr[-2000:]}")
                 rows[config] = json.loads(proc.stdout.strip().splitlines()[-1])
-            from minitune.modeling import read_config
+            from minitune.checkpoints.load import read_config
 
             hf = read_config(ckpt)
             total = _param_count(ckpt)
@@ -145,24 +195,28 @@ def run(args) -> dict:
 
 
 def _param_count(ckpt: Path) -> int:
-    from minitune.weights import index_checkpoint
+    from minitune.checkpoints.weights import index_checkpoint
 
     return sum(math.prod(shape) for shape in index_checkpoint(ckpt).shapes.values())
 
 
 def print_table(results: dict) -> None:
-    gib = 2 ** 30
+    gib = 2**30
     for shape, r in results.items():
         full = r["rows"].get("full")
         print(f"\n{shape}: {r['parameters']:,} parameters")
-        print(f"{'config':8s} {'trainable':>12s} {'peak GiB':>9s} {'x full':>7s} {'formula GiB':>12s} "
-              f"{'step s':>8s} {'x full':>7s}")
+        print(
+            f"{'config':8s} {'trainable':>12s} {'peak GiB':>9s} {'x full':>7s} {'formula GiB':>12s} "
+            f"{'step s':>8s} {'x full':>7s}"
+        )
         for name, row in r["rows"].items():
             peak = row.get("max_allocated_bytes", row["peak_rss_bytes"])
             base = full.get("max_allocated_bytes", full["peak_rss_bytes"]) if full else None
-            print(f"{name:8s} {row['trainable']:12,d} {peak / gib:9.2f} "
-                  f"{(peak / base if base else float('nan')):7.2f} {row['estimate_bytes'] / gib:12.2f} "
-                  f"{row['step_s']:8.2f} {(row['step_s'] / full['step_s'] if full else float('nan')):7.2f}")
+            print(
+                f"{name:8s} {row['trainable']:12,d} {peak / gib:9.2f} "
+                f"{(peak / base if base else float('nan')):7.2f} {row['estimate_bytes'] / gib:12.2f} "
+                f"{row['step_s']:8.2f} {(row['step_s'] / full['step_s'] if full else float('nan')):7.2f}"
+            )
         if "lora" in r["rows"] and "qlora" in r["rows"]:
             print(f"QLoRA / LoRA step time: {r['rows']['qlora']['step_s'] / r['rows']['lora']['step_s']:.2f}x")
 
@@ -185,10 +239,18 @@ def main(argv=None) -> dict:
     args.shape = args.shape or (["tiny"] if args.quick else ["qwen2.5-0.5b"])
     results = run(args)
     print_table(results)
-    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "device": args.device, "batch": args.batch, "seq_len": args.seq_len, "steps": args.steps,
-            "command": "python -m benchmarks.adapters " + " ".join(argv or sys.argv[1:])}
+    meta = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": args.device,
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "steps": args.steps,
+        "command": "python -m benchmarks.adapters " + " ".join(argv or sys.argv[1:]),
+    }
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"adapters{'.quick' if args.quick else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"_meta": meta, **results}, indent=2) + "\n")

@@ -42,8 +42,13 @@ MINILM = "minilm"
 
 # Random-weight shapes built from a transformers config (tiny: for --quick only).
 XLMR_SHAPES: dict[str, dict[str, int]] = {
-    name: {"num_hidden_layers": layers, "hidden_size": hidden, "num_attention_heads": heads,
-           "intermediate_size": inter, "vocab_size": vocab}
+    name: {
+        "num_hidden_layers": layers,
+        "hidden_size": hidden,
+        "num_attention_heads": heads,
+        "intermediate_size": inter,
+        "vocab_size": vocab,
+    }
     for name, layers, hidden, heads, inter, vocab in (
         ("xlmr-base", 12, 768, 12, 3072, 250002),
         ("xlmr-large", 24, 1024, 16, 4096, 250002),
@@ -59,10 +64,15 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="tiny settings (< 2 minutes) to check the script runs")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (bf16 autocast on cuda)")
     parser.add_argument("--repeats", type=int, default=None, help="repeats per configuration (default 3, quick 1)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads per child (default $OMP_NUM_THREADS, else all cores)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="JSON path (default benchmarks/results/<script>.json; --quick: <script>.quick.json)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads per child (default $OMP_NUM_THREADS, else all cores)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON path (default benchmarks/results/<script>.json; --quick: <script>.quick.json)",
+    )
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
 
 
@@ -131,8 +141,13 @@ def machine_info(device: str, threads: int) -> dict[str, Any]:
 def run_meta(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     """What every results JSON records about its run: the command, the machine and the resolved flags."""
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("child", "out")}
-    return {"command": command_line(), "quick": args.quick, **extra,
-            "machine": machine_info(args.device, args.threads), "settings": settings}
+    return {
+        "command": command_line(),
+        "quick": args.quick,
+        **extra,
+        "machine": machine_info(args.device, args.threads),
+        "settings": settings,
+    }
 
 
 def _meminfo(key: str) -> int | None:
@@ -182,8 +197,10 @@ def peak_memory(device: str) -> dict[str, int]:
         import torch
 
         torch.cuda.synchronize()
-        return {"peak_mem_bytes": torch.cuda.max_memory_allocated(),
-                "peak_reserved_bytes": torch.cuda.max_memory_reserved()}
+        return {
+            "peak_mem_bytes": torch.cuda.max_memory_allocated(),
+            "peak_reserved_bytes": torch.cuda.max_memory_reserved(),
+        }
     return {"peak_mem_bytes": maxrss_bytes()}
 
 
@@ -205,8 +222,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure_training(step: Callable[[Any], int], warmup: Sequence[Any], timed: Sequence[Any], worst: Any | None,
-                     device: str) -> dict[str, Any]:
+def measure_training(
+    step: Callable[[Any], int], warmup: Sequence[Any], timed: Sequence[Any], worst: Any | None, device: str
+) -> dict[str, Any]:
     """Run `step(batch) -> real tokens` on warmup (untimed), timed and worst batches; times and peak memory.
 
     Order matters for the CPU reading: the worst batch (the epoch's heaviest, which sets the memory a whole
@@ -225,9 +243,14 @@ def measure_training(step: Callable[[Any], int], warmup: Sequence[Any], timed: S
         sync(device)
         times.append(time.perf_counter() - t0)
     typical = peak_memory(device)
-    out: dict[str, Any] = {"step_times_s": times, "mean_step_s": sum(times) / len(times), "timed_tokens": tokens,
-                           "tokens_per_s": tokens / sum(times), "mem_before_train_bytes": before,
-                           "hwm_reset": hwm_reset}
+    out: dict[str, Any] = {
+        "step_times_s": times,
+        "mean_step_s": sum(times) / len(times),
+        "timed_tokens": tokens,
+        "tokens_per_s": tokens / sum(times),
+        "mem_before_train_bytes": before,
+        "hwm_reset": hwm_reset,
+    }
     out.update({k.replace("peak_", "peak_typical_"): v for k, v in typical.items()})
     if worst is not None:
         step(worst)
@@ -244,8 +267,9 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def pick_batches(batches: Sequence[Sequence[int]], weight: Callable[[Sequence[int]], float], n: int
-                 ) -> list[Sequence[int]]:
+def pick_batches(
+    batches: Sequence[Sequence[int]], weight: Callable[[Sequence[int]], float], n: int
+) -> list[Sequence[int]]:
     """n batches at evenly spaced quantiles of `weight` (e.g. padded slots) over all batches of an epoch.
 
     A short timed run then sees the epoch's mix of short and long batches instead of whatever a few random
@@ -261,26 +285,32 @@ def pick_batches(batches: Sequence[Sequence[int]], weight: Callable[[Sequence[in
 
 def child_env(threads: int) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", TRANSFORMERS_NO_ADVISORY_WARNINGS="1",
-               PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""))
+    env.update(
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_VERBOSITY="error",
+        TRANSFORMERS_NO_ADVISORY_WARNINGS="1",
+        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+    )
     return env
 
 
-def run_child(script: str, spec: dict[str, Any], threads: int, workdir: Path, timeout: float = 1800
-              ) -> dict[str, Any]:
+def run_child(script: str, spec: dict[str, Any], threads: int, workdir: Path, timeout: float = 1800) -> dict[str, Any]:
     """Run `python -m benchmarks.<script> --child spec.json` in a fresh process; its result dict."""
     workdir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=workdir, prefix="spec-", suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(spec, f)
     cmd = [sys.executable, "-m", f"benchmarks.{script}", "--child", name]
-    proc = subprocess.run(cmd, cwd=REPO, env=child_env(threads), capture_output=True, text=True, timeout=timeout,
-                          check=False)  # a failing child is reported below with its output
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=child_env(threads), capture_output=True, text=True, timeout=timeout, check=False
+    )  # a failing child is reported below with its output
     Path(name).unlink(missing_ok=True)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(CHILD_MARK):
-            return json.loads(line[len(CHILD_MARK):])
+            return json.loads(line[len(CHILD_MARK) :])
     tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
     raise RuntimeError(f"child {script} {spec.get('name', '')} failed (exit {proc.returncode}):\n{tail}")
 
@@ -311,14 +341,21 @@ def make_checkpoint(shape: str, out_dir: Path, num_labels: int = 2, seed: int = 
 
     torch.manual_seed(seed)
     if shape == MINILM:
-        from minitune.hub import resolve_model
+        from minitune.checkpoints.hub import resolve_model
 
         model = transformers.AutoModelForSequenceClassification.from_pretrained(
-            resolve_model(MINILM), num_labels=num_labels, dtype=torch.float32)
+            resolve_model(MINILM), num_labels=num_labels, dtype=torch.float32
+        )
     else:
-        config = transformers.XLMRobertaConfig(**XLMR_SHAPES[shape], max_position_embeddings=514,
-                                               type_vocab_size=1, num_labels=num_labels, pad_token_id=1,
-                                               bos_token_id=0, eos_token_id=2)
+        config = transformers.XLMRobertaConfig(
+            **XLMR_SHAPES[shape],
+            max_position_embeddings=514,
+            type_vocab_size=1,
+            num_labels=num_labels,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+        )
         model = transformers.XLMRobertaForSequenceClassification(config).float()
     model.save_pretrained(out_dir)
     # transformers 5 leaves the default two-label id2label out of config.json, and minitune.load_model keeps a

@@ -35,8 +35,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 STACKS = {"minitune": [str(ROOT / "run.py")], "hf_trainer": [str(ROOT / "benchmarks" / "hf_trainer_baseline.py")]}
-HEADLINES = {"humor": ("accuracy", "binary_f1", "macro_f1"),
-             "semeval": ("jaccard", "macro_f1", "micro_f1", "tuned.jaccard", "tuned.macro_f1")}
+HEADLINES = {
+    "humor": ("accuracy", "binary_f1", "macro_f1"),
+    "semeval": ("jaccard", "macro_f1", "micro_f1", "tuned.jaccard", "tuned.macro_f1"),
+}
 # Epochs per compared task: SemEval's BCE head needs more steps before any score passes 0.5 (with 2 epochs of
 # 2000 examples, 126 steps, both stacks still predicted no label at all on dev).
 COMPARE_EPOCHS = {"humor": 2, "semeval": 5}
@@ -49,10 +51,14 @@ def source_fingerprint() -> dict:
     for path in [ROOT / "run.py", *sorted((ROOT / "minitune").rglob("*.py"))]:
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "run.py", "minitune"], cwd=ROOT,
-                           capture_output=True, text=True)
-    return {"git_head": head.stdout.strip() or None, "uncommitted_files": len(dirty.stdout.splitlines()),
-            "source_sha256": digest.hexdigest()[:16]}
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "run.py", "minitune"], cwd=ROOT, capture_output=True, text=True
+    )
+    return {
+        "git_head": head.stdout.strip() or None,
+        "uncommitted_files": len(dirty.stdout.splitlines()),
+        "source_sha256": digest.hexdigest()[:16],
+    }
 
 
 def run_process(cmd: list[str], out_dir: Path, threads: int) -> dict:
@@ -61,8 +67,13 @@ def run_process(cmd: list[str], out_dir: Path, threads: int) -> dict:
     results = out_dir / "results.json"
     if results.exists():
         results.unlink()
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
     load_before, source = os.getloadavg(), source_fingerprint()
     with open(out_dir / "log.txt", "w", encoding="utf-8") as log:
         log.write(" ".join(cmd) + "\n")
@@ -72,10 +83,17 @@ def run_process(cmd: list[str], out_dir: Path, threads: int) -> dict:
         _, status, usage = os.wait4(proc.pid, 0)
         end = time.time()
     proc.returncode = os.waitstatus_to_exitcode(status)
-    record = {"cmd": cmd, "returncode": proc.returncode, "wall_to_exit_s": round(end - start, 2),
-              "cpu_s": round(usage.ru_utime + usage.ru_stime, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-              "loadavg_1m_before": round(load_before[0], 2), "loadavg_1m_after": round(os.getloadavg()[0], 2),
-              "log": str(out_dir / "log.txt"), "source": source}
+    record = {
+        "cmd": cmd,
+        "returncode": proc.returncode,
+        "wall_to_exit_s": round(end - start, 2),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "loadavg_1m_before": round(load_before[0], 2),
+        "loadavg_1m_after": round(os.getloadavg()[0], 2),
+        "log": str(out_dir / "log.txt"),
+        "source": source,
+    }
     if proc.returncode != 0 or not results.exists():
         tail = (out_dir / "log.txt").read_text(encoding="utf-8", errors="replace")[-2000:]
         raise SystemExit(f"error: {' '.join(cmd)} failed (exit {proc.returncode}); log {out_dir / 'log.txt'}:\n{tail}")
@@ -85,8 +103,18 @@ def run_process(cmd: list[str], out_dir: Path, threads: int) -> dict:
 
 
 def common_flags(args: argparse.Namespace, task: str, out_dir: Path) -> list[str]:
-    flags = ["--task", task, "--model", args.model, "--data-dir", str(args.data_dir), "--output-dir", str(out_dir),
-             "--device", "cpu"]
+    flags = [
+        "--task",
+        task,
+        "--model",
+        args.model,
+        "--data-dir",
+        str(args.data_dir),
+        "--output-dir",
+        str(out_dir),
+        "--device",
+        "cpu",
+    ]
     epochs = args.epochs or COMPARE_EPOCHS.get(task)  # else the task's default
     if epochs:
         flags += ["--epochs", str(epochs)]
@@ -129,11 +157,18 @@ def compare_task(args: argparse.Namespace, task: str, minitune_first: bool) -> d
         record["n_dev"] = res["dev"].get("n_examples")
         record["selected_step"] = selected_step(res["train"])
         runs[stack] = record
-        print(f"    wall {record['wall_to_results_s']:.1f}s  cpu {record['cpu_s']:.1f}s  "
-              f"rss {record['peak_rss_mb']:.0f} MB  dev {record['dev']}", flush=True)
+        print(
+            f"    wall {record['wall_to_results_s']:.1f}s  cpu {record['cpu_s']:.1f}s  "
+            f"rss {record['peak_rss_mb']:.0f} MB  dev {record['dev']}",
+            flush=True,
+        )
     ratio = runs["hf_trainer"]["wall_to_results_s"] / runs["minitune"]["wall_to_results_s"]
-    return {"epochs": args.epochs or COMPARE_EPOCHS.get(task), "order": order, "runs": runs,
-            "wall_ratio_hf_over_minitune": round(ratio, 3)}
+    return {
+        "epochs": args.epochs or COMPARE_EPOCHS.get(task),
+        "order": order,
+        "runs": runs,
+        "wall_ratio_hf_over_minitune": round(ratio, 3),
+    }
 
 
 def summarize_seeds(per_seed: dict) -> dict:
@@ -148,13 +183,24 @@ def summarize_seeds(per_seed: dict) -> dict:
         for key in HEADLINES[task]:
             values = {stack: [e["runs"][stack]["dev"][key] for e in entries] for stack in ("minitune", "hf_trainer")}
             diffs = [a - b for a, b in zip(values["minitune"], values["hf_trainer"])]
-            scores[key] = {**{stack: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
-                              for stack, v in values.items()},
-                           "diff_mean": statistics.fmean(diffs), "diff_min": min(diffs), "diff_max": max(diffs)}
+            scores[key] = {
+                **{
+                    stack: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
+                    for stack, v in values.items()
+                },
+                "diff_mean": statistics.fmean(diffs),
+                "diff_min": min(diffs),
+                "diff_max": max(diffs),
+            }
         ratios = [e["wall_ratio_hf_over_minitune"] for e in entries]
         cpu = [e["runs"]["hf_trainer"]["cpu_s"] / e["runs"]["minitune"]["cpu_s"] for e in entries]
-        summary[task] = {"seeds": len(entries), "scores": scores, "wall_ratio_median": statistics.median(ratios),
-                         "wall_ratios": ratios, "cpu_ratio_median": round(statistics.median(cpu), 3)}
+        summary[task] = {
+            "seeds": len(entries),
+            "scores": scores,
+            "wall_ratio_median": statistics.median(ratios),
+            "wall_ratios": ratios,
+            "cpu_ratio_median": round(statistics.median(cpu), 3),
+        }
     return summary
 
 
@@ -164,10 +210,14 @@ def print_seed_summary(summary: dict) -> None:
     for task, entry in summary.items():
         for key, s in entry["scores"].items():
             m, h = s["minitune"], s["hf_trainer"]
-            print(f"| {task} | {key} | {m['mean']:.4f} ± {m['std']:.4f} | {h['mean']:.4f} ± {h['std']:.4f} "
-                  f"| {s['diff_mean']:+.4f} ({s['diff_min']:+.4f}, {s['diff_max']:+.4f}) |")
-        print(f"| {task} | Trainer / minitune wall, median of {entry['seeds']} | {entry['wall_ratio_median']:.2f}x "
-              f"| CPU {entry['cpu_ratio_median']:.2f}x | {entry['wall_ratios']} |")
+            print(
+                f"| {task} | {key} | {m['mean']:.4f} ± {m['std']:.4f} | {h['mean']:.4f} ± {h['std']:.4f} "
+                f"| {s['diff_mean']:+.4f} ({s['diff_min']:+.4f}, {s['diff_max']:+.4f}) |"
+            )
+        print(
+            f"| {task} | Trainer / minitune wall, median of {entry['seeds']} | {entry['wall_ratio_median']:.2f}x "
+            f"| CPU {entry['cpu_ratio_median']:.2f}x | {entry['wall_ratios']} |"
+        )
 
 
 def minitune_only(args: argparse.Namespace, task: str, flags: list[str]) -> dict:
@@ -182,14 +232,16 @@ def recipe_mpr(args: argparse.Namespace) -> dict:
     flags = ["--folds", str(args.folds)] if args.folds else []
     record = minitune_only(args, "recipe-mpr", flags)
     res = record.pop("results")
-    groups = {k: v for k, v in res["test"]["by_group"].items()}
+    groups = dict(res["test"]["by_group"])
     base = res["baseline_first_option"]["by_group"]
     record["test_accuracy"] = res["test"]["accuracy"]
     record["baseline_first_option_accuracy"] = res["baseline_first_option"]["accuracy"]
-    record["by_query_type"] = {k: {"n": v["n"], "accuracy": v["accuracy"], "baseline_first": base[k]["accuracy"]}
-                               for k, v in groups.items()}
-    record["folds"] = [{k: f[k] for k in ("fold", "step", "best", "test_accuracy", "seconds")}
-                       for f in res["train"]["folds"]]
+    record["by_query_type"] = {
+        k: {"n": v["n"], "accuracy": v["accuracy"], "baseline_first": base[k]["accuracy"]} for k, v in groups.items()
+    }
+    record["folds"] = [
+        {k: f[k] for k in ("fold", "step", "best", "test_accuracy", "seconds")} for f in res["train"]["folds"]
+    ]
     return record
 
 
@@ -197,10 +249,15 @@ def goemotions(args: argparse.Namespace) -> dict:
     record = minitune_only(args, "goemotions", [])
     res = record.pop("results")
     dev = res["dev"]
-    record["dev"] = {"threshold": dev["threshold"], "macro_f1_fixed": pick(dev, "macro_f1"),
-                     "macro_f1_tuned": pick(dev, "tuned.macro_f1"), "micro_f1_fixed": pick(dev, "micro_f1"),
-                     "micro_f1_tuned": pick(dev, "tuned.micro_f1"), "jaccard_fixed": pick(dev, "jaccard"),
-                     "n_examples": dev["n_examples"]}
+    record["dev"] = {
+        "threshold": dev["threshold"],
+        "macro_f1_fixed": pick(dev, "macro_f1"),
+        "macro_f1_tuned": pick(dev, "tuned.macro_f1"),
+        "micro_f1_fixed": pick(dev, "micro_f1"),
+        "micro_f1_tuned": pick(dev, "tuned.micro_f1"),
+        "jaccard_fixed": pick(dev, "jaccard"),
+        "n_examples": dev["n_examples"],
+    }
     record["train"] = res["train"]
     return record
 
@@ -210,49 +267,77 @@ def fmt(v, spec: str = ".4f") -> str:
 
 
 def print_compare(section: dict) -> None:
-    print("\n| task | stack | wall to results (s) | wall to exit (s) | CPU (s) | peak RSS (MB) | steps (kept) "
-          "| dev scores |")
+    print(
+        "\n| task | stack | wall to results (s) | wall to exit (s) | CPU (s) | peak RSS (MB) | steps (kept) "
+        "| dev scores |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for task, entry in section["tasks"].items():
         for stack in ("minitune", "hf_trainer"):
             r = entry["runs"][stack]
             scores = "  ".join(f"{k} {fmt(v)}" for k, v in r["dev"].items())
-            print(f"| {task} | {stack} | {r['wall_to_results_s']:.1f} | {r['wall_to_exit_s']:.1f} | {r['cpu_s']:.1f} "
-                  f"| {r['peak_rss_mb']:.0f} | {r['train'].get('step')} ({r['selected_step']}) | {scores} |")
+            print(
+                f"| {task} | {stack} | {r['wall_to_results_s']:.1f} | {r['wall_to_exit_s']:.1f} | {r['cpu_s']:.1f} "
+                f"| {r['peak_rss_mb']:.0f} | {r['train'].get('step')} ({r['selected_step']}) | {scores} |"
+            )
         print(f"| {task} | Trainer / minitune wall | {entry['wall_ratio_hf_over_minitune']:.2f}x | | | | | |")
 
 
 def print_minitune_only(name: str, r: dict) -> None:
     print(f"\n{name}: wall {r['wall_to_results_s']:.1f}s  cpu {r['cpu_s']:.1f}s  rss {r['peak_rss_mb']:.0f} MB")
     if name == "recipe-mpr":
-        print(f"  test accuracy {r['test_accuracy']:.4f}  always-first baseline {r['baseline_first_option_accuracy']:.4f}")
+        print(
+            f"  test accuracy {r['test_accuracy']:.4f}  always-first baseline {r['baseline_first_option_accuracy']:.4f}"
+        )
         for k, v in r["by_query_type"].items():
             print(f"  {k:12s} n={v['n']:3d}  accuracy {v['accuracy']:.4f}  first-option {v['baseline_first']:.4f}")
     else:
         d = r["dev"]
-        print(f"  dev macro-F1 at {d['threshold']}: {fmt(d['macro_f1_fixed'])}  tuned: {fmt(d['macro_f1_tuned'])}  "
-              f"(micro-F1 {fmt(d['micro_f1_fixed'])} / {fmt(d['micro_f1_tuned'])}, n={d['n_examples']})")
+        print(
+            f"  dev macro-F1 at {d['threshold']}: {fmt(d['macro_f1_fixed'])}  tuned: {fmt(d['macro_f1_tuned'])}  "
+            f"(micro-F1 {fmt(d['micro_f1_fixed'])} / {fmt(d['micro_f1_tuned'])}, n={d['n_examples']})"
+        )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--mode", nargs="+", default=["compare"], choices=["compare", "recipe-mpr", "goemotions"])
     p.add_argument("--tasks", nargs="+", default=["humor", "semeval"], choices=["humor", "semeval"])
     p.add_argument("--quick", action="store_true", help="smoke run: 64 train / 64 dev examples, 1 epoch")
     p.add_argument("--train-samples", type=int, default=2000, help="--max-train-samples for every run (0 = all)")
     p.add_argument("--eval-samples", type=int, default=0, help="--max-eval-samples (0 = the whole dev set)")
-    p.add_argument("--epochs", type=int, default=0, help=f"epochs for every run (0 = {COMPARE_EPOCHS} for compare, "
-                   "the task default for recipe-mpr (5) and goemotions (4))")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=0,
+        help=f"epochs for every run (0 = {COMPARE_EPOCHS} for compare, "
+        "the task default for recipe-mpr (5) and goemotions (4))",
+    )
     p.add_argument("--folds", type=int, default=0, help="recipe-mpr: run only the first N folds (0 = all 5)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="compare: repeat for each seed (run.py's "
-                   "--seed, which also picks the training subset) and summarise mean, std and paired differences "
-                   "into the 'compare_seeds' section")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="compare: repeat for each seed (run.py's "
+        "--seed, which also picks the training subset) and summarise mean, std and paired differences "
+        "into the 'compare_seeds' section",
+    )
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for every subprocess")
-    p.add_argument("--order", choices=["ab", "ba", "abba"], default="abba",
-                   help="ab: minitune first on every task; ba: Trainer first; abba: alternate per task")
-    p.add_argument("--no-llrd", action="store_true", help="compare without layer-wise LR decay (humor's default "
-                   "0.95 otherwise; the Trainer baseline then gets LLRD parameter groups)")
+    p.add_argument(
+        "--order",
+        choices=["ab", "ba", "abba"],
+        default="abba",
+        help="ab: minitune first on every task; ba: Trainer first; abba: alternate per task",
+    )
+    p.add_argument(
+        "--no-llrd",
+        action="store_true",
+        help="compare without layer-wise LR decay (humor's default "
+        "0.95 otherwise; the Trainer baseline then gets LLRD parameter groups)",
+    )
     p.add_argument("--model", default="minilm")
     p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/minitune-e2e"), help="run outputs (checkpoints)")
@@ -270,20 +355,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     doc = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {}
-    settings = {"train_samples": args.train_samples or None, "eval_samples": args.eval_samples or None,
-                "epochs": args.epochs or None, "compare_epochs": args.epochs or COMPARE_EPOCHS,
-                "threads": args.threads, "model": args.model, "no_llrd": args.no_llrd,
-                "extra_flags": list(args.extra), "cpu_count": os.cpu_count(),
-                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "loadavg_at_start": list(os.getloadavg())}
+    settings = {
+        "train_samples": args.train_samples or None,
+        "eval_samples": args.eval_samples or None,
+        "epochs": args.epochs or None,
+        "compare_epochs": args.epochs or COMPARE_EPOCHS,
+        "threads": args.threads,
+        "model": args.model,
+        "no_llrd": args.no_llrd,
+        "extra_flags": list(args.extra),
+        "cpu_count": os.cpu_count(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "loadavg_at_start": list(os.getloadavg()),
+    }
     if "compare" in args.mode and args.seeds:
         per_seed, base_extra, base_work = {}, list(args.extra), args.work_dir
         for n, seed in enumerate(args.seeds):
             args.extra, args.work_dir = [*base_extra, "--seed", str(seed)], base_work / f"seed{seed}"
             # abba across seeds too: each stack goes first equally often on each task
-            per_seed[str(seed)] = {task: compare_task(args, task, (i + n) % 2 == 0)
-                                   for i, task in enumerate(args.tasks)}
-            doc["compare_seeds"] = {"settings": {**settings, "seeds": args.seeds}, "per_seed": per_seed,
-                                    "summary": summarize_seeds(per_seed)}
+            per_seed[str(seed)] = {
+                task: compare_task(args, task, (i + n) % 2 == 0) for i, task in enumerate(args.tasks)
+            }
+            doc["compare_seeds"] = {
+                "settings": {**settings, "seeds": args.seeds},
+                "per_seed": per_seed,
+                "summary": summarize_seeds(per_seed),
+            }
             args.out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")  # keep finished seeds
         args.extra, args.work_dir = base_extra, base_work
         print_seed_summary(doc["compare_seeds"]["summary"])

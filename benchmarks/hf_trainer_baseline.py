@@ -8,7 +8,7 @@ It takes run.py's training flags and resolves them with minitune's own `parse_co
 (minitune.config.TASK_DEFAULTS) and every flag given land in both runs identically. What is shared with minitune,
 so that only the training stack differs:
 - data: `minitune.data.tasks.load_task` (same readers, same mojibake repair, same rows), the train subset from
-  `minitune.runner.subsample` (same seed), the dev subset as the first --max-eval-samples examples;
+  `minitune.data.splits.subsample` (same seed), the dev subset as the first --max-eval-samples examples;
 - scoring: `minitune.eval.metrics.classification_report` on the probabilities (softmax, or sigmoid with
   score >= threshold for multi-label), and `minitune.eval.thresholds.tune_thresholds` for the tuned report.
 What is the Trainer's own: tokenizer (`AutoTokenizer`, the checkpoint's tokenizer.json, truncation to
@@ -50,12 +50,12 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from minitune.config import RunConfig, parse_config  # noqa: E402
-from minitune.data.tasks import MULTI_LABEL, SINGLE_LABEL, TaskData, label_array, load_task, resolve_data_dir  # noqa: E402
-from minitune.eval.metrics import classification_report  # noqa: E402
-from minitune.eval.thresholds import tune_thresholds  # noqa: E402
-from minitune.hub import resolve_model  # noqa: E402
-from minitune.runner import subsample  # noqa: E402
+from minitune.checkpoints.hub import resolve_model
+from minitune.config import RunConfig, parse_config
+from minitune.data.splits import subsample
+from minitune.data.tasks import MULTI_LABEL, SINGLE_LABEL, TaskData, label_array, load_task, resolve_data_dir
+from minitune.eval.metrics import classification_report
+from minitune.eval.thresholds import tune_thresholds
 
 _LAYER = re.compile(r"\.layer\.(\d+)\.")
 
@@ -85,14 +85,15 @@ def encode(tokenizer, examples, kind: str, max_length: int) -> list[dict]:
     enc = tokenizer([ex.text for ex in examples], truncation=True, max_length=max_length)
     rows = []
     for i, ex in enumerate(examples):
-        row = {k: enc[k][i] for k in enc.keys()}
+        row = {k: enc[k][i] for k in enc}
         row["labels"] = [float(v) for v in ex.label] if kind == MULTI_LABEL else int(ex.label)
         rows.append(row)
     return rows
 
 
-def llrd_groups(model: torch.nn.Module, lr: float, weight_decay: float, llrd: float, decay_names: set[str]
-                ) -> list[dict]:
+def llrd_groups(
+    model: torch.nn.Module, lr: float, weight_decay: float, llrd: float, decay_names: set[str]
+) -> list[dict]:
     """AdamW groups keyed by (depth, decay): 0 = embeddings, i + 1 = block i, L + 1 = pooler and classifier."""
     num_layers = model.config.num_hidden_layers
     groups: dict[tuple[int, bool], dict] = {}
@@ -102,8 +103,10 @@ def llrd_groups(model: torch.nn.Module, lr: float, weight_decay: float, llrd: fl
         match = _LAYER.search(name)
         depth = 0 if "embeddings" in name else (int(match.group(1)) + 1 if match else num_layers + 1)
         decay = name in decay_names
-        group = groups.setdefault((depth, decay), {
-            "params": [], "lr": lr * llrd ** (num_layers + 1 - depth), "weight_decay": weight_decay if decay else 0.0})
+        group = groups.setdefault(
+            (depth, decay),
+            {"params": [], "lr": lr * llrd ** (num_layers + 1 - depth), "weight_decay": weight_decay if decay else 0.0},
+        )
         group["params"].append(param)
     return [groups[k] for k in sorted(groups)]
 
@@ -138,17 +141,20 @@ def probabilities(logits: np.ndarray, kind: str) -> np.ndarray:
 
 def metrics_fn(task: TaskData, dev_labels: np.ndarray, threshold: float):
     """compute_metrics for the Trainer: minitune's report on the dev probabilities, numeric entries only."""
+
     def compute(eval_pred) -> dict:
         logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
-        report = classification_report(task.kind, dev_labels, probabilities(logits, task.kind), task.label_names,
-                                       threshold=threshold)
+        report = classification_report(
+            task.kind, dev_labels, probabilities(logits, task.kind), task.label_names, threshold=threshold
+        )
         return {k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
     return compute
 
 
 def total_steps(cfg: RunConfig, n_train: int) -> int:
     """Optimizer steps as both stacks count them: ceil(ceil(n / batch) / accumulation) per epoch."""
-    per_epoch = -(-(-(-n_train // cfg.batch_size)) // cfg.grad_accum)
+    per_epoch = math.ceil(math.ceil(n_train / cfg.batch_size) / cfg.grad_accum)
     return cfg.max_steps or cfg.epochs * per_epoch
 
 
@@ -157,16 +163,32 @@ def training_arguments(cfg: RunConfig, out: Path, n_train: int):
 
     total = total_steps(cfg, n_train)
     return TrainingArguments(
-        output_dir=str(out / "checkpoints"), seed=cfg.seed, use_cpu=cfg.device == "cpu",
-        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=cfg.batch_size * 2,
-        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, weight_decay=cfg.weight_decay,
-        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1, lr_scheduler_type=cfg.scheduler,
+        output_dir=str(out / "checkpoints"),
+        seed=cfg.seed,
+        use_cpu=cfg.device == "cpu",
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size * 2,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,
+        lr_scheduler_type=cfg.scheduler,
         warmup_steps=math.ceil(cfg.warmup_ratio * total),  # minitune's count, see the module docstring
-        label_smoothing_factor=cfg.label_smoothing, max_grad_norm=cfg.clip_grad,
-        eval_strategy="epoch", save_strategy="epoch", save_total_limit=1, load_best_model_at_end=True,
-        metric_for_best_model=cfg.metric, greater_is_better=True,
-        logging_strategy="steps", logging_steps=cfg.log_every, report_to="none", disable_tqdm=True,
-        dataloader_num_workers=0, bf16=cfg.precision == "bf16",  # autocast, as run.py's --precision bf16
+        label_smoothing_factor=cfg.label_smoothing,
+        max_grad_norm=cfg.clip_grad,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model=cfg.metric,
+        greater_is_better=True,
+        logging_strategy="steps",
+        logging_steps=cfg.log_every,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        bf16=cfg.precision == "bf16",  # autocast, as run.py's --precision bf16
     ), total
 
 
@@ -182,8 +204,12 @@ def build_model(cfg: RunConfig, task: TaskData, model_dir: Path):
 
     problem = "multi_label_classification" if task.kind == MULTI_LABEL else "single_label_classification"
     return AutoModelForSequenceClassification.from_pretrained(
-        str(model_dir), num_labels=task.num_labels, problem_type=problem,
-        id2label=dict(enumerate(task.label_names)), label2id={n: i for i, n in enumerate(task.label_names)})
+        str(model_dir),
+        num_labels=task.num_labels,
+        problem_type=problem,
+        id2label=dict(enumerate(task.label_names)),
+        label2id={n: i for i, n in enumerate(task.label_names)},
+    )
 
 
 def train(cfg: RunConfig, out: Path, check_tokens: bool) -> dict:
@@ -201,27 +227,42 @@ def train(cfg: RunConfig, out: Path, check_tokens: bool) -> dict:
     args, total = training_arguments(cfg, out, len(train_rows))
     dev_labels = label_array(task, dev_ex)
     trainer = make_trainer_class()(
-        model=model, args=args, train_dataset=train_rows, eval_dataset=dev_rows,
-        data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=metrics_fn(task, dev_labels, cfg.threshold),
+        model=model,
+        args=args,
+        train_dataset=train_rows,
+        eval_dataset=dev_rows,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=metrics_fn(task, dev_labels, cfg.threshold),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience)] if cfg.patience else None,
-        llrd=cfg.llrd)
+        llrd=cfg.llrd,
+    )
     t0 = time.perf_counter()
     trainer.train()
     probs = probabilities(trainer.predict(dev_rows).predictions, task.kind)
     seconds = time.perf_counter() - t0
     thresholds = tune_thresholds(dev_labels, probs) if task.kind == MULTI_LABEL else None
-    dev = classification_report(task.kind, dev_labels, probs, task.label_names, threshold=cfg.threshold,
-                                tuned_thresholds=thresholds)
+    dev = classification_report(
+        task.kind, dev_labels, probs, task.label_names, threshold=cfg.threshold, tuned_thresholds=thresholds
+    )
     trainer.save_model(str(out / "model"))
     tokenizer.save_pretrained(str(out / "model"))
     state = trainer.state
-    results = {"train": {"step": state.global_step, "epoch": state.epoch, "best": state.best_metric,
-                         "best_checkpoint": state.best_model_checkpoint, "n_train": len(train_rows),
-                         "total_steps": total, "warmup_steps": args.get_warmup_steps(total),
-                         "llrd": cfg.llrd, "optimizer": type(getattr(trainer.optimizer, "optimizer", trainer.optimizer)).__name__,
-                         "param_groups_initial_lr": [g["initial_lr"] for g in trainer.optimizer.param_groups],
-                         "seconds": round(seconds, 1)},
-               "dev": dev}
+    results = {
+        "train": {
+            "step": state.global_step,
+            "epoch": state.epoch,
+            "best": state.best_metric,
+            "best_checkpoint": state.best_model_checkpoint,
+            "n_train": len(train_rows),
+            "total_steps": total,
+            "warmup_steps": args.get_warmup_steps(total),
+            "llrd": cfg.llrd,
+            "optimizer": type(getattr(trainer.optimizer, "optimizer", trainer.optimizer)).__name__,
+            "param_groups_initial_lr": [g["initial_lr"] for g in trainer.optimizer.param_groups],
+            "seconds": round(seconds, 1),
+        },
+        "dev": dev,
+    }
     if thresholds is not None:
         results["thresholds"] = dict(zip(task.label_names, map(float, thresholds)))
     return results
@@ -233,8 +274,11 @@ def compare_tokens(cfg: RunConfig, task: TaskData, examples, rows) -> None:
     from minitune.data.features import tokenize
 
     ours = tokenize(examples, load_tokenizer(cfg.model), task.kind, cfg.max_length)
-    diff = [i for i, (a, b) in enumerate(zip(ours, rows)) if a["input_ids"] != b["input_ids"]
-            or a["token_type_ids"] != b["token_type_ids"]]
+    diff = [
+        i
+        for i, (a, b) in enumerate(zip(ours, rows))
+        if a["input_ids"] != b["input_ids"] or a["token_type_ids"] != b["token_type_ids"]
+    ]
     print(f"token check: {len(examples) - len(diff)}/{len(examples)} examples identical", file=sys.stderr)
     if diff:
         raise SystemExit(f"error: token ids differ from minitune's on {len(diff)} examples, first index {diff[0]}")
@@ -242,10 +286,16 @@ def compare_tokens(cfg: RunConfig, task: TaskData, examples, rows) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     own = argparse.ArgumentParser(add_help=False)
-    own.add_argument("--check-tokens", action="store_true",
-                     help="also tokenize with minitune and fail unless the ids are identical (slower; not for timing)")
-    own.add_argument("--no-llrd", action="store_true", help="train without layer-wise LR decay even if the task "
-                                                            "default sets it (pass --llrd 1 to run.py to match)")
+    own.add_argument(
+        "--check-tokens",
+        action="store_true",
+        help="also tokenize with minitune and fail unless the ids are identical (slower; not for timing)",
+    )
+    own.add_argument(
+        "--no-llrd",
+        action="store_true",
+        help="train without layer-wise LR decay even if the task default sets it (pass --llrd 1 to run.py to match)",
+    )
     extra, rest = own.parse_known_args(argv)
     cfg = parse_config(rest)
     if extra.no_llrd:
@@ -257,8 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results = train(cfg, out, extra.check_tokens)
     results["train"]["wall_seconds"] = round(time.perf_counter() - T_START, 1)
-    results = {"task": cfg.task, "model": cfg.model, "stack": "transformers.Trainer",
-               "config": asdict(cfg), **results}
+    results = {"task": cfg.task, "model": cfg.model, "stack": "transformers.Trainer", "config": asdict(cfg), **results}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     dev = results["dev"]
     keys = ("accuracy", "binary_f1", "macro_f1") if dev["kind"] == SINGLE_LABEL else ("jaccard", "macro_f1", "micro_f1")

@@ -63,12 +63,11 @@ CONFIGS: dict[str, MemConfig] = {
     "bf16": MemConfig("bf16 autocast, batch 32 in one pass", precision="bf16"),
     "fp32-ckpt": MemConfig("fp32 + gradient checkpointing, batch 32", checkpointing=True),
     "fp32-accum4x8": MemConfig("fp32, batch 32 as 4 micro-batches of 8", micro_batch=8, accum_steps=4),
-    "bf16-ckpt": MemConfig("bf16 autocast + gradient checkpointing, batch 32", precision="bf16",
-                           checkpointing=True),
-    "fp32-fused-adamw": MemConfig("fp32, batch 32, torch AdamW(fused=True) on the same groups",
-                                  optimizer="fused"),
-    "fp32-forloop-adamw": MemConfig("fp32, batch 32, torch AdamW(foreach=False) on the same groups",
-                                    optimizer="forloop"),
+    "bf16-ckpt": MemConfig("bf16 autocast + gradient checkpointing, batch 32", precision="bf16", checkpointing=True),
+    "fp32-fused-adamw": MemConfig("fp32, batch 32, torch AdamW(fused=True) on the same groups", optimizer="fused"),
+    "fp32-forloop-adamw": MemConfig(
+        "fp32, batch 32, torch AdamW(foreach=False) on the same groups", optimizer="forloop"
+    ),
 }
 DEFAULT_CONFIGS = ["fp32", "bf16", "fp32-ckpt", "fp32-accum4x8", "fp32-fused-adamw"]
 
@@ -104,10 +103,16 @@ def packed_batch(data_dir: Path, rows: int, seq_len: int, path: Path) -> None:
         if len(stream) >= rows * body:
             break
     cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    ids = [[cls] + stream[i * body:(i + 1) * body] + [sep] for i in range(rows)]
+    ids = [[cls] + stream[i * body : (i + 1) * body] + [sep] for i in range(rows)]
     labels = [ex.label for ex in task.train[:rows]]
-    torch.save({"input_ids": torch.tensor(ids), "attention_mask": torch.ones(rows, seq_len, dtype=torch.long),
-                "labels": torch.tensor(labels)}, path)
+    torch.save(
+        {
+            "input_ids": torch.tensor(ids),
+            "attention_mask": torch.ones(rows, seq_len, dtype=torch.long),
+            "labels": torch.tensor(labels),
+        },
+        path,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- child
@@ -137,8 +142,10 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     optimizer.step()
     zero_grads(optimizer, kept)
     batch = torch.load(spec["batch_file"])
-    micro = [{k: v[i:i + config.micro_batch] for k, v in batch.items()}
-             for i in range(0, len(batch["labels"]), config.micro_batch)]
+    micro = [
+        {k: v[i : i + config.micro_batch] for k, v in batch.items()}
+        for i in range(0, len(batch["labels"]), config.micro_batch)
+    ]
     loss_fn = build_loss("", "single_label", 2).to(device)
     scaler = DynamicLossScaler(enabled=False)
     before = common.current_memory(device)
@@ -150,9 +157,18 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     zero_grads(optimizer, kept)
     common.sync(device)
     seconds = time.perf_counter() - t0
-    return {**common.peak_memory(device), **fwd_bwd, "baseline_bytes": baseline, "mem_before_step_bytes": before,
-            "hwm_reset": hwm_reset, "step_s": seconds, "loss": loss, "tokens": tokens,
-            "parameters": sum(p.numel() for p in model.parameters()), "trainable": sum(p.numel() for p in params)}
+    return {
+        **common.peak_memory(device),
+        **fwd_bwd,
+        "baseline_bytes": baseline,
+        "mem_before_step_bytes": before,
+        "hwm_reset": hwm_reset,
+        "step_s": seconds,
+        "loss": loss,
+        "tokens": tokens,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in params),
+    }
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -161,14 +177,23 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_common_args(p)
-    p.add_argument("--configs", nargs="+", default=None, choices=list(CONFIGS),
-                   help=f"default: {' '.join(DEFAULT_CONFIGS)}")
-    p.add_argument("--shape", default=None, choices=list(common.XLMR_SHAPES),
-                   help="model shape (default xlmr-large; quick: xlmr-tiny)")
+    p.add_argument(
+        "--configs", nargs="+", default=None, choices=list(CONFIGS), help=f"default: {' '.join(DEFAULT_CONFIGS)}"
+    )
+    p.add_argument(
+        "--shape",
+        default=None,
+        choices=list(common.XLMR_SHAPES),
+        help="model shape (default xlmr-large; quick: xlmr-tiny)",
+    )
     p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: 128 cuda, 32 cpu)")
     p.add_argument("--batch", type=int, default=32, help="sequences per optimizer step")
-    p.add_argument("--min-free-factor", type=float, default=1.3,
-                   help="skip a config when free memory < factor x the 16 B/param estimate (shared machines)")
+    p.add_argument(
+        "--min-free-factor",
+        type=float,
+        default=1.3,
+        help="skip a config when free memory < factor x the 16 B/param estimate (shared machines)",
+    )
     p.add_argument("--data-dir", type=Path, default=common.REPO.parent / "shared" / "data")
     args = p.parse_args(argv)
     if args.child is None:
@@ -203,15 +228,27 @@ def summarise(name: str, runs: list[dict], estimate: int) -> dict[str, Any]:
     if not runs:
         row["skipped"] = "not enough free memory"
         return row
-    for key in ("peak_mem_bytes", "peak_reserved_bytes", "peak_fwd_bwd_mem_bytes", "peak_fwd_bwd_reserved_bytes",
-                "baseline_bytes", "mem_before_step_bytes", "step_s"):
+    for key in (
+        "peak_mem_bytes",
+        "peak_reserved_bytes",
+        "peak_fwd_bwd_mem_bytes",
+        "peak_fwd_bwd_reserved_bytes",
+        "baseline_bytes",
+        "mem_before_step_bytes",
+        "step_s",
+    ):
         if key in runs[0]:
             row[key] = common.median([r[key] for r in runs])
     row["over_baseline_bytes"] = row["peak_mem_bytes"] - row["baseline_bytes"]
     row["estimate_16B_per_param_bytes"] = estimate
     row["over_baseline_vs_estimate"] = row["over_baseline_bytes"] / estimate
-    row.update(parameters=runs[0]["parameters"], trainable=runs[0]["trainable"], loss=runs[0]["loss"],
-               hwm_reset=all(r["hwm_reset"] for r in runs), repeats=len(runs))
+    row.update(
+        parameters=runs[0]["parameters"],
+        trainable=runs[0]["trainable"],
+        loss=runs[0]["loss"],
+        hwm_reset=all(r["hwm_reset"] for r in runs),
+        repeats=len(runs),
+    )
     return row
 
 
@@ -222,14 +259,20 @@ def table_rows(rows: dict[str, dict], baseline_name: str) -> list[dict[str, str]
         if "skipped" in r:
             out.append({"config": name, "peak": f"skipped: {r['skipped']}"})
             continue
-        out.append({"config": name, "what": r["config"]["description"], "peak": common.fmt_bytes(r["peak_mem_bytes"]),
-                    "reserved": common.fmt_bytes(r.get("peak_reserved_bytes")),
-                    "fwd+bwd peak": common.fmt_bytes(r.get("peak_fwd_bwd_mem_bytes")),
-                    "over baseline": common.fmt_bytes(r["over_baseline_bytes"]),
-                    "16 B/param": common.fmt_bytes(r["estimate_16B_per_param_bytes"]),
-                    "x estimate": common.fmt(r["over_baseline_vs_estimate"]),
-                    f"x {baseline_name}": common.fmt(common.ratio(r["peak_mem_bytes"], base)),
-                    "step s": common.fmt(r["step_s"], ".1f")})
+        out.append(
+            {
+                "config": name,
+                "what": r["config"]["description"],
+                "peak": common.fmt_bytes(r["peak_mem_bytes"]),
+                "reserved": common.fmt_bytes(r.get("peak_reserved_bytes")),
+                "fwd+bwd peak": common.fmt_bytes(r.get("peak_fwd_bwd_mem_bytes")),
+                "over baseline": common.fmt_bytes(r["over_baseline_bytes"]),
+                "16 B/param": common.fmt_bytes(r["estimate_16B_per_param_bytes"]),
+                "x estimate": common.fmt(r["over_baseline_vs_estimate"]),
+                f"x {baseline_name}": common.fmt(common.ratio(r["peak_mem_bytes"], base)),
+                "step s": common.fmt(r["step_s"], ".1f"),
+            }
+        )
     return out
 
 
@@ -248,22 +291,50 @@ def main(argv: list[str] | None = None) -> dict:
         for round_no in range(args.repeats):
             for name in args.configs:
                 if not has_room(estimate, args.min_free_factor, args.device):
-                    print(f"  {name}: skipped, MemAvailable below {args.min_free_factor} x "
-                          f"{common.fmt_bytes(estimate)}", flush=True)
+                    print(
+                        f"  {name}: skipped, MemAvailable below {args.min_free_factor} x {common.fmt_bytes(estimate)}",
+                        flush=True,
+                    )
                     continue
-                spec = {"name": name, "config": asdict(CONFIGS[name]), "device": args.device,
-                        "checkpoint": str(ckpt), "batch_file": str(work / "batch.pt")}
+                spec = {
+                    "name": name,
+                    "config": asdict(CONFIGS[name]),
+                    "device": args.device,
+                    "checkpoint": str(ckpt),
+                    "batch_file": str(work / "batch.pt"),
+                }
                 r = common.run_child(SCRIPT, spec, args.threads, work)
                 runs[name].append(r)
-                print(f"  round {round_no + 1}/{args.repeats} {name:14s} peak {common.fmt_bytes(r['peak_mem_bytes'])}"
-                      f" step {r['step_s']:.1f} s", flush=True)
+                print(
+                    f"  round {round_no + 1}/{args.repeats} {name:14s} peak {common.fmt_bytes(r['peak_mem_bytes'])}"
+                    f" step {r['step_s']:.1f} s",
+                    flush=True,
+                )
     rows = {name: summarise(name, runs[name], estimate) for name in args.configs}
-    report = {"shape": args.shape, "batch": args.batch, "seq_len": args.seq_len, "parameters": shape_parameters(
-        args.shape), "configs": rows, "_meta": meta}
-    print(f"{args.shape}: {report['parameters']:,} parameters; 16 B/param AdamW estimate "
-          f"{common.fmt_bytes(estimate)}; batch {args.batch} x {args.seq_len} tokens")
-    columns = ["config", "what", "peak", "reserved", "fwd+bwd peak", "over baseline", "16 B/param", "x estimate",
-               f"x {args.configs[0]}", "step s"]
+    report = {
+        "shape": args.shape,
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "parameters": shape_parameters(args.shape),
+        "configs": rows,
+        "_meta": meta,
+    }
+    print(
+        f"{args.shape}: {report['parameters']:,} parameters; 16 B/param AdamW estimate "
+        f"{common.fmt_bytes(estimate)}; batch {args.batch} x {args.seq_len} tokens"
+    )
+    columns = [
+        "config",
+        "what",
+        "peak",
+        "reserved",
+        "fwd+bwd peak",
+        "over baseline",
+        "16 B/param",
+        "x estimate",
+        f"x {args.configs[0]}",
+        "step s",
+    ]
     print(common.table(table_rows(rows, args.configs[0]), columns))
     path = common.write_json(args.out, report)
     print(f"wrote {path}")

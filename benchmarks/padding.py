@@ -73,11 +73,7 @@ def batch_counts(lengths: list[list[int]], batch: list[int], scheme: str, max_le
 
 
 def epoch_batches(features: list[dict], scheme: str, batch_size: int, seed: int) -> list[list[int]]:
-    from minitune.data.batching import (
-        BucketedBatchSampler,
-        RandomBatchSampler,
-        length_of,
-    )
+    from minitune.data.batching import BucketedBatchSampler, RandomBatchSampler, length_of
 
     lengths = [length_of(f) for f in features]
     if scheme == "bucketed":
@@ -112,8 +108,9 @@ def check_against_padding_stats(features, batches, scheme: str, max_length: int,
 
     if scheme == "unpadded" or isinstance(features[0]["input_ids"][0], list):
         return
-    theirs = padding_stats([length_of(f) for f in features], batches, "fixed" if scheme == "fixed" else "dynamic",
-                           max_length)
+    theirs = padding_stats(
+        [length_of(f) for f in features], batches, "fixed" if scheme == "fixed" else "dynamic", max_length
+    )
     if (theirs["real"], theirs["slots"]) != (stats["real_tokens"], stats["slots"]):
         raise AssertionError(f"{scheme}: padding_stats gives {theirs}, this script {stats}")
 
@@ -138,8 +135,14 @@ def prepare(features: list[dict], pad_id: int, args, workdir: Path, name: str) -
         padding = "fixed" if scheme == "fixed" else "dynamic"
         make = lambda b, pad=padding: collate([features[i] for i in b], pad_id, pad, args.max_length)
         path = workdir / f"{name}-{scheme}.pt"
-        torch.save({"warmup": [make(timed[len(timed) // 2])] * args.warmup, "timed": [make(b) for b in timed],
-                    "worst": make(worst) if args.worst else None}, path)
+        torch.save(
+            {
+                "warmup": [make(timed[len(timed) // 2])] * args.warmup,
+                "timed": [make(b) for b in timed],
+                "worst": make(worst) if args.worst else None,
+            },
+            path,
+        )
         out[scheme] = {"stats": stats, "batches_file": str(path)}
     return out
 
@@ -153,11 +156,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
     import minitune
     from minitune.train.amp import DynamicLossScaler
-    from minitune.train.loop import (
-        accumulate_gradients,
-        sparse_embedding_grads,
-        zero_grads,
-    )
+    from minitune.train.loop import accumulate_gradients, sparse_embedding_grads, zero_grads
     from minitune.train.losses import build_loss
     from minitune.train.optim import build_optimizer
 
@@ -183,9 +182,15 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         zero_grads(optimizer, kept)
         return tokens
 
-    return {"supported": True, "execution": "unpadded" if unpadded else "padded" if hasattr(model, "set_unpadded")
-            else "padded (model has no set_unpadded)", **common.measure_training(step, data["warmup"], data["timed"], data["worst"],
-                                                         spec["device"])}
+    return {
+        "supported": True,
+        "execution": "unpadded"
+        if unpadded
+        else "padded"
+        if hasattr(model, "set_unpadded")
+        else "padded (model has no set_unpadded)",
+        **common.measure_training(step, data["warmup"], data["timed"], data["worst"], spec["device"]),
+    }
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -194,14 +199,19 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_common_args(p)
-    p.add_argument("--datasets", nargs="+", default=None, choices=DATASETS,
-                   help="default: all four (quick: humor and recipe-mpr)")
+    p.add_argument(
+        "--datasets", nargs="+", default=None, choices=DATASETS, help="default: all four (quick: humor and recipe-mpr)"
+    )
     p.add_argument("--batch-size", type=int, default=None, help="examples per batch (default 32, quick 8)")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--steps", type=int, default=None, help="timed steps per child (default 4, quick 1)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
-    p.add_argument("--no-worst", dest="worst", action="store_false",
-                   help="skip the epoch's heaviest batch (peak memory then covers the timed batches only)")
+    p.add_argument(
+        "--no-worst",
+        dest="worst",
+        action="store_false",
+        help="skip the epoch's heaviest batch (peak memory then covers the timed batches only)",
+    )
     p.add_argument("--precision", default=None, help="fp32 (default on cpu) or bf16 (default on cuda)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", type=Path, default=common.REPO.parent / "shared" / "data")
@@ -235,18 +245,21 @@ def summarise(stats: dict, runs: list[dict]) -> dict[str, Any]:
     return row
 
 
-def run_dataset_round(name: str, prep: dict, spec_base: dict, args, workdir: Path, round_no: int,
-                      results: dict[str, list]) -> None:
-    order = SCHEMES[round_no % len(SCHEMES):] + SCHEMES[:round_no % len(SCHEMES)]  # rotate: no fixed position
+def run_dataset_round(
+    name: str, prep: dict, spec_base: dict, args, workdir: Path, round_no: int, results: dict[str, list]
+) -> None:
+    order = SCHEMES[round_no % len(SCHEMES) :] + SCHEMES[: round_no % len(SCHEMES)]  # rotate: no fixed position
     for scheme in order:
         if results[scheme] and not results[scheme][0].get("supported"):
             continue  # unpadded execution not available: one probe is enough
-        spec = {**spec_base, "name": f"{name}/{scheme}", "scheme": scheme,
-                "batches_file": prep[scheme]["batches_file"]}
+        spec = {**spec_base, "name": f"{name}/{scheme}", "scheme": scheme, "batches_file": prep[scheme]["batches_file"]}
         results[scheme].append(common.run_child(SCRIPT, spec, args.threads, workdir))
         r = results[scheme][-1]
-        shown = f"{r['tokens_per_s']:.0f} tok/s, peak {common.fmt_bytes(r['peak_mem_bytes'])}" if r.get(
-            "supported") else "n/a (no set_unpadded)"
+        shown = (
+            f"{r['tokens_per_s']:.0f} tok/s, peak {common.fmt_bytes(r['peak_mem_bytes'])}"
+            if r.get("supported")
+            else "n/a (no set_unpadded)"
+        )
         print(f"  round {round_no + 1}/{args.repeats} {name:10s} {scheme:8s} {shown}", flush=True)
 
 
@@ -255,8 +268,11 @@ def add_ratios(rows: dict[str, dict], results: dict[str, list]) -> None:
     for scheme, row in rows.items():
         row["speedup_vs_fixed"] = common.ratio(row.get("tokens_per_s"), base.get("tokens_per_s"))
         row["mem_vs_fixed"] = common.ratio(row.get("peak_mem_bytes"), base.get("peak_mem_bytes"))
-        paired = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(results[scheme], results["fixed"])
-                  if a.get("supported")]
+        paired = [
+            a["tokens_per_s"] / b["tokens_per_s"]
+            for a, b in zip(results[scheme], results["fixed"])
+            if a.get("supported")
+        ]
         row["speedup_vs_fixed_per_round"] = paired
 
 
@@ -264,14 +280,21 @@ def table_rows(report: dict[str, dict]) -> list[dict[str, str]]:
     rows = []
     for name, schemes in report.items():
         for scheme, r in schemes.items():
-            rows.append({"data set": name, "scheme": scheme, "pad share": f"{100 * r['pad_share']:.1f}%",
-                         "slots": f"{r['slots']:,}", "real tokens": f"{r['real_tokens']:,}",
-                         "tokens/s": common.fmt(r.get("tokens_per_s"), ",.0f"),
-                         "x fixed": common.fmt(r.get("speedup_vs_fixed")),
-                         "round range": _range(r.get("speedup_vs_fixed_per_round")),
-                         "peak mem": common.fmt_bytes(r.get("peak_mem_bytes")),
-                         "mem x fixed": common.fmt(r.get("mem_vs_fixed")),
-                         "epoch est.": common.fmt(r.get("est_epoch_s"), ",.0f") + (" s" if r.get("est_epoch_s") else "")})
+            rows.append(
+                {
+                    "data set": name,
+                    "scheme": scheme,
+                    "pad share": f"{100 * r['pad_share']:.1f}%",
+                    "slots": f"{r['slots']:,}",
+                    "real tokens": f"{r['real_tokens']:,}",
+                    "tokens/s": common.fmt(r.get("tokens_per_s"), ",.0f"),
+                    "x fixed": common.fmt(r.get("speedup_vs_fixed")),
+                    "round range": _range(r.get("speedup_vs_fixed_per_round")),
+                    "peak mem": common.fmt_bytes(r.get("peak_mem_bytes")),
+                    "mem x fixed": common.fmt(r.get("mem_vs_fixed")),
+                    "epoch est.": common.fmt(r.get("est_epoch_s"), ",.0f") + (" s" if r.get("est_epoch_s") else ""),
+                }
+            )
     return rows
 
 
@@ -294,9 +317,14 @@ def main(argv: list[str] | None = None) -> dict:
         for name in args.datasets:
             features, kind, num_labels = load_features(name, args.data_dir, args.max_length)
             preps[name] = prepare(features, 0, args, workdir, name)
-            bases[name] = {"device": args.device, "precision": args.precision, "kind": kind,
-                           "num_labels": num_labels, "head": "multiple_choice" if kind == MULTIPLE_CHOICE else
-                           "sequence", "seed": args.seed}
+            bases[name] = {
+                "device": args.device,
+                "precision": args.precision,
+                "kind": kind,
+                "num_labels": num_labels,
+                "head": "multiple_choice" if kind == MULTIPLE_CHOICE else "sequence",
+                "seed": args.seed,
+            }
             print(f"{name}: {len(features)} examples tokenized", flush=True)
         results = {name: {s: [] for s in SCHEMES} for name in args.datasets}
         for round_no in range(args.repeats):
@@ -306,14 +334,27 @@ def main(argv: list[str] | None = None) -> dict:
             rows = {s: summarise(preps[name][s]["stats"], results[name][s]) for s in SCHEMES}
             add_ratios(rows, results[name])
             report[name] = rows
-    columns = ["data set", "scheme", "pad share", "slots", "real tokens", "tokens/s", "x fixed", "round range",
-               "peak mem", "mem x fixed", "epoch est."]
+    columns = [
+        "data set",
+        "scheme",
+        "pad share",
+        "slots",
+        "real tokens",
+        "tokens/s",
+        "x fixed",
+        "round range",
+        "peak mem",
+        "mem x fixed",
+        "epoch est.",
+    ]
     print(common.table(table_rows(report), columns))
     for name, rows in report.items():
         if "item_floor_pad_share" in rows["bucketed"]:
-            print(f"{name}: padding each item alone to its longest choice leaves "
-                  f"{100 * rows['bucketed']['item_floor_pad_share']:.1f}% padding, the floor for any padded batching")
-    path = common.write_json(args.out, {**report, "_meta": {name: meta for name in report}}, merge=True)
+            print(
+                f"{name}: padding each item alone to its longest choice leaves "
+                f"{100 * rows['bucketed']['item_floor_pad_share']:.1f}% padding, the floor for any padded batching"
+            )
+    path = common.write_json(args.out, {**report, "_meta": dict.fromkeys(report, meta)}, merge=True)
     print(f"wrote {path}")
     return report
 

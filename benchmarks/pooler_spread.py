@@ -29,8 +29,11 @@ def spread(x: torch.Tensor) -> dict[str, float]:
     unit = torch.nn.functional.normalize(x, dim=-1)
     sim = unit @ unit.T
     off = sim[~torch.eye(len(x), dtype=torch.bool)]
-    return {"std_per_dim": float(x.std(0).mean()), "mean_cosine": float(off.mean()),
-            "mean_norm": float(x.norm(dim=-1).mean())}
+    return {
+        "std_per_dim": float(x.std(0).mean()),
+        "mean_cosine": float(off.mean()),
+        "mean_norm": float(x.norm(dim=-1).mean()),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -44,10 +47,10 @@ def main(argv: list[str] | None = None) -> dict:
     from transformers import AutoModel
 
     import minitune
+    from minitune.checkpoints.hub import resolve_model
     from minitune.data.batching import collate
     from minitune.data.features import tokenize
     from minitune.data.tasks import load_task
-    from minitune.hub import resolve_model
 
     task = load_task(args.task, args.data_dir)
     tokenizer = minitune.load_tokenizer(args.model)
@@ -56,14 +59,23 @@ def main(argv: list[str] | None = None) -> dict:
     with torch.no_grad():
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     mask = batch["attention_mask"].unsqueeze(-1).float()
-    candidates = {"cls": out.last_hidden_state[:, 0], "pooler": out.pooler_output,
-                  "mean_pooled": (out.last_hidden_state * mask).sum(1) / mask.sum(1)}
-    report = {"model": args.model, "task": args.task, "n": len(batch["input_ids"]),
-              **{name: spread(x) for name, x in candidates.items()}}
+    candidates = {
+        "cls": out.last_hidden_state[:, 0],
+        "pooler": out.pooler_output,
+        "mean_pooled": (out.last_hidden_state * mask).sum(1) / mask.sum(1),
+    }
+    report = {
+        "model": args.model,
+        "task": args.task,
+        "n": len(batch["input_ids"]),
+        **{name: spread(x) for name, x in candidates.items()},
+    }
     for name in candidates:
         r = report[name]
-        print(f"{name:12s} std per dim {r['std_per_dim']:.3f}  mean cosine {r['mean_cosine']:.3f}  "
-              f"mean norm {r['mean_norm']:.2f}")
+        print(
+            f"{name:12s} std per dim {r['std_per_dim']:.3f}  mean cosine {r['mean_cosine']:.3f}  "
+            f"mean norm {r['mean_norm']:.2f}"
+        )
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
     return report

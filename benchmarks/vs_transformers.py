@@ -52,7 +52,7 @@ LOSS_TOLERANCE = 1e-4
 
 
 def minitune_has_unpadded() -> bool:
-    from minitune.models.common import Classifier
+    from minitune.models.heads import Classifier
 
     return hasattr(Classifier, "set_unpadded")
 
@@ -74,12 +74,7 @@ def prepare_batches(features: list[dict], pad_id: int, settings: dict[str, int],
     and the epoch's heaviest."""
     import torch
 
-    from minitune.data.batching import (
-        BucketedBatchSampler,
-        RandomBatchSampler,
-        collate,
-        length_of,
-    )
+    from minitune.data.batching import BucketedBatchSampler, RandomBatchSampler, collate, length_of
 
     lengths = [length_of(f) for f in features]
     if args.batching == "random":
@@ -89,8 +84,14 @@ def prepare_batches(features: list[dict], pad_id: int, settings: dict[str, int],
     slots = lambda b: (max(lengths[i] for i in b) * len(b), sum(lengths[i] for i in b))
     timed = common.pick_batches(batches, slots, settings["steps"])
     make = lambda b: collate([features[i] for i in b], pad_id, "dynamic")
-    torch.save({"warmup": [make(timed[len(timed) // 2])] * settings["warmup"], "timed": [make(b) for b in timed],
-                "worst": make(max(batches, key=slots)) if args.worst else None}, path)
+    torch.save(
+        {
+            "warmup": [make(timed[len(timed) // 2])] * settings["warmup"],
+            "timed": [make(b) for b in timed],
+            "worst": make(max(batches, key=slots)) if args.worst else None,
+        },
+        path,
+    )
     real = sum(sum(lengths[i] for i in b) for b in timed)
     padded = sum(slots(b)[0] for b in timed)
     return {"timed_real_tokens": real, "timed_pad_share": 1 - real / padded, "batch_size": settings["batch_size"]}
@@ -107,8 +108,11 @@ def load_stack(stack: str, checkpoint: str):
         from transformers import AutoModelForSequenceClassification
 
         model = AutoModelForSequenceClassification.from_pretrained(checkpoint, dtype=torch.float32)
-        forward = lambda b: model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
-                                  token_type_ids=b.get("token_type_ids")).logits
+        forward = lambda b: (
+            model(
+                input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b.get("token_type_ids")
+            ).logits
+        )
         return model, forward, {"class": type(model).__name__, "attn_implementation": model.config._attn_implementation}
     import minitune
 
@@ -116,8 +120,11 @@ def load_stack(stack: str, checkpoint: str):
     if stack == "minitune-unpadded":
         model.set_unpadded(True)
     forward = lambda b: model(b["input_ids"], b["attention_mask"], b.get("token_type_ids"))
-    return model, forward, {"class": type(model).__name__,
-                            "unpadded": "forced on" if stack == "minitune-unpadded" else "default"}
+    return (
+        model,
+        forward,
+        {"class": type(model).__name__, "unpadded": "forced on" if stack == "minitune-unpadded" else "default"},
+    )
 
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -164,7 +171,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         return int(batch["attention_mask"].sum())
 
     result = common.measure_training(step, data["warmup"], data["timed"], data["worst"], device)
-    timed = phases[len(data["warmup"]):len(data["warmup"]) + len(data["timed"])]
+    timed = phases[len(data["warmup"]) : len(data["warmup"]) + len(data["timed"])]
     for i, name in enumerate(("forward_s", "backward_s", "optimizer_s")):
         result[name] = sum(p[i] for p in timed) / len(timed)
     params = sum(p.numel() for p in model.parameters())
@@ -177,18 +184,36 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_common_args(p)
-    p.add_argument("--models", nargs="+", default=None, choices=list(MODELS),
-                   help="default: minilm xlmr-base (quick: minilm xlmr-tiny); add xlmr-large where memory allows")
-    p.add_argument("--stacks", nargs="+", default=[REFERENCE, "minitune"],
-                   choices=[REFERENCE, "minitune", "minitune-unpadded"], help="transformers is always run")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        choices=list(MODELS),
+        help="default: minilm xlmr-base (quick: minilm xlmr-tiny); add xlmr-large where memory allows",
+    )
+    p.add_argument(
+        "--stacks",
+        nargs="+",
+        default=[REFERENCE, "minitune"],
+        choices=[REFERENCE, "minitune", "minitune-unpadded"],
+        help="transformers is always run",
+    )
     p.add_argument("--steps", type=int, default=None, help="timed steps per child (default: per model)")
     p.add_argument("--batch-size", type=int, default=None, help="examples per batch (default: per model)")
-    p.add_argument("--no-worst", dest="worst", action="store_false",
-                   help="skip the epoch's heaviest batch (peak memory then covers the timed batches only)")
+    p.add_argument(
+        "--no-worst",
+        dest="worst",
+        action="store_false",
+        help="skip the epoch's heaviest batch (peak memory then covers the timed batches only)",
+    )
     p.add_argument("--precision", default=None, help="fp32 (default on cpu) or bf16 (default on cuda)")
-    p.add_argument("--batching", choices=["bucketed", "random"], default="bucketed",
-                   help="bucketed humor batches (equal work for both stacks), or random ones as the Trainer draws "
-                        "them (transformers computes their padding; minitune unpads them above 15%% padding)")
+    p.add_argument(
+        "--batching",
+        choices=["bucketed", "random"],
+        default="bucketed",
+        help="bucketed humor batches (equal work for both stacks), or random ones as the Trainer draws "
+        "them (transformers computes their padding; minitune unpads them above 15%% padding)",
+    )
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", type=Path, default=common.REPO.parent / "shared" / "data")
@@ -215,22 +240,45 @@ def settings_for(name: str, args) -> dict[str, int]:
 def summarise(runs: dict[str, list[dict]]) -> dict[str, dict]:
     rows: dict[str, dict] = {}
     for stack, rs in runs.items():
-        row = {k: common.median([r[k] for r in rs]) for k in ("mean_step_s", "tokens_per_s", "forward_s",
-               "backward_s", "optimizer_s", "peak_mem_bytes", "peak_typical_mem_bytes", "mem_before_train_bytes")}
+        row = {
+            k: common.median([r[k] for r in rs])
+            for k in (
+                "mean_step_s",
+                "tokens_per_s",
+                "forward_s",
+                "backward_s",
+                "optimizer_s",
+                "peak_mem_bytes",
+                "peak_typical_mem_bytes",
+                "mem_before_train_bytes",
+            )
+        }
         if "peak_reserved_bytes" in rs[0]:
             row["peak_reserved_bytes"] = common.median([r["peak_reserved_bytes"] for r in rs])
         row["train_mem_delta_bytes"] = row["peak_mem_bytes"] - row["mem_before_train_bytes"]
-        row.update(first_loss=rs[0]["first_loss"], parameters=rs[0]["parameters"], repeats=len(rs),
-                   step_s_repeats=[r["mean_step_s"] for r in rs], hwm_reset=all(r["hwm_reset"] for r in rs),
-                   **{k: rs[0][k] for k in ("class", "attn_implementation", "unpadded") if k in rs[0]})
+        row.update(
+            first_loss=rs[0]["first_loss"],
+            parameters=rs[0]["parameters"],
+            repeats=len(rs),
+            step_s_repeats=[r["mean_step_s"] for r in rs],
+            hwm_reset=all(r["hwm_reset"] for r in rs),
+            **{k: rs[0][k] for k in ("class", "attn_implementation", "unpadded") if k in rs[0]},
+        )
         rows[stack] = row
     ref = rows[REFERENCE]
     for stack, row in rows.items():
         row["step_time_vs_transformers"] = common.ratio(row["mean_step_s"], ref["mean_step_s"])
-        row["step_time_vs_transformers_per_round"] = [a["mean_step_s"] / b["mean_step_s"] for a, b in
-                                                      zip(runs[stack], runs[REFERENCE])]
-        for key in ("forward_s", "backward_s", "optimizer_s", "peak_mem_bytes", "train_mem_delta_bytes",
-                    "peak_reserved_bytes"):
+        row["step_time_vs_transformers_per_round"] = [
+            a["mean_step_s"] / b["mean_step_s"] for a, b in zip(runs[stack], runs[REFERENCE])
+        ]
+        for key in (
+            "forward_s",
+            "backward_s",
+            "optimizer_s",
+            "peak_mem_bytes",
+            "train_mem_delta_bytes",
+            "peak_reserved_bytes",
+        ):
             if key in row:
                 row[f"{key}_vs_transformers"] = common.ratio(row[key], ref.get(key))
         row["first_loss_abs_diff_vs_transformers"] = abs(row["first_loss"] - ref["first_loss"])
@@ -242,17 +290,23 @@ def table_rows(report: dict[str, dict]) -> list[dict[str, str]]:
     for model, entry in report.items():
         for stack, r in entry["stacks"].items():
             per_round = r["step_time_vs_transformers_per_round"]
-            out.append({"model": model, "stack": stack, "step s": common.fmt(r["mean_step_s"], ".3f"),
-                        "x tf": common.fmt(r["step_time_vs_transformers"]),
-                        "round range": f"{min(per_round):.2f}-{max(per_round):.2f}",
-                        "fwd x tf": common.fmt(r["forward_s_vs_transformers"]),
-                        "bwd x tf": common.fmt(r["backward_s_vs_transformers"]),
-                        "opt x tf": common.fmt(r["optimizer_s_vs_transformers"]),
-                        "peak mem": common.fmt_bytes(r["peak_mem_bytes"]),
-                        "mem x tf": common.fmt(r["peak_mem_bytes_vs_transformers"]),
-                        "train delta": common.fmt_bytes(r["train_mem_delta_bytes"]),
-                        "delta x tf": common.fmt(r["train_mem_delta_bytes_vs_transformers"]),
-                        "first loss": f"{r['first_loss']:.6f}"})
+            out.append(
+                {
+                    "model": model,
+                    "stack": stack,
+                    "step s": common.fmt(r["mean_step_s"], ".3f"),
+                    "x tf": common.fmt(r["step_time_vs_transformers"]),
+                    "round range": f"{min(per_round):.2f}-{max(per_round):.2f}",
+                    "fwd x tf": common.fmt(r["forward_s_vs_transformers"]),
+                    "bwd x tf": common.fmt(r["backward_s_vs_transformers"]),
+                    "opt x tf": common.fmt(r["optimizer_s_vs_transformers"]),
+                    "peak mem": common.fmt_bytes(r["peak_mem_bytes"]),
+                    "mem x tf": common.fmt(r["peak_mem_bytes_vs_transformers"]),
+                    "train delta": common.fmt_bytes(r["train_mem_delta_bytes"]),
+                    "delta x tf": common.fmt(r["train_mem_delta_bytes_vs_transformers"]),
+                    "first loss": f"{r['first_loss']:.6f}",
+                }
+            )
     return out
 
 
@@ -275,27 +329,51 @@ def main(argv: list[str] | None = None) -> dict:
             ckpt = common.make_checkpoint_in_child(name, work / name, args.threads, work)
             settings = settings_for(name, args)
             batches = work / f"{name}-batches.pt"
-            report[name] = {"settings": settings, **prepare_batches(features, common.pad_id_for(ckpt), settings,
-                                                                    args, batches)}
-            specs[name] = {"device": args.device, "precision": args.precision, "checkpoint": str(ckpt),
-                           "batches_file": str(batches), "seed": args.seed}
+            report[name] = {
+                "settings": settings,
+                **prepare_batches(features, common.pad_id_for(ckpt), settings, args, batches),
+            }
+            specs[name] = {
+                "device": args.device,
+                "precision": args.precision,
+                "checkpoint": str(ckpt),
+                "batches_file": str(batches),
+                "seed": args.seed,
+            }
             print(f"{name}: checkpoint and batches ready", flush=True)
         runs = {name: {s: [] for s in stacks} for name in args.models}
         for round_no in range(args.repeats):
             for name in args.models:
-                for stack in stacks[round_no % len(stacks):] + stacks[:round_no % len(stacks)]:
-                    r = common.run_child(SCRIPT, {**specs[name], "name": f"{name}/{stack}", "stack": stack},
-                                         args.threads, work)
+                for stack in stacks[round_no % len(stacks) :] + stacks[: round_no % len(stacks)]:
+                    r = common.run_child(
+                        SCRIPT, {**specs[name], "name": f"{name}/{stack}", "stack": stack}, args.threads, work
+                    )
                     runs[name][stack].append(r)
-                    print(f"  round {round_no + 1}/{args.repeats} {name:10s} {stack:17s} step {r['mean_step_s']:.3f}"
-                          f" s, peak {common.fmt_bytes(r['peak_mem_bytes'])}, loss {r['first_loss']:.6f}", flush=True)
+                    print(
+                        f"  round {round_no + 1}/{args.repeats} {name:10s} {stack:17s} step {r['mean_step_s']:.3f}"
+                        f" s, peak {common.fmt_bytes(r['peak_mem_bytes'])}, loss {r['first_loss']:.6f}",
+                        flush=True,
+                    )
         for name in args.models:
             report[name]["stacks"] = summarise(runs[name])
     print_sanity(report)
-    columns = ["model", "stack", "step s", "x tf", "round range", "fwd x tf", "bwd x tf", "opt x tf", "peak mem",
-               "mem x tf", "train delta", "delta x tf", "first loss"]
+    columns = [
+        "model",
+        "stack",
+        "step s",
+        "x tf",
+        "round range",
+        "fwd x tf",
+        "bwd x tf",
+        "opt x tf",
+        "peak mem",
+        "mem x tf",
+        "train delta",
+        "delta x tf",
+        "first loss",
+    ]
     print(common.table(table_rows(report), columns))
-    path = common.write_json(args.out, {**report, "_meta": {name: meta for name in report}}, merge=True)
+    path = common.write_json(args.out, {**report, "_meta": dict.fromkeys(report, meta)}, merge=True)
     print(f"wrote {path}")
     return report
 
@@ -307,8 +385,10 @@ def print_sanity(report: dict[str, dict]) -> None:
                 continue
             diff = r["first_loss_abs_diff_vs_transformers"]
             flag = "ok" if diff <= LOSS_TOLERANCE else "MISMATCH"
-            print(f"sanity {model}: first-batch loss (eval mode) {stack} {r['first_loss']:.6f} vs transformers "
-                  f"{entry['stacks'][REFERENCE]['first_loss']:.6f}: |diff| {diff:.2e} {flag}")
+            print(
+                f"sanity {model}: first-batch loss (eval mode) {stack} {r['first_loss']:.6f} vs transformers "
+                f"{entry['stacks'][REFERENCE]['first_loss']:.6f}: |diff| {diff:.2e} {flag}"
+            )
         attn = entry["stacks"][REFERENCE].get("attn_implementation")
         print(f"  transformers attention implementation for {model}: {attn}")
 

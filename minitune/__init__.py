@@ -3,26 +3,13 @@
 Public API:
     load_model(name_or_path, num_labels=None, head="sequence" | "multiple_choice", dtype=None, quantize=None)
     load_tokenizer(name_or_path) -> Tokenizer
-    model.save_pretrained(dir), tokenizer.save_pretrained(dir)
+    save_pretrained(model, dir, label_names=None, problem_type=None); tokenizer.save_pretrained(dir)
+The command line (`minitune` or `python run.py`) is minitune/cli.py.
 """
 
-from .errors import MinituneError
-from .modeling import load_model, save_pretrained
+from minitune.checkpoints.load import load_model, load_tokenizer
+from minitune.checkpoints.save import save_pretrained
+from minitune.errors import MinituneError
 
 __version__ = "0.1.0"
 __all__ = ["load_model", "load_tokenizer", "save_pretrained", "MinituneError"]
-
-
-def load_tokenizer(name_or_path):
-    """The checkpoint's tokenizer (tokenizer.json + its special tokens), or the one built from a GGUF file."""
-    from .hub import resolve_model
-    from .tokenizer import Tokenizer
-
-    path = resolve_model(str(name_or_path))
-    if path.suffix.lower() == ".gguf":
-        from .gguf import read_gguf
-        from .gguf_llama import gguf_tokenizer
-
-        tok, special = gguf_tokenizer(read_gguf(path))
-        return Tokenizer(tok, **special)
-    return Tokenizer.from_dir(path)

@@ -15,9 +15,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import get_args, get_type_hints
 
-from .data.tasks import TASKS
-from .errors import ConfigError
+import torch
 
+from minitune.data.batching import check_batch_size
+from minitune.data.tasks import TASKS
+from minitune.errors import ConfigError
+from minitune.train.optim import check_optimizer_args
 
 
 def opt(default, help: str, choices=None):
@@ -27,19 +30,28 @@ def opt(default, help: str, choices=None):
 @dataclass
 class RunConfig:
     task: str = opt(None, "task to train: humor | semeval | goemotions | recipe-mpr | custom", TASKS)
-    model: str = opt("minilm", "model name, Hub id, local directory or .gguf file; `ffnn` for the bag-of-embeddings "
-                               "baseline; aliases: minilm, smollm2, xlm-roberta-large, roberta-base, ...")
+    model: str = opt(
+        "minilm",
+        "model name, Hub id, local directory or .gguf file; `ffnn` for the bag-of-embeddings "
+        "baseline; aliases: minilm, smollm2, xlm-roberta-large, roberta-base, ...",
+    )
     data_dir: str = opt(None, "directory holding the task's files (else $MINITUNE_DATA_DIR, else the user cache)")
     output_dir: str = opt(None, "where config, metrics, results and model/ go (default runs/<task>-<model>)")
     train_file: str = opt(None, "custom task: training file (.csv, .tsv or .jsonl)")
     dev_file: str = opt(None, "custom task: dev file in the same format")
-    test_file: str = opt(None, "a further labelled file in the task's format, evaluated with the best model "
-                                "(recipe-mpr: with the mean of the fold models' probabilities)")
+    test_file: str = opt(
+        None,
+        "a further labelled file in the task's format, evaluated with the best model "
+        "(recipe-mpr: with the mean of the fold models' probabilities)",
+    )
     text_col: str = opt("text", "custom task: column holding the text")
     label_col: str = opt("label", "custom task: column holding the label(s); several labels comma-separated")
     pair_col: str = opt(None, "custom task: optional column holding a second text segment")
-    label_names: str = opt(None, "custom: comma-separated label names in id order, when the files hold 0-based label "
-                                 "ids (default: the labels found in the training file, sorted)")
+    label_names: str = opt(
+        None,
+        "custom: comma-separated label names in id order, when the files hold 0-based label "
+        "ids (default: the labels found in the training file, sorted)",
+    )
     epochs: int = opt(3, "training epochs")
     max_steps: int = opt(None, "stop after this many optimizer steps (overrides epochs)")
     batch_size: int = opt(32, "examples per micro-batch")
@@ -49,20 +61,27 @@ class RunConfig:
     weight_decay: float = opt(0.01, "AdamW weight decay (never on biases and norms)")
     warmup_ratio: float = opt(0.1, "share of steps spent in linear warmup")
     scheduler: str = opt("cosine", "schedule after warmup", ("cosine", "linear", "constant", "plateau"))
-    llrd: float = opt(None, "layer-wise LR decay: head at lr, each lower layer x llrd, embeddings lowest "
-                            "(0 or 1: off)")
+    llrd: float = opt(None, "layer-wise LR decay: head at lr, each lower layer x llrd, embeddings lowest (0 or 1: off)")
     clip_grad: float = opt(1.0, "clip the gradient norm to this (0 = off)")
     max_length: int = opt(128, "truncate inputs to this many tokens")
     max_train_samples: int = opt(None, "use only the first N training examples (after a seeded shuffle)")
-    max_eval_samples: int = opt(None, "use only the first N dev examples (recipe-mpr: of each fold's "
-                                    "validation part; its test part is always scored whole)")
+    max_eval_samples: int = opt(
+        None,
+        "use only the first N dev examples (recipe-mpr: of each fold's "
+        "validation part; its test part is always scored whole)",
+    )
     seed: int = opt(42, "seed of every RNG (python, numpy, torch, sampler, option shuffle)")
-    precision: str = opt("fp32", "mixed precision: bf16 autocast, fp16 autocast + loss scaler", ("fp32", "bf16", "fp16"))
-    padding: str = opt(None, "batching: random batches padded to max_length (fixed) or to their longest (dynamic), "
-                       "or length-bucketed batches (least padding). Default: dynamic for encoders, which run "
-                       "padding-heavy batches unpadded (length-sorted batches cost about a point of dev score on "
-                       "small data sets, see README); bucketed for decoders, which have no unpadded path",
-                       (None, "fixed", "dynamic", "bucketed"))
+    precision: str = opt(
+        "fp32", "mixed precision: bf16 autocast, fp16 autocast + loss scaler", ("fp32", "bf16", "fp16")
+    )
+    padding: str = opt(
+        None,
+        "batching: random batches padded to max_length (fixed) or to their longest (dynamic), "
+        "or length-bucketed batches (least padding). Default: dynamic for encoders, which run "
+        "padding-heavy batches unpadded (length-sorted batches cost about a point of dev score on "
+        "small data sets, see README); bucketed for decoders, which have no unpadded path",
+        (None, "fixed", "dynamic", "bucketed"),
+    )
     loss: str = opt(None, "ce | bce | focal | asl, or a weighted sum like bce:0.5+asl:0.5 (default ce / bce)")
     label_smoothing: float = opt(0.0, "label smoothing for cross-entropy")
     class_weights: str = opt("none", "class weights for ce / pos_weight for bce", ("none", "balanced"))
@@ -89,14 +108,26 @@ class RunConfig:
 
 # Defaults per task, from the source documents (the humor document is explicit; the others follow their papers).
 TASK_DEFAULTS: dict[str, dict] = {
-    "humor": dict(lr=2e-5, warmup_ratio=0.1, scheduler="cosine", label_smoothing=0.1, llrd=0.95, batch_size=8,
-                  grad_accum=4, patience=5, epochs=5),
-    "semeval": dict(lr=3e-5, warmup_ratio=0.1, scheduler="linear", epochs=5, batch_size=32, metric="jaccard",
-                    patience=3),
-    "goemotions": dict(lr=5e-5, warmup_ratio=0.1, scheduler="linear", epochs=4, batch_size=32, threshold=0.3,
-                       metric="macro_f1"),
-    "recipe-mpr": dict(lr=2e-5, warmup_ratio=0.1, scheduler="linear", epochs=5, batch_size=8, metric="accuracy",
-                       max_length=64),
+    "humor": dict(
+        lr=2e-5,
+        warmup_ratio=0.1,
+        scheduler="cosine",
+        label_smoothing=0.1,
+        llrd=0.95,
+        batch_size=8,
+        grad_accum=4,
+        patience=5,
+        epochs=5,
+    ),
+    "semeval": dict(
+        lr=3e-5, warmup_ratio=0.1, scheduler="linear", epochs=5, batch_size=32, metric="jaccard", patience=3
+    ),
+    "goemotions": dict(
+        lr=5e-5, warmup_ratio=0.1, scheduler="linear", epochs=4, batch_size=32, threshold=0.3, metric="macro_f1"
+    ),
+    "recipe-mpr": dict(
+        lr=2e-5, warmup_ratio=0.1, scheduler="linear", epochs=5, batch_size=8, metric="accuracy", max_length=64
+    ),
     "custom": dict(),
 }
 
@@ -114,9 +145,12 @@ def _field_type(name: str) -> type:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="run.py", description="Fine-tune a pretrained transformer on a text "
-                                "classification task. Defaults shown are the general ones; each task's own "
-                                "defaults (see TASK_DEFAULTS in minitune/config.py) apply first.")
+    p = argparse.ArgumentParser(
+        prog="minitune [train]",
+        description="Fine-tune a pretrained transformer on a text "
+        "classification task. Defaults shown are the general ones; each task's own "
+        "defaults (see TASK_DEFAULTS in minitune/config.py) apply first.",
+    )
     p.add_argument("--config", help="TOML file setting any of the keys below (flags given here win)")
     for f in fields(RunConfig):
         typ = _field_type(f.name)
@@ -137,8 +171,10 @@ def _coerce(path: str, key: str, value):
         return value
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    raise ConfigError(f"--config {path}: {key} = {value!r} should be a {typ.__name__} (e.g. {key} = "
-                      f"{RunConfig.__dataclass_fields__[key].default!r})")
+    raise ConfigError(
+        f"--config {path}: {key} = {value!r} should be a {typ.__name__} (e.g. {key} = "
+        f"{RunConfig.__dataclass_fields__[key].default!r})"
+    )
 
 
 def _read_toml(path: str) -> dict:
@@ -182,36 +218,49 @@ def validate(cfg: RunConfig) -> RunConfig:
     """Every check that needs no file: a bad flag fails here, before any output is written."""
     for f in fields(RunConfig):
         choices = f.metadata["choices"]
-        _check(not choices or getattr(cfg, f.name) in choices, f"{_flag(f.name)} {getattr(cfg, f.name)!r}: choose "
-               f"one of {', '.join(str(c) for c in choices or () if c is not None)}")
-    for name in ("epochs", "batch_size", "grad_accum", "max_length", "log_every"):
+        _check(
+            not choices or getattr(cfg, f.name) in choices,
+            f"{_flag(f.name)} {getattr(cfg, f.name)!r}: choose "
+            f"one of {', '.join(str(c) for c in choices or () if c is not None)}",
+        )
+    check_batch_size(cfg.batch_size)
+    for name in ("epochs", "grad_accum", "max_length", "log_every"):
         value = getattr(cfg, name)
         _check(isinstance(value, int) and value >= 1, f"{_flag(name)} must be a positive integer, got {value!r}")
-    for name in ("max_steps", "max_tokens", "max_train_samples", "max_eval_samples", "eval_every", "folds",
-                 "patience"):
+    for name in ("max_steps", "max_tokens", "max_train_samples", "max_eval_samples", "eval_every", "folds", "patience"):
         value = getattr(cfg, name)
         _check(value is None or value >= 1, f"{_flag(name)} must be a positive integer, got {value!r}")
-    _check(cfg.lr > 0, f"--lr must be positive, got {cfg.lr}")
     _check(0 <= cfg.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}")
     _check(0 <= cfg.lora_dropout < 1, f"--lora-dropout must be in [0, 1), got {cfg.lora_dropout}")
     _check(0 < cfg.threshold < 1, f"--threshold must be in (0, 1), got {cfg.threshold}")
-    _check(cfg.llrd is None or 0 <= cfg.llrd <= 1, f"--llrd must be in [0, 1] (0 or 1: off), got {cfg.llrd}")
     if cfg.llrd in (0, 1):
         cfg.llrd = None  # one lr for every layer
+    check_optimizer_args(cfg.lr, cfg.weight_decay, cfg.llrd)
     _check(cfg.lora_r >= 0, f"--lora-r must be >= 0, got {cfg.lora_r}")
-    _check(cfg.task != "custom" or bool(cfg.train_file),
-           "--task custom needs --train-file (and --dev-file, else 10% of train is held out)")
-    _check(not cfg.quantize or cfg.lora_r > 0,
-           "--quantize nf4 freezes the base weights: add --lora-r (e.g. --lora-r 16) to train adapters")
-    _check(cfg.model != "ffnn" or not (cfg.lora_r or cfg.quantize or cfg.grad_checkpointing),
-           "--model ffnn is trained in full from scratch: drop --lora-r, --quantize and --grad-checkpointing")
-    _check(cfg.device in ("auto", "cpu") or cfg.device.startswith("cuda"),
-           f"--device {cfg.device!r}: use cpu, cuda (or cuda:N), or auto")
+    _check(
+        cfg.task != "custom" or bool(cfg.train_file),
+        "--task custom needs --train-file (and --dev-file, else 10% of train is held out)",
+    )
+    _check(
+        not cfg.quantize or cfg.lora_r > 0,
+        "--quantize nf4 freezes the base weights: add --lora-r (e.g. --lora-r 16) to train adapters",
+    )
+    _check(
+        cfg.model != "ffnn" or not (cfg.lora_r or cfg.quantize or cfg.grad_checkpointing),
+        "--model ffnn is trained in full from scratch: drop --lora-r, --quantize and --grad-checkpointing",
+    )
+    _check(
+        cfg.device in ("auto", "cpu") or cfg.device.startswith("cuda"),
+        f"--device {cfg.device!r}: use cpu, cuda (or cuda:N), or auto",
+    )
     if cfg.metric is None:
         cfg.metric = "accuracy" if cfg.task == "recipe-mpr" else "macro_f1"
     if cfg.resume:
-        _check(cfg.output_dir in (None, cfg.resume), f"--resume {cfg.resume} continues in that directory: drop "
-               f"--output-dir {cfg.output_dir} or make it the same")
+        _check(
+            cfg.output_dir in (None, cfg.resume),
+            f"--resume {cfg.resume} continues in that directory: drop "
+            f"--output-dir {cfg.output_dir} or make it the same",
+        )
         cfg.output_dir = cfg.resume
     if cfg.output_dir is None:
         cfg.output_dir = str(Path("runs") / f"{cfg.task}-{Path(cfg.model).name}")
@@ -219,13 +268,68 @@ def validate(cfg: RunConfig) -> RunConfig:
 
 
 # What a resumed run must share with the run it continues: anything that shapes the model, data or schedule.
-RESUME_KEYS = ("task", "model", "label_names", "lora_r", "lora_alpha", "lora_targets", "quantize", "lr", "llrd", "batch_size",
-               "grad_accum", "max_tokens", "padding", "epochs", "max_steps", "max_length", "max_train_samples",
-               "seed", "scheduler", "warmup_ratio", "precision")
+RESUME_KEYS = (
+    "task",
+    "model",
+    "label_names",
+    "lora_r",
+    "lora_alpha",
+    "lora_targets",
+    "quantize",
+    "lr",
+    "llrd",
+    "batch_size",
+    "grad_accum",
+    "max_tokens",
+    "padding",
+    "epochs",
+    "max_steps",
+    "max_length",
+    "max_train_samples",
+    "seed",
+    "scheduler",
+    "warmup_ratio",
+    "precision",
+)
 
 
 def resume_signature(cfg) -> dict:
     return {k: getattr(cfg, k) for k in RESUME_KEYS if hasattr(cfg, k)}
+
+
+def resolve_device(name: str) -> torch.device:
+    """--device as a torch device: auto is cuda when a GPU is visible, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device: use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    return device
+
+
+# Library parameters whose flag is not --<the same name>: the CLI renames them in error messages.
+PARAM_FLAGS = {
+    "r": "lora_r",
+    "alpha": "lora_alpha",
+    "dropout": "lora_dropout",
+    "targets": "lora_targets",
+    "gamma": "focal_gamma",
+    "gamma_neg": "asl_gamma_neg",
+    "gamma_pos": "asl_gamma_pos",
+    "clip": "asl_clip",
+    "pos_weight": "class_weights",
+}
+
+
+def flag_for(param: str, flags: set[str] | None = None) -> str:
+    """The command-line flag that sets a library parameter (`--lora-r` for LoRALinear's r); the parameter's own name
+    when no flag sets it. `flags`: the command's option names (default: RunConfig's fields)."""
+    name = PARAM_FLAGS.get(param, param)
+    known = flags if flags is not None else {f.name for f in fields(RunConfig)}
+    return _flag(name) if name in known else param
 
 
 def dump(cfg: RunConfig) -> str:
@@ -236,4 +340,3 @@ def print_config(cfg: RunConfig, stream=sys.stdout) -> None:
     print("resolved config:", file=stream)
     for k, v in sorted(asdict(cfg).items()):
         print(f"  {k:20s} {v}", file=stream)
-

@@ -1,12 +1,38 @@
-"""Errors a user can cause. Each carries one line that names the file or flag and the fix.
+"""Errors a user can cause. Each carries one line that names the file or parameter and the fix.
 
-run.py catches MinituneError, prints its message on one line and exits non-zero; anything else is a bug
-and keeps its traceback.
+The CLI (minitune/cli.py) catches MinituneError, prints its message on one line and exits 2; anything else is a
+bug and keeps its traceback.
+
+Library functions name their own parameters, not command-line flags: an error writes each parameter it names
+between backticks (f"`r` must be a positive integer, got {r}"). Printed as is, the backticks go
+(`r must be a positive integer, got 0`); the CLI, which knows which flag set which parameter, renders the same
+error with the flag (`--lora-r must be a positive integer, got 0`).
 """
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+_PARAM = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
 
 
 class MinituneError(Exception):
-    """A problem with the user's input (file, flag, model, checkpoint), not a bug in minitune."""
+    """A problem with the user's input (file, flag, model, checkpoint), not a bug in minitune.
+
+    Parameters named in the message stand between backticks; see the module docstring."""
+
+    def __init__(self, message: str = ""):
+        self.template = message
+        super().__init__(self.render(lambda name: name))
+
+    @property
+    def params(self) -> list[str]:
+        return _PARAM.findall(self.template)
+
+    def render(self, name_of: Callable[[str], str]) -> str:
+        """The message with each `parameter` written as name_of(parameter)."""
+        return _PARAM.sub(lambda m: name_of(m.group(1)), self.template)
 
 
 class ModelNotFoundError(MinituneError):
@@ -23,3 +49,7 @@ class DataError(MinituneError):
 
 class ConfigError(MinituneError):
     pass
+
+
+class ParameterError(ConfigError):
+    """A bad value for a named parameter of a library function."""

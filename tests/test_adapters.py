@@ -6,19 +6,33 @@ import transformers
 from torch.testing import assert_close
 
 import minitune
-from minitune.adapters import apply_adapters, export_state_dict
-from minitune.lora import LoRALinear
-from minitune.nf4 import NF4Linear
-from types import SimpleNamespace
+from minitune.adapters.lora import LoRALinear, apply_adapters
+from minitune.adapters.merge import export_state_dict
+from minitune.adapters.nf4 import NF4Linear
 
 
 def tiny_llama(tmp_path, tied=False):
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                   pad_token_id=0, eos_token_id=0, tie_word_embeddings=tied, num_labels=3,
-                                   rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 32})
+    cfg = transformers.LlamaConfig(
+        vocab_size=100,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        eos_token_id=0,
+        tie_word_embeddings=tied,
+        num_labels=3,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
+        },
+    )
     ref = transformers.AutoModelForSequenceClassification.from_config(cfg).eval()
     ref.save_pretrained(tmp_path / "llama")
     return ref, tmp_path / "llama"
@@ -42,14 +56,14 @@ def test_decoder_interop_both_ways(tmp_path, tied, left):
     with torch.no_grad():
         expected = ref(input_ids=ids, attention_mask=mask).logits
         assert_close(ours(ids, mask), expected, atol=1e-5, rtol=1e-5)
-    ours.save_pretrained(tmp_path / "back", label_names=["a", "b", "c"])
+    minitune.save_pretrained(ours, tmp_path / "back", label_names=["a", "b", "c"])
     again = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "back").eval()
     with torch.no_grad():
         assert_close(again(input_ids=ids, attention_mask=mask).logits, expected, atol=1e-5, rtol=1e-5)
 
 
-def lora_cfg(**kw):
-    return SimpleNamespace(**{"lora_r": 4, "lora_alpha": 8.0, "lora_dropout": 0.0, "lora_targets": None, **kw})
+def lora_kw(**kw):
+    return {"r": 4, "alpha": 8.0, "dropout": 0.0, "targets": None, **kw}
 
 
 def perturb_lora(model):
@@ -63,7 +77,7 @@ def perturb_lora(model):
 def test_lora_and_qlora_export_loads_in_transformers_with_equal_logits(tmp_path, quantize):
     ref, path = tiny_llama(tmp_path)
     model = minitune.load_model(path, quantize=quantize)
-    names = apply_adapters(model, lora_cfg())
+    names, _, _ = apply_adapters(model, **lora_kw())
     assert any(n.endswith("self_attn.q_proj") for n in names) and any(n.endswith("mlp.down_proj") for n in names)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert "score.weight" in trainable and all("lora_" in n or n == "score.weight" for n in trainable)
@@ -74,7 +88,7 @@ def test_lora_and_qlora_export_loads_in_transformers_with_equal_logits(tmp_path,
     ids, mask = batch()
     with torch.no_grad():
         ours = model(ids, mask)
-    model.save_pretrained(tmp_path / "merged")
+    minitune.save_pretrained(model, tmp_path / "merged")
     assert not any("lora" in k or "weight_packed" in k for k in export_state_dict(model))
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
     with torch.no_grad():
@@ -100,11 +114,12 @@ def test_qlora_quantizes_while_loading_and_stays_close(tmp_path):
 
 def test_lora_on_encoder_gradients_reach_only_adapters_and_head(tmp_path):
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=37, num_labels=2)
+    cfg = transformers.BertConfig(
+        vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, num_labels=2
+    )
     transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path / "bert")
     model = minitune.load_model(tmp_path / "bert")
-    apply_adapters(model, lora_cfg(lora_targets="query,value"))
+    apply_adapters(model, **lora_kw(targets=["query", "value"]))
     ids = torch.randint(3, 99, (3, 9))
     model.train()(ids, torch.ones_like(ids)).sum().backward()
     for n, p in model.named_parameters():

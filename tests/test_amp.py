@@ -37,10 +37,10 @@ def test_fp16_on_cpu_follows_what_torch_supports():
 
 
 def test_precision_errors_name_the_flag():
-    with pytest.raises(ConfigError, match="--precision"):
+    with pytest.raises(ConfigError, match="^precision"):
         resolve_precision("fp8", "cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(ConfigError, match="--precision bf16.*no GPU"):
+        with pytest.raises(ConfigError, match="^precision bf16.*no GPU"):
             resolve_precision("bf16", "cuda")
 
 

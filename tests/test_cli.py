@@ -12,11 +12,23 @@ import transformers
 from torch.testing import assert_close
 
 import minitune
-from run import main
+from minitune.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["--max-train-samples", "48", "--max-eval-samples", "24", "--epochs", "1", "--batch-size", "16",
-         "--grad-accum", "1", "--max-length", "48"]
+SMALL = [
+    "--max-train-samples",
+    "48",
+    "--max-eval-samples",
+    "24",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "16",
+    "--grad-accum",
+    "1",
+    "--max-length",
+    "48",
+]
 
 
 def train(tmp_path, data_dir, name, *args):
@@ -42,8 +54,9 @@ def test_humor_run_writes_every_output(humor_run):
     assert cfg["padding"] == "dynamic"  # an encoder: random batches, run unpadded when padding-heavy
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train_logs = [r for r in records if r["type"] == "train"]
-    assert train_logs and all({"loss", "lr", "grad_norm", "tokens_per_s", "peak_mem_bytes"} <= set(r)
-                              for r in train_logs)
+    assert train_logs and all(
+        {"loss", "lr", "grad_norm", "tokens_per_s", "peak_mem_bytes"} <= set(r) for r in train_logs
+    )
     assert any(r["type"] == "eval" and "macro_f1" in r for r in records)
     results = json.loads((out / "results.json").read_text())
     dev = results["dev"]
@@ -92,8 +105,12 @@ def test_humor_model_loads_in_both_stacks_with_equal_logits(humor_run):
     tok = minitune.load_tokenizer(model_dir)
     enc = tok(["What do you call a fish with no eyes? A fsh.", "The meeting is at noon."])
     with torch.no_grad():
-        assert_close(ours(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]),
-                     ref(**enc).logits, atol=1e-5, rtol=1e-5)
+        assert_close(
+            ours(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]),
+            ref(**enc).logits,
+            atol=1e-5,
+            rtol=1e-5,
+        )
 
 
 def test_predict_writes_labels_and_probabilities(humor_run, tmp_path, data_dir):
@@ -125,8 +142,21 @@ def test_semeval_thresholds_saved_and_used(tmp_path, data_dir):
 
     def predicted(saved: dict, *extra) -> set[str]:
         (out / "model" / "thresholds.json").write_text(json.dumps(saved))
-        assert main(["predict", "--model", str(out / "model"), "--input", str(src), "--output",
-                     str(tmp_path / "p.csv"), *extra]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    "--model",
+                    str(out / "model"),
+                    "--input",
+                    str(src),
+                    "--output",
+                    str(tmp_path / "p.csv"),
+                    *extra,
+                ]
+            )
+            == 0
+        )
         (row,) = csv.DictReader((tmp_path / "p.csv").open())
         return set(filter(None, row["labels" if "labels" in row else "label"].split(",")))
 
@@ -141,7 +171,8 @@ def test_semeval_thresholds_saved_and_used(tmp_path, data_dir):
     train(tmp_path, data_dir, "semeval", "--task", "humor")
     assert not (out / "model" / "thresholds.json").exists() and not (out / "adapter").exists()
     assert sorted(p.name for p in (out / "model").iterdir()) == sorted(
-        ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"])
+        ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+    )
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary directories left
 
 
@@ -163,20 +194,38 @@ def test_ffnn_baseline_and_toml_config(tmp_path, data_dir):
     toml = tmp_path / "run.toml"
     toml.write_text('task = "humor"\nmodel = "ffnn"\nepochs = 2\nmax-length = 32\n')
     out = tmp_path / "ffnn"
-    assert main(["--config", str(toml), "--data-dir", str(data_dir), "--output-dir", str(out),
-                 "--max-train-samples", "64", "--max-eval-samples", "32"]) == 0
+    assert (
+        main(
+            [
+                "--config",
+                str(toml),
+                "--data-dir",
+                str(data_dir),
+                "--output-dir",
+                str(out),
+                "--max-train-samples",
+                "64",
+                "--max-eval-samples",
+                "32",
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"] == "ffnn" and cfg["epochs"] == 2 and cfg["max_length"] == 32 and cfg["lr"] == 1e-3
     assert minitune.load_model(out / "model").cfg.model_type == "minitune-ffnn"
 
 
-@pytest.mark.parametrize("task, flags, more_steps", [
-    ("humor", ["--padding", "fixed"], False),
-    ("humor", ["--padding", "dynamic"], False),
-    ("humor", ["--max-tokens", "256"], True),  # budget batches of 256 padded tokens: more than 3 batches of 16
-    ("humor", ["--class-weights", "balanced", "--grad-checkpointing"], False),
-    ("semeval", ["--oversample-rare", "8", "--class-weights", "balanced"], True),  # rare labels repeated
-])
+@pytest.mark.parametrize(
+    "task, flags, more_steps",
+    [
+        ("humor", ["--padding", "fixed"], False),
+        ("humor", ["--padding", "dynamic"], False),
+        ("humor", ["--max-tokens", "256"], True),  # budget batches of 256 padded tokens: more than 3 batches of 16
+        ("humor", ["--class-weights", "balanced", "--grad-checkpointing"], False),
+        ("semeval", ["--oversample-rare", "8", "--class-weights", "balanced"], True),  # rare labels repeated
+    ],
+)
 def test_training_options_through_run_py(tmp_path, data_dir, task, flags, more_steps):
     out = train(tmp_path, data_dir, "opt", "--task", task, *flags)
     results = json.loads((out / "results.json").read_text())
@@ -190,8 +239,29 @@ def test_custom_task_with_pairs_and_no_dev_file(tmp_path):
     f = tmp_path / "pairs.jsonl"
     f.write_text("".join(json.dumps({"q": a, "p": b, "y": c}) + "\n" for a, b, c in rows))
     out = tmp_path / "custom"
-    assert main(["--task", "custom", "--train-file", str(f), "--text-col", "q", "--pair-col", "p",
-                 "--label-col", "y", "--output-dir", str(out), "--epochs", "1", "--batch-size", "8"]) == 0
+    assert (
+        main(
+            [
+                "--task",
+                "custom",
+                "--train-file",
+                str(f),
+                "--text-col",
+                "q",
+                "--pair-col",
+                "p",
+                "--label-col",
+                "y",
+                "--output-dir",
+                str(out),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
     # no dev file: 10% of the 40 training rows are held out, stratified, to select on
     assert results["dev"]["label_names"] == ["no", "yes"] and results["dev"]["n_examples"] == 4
@@ -202,8 +272,27 @@ def test_custom_label_ids_named_by_label_names(tmp_path):
     f = tmp_path / "ids.csv"
     f.write_text("text,label\n" + "great film,1\nawful film,0\nsuperb acting,2\n" * 8)
     out = tmp_path / "ids"
-    assert main(["--task", "custom", "--train-file", str(f), "--dev-file", str(f), "--label-names",
-                 "negative, positive, glowing", "--model", "ffnn", "--output-dir", str(out), "--epochs", "1"]) == 0
+    assert (
+        main(
+            [
+                "--task",
+                "custom",
+                "--train-file",
+                str(f),
+                "--dev-file",
+                str(f),
+                "--label-names",
+                "negative, positive, glowing",
+                "--model",
+                "ffnn",
+                "--output-dir",
+                str(out),
+                "--epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
     dev = json.loads((out / "results.json").read_text())["dev"]
     assert dev["label_names"] == ["negative", "positive", "glowing"]
     assert [c["support"] for c in dev["per_class"].values()] == [8, 8, 8]
@@ -213,23 +302,34 @@ def run_cli(*args, cwd=REPO):
     return subprocess.run([sys.executable, "run.py", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--task", "humor", "--precision", "fp8"], "invalid choice: 'fp8'"),
-    (["--task", "humor", "--lr", "-1"], "--lr must be positive"),
-    (["--task", "nope"], "invalid choice: 'nope'"),
-    (["--task", "humor", "--model", "/no/such/dir"], "/no/such/dir"),
-    (["--task", "custom"], "--task custom needs --train-file"),
-    (["--task", "humor", "--metric", "jaccard"], "--metric 'jaccard' is not a selection metric"),
-    (["--task", "humor", "--max-length", "1000"], "--max-length 1000 exceeds minilm's 512 positions"),
-    (["--task", "humor", "--device", "tpu"], "--device 'tpu'"),
-    (["--task", "humor", "--model", "ffnn", "--lora-r", "4"], "drop --lora-r"),
-    (["--task", "humor", "--test-file", "/no/such.csv"], "/no/such.csv"),
-    (["--task", "humor", "--quantize", "nf4"], "add --lora-r"),
-    (["--task", "humor", "--loss", "bce"], "bce"),
-    (["--task", "humor", "--label-names", "a,b"], "--task custom only"),
-    (["--task", "humor", "--max-tokens", "4"], "--max-tokens 4 is below --max-length"),
-    (["--task", "humor", "--lora-r", "4", "--lora-targets", "no_such_layer"], "no_such_layer"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--task", "humor", "--precision", "fp8"], "invalid choice: 'fp8'"),
+        (["--task", "humor", "--lr", "-1"], "--lr must be positive"),
+        (["--task", "nope"], "invalid choice: 'nope'"),
+        (["--task", "humor", "--model", "/no/such/dir"], "/no/such/dir"),
+        (["--task", "custom"], "--task custom needs --train-file"),
+        (["--task", "humor", "--metric", "jaccard"], "--metric 'jaccard' is not a selection metric"),
+        (["--task", "humor", "--max-length", "1000"], "--max-length 1000 exceeds minilm's 512 positions"),
+        (["--task", "humor", "--device", "tpu"], "--device 'tpu'"),
+        (["--task", "humor", "--model", "ffnn", "--lora-r", "4"], "drop --lora-r"),
+        (["--task", "humor", "--test-file", "/no/such.csv"], "/no/such.csv"),
+        (["--task", "humor", "--quantize", "nf4"], "add --lora-r"),
+        (["--task", "humor", "--loss", "bce"], "bce"),
+        (["--task", "humor", "--label-names", "a,b"], "--task custom only"),
+        (["--task", "humor", "--max-tokens", "4"], "--max-tokens 4 is below --max-length"),
+        (
+            ["--task", "humor", "--lora-r", "4", "--lora-targets", "no_such_layer"],
+            "--lora-targets: pattern 'no_such_layer'",
+        ),
+        # Library errors name their parameter (label_smoothing, gamma, r, targets); the CLI names the flag.
+        (["--task", "humor", "--label-smoothing", "1.5"], "--label-smoothing must be in [0, 1), got 1.5"),
+        (["--task", "humor", "--loss", "focal", "--focal-gamma", "-1"], "--focal-gamma must be >= 0, got -1.0"),
+        (["--task", "humor", "--llrd", "-0.5"], "--llrd must be in (0, 1], got -0.5"),
+        (["--task", "semeval", "--loss", "ce"], "--loss ce is for single-label tasks"),
+    ],
+)
 def test_user_errors_end_in_one_clear_line(tmp_path, data_dir, args, message):
     r = run_cli(*args, "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "o"))
     assert r.returncode == 2, r.stderr
@@ -241,8 +341,9 @@ def test_user_errors_end_in_one_clear_line(tmp_path, data_dir, args, message):
 def test_bad_custom_file_names_file_and_line(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("text,label\nfine,a\nalso fine,b\nragged,a,extra\n")
-    r = run_cli("--task", "custom", "--train-file", str(bad), "--dev-file", str(bad), "--output-dir",
-                str(tmp_path / "o"))
+    r = run_cli(
+        "--task", "custom", "--train-file", str(bad), "--dev-file", str(bad), "--output-dir", str(tmp_path / "o")
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     last = r.stderr.strip().splitlines()[-1]
     assert "bad.csv" in last and "line 4" in last
@@ -258,17 +359,46 @@ def test_bf16_precision_trains_on_cpu(tmp_path, data_dir):
 def test_smollm2_qlora_run_and_predict(tmp_path, data_dir):
     """A real decoder from GGUF, QLoRA (NF4 base + LoRA), and predict on its merged model/."""
     out = tmp_path / "qlora"
-    assert main(["--task", "semeval", "--model", "smollm2", "--lora-r", "4", "--quantize", "nf4", "--lr", "2e-4",
-                 "--data-dir", str(data_dir), "--output-dir", str(out), "--max-train-samples", "16",
-                 "--max-eval-samples", "8", "--epochs", "1", "--batch-size", "8", "--max-length", "24"]) == 0
+    assert (
+        main(
+            [
+                "--task",
+                "semeval",
+                "--model",
+                "smollm2",
+                "--lora-r",
+                "4",
+                "--quantize",
+                "nf4",
+                "--lr",
+                "2e-4",
+                "--data-dir",
+                str(data_dir),
+                "--output-dir",
+                str(out),
+                "--max-train-samples",
+                "16",
+                "--max-eval-samples",
+                "8",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--max-length",
+                "24",
+            ]
+        )
+        == 0
+    )
     assert (out / "adapter" / "adapter_config.json").is_file()
     assert json.loads((out / "config.json").read_text())["padding"] == "bucketed"  # a decoder: no unpadded path
     cfg = json.loads((out / "model" / "config.json").read_text())
     assert cfg["architectures"] == ["LlamaForSequenceClassification"] and cfg["pad_token_id"] is not None
     src = tmp_path / "t.jsonl"
     src.write_text(json.dumps({"text": "I am so happy today!"}) + "\n")
-    assert main(["predict", "--model", str(out / "model"), "--input", str(src), "--output",
-                 str(tmp_path / "p.csv")]) == 0
+    assert (
+        main(["predict", "--model", str(out / "model"), "--input", str(src), "--output", str(tmp_path / "p.csv")]) == 0
+    )
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
     assert len(rows) == 1 and "prob_joy" in rows[0]
 
@@ -286,13 +416,42 @@ def test_toml_values_are_type_checked(tmp_path):
 def test_resume_continues_in_its_directory_and_refuses_changed_settings(tmp_path, data_dir):
     out = train(tmp_path, data_dir, "r", "--task", "humor", "--epochs", "2", "--max-steps", "3")
     first = json.loads((out / "results.json").read_text())["train"]
-    assert main(["--resume", str(out), "--data-dir", str(data_dir), *SMALL, "--task", "humor", "--epochs", "2",
-                 "--max-steps", "3"]) == 0
+    assert (
+        main(
+            [
+                "--resume",
+                str(out),
+                "--data-dir",
+                str(data_dir),
+                *SMALL,
+                "--task",
+                "humor",
+                "--epochs",
+                "2",
+                "--max-steps",
+                "3",
+            ]
+        )
+        == 0
+    )
     again = json.loads((out / "results.json").read_text())["train"]
     assert again["step"] == first["step"] == 3  # nothing left to do: the finished run is not trained twice
     config = (out / "config.json").read_text()
-    r = run_cli("--resume", str(out), "--data-dir", str(data_dir), *SMALL, "--task", "humor", "--epochs", "2",
-                "--max-steps", "3", "--lr", "1e-4")
+    r = run_cli(
+        "--resume",
+        str(out),
+        "--data-dir",
+        str(data_dir),
+        *SMALL,
+        "--task",
+        "humor",
+        "--epochs",
+        "2",
+        "--max-steps",
+        "3",
+        "--lr",
+        "1e-4",
+    )
     assert r.returncode == 2 and "started with --lr 2e-05" in r.stderr.strip().splitlines()[-1]
     assert (out / "config.json").read_text() == config  # refused before anything was written
 
@@ -306,3 +465,16 @@ def test_multiple_choice_model_reloads_with_its_trained_head(tmp_path, data_dir)
     assert model.head_trained and torch.equal(model.classifier.weight, saved)
     r = run_cli("predict", "--model", str(out / "model"), "--input", "x.csv", "--output", str(tmp_path / "p.csv"))
     assert r.returncode == 2 and "no trained sequence-classification head" in r.stderr
+
+
+def test_library_errors_name_their_parameter_and_the_cli_the_flag():
+    from minitune.adapters.lora import LoRALinear
+    from minitune.config import flag_for
+    from minitune.errors import ParameterError
+
+    with pytest.raises(ParameterError) as caught:
+        LoRALinear(torch.nn.Linear(4, 4), r=0, alpha=1.0)
+    assert str(caught.value) == "r must be a positive integer, got 0; use e.g. 8"
+    assert caught.value.render(flag_for) == "--lora-r must be a positive integer, got 0; use e.g. 8"
+    # A parameter no flag sets keeps its name; predict's own flags are used for predict's errors.
+    assert flag_for("padding_side") == "padding_side" and flag_for("batch_size", {"batch_size"}) == "--batch-size"

@@ -3,6 +3,7 @@
 The checksum table is checked against the shared files, whose sha1 is checked against PROVENANCE.md; the
 source URLs are checked against the commits PROVENANCE.md records. Copies live in tmp_path only.
 """
+
 import functools
 import hashlib
 import re
@@ -63,7 +64,7 @@ def _sha(path, algo):
 
 
 def test_table_matches_shared_files_and_provenance(data_dir):
-    for task, files in SOURCES.items():
+    for files in SOURCES.values():
         for remote in files:
             local = data_dir / remote.path
             assert _sha(local, "sha256") == remote.sha256, remote.path
@@ -141,12 +142,29 @@ def test_download_without_checksum(server, tmp_path):
 
 def test_run_py_downloads_into_the_default_data_dir(server, tmp_path, monkeypatch):
     """The whole path a user takes: no --data-dir, $MINITUNE_DATA_DIR names an empty folder, run.py fetches."""
-    from run import main
+    from minitune.cli import main
 
     monkeypatch.setenv("MINITUNE_DATA_URL", server)
     monkeypatch.setenv("MINITUNE_DATA_DIR", str(tmp_path / "cache"))
     out = tmp_path / "out"
-    assert main(["--task", "semeval", "--model", "ffnn", "--max-train-samples", "32", "--max-eval-samples", "16",
-                 "--epochs", "1", "--output-dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--task",
+                "semeval",
+                "--model",
+                "ffnn",
+                "--max-train-samples",
+                "32",
+                "--max-eval-samples",
+                "16",
+                "--epochs",
+                "1",
+                "--output-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "cache" / "semeval2018_ec" / "2018-E-c-En-train.txt").is_file()
     assert (out / "results.json").is_file()

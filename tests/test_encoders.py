@@ -6,22 +6,49 @@ import transformers
 from torch.testing import assert_close
 
 import minitune
+from tolerance import assert_close_scaled
 
-TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-            max_position_embeddings=64, type_vocab_size=2, initializer_range=0.2)
+TINY = dict(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+    type_vocab_size=2,
+    initializer_range=0.2,
+)
 
 CONFIGS = {
     "bert": lambda: transformers.BertConfig(**TINY, pad_token_id=0, hidden_act="gelu"),
-    "roberta": lambda: transformers.RobertaConfig(**{**TINY, "type_vocab_size": 1, "max_position_embeddings": 66},
-                                                  pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5),
-    "xlm-roberta": lambda: transformers.XLMRobertaConfig(**{**TINY, "type_vocab_size": 1, "max_position_embeddings": 66},
-                                                         pad_token_id=1, layer_norm_eps=1e-5, hidden_act="gelu_new"),
-    "distilbert": lambda: transformers.DistilBertConfig(vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
-                                                        max_position_embeddings=64, pad_token_id=0,
-                                                        initializer_range=0.2),
+    "roberta": lambda: transformers.RobertaConfig(
+        **{**TINY, "type_vocab_size": 1, "max_position_embeddings": 66},
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        layer_norm_eps=1e-5,
+    ),
+    "xlm-roberta": lambda: transformers.XLMRobertaConfig(
+        **{**TINY, "type_vocab_size": 1, "max_position_embeddings": 66},
+        pad_token_id=1,
+        layer_norm_eps=1e-5,
+        hidden_act="gelu_new",
+    ),
+    "distilbert": lambda: transformers.DistilBertConfig(
+        vocab_size=99,
+        dim=32,
+        n_layers=2,
+        n_heads=4,
+        hidden_dim=37,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        initializer_range=0.2,
+    ),
 }
-HF_HEADS = {"sequence": transformers.AutoModelForSequenceClassification,
-            "multiple_choice": transformers.AutoModelForMultipleChoice}
+HF_HEADS = {
+    "sequence": transformers.AutoModelForSequenceClassification,
+    "multiple_choice": transformers.AutoModelForMultipleChoice,
+}
 
 
 def ragged_batch(pad_id: int, lengths=(11, 3, 7, 11, 1), vocab=99, seed=0):
@@ -74,7 +101,7 @@ def test_padding_does_not_change_logits(model_type, tmp_path):
     ids, mask, _ = ragged_batch(CONFIGS[model_type]().pad_token_id)
     with torch.no_grad():
         batch = ours(ids, mask)
-        alone = torch.cat([ours(ids[i:i + 1, : int(mask[i].sum())]) for i in range(len(ids))])
+        alone = torch.cat([ours(ids[i : i + 1, : int(mask[i].sum())]) for i in range(len(ids))])
     assert_close(batch, alone, atol=1e-5, rtol=1e-5)
 
 
@@ -108,15 +135,15 @@ def test_unpadded_execution_matches_padded_and_reference(model_type, head, tmp_p
         assert_close(logits, expected, atol=1e-5, rtol=1e-5)
         logits.square().sum().backward()
         grads[flag] = {n: p.grad.clone() for n, p in ours.named_parameters() if p.grad is not None}
-    for name, g in grads[False].items():
-        assert_close(grads[True][name], g, atol=1e-5, rtol=1e-4)
+    for name, g in grads[False].items():  # gradients reach ~40: rounding scales with them
+        assert_close_scaled(grads[True][name], g, atol=1e-5, rtol=1e-5, name=name)
 
 
 @pytest.mark.parametrize("per_sequence", [True, False])
 def test_packed_attention_equals_masked_attention_on_the_padded_block(per_sequence):
     """Both packed attention paths (sequence by sequence on CPU; one masked call on the re-padded block, the GPU
     path) give the padded path's outputs at real tokens, and the same gradients for q, k and v."""
-    from minitune.models.common import Packing, attention_bias, self_attention
+    from minitune.models.attention import Packing, attention_bias, self_attention
 
     _, mask, _ = ragged_batch(0)
     B, T, H, nh = *mask.shape, 8, 2
@@ -128,8 +155,8 @@ def test_packed_attention_equals_masked_attention_on_the_padded_block(per_sequen
     assert_close(pack.pad(packed), padded * mask[..., None], atol=1e-6, rtol=1e-5)
     w = torch.randn(B, T, H, generator=torch.Generator().manual_seed(9)) * mask[..., None]  # loss on real tokens
     grads = [torch.autograd.grad((out * w).sum(), (q, k, v)) for out in (padded, pack.pad(packed))]
-    for g_padded, g_packed in zip(*grads):
-        assert_close(g_packed, g_padded, atol=1e-6, rtol=1e-5)
+    for name, g_padded, g_packed in zip("qkv", *grads):
+        assert_close_scaled(g_packed, g_padded, atol=1e-6, rtol=1e-5, name=f"d{name}")
 
 
 @pytest.mark.parametrize("model_type", ["bert", "distilbert"])
@@ -146,8 +173,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(model_type, tmp_path):
         ours.zero_grad()
         ours(ids, mask).square().sum().backward()
         grads.append({n: p.grad.clone() for n, p in ours.named_parameters()})
-    for name in grads[0]:
-        assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)
+    for name in grads[0]:  # gradients reach ~60, where 1e-6 is below float32's spacing
+        assert_close_scaled(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5, name=name)
 
 
 @pytest.mark.parametrize("model_type", ["bert", "xlm-roberta", "distilbert"])
@@ -170,5 +197,5 @@ def test_last_block_on_first_tokens_gives_the_reference_gradients(model_type, un
         grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
     assert rows == [len(ids)]  # (B, H): one row per sequence, not B x T or N real tokens
     assert set(grads[0]) == set(grads[1])
-    for name, g in grads[1].items():
-        assert_close(grads[0][name], g, atol=1e-5, rtol=1e-4, msg=name)
+    for name, g in grads[1].items():  # gradients reach ~110: the tolerance scales with each tensor's largest
+        assert_close_scaled(grads[0][name], g, atol=1e-5, rtol=1e-5, name=name)

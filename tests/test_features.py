@@ -14,7 +14,7 @@ def test_rare_labels_reach_the_floor_and_frequent_ones_are_left_alone(data_dir):
     before, after = Y.sum(0), Y[keep].sum(0)
     assert np.all(after >= np.minimum(before, 500).clip(min=0)) and np.all(after[before > 0] >= 500)
     assert np.array_equal(keep[: len(Y)], np.arange(len(Y)))  # every original example once, copies appended
-    copied = keep[len(Y):]
+    copied = keep[len(Y) :]
     assert np.all(Y[copied][:, before < 500].any(axis=1))  # copies all carry a rare label
     assert np.array_equal(keep, oversample_rare(Y, 500, seed=0))  # deterministic per seed
 

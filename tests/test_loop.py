@@ -2,7 +2,6 @@
 
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,17 +10,31 @@ import transformers
 import minitune
 from minitune.data.batching import BucketedBatchSampler, TokenBudgetBatchSampler, collate, length_of
 from minitune.train.amp import DynamicLossScaler
-from minitune.train.loop import SPARSE_MIN_ROWS, TrainData, accumulate_gradients, fit, sparse_embedding_grads
+from minitune.train.loop import (
+    SPARSE_MIN_ROWS,
+    LoopConfig,
+    TrainData,
+    accumulate_gradients,
+    fit,
+    sparse_embedding_grads,
+)
 from minitune.train.losses import build_loss
 
 
 def tiny_bert(tmp_path, dropout=0.1):
     torch.manual_seed(3)
     # A vocabulary above SPARSE_MIN_ROWS, so the loop's sparse embedding gradient is what these tests exercise.
-    cfg = transformers.BertConfig(vocab_size=SPARSE_MIN_ROWS + 4, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=4, intermediate_size=37, max_position_embeddings=64,
-                                  hidden_dropout_prob=dropout,
-                                  attention_probs_dropout_prob=dropout, num_labels=3)
+    cfg = transformers.BertConfig(
+        vocab_size=SPARSE_MIN_ROWS + 4,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        num_labels=3,
+    )
     transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path / "tiny")
     return minitune.load_model(tmp_path / "tiny", num_labels=3)
 
@@ -51,7 +64,7 @@ def test_four_micro_batches_of_8_equal_one_batch_of_32(tmp_path):
     model.zero_grad(set_to_none=True)
     # Micro-batches of different padded lengths: sorted by length, so each pads to a very different width.
     order = sorted(range(32), key=lambda i: length_of(feats[i]))
-    micro = [collate([feats[i] for i in order[k:k + 8]], 0) for k in range(0, 32, 8)]
+    micro = [collate([feats[i] for i in order[k : k + 8]], 0) for k in range(0, 32, 8)]
     assert len({b["input_ids"].shape[1] for b in micro}) == 4
     small_loss, _ = accumulate_gradients(model, loss_fn, micro, "fp32", cpu, scaler)
     small = grads(model)
@@ -62,7 +75,7 @@ def test_four_micro_batches_of_8_equal_one_batch_of_32(tmp_path):
 
 def test_sparse_embedding_gradient_equals_the_dense_one(tmp_path):
     feats = ragged_features(32)
-    micro = [collate(feats[k:k + 8], 0) for k in range(0, 32, 8)]  # padded with id 0, the pad row
+    micro = [collate(feats[k : k + 8], 0) for k in range(0, 32, 8)]  # padded with id 0, the pad row
     loss_fn = build_loss("ce", "single_label", 3)
     scaler, cpu = DynamicLossScaler(enabled=False), torch.device("cpu")
     dense_model = tiny_bert(tmp_path, dropout=0.0).train()
@@ -83,10 +96,24 @@ def test_sparse_embedding_gradient_equals_the_dense_one(tmp_path):
 
 
 def loop_cfg(**kw):
-    base = dict(epochs=2, max_steps=None, grad_accum=2, lr=1e-3, weight_decay=0.01, llrd=0.9, scheduler="cosine",
-                warmup_ratio=0.1, precision="fp32", clip_grad=1.0, eval_every=None, log_every=1, patience=None,
-                metric="score", resume=None)
-    return SimpleNamespace(**{**base, **kw})
+    base = dict(
+        epochs=2,
+        max_steps=None,
+        grad_accum=2,
+        lr=1e-3,
+        weight_decay=0.01,
+        llrd=0.9,
+        scheduler="cosine",
+        warmup_ratio=0.1,
+        precision="fp32",
+        clip_grad=1.0,
+        eval_every=None,
+        log_every=1,
+        patience=None,
+        metric="score",
+        resume=False,
+    )
+    return LoopConfig(**{**base, **kw})
 
 
 class Crash(Exception):
@@ -110,8 +137,9 @@ class CrashingFeatures(list):
 def run_fit(tmp_path, name, features, cfg, evaluate=None):
     model = tiny_bert(tmp_path / name)
     torch.manual_seed(cfg.seed if hasattr(cfg, "seed") else 0)
-    data = TrainData(features, BucketedBatchSampler([length_of(f) for f in features], 4, seed=1, window=2),
-                     lambda b: collate(b, 0))
+    data = TrainData(
+        features, BucketedBatchSampler([length_of(f) for f in features], 4, seed=1, window=2), lambda b: collate(b, 0)
+    )
     evaluate = evaluate or (lambda m: {"score": 0.0})
     state = fit(model, build_loss("ce", "single_label", 3), data, evaluate, cfg, tmp_path / name, torch.device("cpu"))
     return model, state
@@ -127,7 +155,7 @@ def test_two_epochs_equal_one_epoch_then_resume(tmp_path):
         run_fit(tmp_path, "b", CrashingFeatures(feats, after=24 + 12), loop_cfg())
     logged = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if r["type"] == "train"] == [1, 2, 3, 4]
-    resumed, state = run_fit(tmp_path, "b", feats, loop_cfg(resume=str(tmp_path / "b")))
+    resumed, state = run_fit(tmp_path, "b", feats, loop_cfg(resume=True))
     assert state.epoch == 2 and state.step == 6
     for (n, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), n
@@ -145,8 +173,15 @@ def test_token_budget_schedule_counts_every_epoch(tmp_path):
     assert len(set(counts)) > 1  # the case that matters: the number of batches changes between epochs
     data = TrainData(feats, sampler, lambda b: collate(b, 0))
     cfg = loop_cfg(epochs=3, grad_accum=1, log_every=1, scheduler="linear", warmup_ratio=0.0)
-    state = fit(tiny_bert(tmp_path), build_loss("ce", "single_label", 3), data, lambda m: {"score": 0.0}, cfg,
-                tmp_path, torch.device("cpu"))
+    state = fit(
+        tiny_bert(tmp_path),
+        build_loss("ce", "single_label", 3),
+        data,
+        lambda m: {"score": 0.0},
+        cfg,
+        tmp_path,
+        torch.device("cpu"),
+    )
     assert state.step == sum(counts) and state.epoch == 3
     logged = map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
     lrs = [r["lr"] for r in logged if r["type"] == "train"]
@@ -161,8 +196,15 @@ def test_non_finite_loss_skips_the_step_and_keeps_weights(tmp_path):
     ce = build_loss("ce", "single_label", 3)
     data = TrainData(feats, BucketedBatchSampler([length_of(f) for f in feats], 8, seed=0), lambda b: collate(b, 0))
     for precision in ("fp32", "fp16"):
-        state = fit(model, lambda logits, y: ce(logits, y) * float("nan"), data, lambda m: {"score": 0.0},
-                    loop_cfg(epochs=1, grad_accum=1, precision=precision), tmp_path, torch.device("cpu"))
+        state = fit(
+            model,
+            lambda logits, y: ce(logits, y) * float("nan"),
+            data,
+            lambda m: {"score": 0.0},
+            loop_cfg(epochs=1, grad_accum=1, precision=precision),
+            tmp_path,
+            torch.device("cpu"),
+        )
         assert state.skipped_steps == 1 and state.step == 0
         for k, v in model.state_dict().items():
             assert torch.equal(v, before[k]), k
@@ -203,8 +245,7 @@ def test_gradient_clipping_acts_before_the_optimizer_step(tmp_path, clip):
     before = {k: v.clone() for k, v in model.named_parameters()}
     data = TrainData(feats, BucketedBatchSampler([length_of(f) for f in feats], 8, seed=0), lambda b: collate(b, 0))
     cfg = loop_cfg(epochs=1, grad_accum=1, clip_grad=clip, weight_decay=0.0, warmup_ratio=0.0, scheduler="constant")
-    fit(model, build_loss("ce", "single_label", 3), data, lambda m: {"score": 0.0}, cfg, tmp_path,
-        torch.device("cpu"))
+    fit(model, build_loss("ce", "single_label", 3), data, lambda m: {"score": 0.0}, cfg, tmp_path, torch.device("cpu"))
     moved = max(float((p.detach() - before[k]).abs().max()) for k, p in model.named_parameters())
     assert (moved > 0.5 * cfg.lr) if clip == 0 else (0 < moved < 1e-3 * cfg.lr)
 
@@ -226,12 +267,20 @@ def test_checkpoint_survives_a_crash_while_writing_and_between_renames(tmp_path,
 
     monkeypatch.setattr(ckpt.torch, "save", refuse)
     with pytest.raises(OSError):
-        ckpt.save_checkpoint(directory, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
-                             DynamicLossScaler(enabled=False), sampler, {}, {})
+        ckpt.save_checkpoint(
+            directory,
+            model,
+            opt,
+            torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0),
+            DynamicLossScaler(enabled=False),
+            sampler,
+            {},
+            {},
+        )
     monkeypatch.undo()
     assert (directory / ckpt.WEIGHTS).read_bytes() == saved  # the last good checkpoint is untouched
     assert sorted(p.name for p in (tmp_path / "a").iterdir() if p.name.startswith(".")) == []  # no temp dirs left
     # A crash between save_checkpoint's two renames leaves only checkpoint.old: resume still finds it.
     directory.rename(directory.with_name("checkpoint.old"))
-    _, state = run_fit(tmp_path, "a", feats, loop_cfg(resume=str(tmp_path / "a")))
+    _, state = run_fit(tmp_path, "a", feats, loop_cfg(resume=True))
     assert state.step == 6 and state.epoch == 2

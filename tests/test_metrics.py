@@ -6,9 +6,19 @@ import json
 import numpy as np
 import pytest
 
-from minitune.eval.metrics import (accuracy, accuracy_by_group, averages, classification_report,
-                                   confusion_matrix, jaccard_samples, macro_f1, micro_f1, multilabel_counts,
-                                   precision_recall_f1_support, weighted_f1)
+from minitune.eval.metrics import (
+    accuracy,
+    accuracy_by_group,
+    averages,
+    classification_report,
+    confusion_matrix,
+    jaccard_samples,
+    macro_f1,
+    micro_f1,
+    multilabel_counts,
+    precision_recall_f1_support,
+    weighted_f1,
+)
 
 
 # ---------------------------------------------------------------- real-data loaders (independent of minitune)
@@ -43,9 +53,11 @@ def brute_prf(gold_sets: list[set], pred_sets: list[set], num_labels: int):
         rows.append((prec, rec, f1, ngold, npred, tp))
     tp, npred, ngold = (sum(r[k] for r in rows) for k in (5, 4, 3))
     mp, mr = tp / npred if npred else 0.0, tp / ngold if ngold else 0.0
-    return rows, {"macro_f1": sum(r[2] for r in rows) / num_labels,
-                  "micro_f1": 2 * mp * mr / (mp + mr) if mp + mr else 0.0,
-                  "weighted_f1": sum(r[2] * r[3] for r in rows) / ngold}
+    return rows, {
+        "macro_f1": sum(r[2] for r in rows) / num_labels,
+        "micro_f1": 2 * mp * mr / (mp + mr) if mp + mr else 0.0,
+        "weighted_f1": sum(r[2] * r[3] for r in rows) / ngold,
+    }
 
 
 def brute_jaccard(gold_sets, pred_sets) -> float:
@@ -221,8 +233,14 @@ def test_classification_report_recipe_groups(data_dir):
     rep = classification_report("multiple_choice", gold, scores, None, groups=groups)
     by = rep["by_group"]
     # PROVENANCE.md counts per query type
-    assert {k: by[k]["n"] for k in by} == {"overall": 500, "Analogical": 30, "Commonsense": 268,
-                                           "Negated": 109, "Specific": 151, "Temporal": 32}
+    assert {k: by[k]["n"] for k in by} == {
+        "overall": 500,
+        "Analogical": 30,
+        "Commonsense": 268,
+        "Negated": 109,
+        "Specific": 151,
+        "Temporal": 32,
+    }
     correct = scores.argmax(axis=1) == gold
     neg = [i for i, g in enumerate(groups) if "Negated" in g]
     assert by["Negated"]["accuracy"] == pytest.approx(sum(correct[i] for i in neg) / len(neg))

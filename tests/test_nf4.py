@@ -1,4 +1,5 @@
-"""Tests for minitune.nf4: codebook, packing, error bounds, storage, NF4Linear, model/stream helpers, bitsandbytes."""
+"""Tests for minitune.adapters.nf4: codebook, packing, error bounds, storage, NF4Linear, model/stream helpers,
+bitsandbytes."""
 
 import math
 
@@ -6,21 +7,46 @@ import pytest
 import torch
 from torch import nn
 
+from minitune.adapters.nf4 import (
+    NF4Linear,
+    dequantize_nf4,
+    nf4_absmax,
+    nf4_codebook,
+    nf4_weight_names,
+    pack_codes,
+    quantize_model_,
+    quantize_nf4,
+    quantize_state_dict_stream,
+    unpack_codes,
+)
 from minitune.errors import CheckpointError
-from minitune.nf4 import (NF4Linear, dequantize_nf4, nf4_absmax, nf4_codebook, nf4_weight_names, pack_codes,
-                          quantize_model_, quantize_nf4, quantize_state_dict_stream, unpack_codes)
 
 # QLoRA (Dettmers et al., 2023), Appendix E: the NF4 data type values (the same table bitsandbytes hard-codes).
-PUBLISHED_NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
-                 -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
-                 0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
-                 0.7229568362236023, 1.0]
+PUBLISHED_NF4 = [
+    -1.0,
+    -0.6961928009986877,
+    -0.5250730514526367,
+    -0.39491748809814453,
+    -0.28444138169288635,
+    -0.18477343022823334,
+    -0.09105003625154495,
+    0.0,
+    0.07958029955625534,
+    0.16093020141124725,
+    0.24611230194568634,
+    0.33791524171829224,
+    0.44070982933044434,
+    0.5626170039176941,
+    0.7229568362236023,
+    1.0,
+]
 
 
 def _bnb():
     """bitsandbytes.functional if its CPU quantize_4bit runs here, else skip with the reason."""
     try:
         import bitsandbytes.functional as bnbf
+
         bnbf.quantize_4bit(torch.randn(64, 64), blocksize=64, quant_type="nf4")
     except Exception as e:  # import error, missing native library, no CPU kernel
         pytest.skip(f"bitsandbytes CPU 4-bit path unavailable: {type(e).__name__}: {e}")
@@ -171,8 +197,13 @@ def test_autograd_saves_only_packed_weight():
 
 
 def test_quantize_model_skips_heads_and_frees_linears():
-    model = nn.ModuleDict({"encoder": nn.ModuleDict({"q": nn.Linear(64, 64), "emb": nn.Embedding(10, 64)}),
-                           "score": nn.Linear(64, 3), "classifier": nn.ModuleDict({"dense": nn.Linear(64, 64)})})
+    model = nn.ModuleDict(
+        {
+            "encoder": nn.ModuleDict({"q": nn.Linear(64, 64), "emb": nn.Embedding(10, 64)}),
+            "score": nn.Linear(64, 3),
+            "classifier": nn.ModuleDict({"dense": nn.Linear(64, 64)}),
+        }
+    )
     ref = model["encoder"]["q"].weight.detach().clone()
     names = quantize_model_(model)
     assert names == ["encoder.q"]

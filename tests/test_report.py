@@ -8,8 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from minitune.atomic import atomic_dir
-
+from minitune.checkpoints.atomic import atomic_dir
 from minitune.errors import ConfigError
 from minitune.eval.metrics import classification_report
 from minitune.eval.report import format_report, write_results
@@ -53,8 +52,13 @@ def test_multilabel_report(data_dir):
     for ln in rows:
         name = ln.split()[0]
         c = dev["per_class"][name]
-        assert ln.split()[1:6] == [f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}",
-                                   str(c["support"]), str(c["predicted"])]
+        assert ln.split()[1:6] == [
+            f"{c['precision']:.4f}",
+            f"{c['recall']:.4f}",
+            f"{c['f1']:.4f}",
+            str(c["support"]),
+            str(c["predicted"]),
+        ]
     assert len({[m.end() for m in re.finditer(r"\S+", ln)][3] for ln in rows}) == 1  # right-aligned f1
     # Threshold table: tuned threshold and both F1s for anger.
     i = dev["label_names"].index("anger")
@@ -79,8 +83,7 @@ def test_recipe_groups_report(data_dir):
     items = json.loads((data_dir / "recipe_mpr" / "500QA.json").read_text(encoding="utf-8"))
     groups = [[k for k, v in item["query_type"].items() if v] for item in items]
     rng = np.random.default_rng(2)
-    rep = classification_report("multiple_choice", rng.integers(0, 5, 500), rng.random((500, 5)), None,
-                                groups=groups)
+    rep = classification_report("multiple_choice", rng.integers(0, 5, 500), rng.random((500, 5)), None, groups=groups)
     text = format_report({"task": "recipe-mpr", "test": rep})
     for group, n in {"Specific": 151, "Commonsense": 268, "Negated": 109, "Analogical": 30, "Temporal": 32}.items():
         g = rep["by_group"][group]
@@ -91,8 +94,13 @@ def test_recipe_groups_report(data_dir):
 def test_config_wrapped_and_fold_table(data_dir):
     results = humor_results(data_dir)
     results["config"] = {f"option_{i}": f"value_{i}" for i in range(30)}
-    results["train"] = {"folds": [{"fold": 0, "best_epoch": 2, "test_accuracy": 0.61},
-                                  {"fold": 1, "best_epoch": 4, "test_accuracy": 0.58}], "wall_seconds": 12.5}
+    results["train"] = {
+        "folds": [
+            {"fold": 0, "best_epoch": 2, "test_accuracy": 0.61},
+            {"fold": 1, "best_epoch": 4, "test_accuracy": 0.58},
+        ],
+        "wall_seconds": 12.5,
+    }
     text = format_report(results)
     assert all(len(ln) <= 100 for ln in text.splitlines())
     assert all(f"option_{i}=value_{i}" in text for i in range(30))
@@ -140,5 +148,5 @@ def test_atomic_dir_swaps_whole_directories(tmp_path):
 def test_write_results_unwritable_is_config_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(ConfigError, match="--output-dir"):
+    with pytest.raises(ConfigError, match="writable output_dir"):
         write_results(blocker / "results.json", {"a": 1})

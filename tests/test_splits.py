@@ -3,6 +3,7 @@
 References: a random split of the same sizes (what stratification must beat), the greedy rule of Sechidis et
 al. (2011) worked out by hand on tiny inputs, and per-class quotas computed from the class counts.
 """
+
 import csv
 import time
 

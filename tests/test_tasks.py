@@ -3,6 +3,7 @@
 Reference values come from shared/data/*/PROVENANCE.md (row counts, label frequencies) or from reading the
 files here independently with csv/json; bad inputs are small files written in tmp_path.
 """
+
 import csv
 import json
 import re
@@ -11,12 +12,30 @@ import numpy as np
 import pytest
 
 from minitune.data.readers import DataWarning, fix_mojibake
-from minitune.data.tasks import (MULTI_LABEL, MULTIPLE_CHOICE, SINGLE_LABEL, label_array, load_eval_file,
-                                 load_task, resolve_data_dir)
+from minitune.data.tasks import (
+    MULTI_LABEL,
+    MULTIPLE_CHOICE,
+    SINGLE_LABEL,
+    label_array,
+    load_eval_file,
+    load_task,
+    resolve_data_dir,
+)
 from minitune.errors import ConfigError, DataError
 
-SEMEVAL_NAMES = ["anger", "anticipation", "disgust", "fear", "joy", "love", "optimism", "pessimism", "sadness",
-                 "surprise", "trust"]
+SEMEVAL_NAMES = [
+    "anger",
+    "anticipation",
+    "disgust",
+    "fear",
+    "joy",
+    "love",
+    "optimism",
+    "pessimism",
+    "sadness",
+    "surprise",
+    "trust",
+]
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +86,9 @@ def test_humor(humor, data_dir):
 def test_humor_mojibake_repaired(humor):
     by_id = {ex.meta["id"]: ex for ex in humor.train}
     assert "Abûd-Dardâ" in by_id["5404"].text  # was "AbÃ»d-DardÃ¢"
-    assert "\u2764" in by_id["868"].text       # heart emoji, was "â\x9d¤"
-    assert "£45" in by_id["901"].text          # was "Â£45"
-    assert "José" in by_id["4446"].text        # genuine Latin-1 kept
+    assert "\u2764" in by_id["868"].text  # heart emoji, was "â\x9d¤"
+    assert "£45" in by_id["901"].text  # was "Â£45"
+    assert "José" in by_id["4446"].text  # genuine Latin-1 kept
     assert not any(re.search("[\u0080-\u009f]", ex.text) for ex in humor.train + humor.dev)
     fixed = [ex for ex in humor.train if ex.meta.get("mojibake_fixed")]
     assert 16 <= len(fixed) < 60
@@ -117,8 +136,10 @@ def test_recipe_mpr(recipe, data_dir):
     first = np.mean([ex.label == 0 for ex in recipe.train])
     assert 0.15 <= first <= 0.25  # the file always lists the answer first
     assert np.bincount(label_array(recipe), minlength=5).min() > 60  # every position holds answers (~100 each)
-    types = {name: sum(name in ex.meta["query_types"] for ex in recipe.train)
-             for name in ("Specific", "Commonsense", "Negated", "Analogical", "Temporal")}
+    types = {
+        name: sum(name in ex.meta["query_types"] for ex in recipe.train)
+        for name in ("Specific", "Commonsense", "Negated", "Analogical", "Temporal")
+    }
     assert types == {"Specific": 151, "Commonsense": 268, "Negated": 109, "Analogical": 30, "Temporal": 32}
     assert sum(not ex.meta["query_types"] for ex in recipe.train) == 110
 
@@ -179,7 +200,10 @@ def test_custom_csv_strings_and_pair(tmp_path):
     task = load_task("custom", train_file=train, dev_file=dev, text_col="q", label_col="y", pair_col="a")
     assert task.kind == SINGLE_LABEL and task.label_names == ["neg", "pos"]
     assert [(ex.text, ex.pair, ex.label) for ex in task.train] == [
-        ("first, quoted", "second", 1), ("third", "fourth", 0), ("fifth", "sixth", 1)]
+        ("first, quoted", "second", 1),
+        ("third", "fourth", 0),
+        ("fifth", "sixth", 1),
+    ]
     assert task.dev[0].label == 0 and task.train[1].meta["line"] == 3
     test = tmp_path / "test.csv"
     test.write_text("q,a,y\nz,w,pos\n", encoding="utf-8")
@@ -271,7 +295,7 @@ def test_label_id_out_of_range(tmp_path, goemotions):
 
 def test_undecodable_bytes(tmp_path):
     f = tmp_path / "train.csv"
-    f.write_bytes("text,label\na,x\n".encode() + b"caf\xe9,y\n")
+    f.write_bytes(b"text,label\na,x\n" + b"caf\xe9,y\n")
     with pytest.raises(DataError) as excinfo:
         load_task("custom", train_file=f)
     _one_line_error(excinfo, str(f), "line 3", "not valid UTF-8", "re-save")
@@ -308,8 +332,9 @@ def test_other_bad_files(tmp_path, semeval, recipe, data_dir):
     with pytest.raises(DataError, match="unsupported file type '.xlsx'"):
         load_task("custom", train_file=tmp_path / "train.xlsx")
     s = tmp_path / "semeval.txt"
-    s.write_text("ID\tTweet\t" + "\t".join(SEMEVAL_NAMES) + "\nx1\thi\t" + "\t".join(["0"] * 10 + ["2"]) + "\n",
-                 encoding="utf-8")
+    s.write_text(
+        "ID\tTweet\t" + "\t".join(SEMEVAL_NAMES) + "\nx1\thi\t" + "\t".join(["0"] * 10 + ["2"]) + "\n", encoding="utf-8"
+    )
     with pytest.raises(DataError) as excinfo:
         load_eval_file(semeval, s)
     _one_line_error(excinfo, "line 2", "'trust' has value '2'")
@@ -325,7 +350,7 @@ def test_other_bad_files(tmp_path, semeval, recipe, data_dir):
 def test_bad_options(tmp_path, data_dir):
     with pytest.raises(ConfigError, match="not a task"):
         load_task("sst2", data_dir)
-    with pytest.raises(ConfigError, match="needs --train-file"):
+    with pytest.raises(ConfigError, match="needs train_file"):
         load_task("custom")
     with pytest.raises(ConfigError, match="custom only"):
         load_task("humor", data_dir, text_col="text")

@@ -1,4 +1,4 @@
-"""minitune.tokenizer.Tokenizer against transformers' AutoTokenizer on real text.
+"""minitune.data.tokenizer.Tokenizer against transformers' AutoTokenizer on real text.
 
 Reference: transformers (tests only). Checked: input_ids / token_type_ids / attention_mask for singles, pairs
 (longest-first truncation with the special tokens in the budget) and padded batches, on the real all-MiniLM
@@ -15,18 +15,26 @@ import tokenizers
 import torch
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
+from minitune.data.tokenizer import Tokenizer
 from minitune.errors import CheckpointError, ConfigError
-from minitune.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers", reason="the reference tokenizers come from transformers")
 
 from conftest import MINILM_DIR as MINILM  # noqa: E402
+
 SINGLE_LENGTHS = (None, 8, 33, 128)
 # Not below 12: tokenizers also builds every overflow window, which for a pair holding the 800-token text
 # grows with the square of (length / max_length) and would only slow the test down.
 PAIR_LENGTHS = (12, 31, 64, 256)
-ROBERTA_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "cls_token": "<s>",
-                  "unk_token": "<unk>", "pad_token": "<pad>", "mask_token": "<mask>"}
+ROBERTA_TOKENS = {
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "sep_token": "</s>",
+    "cls_token": "<s>",
+    "unk_token": "<unk>",
+    "pad_token": "<pad>",
+    "mask_token": "<mask>",
+}
 
 
 # ------------------------------------------------------------------ real text
@@ -40,7 +48,7 @@ def _humor(data_dir):
 def _tsv_column(path, column, skip_header):
     with open(path, encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f, delimiter="\t"))
-    return [row[column] for row in rows[1 if skip_header else 0:]]
+    return [row[column] for row in rows[1 if skip_header else 0 :]]
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +104,15 @@ def roberta_dir(tmp_path_factory, training_texts):
     tok = tokenizers.Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=1200, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=1200,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(training_texts, trainer)
     tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
-    config = {"tokenizer_class": "RobertaTokenizer", "add_prefix_space": False, "errors": "replace",
-              **ROBERTA_TOKENS}
+    config = {"tokenizer_class": "RobertaTokenizer", "add_prefix_space": False, "errors": "replace", **ROBERTA_TOKENS}
     return _write_dir(tmp_path_factory.mktemp("roberta"), tok, config)
 
 
@@ -121,22 +132,30 @@ def xlmr_dir(tmp_path_factory, training_texts):
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     # A small seed set and fast shrinking keep training near a second; the pieces stay word-like.
-    trainer = trainers.UnigramTrainer(vocab_size=1000, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
-                                      unk_token="<unk>", seed_size=5000, shrinking_factor=0.5, n_sub_iterations=1,
-                                      max_piece_length=8, show_progress=False)
+    trainer = trainers.UnigramTrainer(
+        vocab_size=1000,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+        unk_token="<unk>",
+        seed_size=5000,
+        shrinking_factor=0.5,
+        n_sub_iterations=1,
+        max_piece_length=8,
+        show_progress=False,
+    )
     tok.train_from_iterator(training_texts, trainer)
     tok.add_special_tokens(["<mask>"])  # last, as in XLM-R
     assert [tok.token_to_id(t) for t in ("<s>", "<pad>", "</s>", "<unk>")] == [0, 1, 2, 3]
     tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
-    return _write_dir(tmp_path_factory.mktemp("xlmr"), tok, {"tokenizer_class": "XLMRobertaTokenizer",
-                                                             **ROBERTA_TOKENS})
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    return _write_dir(
+        tmp_path_factory.mktemp("xlmr"), tok, {"tokenizer_class": "XLMRobertaTokenizer", **ROBERTA_TOKENS}
+    )
 
 
 @pytest.fixture(scope="module")
 def all_dirs(roberta_dir, roberta_prefix_left_dir, xlmr_dir):
-    return {"minilm": MINILM, "roberta": roberta_dir, "roberta_prefix_left": roberta_prefix_left_dir,
-            "xlmr": xlmr_dir}
+    return {"minilm": MINILM, "roberta": roberta_dir, "roberta_prefix_left": roberta_prefix_left_dir, "xlmr": xlmr_dir}
 
 
 def _reference(directory):
@@ -178,8 +197,15 @@ def test_padded_batches_match_transformers(name, padding, all_dirs, texts, pairs
     ref_padding = True if padding == "longest" else "max_length"
     for batch_pairs, max_length in ((None, 40), (pairs, 40), (pairs, None), (None, 13)):
         got = ours(texts, batch_pairs, max_length=max_length, padding=padding)
-        want = ref(texts, batch_pairs, truncation=True, max_length=max_length, padding=ref_padding,
-                   return_tensors="pt", return_token_type_ids=True)
+        want = ref(
+            texts,
+            batch_pairs,
+            truncation=True,
+            max_length=max_length,
+            padding=ref_padding,
+            return_tensors="pt",
+            return_token_type_ids=True,
+        )
         for key in ("input_ids", "token_type_ids", "attention_mask"):
             assert got[key].dtype == torch.long
             assert torch.equal(got[key], want[key]), (key, max_length)
@@ -292,5 +318,8 @@ def test_user_errors(tmp_path, texts):
     one_line(ConfigError, "padding=", lambda: ours(texts[:2], padding="longest_first"))
     raw = tokenizers.Tokenizer.from_file(str(MINILM / "tokenizer.json"))
     one_line(ConfigError, "padding_side", lambda: Tokenizer(raw, padding_side="middle"))
-    one_line(ConfigError, "needs max_length", lambda: Tokenizer(raw, pad_token="[PAD]", model_max_length=None)(
-        texts[:2], padding="max_length"))
+    one_line(
+        ConfigError,
+        "needs max_length",
+        lambda: Tokenizer(raw, pad_token="[PAD]", model_max_length=None)(texts[:2], padding="max_length"),
+    )

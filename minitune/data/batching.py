@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from minitune.errors import ConfigError
+from minitune.errors import ParameterError
 
 Feature = dict[str, Any]
 
@@ -60,11 +60,11 @@ def _round_up(n: int, multiple: int | None) -> int:
 
 def _padded_length(longest: int, padding: str, max_length: int | None, pad_to_multiple_of: int | None) -> int:
     if padding not in PADDING_SCHEMES:
-        raise ConfigError(f"--padding {padding!r} is not a padding scheme: use one of {', '.join(PADDING_SCHEMES)}")
+        raise ParameterError(f"`padding` {padding!r} is not a padding scheme: use one of {', '.join(PADDING_SCHEMES)}")
     if padding == "dynamic":
         return _round_up(longest, pad_to_multiple_of)
     if max_length is None:
-        raise ConfigError("--padding fixed needs a length to pad to: set --max-length (e.g. --max-length 128)")
+        raise ParameterError("`padding` fixed needs a length to pad to: set `max_length` (e.g. 128)")
     if longest > max_length:
         # The tokenizer truncates to max_length, so a longer sequence means the two were given different limits.
         raise ValueError(f"a sequence of {longest} tokens exceeds max_length={max_length}; truncate before collate")
@@ -110,7 +110,7 @@ def collate(
     if not features:
         raise ValueError("collate got an empty batch")
     if padding_side not in PADDING_SIDES:
-        raise ConfigError(f"padding side {padding_side!r} is not a side: use left or right")
+        raise ParameterError(f"`padding_side` {padding_side!r} is not a side: use left or right")
     left = padding_side == "left"
     multiple_choice = is_multiple_choice(features[0])
     length = _padded_length(max(length_of(f) for f in features), padding, max_length, pad_to_multiple_of)
@@ -223,9 +223,9 @@ class _EpochBatchSampler:
         self.batches_done = int(state["batches_done"])
 
 
-def _check_batch_size(batch_size: int) -> None:
+def check_batch_size(batch_size: int) -> None:
     if batch_size < 1:
-        raise ConfigError(f"--batch-size {batch_size} must be a positive integer")
+        raise ParameterError(f"`batch_size` must be a positive integer, got {batch_size!r}")
 
 
 class RandomBatchSampler(_EpochBatchSampler):
@@ -235,7 +235,7 @@ class RandomBatchSampler(_EpochBatchSampler):
         self, lengths: Sequence[int], batch_size: int, *, shuffle: bool = True, seed: int = 0, drop_last: bool = False
     ) -> None:
         super().__init__(lengths, shuffle=shuffle, seed=seed)
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         self.batch_size = batch_size
         self.drop_last = drop_last
 
@@ -265,9 +265,9 @@ class BucketedBatchSampler(_EpochBatchSampler):
         drop_last: bool = False,
     ) -> None:
         super().__init__(lengths, shuffle=shuffle, seed=seed)
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
         if window < 1:
-            raise ConfigError(f"bucket window {window} must be a positive number of batches")
+            raise ParameterError(f"`window` {window} must be a positive number of batches")
         self.batch_size = batch_size
         self.window = window
         self.drop_last = drop_last
@@ -299,11 +299,11 @@ class TokenBudgetBatchSampler(_EpochBatchSampler):
         super().__init__(lengths, shuffle=shuffle, seed=seed)
         longest = int(self.lengths.max()) if len(self.lengths) else 0
         if max_tokens < max(longest, 1):
-            raise ConfigError(
-                f"--max-tokens {max_tokens} is below the longest example ({longest} tokens): raise it to at least that"
+            raise ParameterError(
+                f"`max_tokens` {max_tokens} is below the longest example ({longest} tokens): raise it to at least that"
             )
         if window < 1:
-            raise ConfigError(f"bucket window {window} must be a positive number of batches")
+            raise ParameterError(f"`window` {window} must be a positive number of batches")
         self.max_tokens = max_tokens
         self.window = window
 
@@ -356,3 +356,21 @@ def padding_stats(
         real += int(batch_lengths.sum())
         slots += padded * len(batch)
     return {"real": real, "slots": slots, "pad_share": 1.0 - real / slots if slots else 0.0}
+
+
+def make_sampler(
+    lengths: Sequence[int], batch_size: int, padding: str, max_tokens: int | None = None, seed: int = 0
+) -> _EpochBatchSampler:
+    """The training sampler a run asks for: token-budget batches when `max_tokens` is set, length-bucketed batches
+    for padding "bucketed", else plain shuffled batches."""
+    if max_tokens:
+        return TokenBudgetBatchSampler(lengths, max_tokens, shuffle=True, seed=seed)
+    if padding == "bucketed":
+        return BucketedBatchSampler(lengths, batch_size, shuffle=True, seed=seed)
+    return RandomBatchSampler(lengths, batch_size, shuffle=True, seed=seed)
+
+
+def make_collate(padding: str, max_length: int, pad_id: int, padding_side: str = "right"):
+    """collate with a run's settings: batches padded to `max_length` for padding "fixed", else to their longest."""
+    mode = "fixed" if padding == "fixed" else "dynamic"
+    return lambda feats: collate(feats, pad_id, mode, max_length, padding_side)

@@ -8,6 +8,7 @@ training file lacks. Label names cannot contain commas (the comma separates labe
 
 This module only parses and maps labels; tasks.py turns the rows into Examples.
 """
+
 from __future__ import annotations
 
 import re
@@ -15,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from minitune.data.kinds import MULTI_LABEL, SINGLE_LABEL
 from minitune.data.readers import data_error, read_delimited, read_jsonl, warn_skipped
-from minitune.kinds import MULTI_LABEL, SINGLE_LABEL
+
 _DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 _JSONL = (".jsonl", ".ndjson")
 _INT = re.compile(r"-?\d+")
@@ -51,8 +53,7 @@ def read_rows(path: Path, columns: Columns) -> list[Row]:
     elif suffix in _JSONL:
         rows = _jsonl_rows(path, columns)
     else:
-        raise data_error(path, None, f"unsupported file type {suffix or '(none)'!r}",
-                         "use a .csv, .tsv or .jsonl file")
+        raise data_error(path, None, f"unsupported file type {suffix or '(none)'!r}", "use a .csv, .tsv or .jsonl file")
     kept = [row for row in rows if row.text.strip()]
     if not kept:
         raise data_error(path, None, f"every row has an empty {columns.text!r}", "fill in the text column")
@@ -61,7 +62,7 @@ def read_rows(path: Path, columns: Columns) -> list[Row]:
 
 
 def _column_fix(columns: Columns) -> str:
-    return "choose the columns with --text-col / --label-col / --pair-col"
+    return "choose the columns with `text_col` / `label_col` / `pair_col`"
 
 
 def _delimited_rows(path: Path, delimiter: str, columns: Columns) -> list[Row]:
@@ -85,8 +86,7 @@ def _jsonl_rows(path: Path, columns: Columns) -> list[Row]:
         for key in columns.needed():
             if key not in record:
                 present = ", ".join(repr(k) for k in record)
-                raise data_error(path, line, f"missing key {key!r} (keys present: {present})",
-                                 _column_fix(columns))
+                raise data_error(path, line, f"missing key {key!r} (keys present: {present})", _column_fix(columns))
         text = _string(path, line, record, columns.text)
         pair = _string(path, line, record, columns.pair) if columns.pair else None
         tokens, multi = _json_label(path, line, record[columns.label]) if columns.label else ([], False)
@@ -97,20 +97,24 @@ def _jsonl_rows(path: Path, columns: Columns) -> list[Row]:
 def _string(path: Path, line: int, record: dict[str, Any], key: str) -> str:
     value = record[key]
     if not isinstance(value, str):
-        raise data_error(path, line, f"{key!r} must be a string, got {type(value).__name__}",
-                         "quote the value")
+        raise data_error(path, line, f"{key!r} must be a string, got {type(value).__name__}", "quote the value")
     return value
 
 
 def _json_label(path: Path, line: int, value: Any) -> tuple[list[str], bool]:
     """A JSON label: a name, an integer, a comma-separated string, or a list of names/integers."""
+
     def token(item: Any) -> str:
         if isinstance(item, str):
             return item.strip()
         if isinstance(item, int) and not isinstance(item, bool):
             return str(item)
-        raise data_error(path, line, f"label {item!r} is not a name or an integer",
-                         "write labels as strings, integers or a list of them")
+        raise data_error(
+            path,
+            line,
+            f"label {item!r} is not a name or an integer",
+            "write labels as strings, integers or a list of them",
+        )
 
     if isinstance(value, list):
         return [t for t in map(token, value) if t], True
@@ -132,13 +136,16 @@ def infer_kind(path: Path, train: list[Row], others: list[Row], names: list[str]
     """Multi-label when any cell of any file holds several labels (or a JSON list)."""
     kind = MULTI_LABEL if any(row.multi for row in train + others) else SINGLE_LABEL
     if kind == SINGLE_LABEL and len(names) < 2:
-        raise data_error(path, None, f"only one label ({', '.join(names) or 'none'}) in the file",
-                         "a classifier needs at least two labels; check --label-col")
+        raise data_error(
+            path,
+            None,
+            f"only one label ({', '.join(names) or 'none'}) in the file",
+            "a classifier needs at least two labels; check `label_col`",
+        )
     return kind
 
 
-def encode_labels(path: Path, rows: list[Row], names: list[str], kind: str, ids_allowed: bool
-                  ) -> list[int | list[int]]:
+def encode_labels(path: Path, rows: list[Row], names: list[str], kind: str, ids_allowed: bool) -> list[int | list[int]]:
     """Map each row's label tokens to a class index (single-label) or a multi-hot list (multi-label).
 
     ``ids_allowed``: an integer token that is not a label name is read as a 0-based index into ``names``
@@ -161,15 +168,22 @@ def encode_labels(path: Path, rows: list[Row], names: list[str], kind: str, ids_
     return labels
 
 
-def _label_index(path: Path, line: int, token: str, index: dict[str, int], names: list[str],
-                 ids_allowed: bool) -> int:
+def _label_index(path: Path, line: int, token: str, index: dict[str, int], names: list[str], ids_allowed: bool) -> int:
     if token in index:
         return index[token]
     if ids_allowed and _INT.fullmatch(token):
         if 0 <= int(token) < len(names):
             return int(token)
-        raise data_error(path, line, f"label id {token} out of range 0..{len(names) - 1}",
-                         "ids are 0-based positions in --label-names")
+        raise data_error(
+            path,
+            line,
+            f"label id {token} out of range 0..{len(names) - 1}",
+            "ids are 0-based positions in `label_names`",
+        )
     known = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
-    raise data_error(path, line, f"unknown label {token!r} (known labels: {known})",
-                     "use a label of the training file or list it in --label-names")
+    raise data_error(
+        path,
+        line,
+        f"unknown label {token!r} (known labels: {known})",
+        "use a label of the training file or list it in `label_names`",
+    )

@@ -10,6 +10,7 @@ A mirror can replace the public sources: ``base_url`` (or $MINITUNE_DATA_URL) is
 inside the data directory, e.g. ``http://mirror/data`` + ``/goemotions/train.tsv``; ``file://`` URLs work too.
 The held-out test splits are deliberately absent from the table (they are kept aside for final evaluation).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,9 +20,9 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from tqdm import tqdm
 
@@ -48,30 +49,57 @@ _RECIPE = f"{_RAW}/D3Mlab/Recipe-MPR/6db37033ed6f2f6371933354369f6912cf85dbb8"
 
 SOURCES: dict[str, tuple[RemoteFile, ...]] = {
     "humor": (
-        RemoteFile("hahackathon/train.csv", f"{_HUMOR}/train.csv",
-                   "e6da12a5d14f0bebfa336ab8014067c3a3d435eae5f45ea8004d862cb5065937"),
-        RemoteFile("hahackathon/dev.csv", f"{_HUMOR}/dev.csv",
-                   "7c9eb3881ca77a576cd52545b8e26c0d2f28aa1b89d59f57b7420703a0016056"),
+        RemoteFile(
+            "hahackathon/train.csv",
+            f"{_HUMOR}/train.csv",
+            "e6da12a5d14f0bebfa336ab8014067c3a3d435eae5f45ea8004d862cb5065937",
+        ),
+        RemoteFile(
+            "hahackathon/dev.csv",
+            f"{_HUMOR}/dev.csv",
+            "7c9eb3881ca77a576cd52545b8e26c0d2f28aa1b89d59f57b7420703a0016056",
+        ),
     ),
     "semeval": (
-        RemoteFile("semeval2018_ec/2018-E-c-En-train.txt", f"{_SEMEVAL}/E-c-En-train.txt",
-                   "498893ef1ecc5698d44ba9fd815d3ee88278f24fc549b202ddf36a4452f96675"),
-        RemoteFile("semeval2018_ec/2018-E-c-En-dev.txt", f"{_SEMEVAL}/E-c-En-dev.txt",
-                   "1124cf56bd255fadea9e734a13133a9bd2202022f6d8a0ea560f076d8562517f"),
+        RemoteFile(
+            "semeval2018_ec/2018-E-c-En-train.txt",
+            f"{_SEMEVAL}/E-c-En-train.txt",
+            "498893ef1ecc5698d44ba9fd815d3ee88278f24fc549b202ddf36a4452f96675",
+        ),
+        RemoteFile(
+            "semeval2018_ec/2018-E-c-En-dev.txt",
+            f"{_SEMEVAL}/E-c-En-dev.txt",
+            "1124cf56bd255fadea9e734a13133a9bd2202022f6d8a0ea560f076d8562517f",
+        ),
     ),
     "goemotions": (
-        RemoteFile("goemotions/train.tsv", f"{_GOEMO}/train.tsv",
-                   "1c254a142be5c00e80d819b9ae1bbd36d94b2eeb8f4b1271846508d57e57d9c5"),
-        RemoteFile("goemotions/dev.tsv", f"{_GOEMO}/dev.tsv",
-                   "575489c079c9de1097062a01738f998590d6b7ead66dd1c9fd1d2ba01fd8bc62"),
-        RemoteFile("goemotions/emotions.txt", f"{_GOEMO}/labels.txt",
-                   "45c3ef86782d2a4d7fedcd6d8c111aa0d0e94720689bd164fac94fefb4495a89"),
+        RemoteFile(
+            "goemotions/train.tsv",
+            f"{_GOEMO}/train.tsv",
+            "1c254a142be5c00e80d819b9ae1bbd36d94b2eeb8f4b1271846508d57e57d9c5",
+        ),
+        RemoteFile(
+            "goemotions/dev.tsv",
+            f"{_GOEMO}/dev.tsv",
+            "575489c079c9de1097062a01738f998590d6b7ead66dd1c9fd1d2ba01fd8bc62",
+        ),
+        RemoteFile(
+            "goemotions/emotions.txt",
+            f"{_GOEMO}/labels.txt",
+            "45c3ef86782d2a4d7fedcd6d8c111aa0d0e94720689bd164fac94fefb4495a89",
+        ),
     ),
     "recipe-mpr": (
-        RemoteFile("recipe_mpr/500QA.json", f"{_RECIPE}/data/500QA.json",
-                   "ab61f4200e9c43d049b91e3de41878ea7a33e21ad395f0bf78beeb5bdc06e730"),
-        RemoteFile("recipe_mpr/folds/5_fold_inds.json", f"{_RECIPE}/baselines/folds/5_fold_inds.json",
-                   "45955fc5181435e62faca415a7a58f43bc6c99891cda8cd6e6ac06e74a7c7f5b"),
+        RemoteFile(
+            "recipe_mpr/500QA.json",
+            f"{_RECIPE}/data/500QA.json",
+            "ab61f4200e9c43d049b91e3de41878ea7a33e21ad395f0bf78beeb5bdc06e730",
+        ),
+        RemoteFile(
+            "recipe_mpr/folds/5_fold_inds.json",
+            f"{_RECIPE}/baselines/folds/5_fold_inds.json",
+            "45955fc5181435e62faca415a7a58f43bc6c99891cda8cd6e6ac06e74a7c7f5b",
+        ),
     ),
 }
 
@@ -84,9 +112,15 @@ def source_url(remote: RemoteFile, base_url: str | None = None) -> str:
     return base.rstrip("/") + "/" + urllib.parse.quote(remote.path)
 
 
-def ensure_task_files(task: str, data_dir: Path, *, only: Sequence[str] | None = None,
-                      base_url: str | None = None, timeout: float = 30.0, progress: bool | None = None
-                      ) -> list[Path]:
+def ensure_task_files(
+    task: str,
+    data_dir: Path,
+    *,
+    only: Sequence[str] | None = None,
+    base_url: str | None = None,
+    timeout: float = 30.0,
+    progress: bool | None = None,
+) -> list[Path]:
     """Make sure the files of a built-in task (or those of them named in ``only``) are in ``data_dir``.
 
     Missing files are downloaded; returns the local paths in table order. Files already present are trusted
@@ -103,8 +137,14 @@ def ensure_task_files(task: str, data_dir: Path, *, only: Sequence[str] | None =
     return paths
 
 
-def fetch(remote: RemoteFile, data_dir: Path, *, base_url: str | None = None, timeout: float = 30.0,
-          progress: bool | None = None) -> Path:
+def fetch(
+    remote: RemoteFile,
+    data_dir: Path,
+    *,
+    base_url: str | None = None,
+    timeout: float = 30.0,
+    progress: bool | None = None,
+) -> Path:
     """Download one table entry to ``data_dir / remote.path``; a failed transfer says where to put the file."""
     dest = Path(data_dir) / remote.path
     url = source_url(remote, base_url)
@@ -114,7 +154,7 @@ def fetch(remote: RemoteFile, data_dir: Path, *, base_url: str | None = None, ti
         public = f" (public source: {remote.url})" if url != remote.url else ""
         raise DataError(
             f"missing data file {dest}: download from {url} failed ({exc}); put {remote.path} there{public} "
-            f"or point --data-dir / $MINITUNE_DATA_DIR at a folder that has it"
+            f"or point `data_dir` / $MINITUNE_DATA_DIR at a folder that has it"
         ) from None
     return dest
 
@@ -123,8 +163,15 @@ class _TransferError(Exception):
     """The bytes could not be fetched (network, HTTP status, truncated body)."""
 
 
-def download(url: str, dest: Path, sha256: str | None = None, *, timeout: float = 30.0,
-             progress: bool | None = None, desc: str | None = None) -> None:
+def download(
+    url: str,
+    dest: Path,
+    sha256: str | None = None,
+    *,
+    timeout: float = 30.0,
+    progress: bool | None = None,
+    desc: str | None = None,
+) -> None:
     """Stream ``url`` to ``dest`` atomically, verifying ``sha256`` when given.
 
     ``progress=None`` shows the tqdm bar only on a terminal. A checksum mismatch raises DataError and leaves
@@ -132,19 +179,24 @@ def download(url: str, dest: Path, sha256: str | None = None, *, timeout: float 
     """
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        handle = tempfile.NamedTemporaryFile(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part",
-                                             delete=False)
+        handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed by the caller once the download is in)
+            dir=dest.parent, prefix=f".{dest.name}.", suffix=".part", delete=False
+        )
     except OSError as exc:
-        raise DataError(f"{dest}: cannot write into {dest.parent} ({exc.strerror}); "
-                        f"choose a writable --data-dir or $MINITUNE_DATA_DIR") from None
+        raise DataError(
+            f"{dest}: cannot write into {dest.parent} ({exc.strerror}); "
+            f"choose a writable `data_dir` or $MINITUNE_DATA_DIR"
+        ) from None
     tmp = Path(handle.name)
     try:
         with handle:
             digest = _stream(url, handle, timeout=timeout, progress=progress, desc=desc or dest.name)
         if sha256 is not None and digest != sha256:
-            raise DataError(f"{dest}: the file downloaded from {url} has sha256 {digest}, expected {sha256} "
-                            f"(corrupt or changed at the source); nothing was kept, retry or put a verified "
-                            f"copy at {dest}")
+            raise DataError(
+                f"{dest}: the file downloaded from {url} has sha256 {digest}, expected {sha256} "
+                f"(corrupt or changed at the source); nothing was kept, retry or put a verified "
+                f"copy at {dest}"
+            )
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -159,8 +211,15 @@ def _stream(url: str, out, *, timeout: float, progress: bool | None, desc: str) 
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
             received = 0
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, leave=False,
-                      disable=None if progress is None else not progress) as bar:
+            with tqdm(
+                total=total,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=desc,
+                leave=False,
+                disable=None if progress is None else not progress,
+            ) as bar:
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
                     hasher.update(chunk)

@@ -6,11 +6,11 @@ holds one list per choice, every choice encoded as the pair (query, option).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from .tasks import MULTI_LABEL, MULTIPLE_CHOICE, Example
+from minitune.data.tasks import MULTI_LABEL, MULTIPLE_CHOICE, Example
 
 
 def tokenize(examples: Sequence[Example], tokenizer, kind: str, max_length: int) -> list[dict]:

@@ -7,6 +7,7 @@ References: Python's csv module (RFC 4180 quoting: quoted fields, doubled inner 
 (https://jsonlines.org). ``fix_mojibake`` repairs text that was UTF-8 but got decoded as Latin-1 (the
 HaHackathon files carry a few such texts, see shared/data/hahackathon/PROVENANCE.md).
 """
+
 from __future__ import annotations
 
 import csv
@@ -35,8 +36,7 @@ def warn_skipped(path: Path, lines: list[int]) -> None:
     """One DataWarning for all rows of a file skipped for an empty text, with their count and first lines."""
     if lines:
         shown = ", ".join(map(str, lines[:5])) + (", ..." if len(lines) > 5 else "")
-        warnings.warn(f"{path}: skipped {len(lines)} rows with empty text (lines {shown})", DataWarning,
-                      stacklevel=2)
+        warnings.warn(f"{path}: skipped {len(lines)} rows with empty text (lines {shown})", DataWarning, stacklevel=2)
 
 
 def read_text(path: Path) -> str:
@@ -53,9 +53,10 @@ def read_text(path: Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
-        bad = data[exc.start:exc.end]
-        raise data_error(path, line, f"bytes {bad!r} are not valid UTF-8 ({exc.reason})",
-                         "re-save the file with UTF-8 encoding") from None
+        bad = data[exc.start : exc.end]
+        raise data_error(
+            path, line, f"bytes {bad!r} are not valid UTF-8 ({exc.reason})", "re-save the file with UTF-8 encoding"
+        ) from None
 
 
 @dataclass
@@ -75,14 +76,14 @@ class Table:
         return self.header.index(name)
 
 
-def read_delimited(path: Path, delimiter: str, *, header: bool, n_fields: int | None = None,
-                   quoting: int = csv.QUOTE_MINIMAL) -> Table:
+def read_delimited(
+    path: Path, delimiter: str, *, header: bool, n_fields: int | None = None, quoting: int = csv.QUOTE_MINIMAL
+) -> Table:
     """Parse a CSV/TSV file; every data row must have as many fields as the header (or ``n_fields``).
 
     Blank lines are ignored. Quoted fields may span lines, so the line reported is where the row starts.
     """
-    reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter,
-                        quoting=quoting, strict=True)
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter, quoting=quoting, strict=True)
     rows: list[tuple[int, list[str]]] = []
     start = 1
     try:
@@ -92,8 +93,9 @@ def read_delimited(path: Path, delimiter: str, *, header: bool, n_fields: int | 
                 continue
             rows.append((line, fields))
     except csv.Error as exc:
-        raise data_error(path, start, f"malformed {_kind(delimiter)} ({exc})",
-                         "check the quoting on that line") from None
+        raise data_error(
+            path, start, f"malformed {_kind(delimiter)} ({exc})", "check the quoting on that line"
+        ) from None
     names = None
     if header:
         if not rows:
@@ -104,8 +106,12 @@ def read_delimited(path: Path, delimiter: str, *, header: bool, n_fields: int | 
         raise data_error(path, None, "no data rows (only a header)", "add data rows below the header")
     for line, fields in rows:
         if n_fields is not None and len(fields) != n_fields:
-            raise data_error(path, line, f"row has {len(fields)} fields, expected {n_fields}",
-                             f"fix the {_kind(delimiter)} quoting or delimiters on that line")
+            raise data_error(
+                path,
+                line,
+                f"row has {len(fields)} fields, expected {n_fields}",
+                f"fix the {_kind(delimiter)} quoting or delimiters on that line",
+            )
     return Table(path, names, rows)
 
 
@@ -118,8 +124,9 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(read_text(path))
     except json.JSONDecodeError as exc:
-        raise data_error(path, exc.lineno, f"invalid JSON ({exc.msg} at column {exc.colno})",
-                         "fix the JSON syntax") from None
+        raise data_error(
+            path, exc.lineno, f"invalid JSON ({exc.msg} at column {exc.colno})", "fix the JSON syntax"
+        ) from None
 
 
 def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
@@ -131,11 +138,13 @@ def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
         try:
             record = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise data_error(path, number, f"invalid JSON ({exc.msg} at column {exc.colno})",
-                             "write one JSON object per line") from None
+            raise data_error(
+                path, number, f"invalid JSON ({exc.msg} at column {exc.colno})", "write one JSON object per line"
+            ) from None
         if not isinstance(record, dict):
-            raise data_error(path, number, f"expected a JSON object, got {type(record).__name__}",
-                             "write one JSON object per line")
+            raise data_error(
+                path, number, f"expected a JSON object, got {type(record).__name__}", "write one JSON object per line"
+            )
         records.append((number, record))
     if not records:
         raise data_error(path, None, "the file is empty", "write one JSON object per line")
@@ -143,8 +152,9 @@ def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
 
 
 # A UTF-8 multi-byte sequence whose bytes were read as Latin-1 characters (lead byte, continuation bytes).
-_MISDECODED = re.compile("[\u00c2-\u00df][\u0080-\u00bf]|[\u00e0-\u00ef][\u0080-\u00bf]{2}"
-                         "|[\u00f0-\u00f4][\u0080-\u00bf]{3}")
+_MISDECODED = re.compile(
+    "[\u00c2-\u00df][\u0080-\u00bf]|[\u00e0-\u00ef][\u0080-\u00bf]{2}|[\u00f0-\u00f4][\u0080-\u00bf]{3}"
+)
 # C1 control characters never occur in real text; here they are stray bytes of broken emoji.
 _C1_CONTROLS = re.compile("[\u0080-\u009f]")
 
@@ -156,6 +166,7 @@ def fix_mojibake(text: str) -> str:
     (bytes of emoji whose other bytes were lost upstream) are removed. Genuine Latin-1 text such as
     ``José`` or ``piñata`` is left alone because a lone accented letter is not a valid UTF-8 sequence.
     """
+
     def redecode(match: re.Match[str]) -> str:
         try:
             return match.group().encode("latin-1").decode("utf-8")

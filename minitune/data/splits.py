@@ -1,4 +1,5 @@
-"""Train/validation splits that keep label proportions: stratified holdout, iterative stratification, k-fold.
+"""Train/validation splits that keep label proportions (stratified holdout, iterative stratification, k-fold), and
+seeded subsampling.
 
 References:
 - Sechidis, Tsoumakas, Vlahavas (2011), "On the Stratification of Multi-Label Data", ECML PKDD (Algorithm 1).
@@ -16,6 +17,7 @@ and the whole sequence of picks is the top-m of the candidate values {desire_j -
 The random tie-break is drawn once per label instead of once per pick; the assignments have the same
 distribution because the examples are handed out in a random order.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -54,8 +56,9 @@ def stratified_holdout(labels: np.ndarray, test_size: float, seed: int) -> tuple
     n = len(labels)
     n_test = int(round(fraction * n))
     if not 0 < n_test < n:
-        raise ConfigError(f"holdout fraction {fraction} of {n} examples leaves one side empty; "
-                          f"use more examples or another fraction")
+        raise ConfigError(
+            f"holdout fraction {fraction} of {n} examples leaves one side empty; use more examples or another fraction"
+        )
     rng = np.random.default_rng(seed)
     classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
     quota = fraction * counts
@@ -69,8 +72,9 @@ def stratified_holdout(labels: np.ndarray, test_size: float, seed: int) -> tuple
     return np.flatnonzero(~test_mask), np.flatnonzero(test_mask)
 
 
-def _shuffled_by_class(inverse: np.ndarray, counts: np.ndarray, rng: np.random.Generator
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def _shuffled_by_class(
+    inverse: np.ndarray, counts: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices grouped by class (random order inside each class) and each one's rank inside its class."""
     perm = rng.permutation(len(inverse))
     grouped = perm[np.argsort(inverse[perm], kind="stable")]
@@ -88,7 +92,7 @@ def _greedy_picks(desire: np.ndarray, total: np.ndarray, m: int, rng: np.random.
     k = len(desire)
     steps = np.arange(m)
     values = np.round(desire[:, None] - steps[None, :], _DECIMALS)  # (k, m): value at the fold's (s+1)-th pick
-    offset = np.round(total - desire, _DECIMALS)                     # (k,): fixed during this label's picks
+    offset = np.round(total - desire, _DECIMALS)  # (k,): fixed during this label's picks
     priority = rng.random(k)
     folds = np.repeat(np.arange(k), m)
     order = np.lexsort((-priority[folds], -offset[folds], -values.ravel()))[:m]
@@ -105,7 +109,7 @@ def iterative_stratification(Y: np.ndarray, ratios: list[float], seed: int) -> n
     rng = np.random.default_rng(seed)
     n, n_labels = Y.shape
     label_desire = np.outer(r, Y.sum(axis=0))  # (k, L)
-    total_desire = r * n                       # (k,)
+    total_desire = r * n  # (k,)
     fold = np.full(n, -1, dtype=np.int64)
     remaining = Y.sum(axis=0).astype(np.int64)  # positives per label among unassigned examples
     while remaining.any():
@@ -115,8 +119,8 @@ def iterative_stratification(Y: np.ndarray, ratios: list[float], seed: int) -> n
         members = rng.permutation(np.flatnonzero(Y[:, label] & (fold < 0)))
         picks = _greedy_picks(label_desire[:, label], total_desire, len(members), rng)
         fold[members] = picks
-        onehot = np.eye(len(r))[picks]                   # (m, k)
-        label_desire -= onehot.T @ Y[members]            # (k, L): every label the example carries
+        onehot = np.eye(len(r))[picks]  # (m, k)
+        label_desire -= onehot.T @ Y[members]  # (k, L): every label the example carries
         total_desire -= onehot.sum(axis=0)
         remaining -= Y[members].sum(axis=0)
     unlabelled = rng.permutation(np.flatnonzero(fold < 0))
@@ -152,3 +156,21 @@ def kfold(labels_or_Y: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, 
     else:
         raise ValueError(f"expected labels (N,) or a multi-hot matrix (N, L), got shape {data.shape}")
     return [(np.flatnonzero(fold != j), np.flatnonzero(fold == j)) for j in range(k)]
+
+
+def subsample(examples: list, n: int | None, seed: int | None) -> list:
+    """The first n examples after a seeded shuffle (kept in their original order); with seed None, the first n."""
+    if not n or n >= len(examples):
+        return list(examples)
+    if seed is None:
+        return list(examples[:n])
+    keep = np.sort(np.random.default_rng(seed).permutation(len(examples))[:n])
+    return [examples[i] for i in keep]
+
+
+def holdout_examples(examples: list, labels: np.ndarray, share: float, seed: int) -> tuple[list, list]:
+    """Split examples into (train, held-out), stratified by their labels: (N,) class ids, or an (N, L) multi-hot
+    matrix, split by iterative stratification."""
+    split = multilabel_holdout if np.asarray(labels).ndim == 2 else stratified_holdout
+    tr, te = split(labels, share, seed)
+    return [examples[i] for i in tr], [examples[i] for i in te]

@@ -15,22 +15,24 @@ learn from them; a Recipe-MPR item with an empty query is an error instead, to k
 Everything else wrong in a file (missing column, unknown label, label id out of range, bytes that are not
 UTF-8, a row with the wrong number of fields, an empty file) raises a one-line DataError naming the file and line.
 """
+
 from __future__ import annotations
 
 import csv
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from minitune.data import custom
 from minitune.data.download import ensure_task_files
+from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE, SINGLE_LABEL
 from minitune.data.readers import data_error, fix_mojibake, read_delimited, read_json, read_text, warn_skipped
 from minitune.errors import ConfigError, DataError
-from minitune.kinds import MULTI_LABEL, MULTIPLE_CHOICE, SINGLE_LABEL
 
 TASKS = ("humor", "semeval", "goemotions", "recipe-mpr", "custom")
 DATA_DIR_ENV = "MINITUNE_DATA_DIR"
@@ -84,7 +86,7 @@ def resolve_data_dir(cli_dir: str | None) -> Path:
         cache = os.environ.get("XDG_CACHE_HOME")
         path = (Path(cache).expanduser() if cache else Path.home() / ".cache") / "minitune" / "data"
     if path.exists() and not path.is_dir():
-        raise DataError(f"{path}: the data directory is a file; pass --data-dir (or $MINITUNE_DATA_DIR) a folder")
+        raise DataError(f"{path}: the data directory is a file; pass `data_dir` (or $MINITUNE_DATA_DIR) a folder")
     return path
 
 
@@ -133,8 +135,9 @@ def read_semeval(path: Path) -> tuple[list[str], list[Example]]:
     for line, fields in _nonempty(path, table.rows, i_text):
         for name, i in zip(names, label_cols):
             if fields[i] not in ("0", "1"):
-                raise data_error(path, line, f"label {name!r} has value {fields[i]!r}, expected 0 or 1",
-                                 "fix the label")
+                raise data_error(
+                    path, line, f"label {name!r} has value {fields[i]!r}, expected 0 or 1", "fix the label"
+                )
         label = [int(fields[i]) for i in label_cols]
         examples.append(Example(fields[i_text], label=label, meta={"id": fields[i_id], "line": line}))
     return names, examples
@@ -159,19 +162,31 @@ def read_goemotions(path: Path, num_labels: int) -> list[Example]:
         for token in ids.split(","):
             token = token.strip()
             if not _INT.fullmatch(token):
-                raise data_error(path, line, f"label id {token!r} is not an integer",
-                                 "the second column holds comma-separated label ids")
+                raise data_error(
+                    path,
+                    line,
+                    f"label id {token!r} is not an integer",
+                    "the second column holds comma-separated label ids",
+                )
             if not 0 <= int(token) < num_labels:
-                raise data_error(path, line, f"label id {token} out of range 0..{num_labels - 1}",
-                                 "ids are 0-based line numbers of emotions.txt")
+                raise data_error(
+                    path,
+                    line,
+                    f"label id {token} out of range 0..{num_labels - 1}",
+                    "ids are 0-based line numbers of emotions.txt",
+                )
             label[int(token)] = 1
         examples.append(Example(text, label=label, meta={"id": comment_id, "line": line}))
     return examples
 
 
 def _item_error(path: Path, index: int, problem: str) -> DataError:
-    return data_error(path, None, f"item {index}: {problem}",
-                      "each item needs a non-empty query, an options object and an answer among its keys")
+    return data_error(
+        path,
+        None,
+        f"item {index}: {problem}",
+        "each item needs a non-empty query, an options object and an answer among its keys",
+    )
 
 
 def read_recipe_mpr(path: Path, seed: int) -> list[Example]:
@@ -198,10 +213,13 @@ def read_recipe_mpr(path: Path, seed: int) -> list[Example]:
         ids = list(options)
         order = [ids[j] for j in rng.permutation(len(ids))]
         types = item.get("query_type") or {}
-        meta = {"id": index, "query_types": [name for name, flag in types.items() if flag],
-                "option_ids": order, "answer_id": answer}
-        examples.append(Example(query, label=order.index(answer), choices=[str(options[o]) for o in order],
-                                meta=meta))
+        meta = {
+            "id": index,
+            "query_types": [name for name, flag in types.items() if flag],
+            "option_ids": order,
+            "answer_id": answer,
+        }
+        examples.append(Example(query, label=order.index(answer), choices=[str(options[o]) for o in order], meta=meta))
     return examples
 
 
@@ -235,9 +253,18 @@ GOEMOTIONS_NAMES = "goemotions/emotions.txt"
 RECIPE_FOLDS = "recipe_mpr/folds/5_fold_inds.json"
 
 
-def load_task(name: str, data_dir: Path | None = None, *, seed: int = 42, train_file: str | Path | None = None,
-              dev_file: str | Path | None = None, text_col: str | None = None, label_col: str | None = None,
-              pair_col: str | None = None, label_names: Sequence[str] | str | None = None) -> TaskData:
+def load_task(
+    name: str,
+    data_dir: Path | None = None,
+    *,
+    seed: int = 42,
+    train_file: str | Path | None = None,
+    dev_file: str | Path | None = None,
+    text_col: str | None = None,
+    label_col: str | None = None,
+    pair_col: str | None = None,
+    label_names: Sequence[str] | str | None = None,
+) -> TaskData:
     """Read a task's train and dev examples.
 
     Built-in tasks read ``data_dir`` (default: ``resolve_data_dir(None)``), downloading missing files;
@@ -246,24 +273,37 @@ def load_task(name: str, data_dir: Path | None = None, *, seed: int = 42, train_
     Column options apply to ``custom`` only. ``seed`` drives the Recipe-MPR option shuffle.
     """
     if name not in TASKS:
-        raise ConfigError(f"--task {name!r} is not a task; choose one of {', '.join(TASKS)}")
+        raise ConfigError(f"`task` {name!r} is not a task; choose one of {', '.join(TASKS)}")
     if name == "custom":
         return _load_custom(train_file, dev_file, text_col, label_col, pair_col, label_names)
     if any(option is not None for option in (text_col, label_col, pair_col, label_names)):
-        raise ConfigError(f"--text-col/--label-col/--pair-col/--label-names apply to --task custom only, "
-                          f"not --task {name}; drop them")
+        raise ConfigError(
+            f"`text_col`/`label_col`/`pair_col`/`label_names` apply to `task` custom only, not `task` {name}; drop them"
+        )
     root = Path(data_dir) if data_dir is not None else resolve_data_dir(None)
     default_train, default_dev = _DEFAULT_FILES[name]
-    needed = [rel for rel, overridden in ((default_train, train_file), (default_dev, dev_file))
-              if rel and overridden is None]
-    needed += {"goemotions": [GOEMOTIONS_NAMES], "recipe-mpr": [RECIPE_FOLDS] if train_file is None else []
-               }.get(name, [])
+    needed = [
+        rel for rel, overridden in ((default_train, train_file), (default_dev, dev_file)) if rel and overridden is None
+    ]
+    needed += {"goemotions": [GOEMOTIONS_NAMES], "recipe-mpr": [RECIPE_FOLDS] if train_file is None else []}.get(
+        name, []
+    )
     ensure_task_files(name, root, only=needed)
     train_path = Path(train_file) if train_file is not None else root / default_train
     dev_path = Path(dev_file) if dev_file is not None else (root / default_dev if default_dev else None)
-    task = TaskData(name, "", [], [], [], source={
-        "train_file": str(train_path), "dev_file": str(dev_path) if dev_path else None, "seed": seed,
-        "data_dir": str(root)})
+    task = TaskData(
+        name,
+        "",
+        [],
+        [],
+        [],
+        source={
+            "train_file": str(train_path),
+            "dev_file": str(dev_path) if dev_path else None,
+            "seed": seed,
+            "data_dir": str(root),
+        },
+    )
     _read_builtin_train(task, root, train_path, default_files=train_file is None)
     task.dev = load_eval_file(task, dev_path) if dev_path is not None else []
     return task
@@ -295,49 +335,62 @@ def load_eval_file(task: TaskData, path: str | Path) -> list[Example]:
     if task.name == "semeval":
         names, examples = read_semeval(path)
         if names != task.label_names:
-            raise data_error(path, 1, f"emotion columns {names} differ from the training file's "
-                             f"{task.label_names}", "use the same header as the training file")
+            raise data_error(
+                path,
+                1,
+                f"emotion columns {names} differ from the training file's {task.label_names}",
+                "use the same header as the training file",
+            )
         return examples
     if task.name == "goemotions":
         return read_goemotions(path, task.num_labels)
     if task.name == "recipe-mpr":
         examples = read_recipe_mpr(path, task.source["seed"])
         if len(examples[0].choices or []) != task.num_labels:
-            raise data_error(path, None, f"{len(examples[0].choices or [])} options per item, the task has "
-                             f"{task.num_labels}", "give every item the same number of options")
+            raise data_error(
+                path,
+                None,
+                f"{len(examples[0].choices or [])} options per item, the task has {task.num_labels}",
+                "give every item the same number of options",
+            )
         return examples
     if task.name == "custom":
         rows = custom.read_rows(path, _columns(task.source))
         return _custom_examples(path, rows, task.label_names, task.kind, task.source["label_names_given"])
-    raise ConfigError(f"--task {task.name!r} is not a task; choose one of {', '.join(TASKS)}")
+    raise ConfigError(f"`task` {task.name!r} is not a task; choose one of {', '.join(TASKS)}")
 
 
 def _columns(source: dict[str, Any]) -> custom.Columns:
     return custom.Columns(source["text_col"], source["label_col"], source["pair_col"])
 
 
-def _custom_examples(path: Path, rows: list[custom.Row], names: list[str], kind: str, ids_allowed: bool
-                     ) -> list[Example]:
+def _custom_examples(
+    path: Path, rows: list[custom.Row], names: list[str], kind: str, ids_allowed: bool
+) -> list[Example]:
     labels = custom.encode_labels(path, rows, names, kind, ids_allowed)
-    return [Example(row.text, pair=row.pair, label=label, meta={"line": row.line})
-            for row, label in zip(rows, labels)]
+    return [Example(row.text, pair=row.pair, label=label, meta={"line": row.line}) for row, label in zip(rows, labels)]
 
 
 def _load_custom(train_file, dev_file, text_col, label_col, pair_col, label_names) -> TaskData:
     if train_file is None:
-        raise ConfigError("--task custom needs --train-file (a .csv, .tsv or .jsonl file)")
+        raise ConfigError("`task` custom needs `train_file` (a .csv, .tsv or .jsonl file)")
     if isinstance(label_names, str):
         label_names = [name.strip() for name in label_names.split(",") if name.strip()]
     given = bool(label_names)
-    source = {"train_file": str(train_file), "dev_file": str(dev_file) if dev_file else None,
-              "text_col": text_col or "text", "label_col": label_col or "label", "pair_col": pair_col,
-              "label_names_given": given}
+    source = {
+        "train_file": str(train_file),
+        "dev_file": str(dev_file) if dev_file else None,
+        "text_col": text_col or "text",
+        "label_col": label_col or "label",
+        "pair_col": pair_col,
+        "label_names_given": given,
+    }
     train_path, dev_path = Path(train_file), Path(dev_file) if dev_file else None
     train_rows = custom.read_rows(train_path, _columns(source))
     dev_rows = custom.read_rows(dev_path, _columns(source)) if dev_path else []
     names = list(label_names) if given else custom.label_names_from(train_rows)
     if len(set(names)) != len(names):
-        raise ConfigError(f"--label-names has duplicates ({', '.join(names)}); list each label once")
+        raise ConfigError(f"`label_names` has duplicates ({', '.join(names)}); list each label once")
     kind = custom.infer_kind(train_path, train_rows, dev_rows, names)
     train = _custom_examples(train_path, train_rows, names, kind, given)
     dev = _custom_examples(dev_path, dev_rows, names, kind, given) if dev_path else []

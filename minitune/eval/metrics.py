@@ -25,8 +25,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minitune.kinds import MULTI_LABEL, normalize_kind
+from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE, SINGLE_LABEL, normalize_kind
 
+# The metrics a run may select its best model on, per task kind (all: higher is better).
+SELECTION_METRICS: dict[str, tuple[str, ...]] = {
+    SINGLE_LABEL: ("macro_f1", "accuracy", "micro_f1", "weighted_f1", "binary_f1"),
+    MULTI_LABEL: ("macro_f1", "jaccard", "micro_f1", "weighted_f1", "subset_accuracy"),
+    MULTIPLE_CHOICE: ("accuracy", "macro_f1"),
+}
 
 
 @dataclass
@@ -101,8 +107,14 @@ def precision_recall_f1_support(y_true, y_pred, num_classes: int | None = None) 
     """Per-class statistics. 1-D class ids need `num_classes` (else the largest id seen + 1); 2-D 0/1
     matrices give one entry per column."""
     tp, pred, gold = _counts(y_true, y_pred, num_classes)
-    return ClassStats(precision=_div(tp, pred), recall=_div(tp, gold), f1=_div(2 * tp, pred + gold),
-                      support=gold.astype(np.int64), predicted=pred.astype(np.int64), tp=tp.astype(np.int64))
+    return ClassStats(
+        precision=_div(tp, pred),
+        recall=_div(tp, gold),
+        f1=_div(2 * tp, pred + gold),
+        support=gold.astype(np.int64),
+        predicted=pred.astype(np.int64),
+        tp=tp.astype(np.int64),
+    )
 
 
 def averages(stats: ClassStats) -> dict[str, float]:
@@ -194,8 +206,16 @@ def predict_multilabel(scores, threshold) -> np.ndarray:
     return s >= thr
 
 
-def classification_report(kind: str, y_true, scores, label_names: Sequence[str] | None, threshold=0.5, *,
-                          tuned_thresholds=None, groups: Sequence[Sequence[str]] | None = None) -> dict:
+def classification_report(
+    kind: str,
+    y_true,
+    scores,
+    label_names: Sequence[str] | None,
+    threshold=0.5,
+    *,
+    tuned_thresholds=None,
+    groups: Sequence[Sequence[str]] | None = None,
+) -> dict:
     """All metrics for one split as a JSON-serialisable dict; `scores` are probabilities (N, C) or (N, L).
 
     Single-label / multiple choice: prediction = argmax; keys accuracy, the F1 averages, per_class,
@@ -228,8 +248,13 @@ def classification_report(kind: str, y_true, scores, label_names: Sequence[str] 
 def _per_class_dict(stats: ClassStats, names: list[str], with_tp: bool) -> dict[str, dict]:
     out = {}
     for i, name in enumerate(names):
-        entry = {"precision": float(stats.precision[i]), "recall": float(stats.recall[i]),
-                 "f1": float(stats.f1[i]), "support": int(stats.support[i]), "predicted": int(stats.predicted[i])}
+        entry = {
+            "precision": float(stats.precision[i]),
+            "recall": float(stats.recall[i]),
+            "f1": float(stats.f1[i]),
+            "support": int(stats.support[i]),
+            "predicted": int(stats.predicted[i]),
+        }
         if with_tp:
             entry["tp"] = int(stats.tp[i])
         out[name] = entry
@@ -257,9 +282,14 @@ def _multilabel_report(y_true, s: np.ndarray, names: list[str], threshold) -> di
     _same_length(t, pred)
     stats = precision_recall_f1_support(t, pred)
     thr = np.asarray(threshold, dtype=np.float64)
-    report = {"kind": MULTI_LABEL, "n_examples": int(len(t)), "label_names": names,
-              "threshold": float(thr) if thr.ndim == 0 else [float(v) for v in thr],
-              "jaccard": jaccard_samples(t, pred), "subset_accuracy": accuracy(t, pred)}
+    report = {
+        "kind": MULTI_LABEL,
+        "n_examples": int(len(t)),
+        "label_names": names,
+        "threshold": float(thr) if thr.ndim == 0 else [float(v) for v in thr],
+        "jaccard": jaccard_samples(t, pred),
+        "subset_accuracy": accuracy(t, pred),
+    }
     report.update(averages(stats))
     report["empty_predictions"] = int((~pred.any(axis=1)).sum())
     report["per_class"] = _per_class_dict(stats, names, with_tp=True)

@@ -87,8 +87,11 @@ def _table(header: list[str], rows: list[list[str]], left: int = 1) -> list[str]
 def _header(results: dict, splits: list[tuple[str, dict]]) -> list[str]:
     first = splits[0][1]
     kind = KIND_NAMES.get(first["kind"], first["kind"])
-    lines = [RULE, f"task: {results.get('task', '?')}  ({kind}, {len(first['label_names'])} labels)",
-             f"model: {results.get('model', '?')}"]
+    lines = [
+        RULE,
+        f"task: {results.get('task', '?')}  ({kind}, {len(first['label_names'])} labels)",
+        f"model: {results.get('model', '?')}",
+    ]
     for key in ("config", "train"):
         if isinstance(results.get(key), dict) and results[key]:
             lines += _mapping(key, results[key])
@@ -101,8 +104,9 @@ def _headline(rep: dict) -> str:
         parts = [f"jaccard {_f(rep['jaccard'])}", f"micro-F1 {_f(rep['micro_f1'])}", f"macro-F1 {_f(rep['macro_f1'])}"]
         if "tuned" in rep:
             t = rep["tuned"]
-            parts.append(f"| tuned: jaccard {_f(t['jaccard'])} micro-F1 {_f(t['micro_f1'])} "
-                         f"macro-F1 {_f(t['macro_f1'])}")
+            parts.append(
+                f"| tuned: jaccard {_f(t['jaccard'])} micro-F1 {_f(t['micro_f1'])} macro-F1 {_f(t['macro_f1'])}"
+            )
     else:
         parts = [f"accuracy {_f(rep['accuracy'])}", f"macro-F1 {_f(rep['macro_f1'])}"]
         if "binary_f1" in rep:
@@ -113,8 +117,10 @@ def _headline(rep: dict) -> str:
 
 
 def _per_class(rep: dict) -> list[str]:
-    rows = [[name, _f(c["precision"]), _f(c["recall"]), _f(c["f1"]), str(c["support"]), str(c["predicted"])]
-            for name, c in rep["per_class"].items()]
+    rows = [
+        [name, _f(c["precision"]), _f(c["recall"]), _f(c["f1"]), str(c["support"]), str(c["predicted"])]
+        for name, c in rep["per_class"].items()
+    ]
     total = str(sum(c["support"] for c in rep["per_class"].values()))
     rows.append(["macro avg", _f(rep["macro_precision"]), _f(rep["macro_recall"]), _f(rep["macro_f1"]), total, ""])
     rows.append(["micro avg", _f(rep["micro_precision"]), _f(rep["micro_recall"]), _f(rep["micro_f1"]), total, ""])
@@ -131,11 +137,23 @@ def _per_class(rep: dict) -> list[str]:
 def _threshold_comparison(rep: dict) -> list[str]:
     fixed, tuned = rep, rep["tuned"]
     fixed_name = f"fixed {fixed['threshold']}" if isinstance(fixed["threshold"], float) else "fixed"
-    rows = [[m, _f(fixed[key]), _f(tuned[key]), f"{tuned[key] - fixed[key]:+.4f}"]
-            for m, key in [("jaccard", "jaccard"), ("micro-F1", "micro_f1"), ("macro-F1", "macro_f1"),
-                           ("exact match", "subset_accuracy")]]
-    rows.append(["no label predicted", str(fixed["empty_predictions"]), str(tuned["empty_predictions"]),
-                 f"{tuned['empty_predictions'] - fixed['empty_predictions']:+d}"])
+    rows = [
+        [m, _f(fixed[key]), _f(tuned[key]), f"{tuned[key] - fixed[key]:+.4f}"]
+        for m, key in [
+            ("jaccard", "jaccard"),
+            ("micro-F1", "micro_f1"),
+            ("macro-F1", "macro_f1"),
+            ("exact match", "subset_accuracy"),
+        ]
+    ]
+    rows.append(
+        [
+            "no label predicted",
+            str(fixed["empty_predictions"]),
+            str(tuned["empty_predictions"]),
+            f"{tuned['empty_predictions'] - fixed['empty_predictions']:+d}",
+        ]
+    )
     lines = ["thresholds: fixed vs tuned per label", *_table(["metric", fixed_name, "tuned", "change"], rows)]
     thresholds = tuned["threshold"] if isinstance(tuned["threshold"], list) else None
     label_rows = []
@@ -151,8 +169,10 @@ def _confusion(rep: dict) -> list[str]:
     names, matrix = rep["label_names"], rep["confusion_matrix"]
     # Columns are headed by class index to stay narrow; rows carry index and name.
     header = ["gold \\ predicted", *[str(j) for j in range(len(names))]]
-    rows = [[str(i) if name == str(i) else f"{i} {name}", *[str(v) for v in row]]
-            for i, (name, row) in enumerate(zip(names, matrix))]
+    rows = [
+        [str(i) if name == str(i) else f"{i} {name}", *[str(v) for v in row]]
+        for i, (name, row) in enumerate(zip(names, matrix))
+    ]
     return ["confusion matrix (rows: gold, columns: predicted)", *_table(header, rows)]
 
 
@@ -231,7 +251,7 @@ def write_results(path: str | os.PathLike, results: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot write results ({exc.strerror}); choose a writable --output-dir") from None
+        raise ConfigError(f"{path}: cannot write results ({exc.strerror}); choose a writable `output_dir`") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; results are meant to be shared
@@ -241,7 +261,7 @@ def write_results(path: str | os.PathLike, results: dict) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise ConfigError(f"{path}: cannot write results ({exc.strerror}); choose a writable --output-dir") from None
+        raise ConfigError(f"{path}: cannot write results ({exc.strerror}); choose a writable `output_dir`") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

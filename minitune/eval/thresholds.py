@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from minitune.eval.metrics import predict_multilabel
+from minitune.data.kinds import MULTI_LABEL
+from minitune.eval.metrics import classification_report, predict_multilabel
 
 GRID = np.round(np.arange(1, 20) * 0.05, 2)  # 0.05 .. 0.95; rounded so 0.15 is 0.15, not 0.15000000000000002
 DEFAULT_THRESHOLD = 0.5
@@ -38,8 +39,7 @@ def _pick(f1: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     is_best = np.isclose(f1, best, rtol=1e-12, atol=0.0) & ~np.isnan(f1)
     # Lexicographic key: distance to 0.5 first, the threshold itself second; non-best rows are pushed out.
     distance = np.where(is_best, np.abs(candidates - DEFAULT_THRESHOLD), np.inf)
-    key = np.where(np.isclose(distance, distance.min(axis=0, keepdims=True), rtol=0, atol=1e-12),
-                   candidates, np.inf)
+    key = np.where(np.isclose(distance, distance.min(axis=0, keepdims=True), rtol=0, atol=1e-12), candidates, np.inf)
     return np.take_along_axis(candidates, key.argmin(axis=0)[None, :], axis=0)[0]
 
 
@@ -96,3 +96,17 @@ def per_label_f1(y_true, probs, thr) -> np.ndarray:
     tp = (pred & y).sum(axis=0)
     denom = pred.sum(axis=0) + y.sum(axis=0)
     return np.divide(2.0 * tp, denom, out=np.zeros(tp.shape), where=denom > 0)
+
+
+def choose_thresholds(y_true, probs, label_names: list[str], threshold: float, metric: str) -> dict:
+    """Per-label thresholds tuned for each label's F1, kept for prediction ("use": "tuned") only if they also do at
+    least as well as the fixed `threshold` on `metric` over all labels; both are recorded either way."""
+    tuned = tune_thresholds(y_true, probs)
+    rep = classification_report(MULTI_LABEL, y_true, probs, label_names, threshold=threshold, tuned_thresholds=tuned)
+    use = "tuned" if rep["tuned"][metric] >= rep[metric] else "fixed"
+    return {
+        "threshold": threshold,
+        "per_label": dict(zip(label_names, map(float, tuned))),
+        "use": use,
+        "metric": metric,
+    }

@@ -24,17 +24,10 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from .common import (
-    ACTIVATIONS,
-    Classifier,
-    Packing,
-    first_tokens,
-    flatten_choices,
-    run_layers,
-    self_attention,
-    unflatten_choices,
-)
+from minitune.errors import ConfigError
+from minitune.models.activations import ACTIVATIONS
+from minitune.models.attention import Packing, first_tokens, run_layers, self_attention
+from minitune.models.heads import Classifier, flatten_choices, unflatten_choices
 
 MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
 # Unpad when at least this share of a batch is padding (see benchmarks/padding.py for where it pays).
@@ -71,7 +64,9 @@ class BertConfig:
 
 def config_from_hf(d: dict) -> BertConfig:
     if d.get("position_embedding_type", "absolute") != "absolute":
-        raise ConfigError(f"position_embedding_type={d['position_embedding_type']!r} is not supported (only 'absolute')")
+        raise ConfigError(
+            f"position_embedding_type={d['position_embedding_type']!r} is not supported (only 'absolute')"
+        )
     if d.get("hidden_act", "gelu") not in ACTIVATIONS:
         raise ConfigError(f"hidden_act={d['hidden_act']!r} is not supported; supported: {sorted(ACTIVATIONS)}")
     known = {f.name for f in fields(BertConfig)}
@@ -99,8 +94,11 @@ class Embeddings(nn.Module):
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        x = (self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
-             + self.position_embeddings(self.position_ids(input_ids)))
+        x = (
+            self.word_embeddings(input_ids)
+            + self.token_type_embeddings(token_type_ids)
+            + self.position_embeddings(self.position_ids(input_ids))
+        )
         return self.dropout(self.LayerNorm(x))
 
 
@@ -113,16 +111,21 @@ class Layer(nn.Module):
         self.n_heads = cfg.num_attention_heads
         self.attn_dropout = cfg.attention_probs_dropout_prob
         self.act = ACTIVATIONS[cfg.hidden_act]
-        self.attention = nn.ModuleDict({
-            "self": nn.ModuleDict({"query": nn.Linear(h, h), "key": nn.Linear(h, h), "value": nn.Linear(h, h)}),
-            "output": nn.ModuleDict({"dense": nn.Linear(h, h), "LayerNorm": nn.LayerNorm(h, eps=eps)}),
-        })
+        self.attention = nn.ModuleDict(
+            {
+                "self": nn.ModuleDict({"query": nn.Linear(h, h), "key": nn.Linear(h, h), "value": nn.Linear(h, h)}),
+                "output": nn.ModuleDict({"dense": nn.Linear(h, h), "LayerNorm": nn.LayerNorm(h, eps=eps)}),
+            }
+        )
         self.intermediate = nn.ModuleDict({"dense": nn.Linear(h, cfg.intermediate_size)})
-        self.output = nn.ModuleDict({"dense": nn.Linear(cfg.intermediate_size, h), "LayerNorm": nn.LayerNorm(h, eps=eps)})
+        self.output = nn.ModuleDict(
+            {"dense": nn.Linear(cfg.intermediate_size, h), "LayerNorm": nn.LayerNorm(h, eps=eps)}
+        )
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None, pack: Packing | None = None,
-                first_only: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor | None, pack: Packing | None = None, first_only: bool = False
+    ) -> torch.Tensor:
         """x: (B, T, H), or (N, H) real tokens only when `pack` says where they sit. `first_only`: compute the
         output of each sequence's first token only, (B, H); every token still serves as key and value."""
         sa, ao = self.attention["self"], self.attention["output"]
@@ -145,12 +148,19 @@ class Encoder(nn.Module):
         self.gradient_checkpointing = False
         self.unpad_min_share = UNPAD_MIN_SHARE
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, first_token_only: bool = False
-                ) -> torch.Tensor:
+    def forward(
+        self, input_ids, attention_mask=None, token_type_ids=None, first_token_only: bool = False
+    ) -> torch.Tensor:
         """Hidden states (B, T, H); with `first_token_only`, the first token's only, (B, H) (see `run_layers`)."""
         x = self.embeddings(input_ids, token_type_ids)
-        return run_layers(self.encoder["layer"], x, attention_mask, self.unpad_min_share, first_token_only,
-                          self.gradient_checkpointing and self.training)
+        return run_layers(
+            self.encoder["layer"],
+            x,
+            attention_mask,
+            self.unpad_min_share,
+            first_token_only,
+            self.gradient_checkpointing and self.training,
+        )
 
     def pool(self, first: torch.Tensor) -> torch.Tensor:
         """The BERT pooler on the first token's hidden state (B, H)."""
@@ -192,7 +202,6 @@ class BertClassifier(Classifier):
         return unflatten_choices(logits, shape)
 
 
-
 def build(cfg: BertConfig, head: str, num_labels: int) -> BertClassifier:
     return BertClassifier(cfg, head, num_labels)
 
@@ -201,3 +210,11 @@ def hf_architecture(model_type: str, head: str) -> str:
     family = {"bert": "Bert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta"}[model_type]
     return family + ("ForSequenceClassification" if head == "sequence" else "ForMultipleChoice")
 
+
+def usable_positions(hf: dict) -> int | None:
+    """The longest input the position table serves. RoBERTa and XLM-R number real tokens from pad_token_id + 1
+    (see Embeddings.position_ids), so their first pad_token_id + 1 rows are never a real token's: 514 - 2 = 512."""
+    positions = hf.get("max_position_embeddings")
+    if positions is None or hf.get("model_type") == "bert":
+        return positions
+    return positions - (hf.get("pad_token_id", 0) + 1)

@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..errors import ConfigError
-from .common import ACTIVATIONS, Classifier
-from .rope import RotaryEmbedding, apply_rope, rope_inv_freq, rotate_half  # noqa: F401 (part of this API)
+from minitune.errors import ConfigError
+from minitune.models.activations import ACTIVATIONS
+from minitune.models.heads import Classifier
+from minitune.models.rope import RotaryEmbedding, apply_rope
 
 MODEL_TYPES = ("llama", "qwen2", "gemma")
 _ARCH_NAMES = {"llama": "Llama", "qwen2": "Qwen2", "gemma": "Gemma"}
@@ -69,22 +70,30 @@ class DecoderConfig:
     def __post_init__(self) -> None:
         where = "config.json"
         if self.model_type not in MODEL_TYPES:
-            raise ConfigError(f"{where}: model_type {self.model_type!r} is not a decoder family; "
-                              f"use one of {', '.join(MODEL_TYPES)}")
+            raise ConfigError(
+                f"{where}: model_type {self.model_type!r} is not a decoder family; use one of {', '.join(MODEL_TYPES)}"
+            )
         if self.num_key_value_heads <= 0 or self.num_attention_heads % self.num_key_value_heads:
-            raise ConfigError(f"{where}: num_attention_heads={self.num_attention_heads} is not a multiple of "
-                              f"num_key_value_heads={self.num_key_value_heads}; fix the head counts")
+            raise ConfigError(
+                f"{where}: num_attention_heads={self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads={self.num_key_value_heads}; fix the head counts"
+            )
         if self.head_dim % 2:
             raise ConfigError(f"{where}: head_dim={self.head_dim} is odd; rotary embeddings need an even head_dim")
         if self.hidden_act not in ACTIVATIONS:
-            raise ConfigError(f"{where}: hidden_act={self.hidden_act!r} is not supported; "
-                              f"use one of {', '.join(sorted(ACTIVATIONS))}")
+            raise ConfigError(
+                f"{where}: hidden_act={self.hidden_act!r} is not supported; use one of {', '.join(sorted(ACTIVATIONS))}"
+            )
         if self.rope_type not in _ROPE_TYPES:
-            raise ConfigError(f"{where}: rope type {self.rope_type!r} is not supported; "
-                              f"use one of {', '.join(_ROPE_TYPES)} (rope_parameters / rope_scaling)")
+            raise ConfigError(
+                f"{where}: rope type {self.rope_type!r} is not supported; "
+                f"use one of {', '.join(_ROPE_TYPES)} (rope_parameters / rope_scaling)"
+            )
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
-            raise ConfigError(f"{where}: pad_token_id={self.pad_token_id} is outside the vocabulary "
-                              f"(vocab_size={self.vocab_size}); set a valid pad_token_id")
+            raise ConfigError(
+                f"{where}: pad_token_id={self.pad_token_id} is outside the vocabulary "
+                f"(vocab_size={self.vocab_size}); set a valid pad_token_id"
+            )
 
     @property
     def num_kv_groups(self) -> int:
@@ -96,10 +105,13 @@ class DecoderConfig:
         layout (rope_parameters)."""
         kind = d.get("model_type")
         if kind not in MODEL_TYPES:
-            raise ConfigError(f"config.json: model_type {kind!r} is not a decoder family; "
-                              f"use one of {', '.join(MODEL_TYPES)}")
-        sizes = {k: _required(d, k) for k in ("vocab_size", "hidden_size", "intermediate_size",
-                                              "num_hidden_layers", "num_attention_heads")}
+            raise ConfigError(
+                f"config.json: model_type {kind!r} is not a decoder family; use one of {', '.join(MODEL_TYPES)}"
+            )
+        sizes = {
+            k: _required(d, k)
+            for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+        }
         heads, gemma = sizes["num_attention_heads"], kind == "gemma"
         _reject_unsupported(d, kind, sizes["num_hidden_layers"])
         act = d.get("hidden_act") or ("gelu_pytorch_tanh" if gemma else "silu")
@@ -108,7 +120,8 @@ class DecoderConfig:
         attention_bias = bool(d.get("attention_bias", False))
         max_pos = d.get("max_position_embeddings") or {"llama": 2048, "qwen2": 32768, "gemma": 8192}[kind]
         return cls(
-            model_type=kind, **sizes,
+            model_type=kind,
+            **sizes,
             num_key_value_heads=d.get("num_key_value_heads") or heads,
             head_dim=d.get("head_dim") or (256 if gemma else sizes["hidden_size"] // heads),
             rms_norm_eps=d.get("rms_norm_eps") or 1e-6,
@@ -123,7 +136,7 @@ class DecoderConfig:
             tie_word_embeddings=bool(d.get("tie_word_embeddings", gemma)),
             attention_dropout=float(d.get("attention_dropout") or 0.0),
             initializer_range=d.get("initializer_range") or 0.02,
-            pad_token_id=d["pad_token_id"] if "pad_token_id" in d else (0 if gemma else None),
+            pad_token_id=d.get("pad_token_id", 0 if gemma else None),
             bos_token_id=d.get("bos_token_id"),
             eos_token_id=d.get("eos_token_id"),
         )
@@ -140,8 +153,10 @@ def _reject_unsupported(d: dict, kind: str, n_layers: int) -> None:
     if kind == "qwen2" and d.get("use_sliding_window"):
         first_sliding = d.get("max_window_layers", 28)
         if d.get("sliding_window", 4096) is not None and first_sliding < n_layers:
-            raise ConfigError("config.json: use_sliding_window=true is not supported; set it to false "
-                              "(sequences shorter than sliding_window give the same result)")
+            raise ConfigError(
+                "config.json: use_sliding_window=true is not supported; set it to false "
+                "(sequences shorter than sliding_window give the same result)"
+            )
     if "sliding_attention" in (d.get("layer_types") or []):
         raise ConfigError("config.json: layer_types has sliding_attention layers, which are not supported")
     if d.get("use_bidirectional_attention"):
@@ -158,17 +173,22 @@ def _rope_fields(d: dict, max_pos: int) -> dict:
         raise ConfigError("config.json: per-layer-type rope_parameters are not supported for llama/qwen2/gemma")
     if p.get("partial_rotary_factor", 1.0) != 1.0:
         raise ConfigError("config.json: partial_rotary_factor != 1 is not supported for llama/qwen2/gemma")
-    out = {"rope_theta": float(p.get("rope_theta", d.get("rope_theta", 10000.0))),
-           "rope_type": p.get("rope_type", p.get("type", "default"))}
+    out = {
+        "rope_theta": float(p.get("rope_theta", d.get("rope_theta", 10000.0))),
+        "rope_type": p.get("rope_type", p.get("type", "default")),
+    }
     if out["rope_type"] == "llama3":
         missing = [k for k in ("factor", "low_freq_factor", "high_freq_factor") if k not in p]
         if missing:
             raise ConfigError(f"config.json: llama3 rope scaling lacks {', '.join(missing)}; add them")
         # A top-level original_max_position_embeddings wins over the one in the dict, as in the reference.
-        ctx = d.get("original_max_position_embeddings") or p.get("original_max_position_embeddings") \
-            or max_pos
-        out.update(rope_factor=float(p["factor"]), rope_low_freq_factor=float(p["low_freq_factor"]),
-                   rope_high_freq_factor=float(p["high_freq_factor"]), rope_original_max_position_embeddings=ctx)
+        ctx = d.get("original_max_position_embeddings") or p.get("original_max_position_embeddings") or max_pos
+        out.update(
+            rope_factor=float(p["factor"]),
+            rope_low_freq_factor=float(p["low_freq_factor"]),
+            rope_high_freq_factor=float(p["high_freq_factor"]),
+            rope_original_max_position_embeddings=ctx,
+        )
     return out
 
 
@@ -215,18 +235,25 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(h, kv, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(q, h, bias=cfg.o_bias)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None, dead: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        dead: torch.Tensor | None,
+    ) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = self.v_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         p = self.dropout if self.training else 0.0
-        scale = self.head_dim ** -0.5
+        scale = self.head_dim**-0.5
         if mask is None:  # no padding: the causal flag lets SDPA pick its fastest kernel, GQA without copies
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True, scale=scale,
-                                               enable_gqa=self.groups > 1)
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=p, is_causal=True, scale=scale, enable_gqa=self.groups > 1
+            )
         else:  # masked GQA would fall back to the slow math kernel on GPU; repeat kv instead
             k, v = _repeat_kv(k, self.groups), _repeat_kv(v, self.groups)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=scale)
@@ -260,8 +287,14 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_plus_one)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_plus_one)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                mask: torch.Tensor | None, dead: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        dead: torch.Tensor | None,
+    ) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, dead)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -301,12 +334,16 @@ class DecoderModel(nn.Module):
         x = self.embed_tokens(input_ids)  # (B, T, H)
         if self.cfg.scale_embeddings:
             # sqrt(hidden) goes through fp32 into the activation dtype before the multiply, as the reference.
-            scale = torch.tensor(self.cfg.hidden_size ** 0.5, dtype=torch.float32, device="cpu")
+            scale = torch.tensor(self.cfg.hidden_size**0.5, dtype=torch.float32, device="cpu")
             x = x * scale.to(x.dtype).item()
         return x
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         t = input_ids.shape[1]
         x = self.embed(input_ids)
         if position_ids is None:  # arange even with left padding, like the reference (RoPE is relative anyway)
@@ -365,8 +402,12 @@ class DecoderForSequenceClassification(Classifier):
     def gradient_checkpointing(self, on: bool) -> None:
         self.model.gradient_checkpointing = on
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """token_type_ids is accepted for a call shared with the encoders and ignored (decoders have none)."""
         hidden = self.model(input_ids, attention_mask)  # (B, T, H)
         idx = last_token_index(input_ids, attention_mask)
@@ -387,3 +428,8 @@ def hf_architecture(model_type: str, head: str) -> str:
     if head != "sequence":
         raise ConfigError(f"head={head!r} is not supported for {model_type} (decoder) models; use head='sequence'")
     return _ARCH_NAMES[model_type] + "ForSequenceClassification"
+
+
+def usable_positions(hf: dict) -> int | None:
+    """None: rotary positions have no table to index past; the limit is the tokenizer's and the context's."""
+    return None

@@ -15,18 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from .bert import UNPAD_MIN_SHARE
-from .common import (
-    ACTIVATIONS,
-    Classifier,
-    Packing,
-    first_tokens,
-    flatten_choices,
-    run_layers,
-    self_attention,
-    unflatten_choices,
-)
+from minitune.errors import ConfigError
+from minitune.models.activations import ACTIVATIONS
+from minitune.models.attention import Packing, first_tokens, run_layers, self_attention
+from minitune.models.bert import UNPAD_MIN_SHARE
+from minitune.models.heads import Classifier, flatten_choices, unflatten_choices
 
 MODEL_TYPES = ("distilbert",)
 EPS = 1e-12
@@ -77,14 +70,16 @@ class Block(nn.Module):
         self.output_layer_norm = nn.LayerNorm(d, eps=EPS)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None, pack: Packing | None = None,
-                first_only: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor | None, pack: Packing | None = None, first_only: bool = False
+    ) -> torch.Tensor:
         """x: (B, T, D), or (N, D) real tokens only when `pack` says where they sit; `first_only` as in bert.py."""
         att = self.attention
         p = self.attn_dropout if self.training else 0.0
         q_in = first_tokens(x, pack) if first_only else x
-        a = self_attention(att["q_lin"](q_in), att["k_lin"](x), att["v_lin"](x), self.n_heads, bias, pack, p,
-                           first_only)
+        a = self_attention(
+            att["q_lin"](q_in), att["k_lin"](x), att["v_lin"](x), self.n_heads, bias, pack, p, first_only
+        )
         x = self.sa_layer_norm(q_in + att["out_lin"](a))
         h = self.dropout(self.ffn["lin2"](self.act(self.ffn["lin1"](x))))
         return self.output_layer_norm(x + h)
@@ -93,11 +88,13 @@ class Block(nn.Module):
 class DistilBertModel(nn.Module):
     def __init__(self, cfg: DistilBertConfig):
         super().__init__()
-        self.embeddings = nn.ModuleDict({
-            "word_embeddings": nn.Embedding(cfg.vocab_size, cfg.dim, padding_idx=cfg.pad_token_id),
-            "position_embeddings": nn.Embedding(cfg.max_position_embeddings, cfg.dim),
-            "LayerNorm": nn.LayerNorm(cfg.dim, eps=EPS),
-        })
+        self.embeddings = nn.ModuleDict(
+            {
+                "word_embeddings": nn.Embedding(cfg.vocab_size, cfg.dim, padding_idx=cfg.pad_token_id),
+                "position_embeddings": nn.Embedding(cfg.max_position_embeddings, cfg.dim),
+                "LayerNorm": nn.LayerNorm(cfg.dim, eps=EPS),
+            }
+        )
         self.emb_dropout = nn.Dropout(cfg.dropout)
         self.transformer = nn.ModuleDict({"layer": nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))})
         self.gradient_checkpointing = False
@@ -108,8 +105,14 @@ class DistilBertModel(nn.Module):
         pos = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = emb["word_embeddings"](input_ids) + emb["position_embeddings"](pos)
         x = self.emb_dropout(emb["LayerNorm"](x))
-        return run_layers(self.transformer["layer"], x, attention_mask, self.unpad_min_share, first_token_only,
-                          self.gradient_checkpointing and self.training)
+        return run_layers(
+            self.transformer["layer"],
+            x,
+            attention_mask,
+            self.unpad_min_share,
+            first_token_only,
+            self.gradient_checkpointing and self.training,
+        )
 
 
 class DistilBertClassifier(Classifier):
@@ -135,10 +138,14 @@ class DistilBertClassifier(Classifier):
         return unflatten_choices(self.classifier(x), shape)
 
 
-
 def build(cfg: DistilBertConfig, head: str, num_labels: int) -> DistilBertClassifier:
     return DistilBertClassifier(cfg, head, num_labels)
 
 
 def hf_architecture(model_type: str, head: str) -> str:
     return "DistilBert" + ("ForSequenceClassification" if head == "sequence" else "ForMultipleChoice")
+
+
+def usable_positions(hf: dict) -> int | None:
+    """The longest input the position table serves (positions count from 0)."""
+    return hf.get("max_position_embeddings")

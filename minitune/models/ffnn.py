@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from .common import Classifier, flatten_choices, unflatten_choices
+from minitune.models.heads import Classifier, flatten_choices, unflatten_choices
 
 MODEL_TYPES = ("minitune-ffnn",)
 
@@ -40,8 +40,9 @@ class BagOfEmbeddings(Classifier):
     def __init__(self, cfg: FFNNConfig, head: str, num_labels: int):
         super().__init__()
         self.cfg, self.head, self.num_labels = cfg, head, num_labels
-        self.encoder = nn.ModuleDict({"embed": nn.Embedding(cfg.vocab_size, cfg.embed_dim),
-                                      "hidden": nn.Linear(cfg.embed_dim, cfg.hidden_dim)})
+        self.encoder = nn.ModuleDict(
+            {"embed": nn.Embedding(cfg.vocab_size, cfg.embed_dim), "hidden": nn.Linear(cfg.embed_dim, cfg.hidden_dim)}
+        )
         self.dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(cfg.hidden_dim, 1 if head == "multiple_choice" else num_labels)
 
@@ -76,3 +77,8 @@ def build_ffnn(vocab_size: int, num_labels: int, head: str, pad_token_id: int | 
     model.hf_config = {k: getattr(cfg, k) for k in (f.name for f in fields(FFNNConfig))}
     model.head = head
     return model
+
+
+def usable_positions(hf: dict) -> int | None:
+    """None: a bag of embeddings has no positions."""
+    return None

@@ -9,16 +9,25 @@ wavelengths by `factor`, keeps short ones and blends linearly between; the half-
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from .decoder import DecoderConfig
+
+class RopeSettings(Protocol):
+    """The fields of a decoder config that rotary embeddings read (DecoderConfig has them all)."""
+
+    head_dim: int
+    rope_theta: float
+    rope_type: str  # "default" or "llama3"
+    rope_factor: float
+    rope_low_freq_factor: float
+    rope_high_freq_factor: float
+    rope_original_max_position_embeddings: int
 
 
-def rope_inv_freq(cfg: DecoderConfig, device: torch.device | None = None) -> torch.Tensor:
+def rope_inv_freq(cfg: RopeSettings, device: torch.device | None = None) -> torch.Tensor:
     """(head_dim / 2,) fp32 inverse frequencies, with the Llama 3 wavelength rescaling when configured."""
     d = cfg.head_dim
     inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
@@ -40,7 +49,7 @@ class RotaryEmbedding(nn.Module):
     """cos/sin tables for the given positions. inv_freq is recomputed per call (head_dim/2 numbers) rather than kept
     as a buffer, so it stays fp32 under model.to(bf16) and needs nothing special when built on the meta device."""
 
-    def __init__(self, cfg: DecoderConfig):
+    def __init__(self, cfg: RopeSettings):
         super().__init__()
         self.cfg = cfg
 

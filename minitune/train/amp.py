@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from minitune.errors import CheckpointError, ConfigError
+from minitune.errors import CheckpointError, ParameterError
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -36,18 +36,20 @@ def _device_type(device: str | torch.device) -> str:
 
 
 def resolve_precision(precision: str, device: str | torch.device) -> torch.dtype:
-    """The autocast dtype for `--precision` on this device, or a ConfigError saying what to use instead."""
+    """The autocast dtype for `precision` on this device, or a ParameterError saying what to use instead."""
     if precision not in PRECISIONS:
-        raise ConfigError(f"--precision {precision!r} is not a precision: use one of {', '.join(PRECISIONS)}")
+        raise ParameterError(f"`precision` {precision!r} is not a precision: use one of {', '.join(PRECISIONS)}")
     dtype = PRECISIONS[precision]
     device_type = _device_type(device)
     if dtype == torch.float32:
         return dtype
     if device_type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"--precision {precision} asks for CUDA autocast but no GPU is visible: use --device cpu")
+            raise ParameterError(
+                f"`precision` {precision} asks for CUDA autocast but no GPU is visible: use `device` cpu"
+            )
         if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-            raise ConfigError("--precision bf16 is not supported by this GPU: use --precision fp16")
+            raise ParameterError("`precision` bf16 is not supported by this GPU: use `precision` fp16")
         return dtype
     # torch disables autocast with a warning (not an error) for dtypes a backend lacks; turn that into an error.
     with warnings.catch_warnings(record=True) as caught:
@@ -55,18 +57,16 @@ def resolve_precision(precision: str, device: str | torch.device) -> torch.dtype
         try:
             torch.autocast(device_type=device_type, dtype=dtype)
         except RuntimeError as err:
-            raise ConfigError(f"--precision {precision} on {device_type}: {err}; use --precision fp32") from err
+            raise ParameterError(f"`precision` {precision} on {device_type}: {err}; use `precision` fp32") from err
     if any("not supported" in str(w.message) for w in caught):
-        raise ConfigError(
-            f"--precision {precision} is not supported by {device_type} autocast in torch {torch.__version__}:"
-            " use --precision bf16 or fp32"
+        raise ParameterError(
+            f"`precision` {precision} is not supported by {device_type} autocast in torch {torch.__version__}:"
+            " use `precision` bf16 or fp32"
         )
     return dtype
 
 
-def autocast_context(
-    precision: str, device: str | torch.device
-) -> contextlib.AbstractContextManager[Any]:
+def autocast_context(precision: str, device: str | torch.device) -> contextlib.AbstractContextManager[Any]:
     """torch.autocast for bf16/fp16, a do-nothing context for fp32."""
     dtype = resolve_precision(precision, device)
     if dtype == torch.float32:

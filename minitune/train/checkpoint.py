@@ -1,4 +1,4 @@
-"""Checkpoints for `--resume`: model, optimizer, scheduler, loss scaler, every RNG and the sampler position.
+"""Checkpoints to resume from: model, optimizer, scheduler, loss scaler, every RNG and the sampler position.
 
 Written atomically: everything goes into a fresh temporary directory beside the target, which then replaces the
 previous checkpoint by rename, so a crash mid-write leaves the last good checkpoint in place. Weights are
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import CheckpointError
+from minitune.errors import CheckpointError
 
 WEIGHTS, STATE, SIGNATURE = "model.safetensors", "trainer_state.pt", "signature.json"
 
@@ -51,8 +51,9 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k in names}
 
 
-def save_checkpoint(directory: Path, model, optimizer, scheduler, scaler, sampler, loop_state: dict,
-                    signature: dict) -> None:
+def save_checkpoint(
+    directory: Path, model, optimizer, scheduler, scaler, sampler, loop_state: dict, signature: dict
+) -> None:
     """`signature`: the settings a resumed run must share with this one (checked by load_checkpoint)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -61,9 +62,18 @@ def save_checkpoint(directory: Path, model, optimizer, scheduler, scaler, sample
     try:
         save_file(trainable_state(model), str(tmp / WEIGHTS))
         (tmp / SIGNATURE).write_text(json.dumps(signature, sort_keys=True) + "\n", encoding="utf-8")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(), "sampler": sampler.state_dict(), "rng": rng_state(),
-                    "loop": loop_state, "signature": json.dumps(signature, sort_keys=True)}, tmp / STATE)
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "sampler": sampler.state_dict(),
+                "rng": rng_state(),
+                "loop": loop_state,
+                "signature": json.dumps(signature, sort_keys=True),
+            },
+            tmp / STATE,
+        )
         shutil.rmtree(old, ignore_errors=True)  # left over if an earlier run died between the renames below
         if directory.exists():
             directory.rename(old)
@@ -85,8 +95,8 @@ def _readable(directory: Path) -> Path | None:
 def _compare_signature(saved: dict, signature: dict, where: Path) -> None:
     changed = sorted(k for k in set(saved) | set(signature) if saved.get(k) != signature.get(k))
     if changed:
-        was = ", ".join(f"--{k.replace('_', '-')} {saved.get(k)}" for k in changed)
-        raise CheckpointError(f"--resume {where}: the run was started with {was}; resume with the same settings")
+        was = ", ".join(f"`{k}` {saved.get(k)}" for k in changed)
+        raise CheckpointError(f"`resume` {where}: the run was started with {was}; resume with the same settings")
 
 
 def check_resumable(directory: Path, signature: dict) -> None:
@@ -95,13 +105,14 @@ def check_resumable(directory: Path, signature: dict) -> None:
     where = Path(directory).parent
     found = _readable(Path(directory))
     if found is None:
-        raise CheckpointError(f"--resume {where}: no checkpoint there; start without --resume")
+        raise CheckpointError(f"`resume` {where}: no checkpoint there; start without `resume`")
     if (found / SIGNATURE).is_file():
         try:
             saved = json.loads((found / SIGNATURE).read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            raise CheckpointError(f"--resume {where}: {found / SIGNATURE} cannot be read ({e}); it is corrupt: "
-                                  "start without --resume") from None
+            raise CheckpointError(
+                f"`resume` {where}: {found / SIGNATURE} cannot be read ({e}); it is corrupt: start without `resume`"
+            ) from None
         _compare_signature(saved, signature, where)
 
 
@@ -110,19 +121,24 @@ def load_checkpoint(directory: Path, model, optimizer, scheduler, scaler, sample
     where = Path(directory).parent
     directory = _readable(Path(directory))
     if directory is None:
-        raise CheckpointError(f"--resume {where}: no checkpoint there; start without --resume")
+        raise CheckpointError(f"`resume` {where}: no checkpoint there; start without `resume`")
     try:
         weights = load_file(str(directory / WEIGHTS))
         state = torch.load(directory / STATE, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"--resume {where}: the checkpoint cannot be read ({type(e).__name__}: {e}); "
-                              "it is corrupt: start without --resume") from None
+        raise CheckpointError(
+            f"`resume` {where}: the checkpoint cannot be read ({type(e).__name__}: {e}); "
+            "it is corrupt: start without `resume`"
+        ) from None
     _compare_signature(json.loads(state.get("signature", "{}")), signature, where)
     own = model.state_dict()
     if set(weights) != {k for k, p in model.named_parameters() if p.requires_grad} or any(
-            own[k].shape != v.shape for k, v in weights.items()):
-        raise CheckpointError(f"--resume {where}: the checkpoint's weights do not fit this model; resume with the "
-                              "same --model and options")
+        own[k].shape != v.shape for k, v in weights.items()
+    ):
+        raise CheckpointError(
+            f"`resume` {where}: the checkpoint's weights do not fit this model; resume with the "
+            "same `model` and options"
+        )
     with torch.no_grad():
         for k, v in weights.items():
             own[k].copy_(v)

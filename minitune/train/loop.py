@@ -17,19 +17,41 @@ import json
 import math
 import resource
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .amp import DynamicLossScaler, autocast_context
-from ..atomic import atomic_write_text
-from ..config import resume_signature
-from .checkpoint import load_checkpoint, save_checkpoint, trainable_state
-from .optim import build_optimizer, build_scheduler
+from minitune.checkpoints.atomic import atomic_write, atomic_write_text
+from minitune.train.amp import DynamicLossScaler, autocast_context
+from minitune.train.checkpoint import load_checkpoint, save_checkpoint, trainable_state
+from minitune.train.optim import build_optimizer, build_scheduler
+
+
+@dataclass
+class LoopConfig:
+    """Everything `fit` reads. The runner builds it from the command line's RunConfig (minitune/config.py)."""
+
+    metric: str  # the key of evaluate()'s dict to select on (higher is better)
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    llrd: float | None = None  # layer-wise lr decay; None: one lr
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.1
+    epochs: int = 3
+    max_steps: int | None = None  # overrides epochs
+    grad_accum: int = 1
+    clip_grad: float = 1.0  # 0: off
+    precision: str = "fp32"
+    eval_every: int | None = None  # optimizer steps; None: after every epoch
+    patience: int | None = None  # evaluations without improvement before stopping; None: never
+    log_every: int = 10
+    resume: bool = False  # continue from out_dir/checkpoint
+    signature: dict = field(default_factory=dict)  # settings a resumed run must share, stored with checkpoints
 
 
 @dataclass
@@ -71,10 +93,13 @@ class MetricsLog:
         """A fresh log, or on resume the old one cut back to the checkpoint's step: the steps logged after it
         are about to be trained again, and would otherwise appear twice."""
         if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
-                    if _logged_step(line) <= resume_step]
+            kept = [
+                line
+                for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+                if _logged_step(line) <= resume_step
+            ]
             atomic_write_text(path, "".join(kept))
-        self.file = open(path, "a" if resume_step is not None else "w", encoding="utf-8")
+        self.file = open(path, "a" if resume_step is not None else "w", encoding="utf-8")  # noqa: SIM115 (held for the run)
 
     def write(self, **record) -> None:
         self.file.write(json.dumps(record) + "\n")
@@ -92,8 +117,9 @@ def forward_loss(model, loss_fn, batch: dict, precision: str, device: torch.devi
     return loss_fn(logits.float(), batch["labels"]), int(batch["attention_mask"].sum())
 
 
-def accumulate_gradients(model, loss_fn, micro_batches: list[dict], precision: str, device: torch.device,
-                         scaler: DynamicLossScaler) -> tuple[float, int]:
+def accumulate_gradients(
+    model, loss_fn, micro_batches: list[dict], precision: str, device: torch.device, scaler: DynamicLossScaler
+) -> tuple[float, int]:
     """Backward over one accumulation window; the summed gradient equals the gradient of the window's mean loss.
 
     Each micro-batch's mean loss is weighted by its share of the window's examples, so unequal micro-batches
@@ -143,7 +169,7 @@ def zero_grads(optimizer: torch.optim.Optimizer, kept: KeptGrads) -> None:
 class Loop:
     """What one `fit` owns: optimizer, schedule, scaler, logs and the loop state, with one method per phase."""
 
-    def __init__(self, model, loss_fn, data: TrainData, evaluate, cfg, out_dir: Path, device: torch.device):
+    def __init__(self, model, loss_fn, data: TrainData, evaluate, cfg: LoopConfig, out_dir: Path, device: torch.device):
         self.model, self.loss_fn, self.data, self.evaluate, self.cfg = model, loss_fn, data, evaluate, cfg
         self.out_dir, self.device = Path(out_dir), device
         self.total, self.epochs = self._plan(cfg)
@@ -151,20 +177,29 @@ class Loop:
         # Warmup rounds up, as the reference does: a short run still gets a warmup step.
         warmup = math.ceil(cfg.warmup_ratio * self.total)
         self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, self.total, warmup)
-        self.signature = resume_signature(cfg)
+        self.signature = cfg.signature
         self.scaler = DynamicLossScaler(enabled=cfg.precision == "fp16")
         self.params = [p for p in model.parameters() if p.requires_grad]
         # CPU only: CUDA's caching allocator has no page faults to save, and its sparse add is not deterministic.
         self.kept_grads = sparse_embedding_grads(model) if device.type == "cpu" else []
         self.state = LoopState()
         if cfg.resume:
-            self.state = LoopState(**load_checkpoint(self.out_dir / "checkpoint", model, self.optimizer,
-                                                     self.scheduler, self.scaler, data.sampler, self.signature))
+            self.state = LoopState(
+                **load_checkpoint(
+                    self.out_dir / "checkpoint",
+                    model,
+                    self.optimizer,
+                    self.scheduler,
+                    self.scaler,
+                    data.sampler,
+                    self.signature,
+                )
+            )
         self.log = MetricsLog(self.out_dir / "metrics.jsonl", self.state.step if cfg.resume else None)
         self.bar = tqdm(total=self.total, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True)
         self.t0, self.tokens0 = time.perf_counter(), self.state.tokens
 
-    def _plan(self, cfg) -> tuple[int, int]:
+    def _plan(self, cfg: LoopConfig) -> tuple[int, int]:
         """(optimizer steps, epochs) of the run. Each epoch is counted: token-budget batches vary in number from
         one epoch to the next, and the schedule must end where training ends."""
         per_epoch = lambda e: math.ceil(self.data.sampler.num_batches(e) / cfg.grad_accum)  # noqa: E731
@@ -182,8 +217,9 @@ class Loop:
         """One optimizer step over an accumulation window of batches; False when it was skipped (non-finite)."""
         self.model.train()
         batches = [self.data.collate([self.data.features[i] for i in idx]) for idx in window]
-        loss, tokens = accumulate_gradients(self.model, self.loss_fn, batches, self.cfg.precision, self.device,
-                                            self.scaler)
+        loss, tokens = accumulate_gradients(
+            self.model, self.loss_fn, batches, self.cfg.precision, self.device, self.scaler
+        )
         found_inf = self.scaler.unscale_(self.optimizer) or not math.isfinite(loss)
         clip = self.cfg.clip_grad if self.cfg.clip_grad > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
@@ -207,9 +243,17 @@ class Loop:
         tps = (self.state.tokens - self.tokens0) / max(now - self.t0, 1e-9)
         self.t0, self.tokens0 = now, self.state.tokens
         self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
-        self.log.write(type="train", step=self.state.step, epoch=self.state.epoch, loss=loss, lr=lr,
-                       grad_norm=grad_norm, tokens_per_s=tps, peak_mem_bytes=peak_memory_bytes(self.device),
-                       skipped_steps=self.state.skipped_steps)
+        self.log.write(
+            type="train",
+            step=self.state.step,
+            epoch=self.state.epoch,
+            loss=loss,
+            lr=lr,
+            grad_norm=grad_norm,
+            tokens_per_s=tps,
+            peak_mem_bytes=peak_memory_bytes(self.device),
+            skipped_steps=self.state.skipped_steps,
+        )
 
     def evaluate_and_keep(self) -> None:
         """Evaluate; keep the weights if they are the best so far; count toward early stopping."""
@@ -230,43 +274,65 @@ class Loop:
             state.stopped_early = True
 
     def checkpoint(self) -> None:
-        save_checkpoint(self.out_dir / "checkpoint", self.model, self.optimizer, self.scheduler, self.scaler,
-                        self.data.sampler, asdict(self.state), self.signature)
+        save_checkpoint(
+            self.out_dir / "checkpoint",
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.scaler,
+            self.data.sampler,
+            asdict(self.state),
+            self.signature,
+        )
 
     def close(self) -> None:
         self.bar.close()
         self.log.close()
 
 
-def fit(model: nn.Module, loss_fn: nn.Module, data: TrainData, evaluate: Callable[[nn.Module], dict], cfg,
-        out_dir: Path, device: torch.device) -> LoopState:
+def accumulation_windows(sampler, accum: int) -> Iterator[tuple[list[list[int]], bool]]:
+    """The rest of the sampler's epoch as windows of `accum` batches (one optimizer step each; the epoch's last window
+    may be shorter), each with whether it ends the epoch. Batches are drawn lazily, so the sampler's position, which
+    checkpoints save, is always the consumed position."""
+    remaining = len(sampler) - sampler.state_dict()["batches_done"]
+    window: list[list[int]] = []
+    for i, idx in enumerate(sampler):
+        window.append(idx)
+        last = i == remaining - 1
+        if len(window) == accum or last:
+            yield window, last
+            window = []
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    data: TrainData,
+    evaluate: Callable[[nn.Module], dict],
+    cfg: LoopConfig,
+    out_dir: Path,
+    device: torch.device,
+) -> LoopState:
     """Train `model` in place; at the end it holds the best weights seen by `evaluate` (on cfg.metric).
 
     Evaluation (and a resumable checkpoint) comes after every epoch, or every `cfg.eval_every` steps.
     """
     loop = Loop(model, loss_fn, data, evaluate, cfg, out_dir, device)
-    state, sampler, accum = loop.state, data.sampler, cfg.grad_accum
+    state = loop.state
     try:
         for epoch in range(state.epoch, loop.epochs):
             if loop.done():
                 break
-            sampler.set_epoch(epoch)
-            remaining = len(sampler) - sampler.state_dict()["batches_done"]
-            window: list[list[int]] = []
-            finished = True
-            for i, idx in enumerate(sampler):  # lazily, so the sampler's position is the consumed position
-                window.append(idx)
-                if len(window) < accum and i < remaining - 1:
-                    continue
+            data.sampler.set_epoch(epoch)
+            for window, ends_epoch in accumulation_windows(data.sampler, cfg.grad_accum):
                 applied = loop.step(window)
-                window = []
                 if cfg.eval_every and applied and state.step % cfg.eval_every == 0:
                     loop.evaluate_and_keep()
                     loop.checkpoint()
-                if loop.done():
-                    finished = i == remaining - 1
+                if loop.done() and not ends_epoch:
                     break
-            state.epoch += finished  # epochs completed
+            else:  # the epoch's every batch was trained on
+                state.epoch = epoch + 1  # epochs completed
             if not cfg.eval_every:
                 loop.evaluate_and_keep()
             loop.checkpoint()
@@ -279,17 +345,11 @@ def fit(model: nn.Module, loss_fn: nn.Module, data: TrainData, evaluate: Callabl
 
 
 def _save_best(model: nn.Module, out_dir: Path) -> None:
-    from safetensors.torch import save_file
-
-    from ..atomic import atomic_write
-
     state = trainable_state(model)
     atomic_write(out_dir / "best.safetensors", lambda p: save_file(state, p))
 
 
 def _restore_best(model: nn.Module, out_dir: Path) -> None:
-    from safetensors.torch import load_file
-
     path = out_dir / "best.safetensors"
     if path.is_file():
         own = model.state_dict()

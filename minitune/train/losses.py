@@ -28,8 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minitune.errors import ConfigError
-from minitune.kinds import MULTI_LABEL, normalize_kind
+from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE, SINGLE_LABEL, normalize_kind
+from minitune.errors import ParameterError
 
 LOSS_NAMES = ("ce", "bce", "focal", "asl")
 
@@ -47,13 +47,14 @@ class CrossEntropyLoss(nn.Module):
     def __init__(self, class_weights: torch.Tensor | Sequence[float] | None = None, label_smoothing: float = 0.0):
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
-            raise ConfigError(f"--label-smoothing {label_smoothing} must be in [0, 1); use e.g. 0.1")
+            raise ParameterError(f"`label_smoothing` must be in [0, 1), got {label_smoothing}; use e.g. 0.1")
         _optional_buffer(self, "class_weights", class_weights)
         self.label_smoothing = float(label_smoothing)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), targets.long(), weight=self.class_weights,
-                               label_smoothing=self.label_smoothing)
+        return F.cross_entropy(
+            logits.float(), targets.long(), weight=self.class_weights, label_smoothing=self.label_smoothing
+        )
 
 
 class BCEWithLogitsLoss(nn.Module):
@@ -77,7 +78,7 @@ class SoftmaxFocalLoss(nn.Module):
     def __init__(self, gamma: float = 2.0, alpha: torch.Tensor | Sequence[float] | None = None):
         super().__init__()
         if gamma < 0:
-            raise ConfigError(f"--focal-gamma {gamma} must be >= 0 (2.0 is the paper's value)")
+            raise ParameterError(f"`gamma` must be >= 0, got {gamma} (2.0 is the paper's value)")
         self.gamma = float(gamma)
         _optional_buffer(self, "alpha", alpha)
 
@@ -101,7 +102,7 @@ class SigmoidFocalLoss(nn.Module):
     def __init__(self, gamma: float = 2.0, alpha: float | None = None):
         super().__init__()
         if gamma < 0:
-            raise ConfigError(f"--focal-gamma {gamma} must be >= 0 (2.0 is the paper's value)")
+            raise ParameterError(f"`gamma` must be >= 0, got {gamma} (2.0 is the paper's value)")
         if alpha is not None and not 0.0 <= alpha <= 1.0:
             raise ValueError(f"focal alpha {alpha} must be in [0, 1]")
         self.gamma = float(gamma)
@@ -140,14 +141,20 @@ class AsymmetricLoss(nn.Module):
     therefore asks for "mean", which is the reference's sum divided by the batch size. "none" returns (B, L).
     """
 
-    def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 1.0, clip: float = 0.05, eps: float = 1e-8,
-                 reduction: str = "sum", detach_focus: bool = True):
+    def __init__(
+        self,
+        gamma_neg: float = 4.0,
+        gamma_pos: float = 1.0,
+        clip: float = 0.05,
+        eps: float = 1e-8,
+        reduction: str = "sum",
+        detach_focus: bool = True,
+    ):
         super().__init__()
         if gamma_neg < 0 or gamma_pos < 0:
-            raise ConfigError(f"--asl-gamma-neg {gamma_neg} and --asl-gamma-pos {gamma_pos} must be >= 0 "
-                              "(defaults 4 and 1)")
+            raise ParameterError(f"`gamma_neg` {gamma_neg} and `gamma_pos` {gamma_pos} must be >= 0 (defaults 4 and 1)")
         if not 0.0 <= clip < 1.0:
-            raise ConfigError(f"--asl-clip {clip} must be in [0, 1) (default 0.05)")
+            raise ParameterError(f"`clip` must be in [0, 1), got {clip} (default 0.05)")
         if reduction not in ("sum", "mean", "none"):
             raise ValueError(f"ASL reduction {reduction!r} must be 'sum', 'mean' or 'none'")
         self.gamma_neg, self.gamma_pos, self.clip, self.eps = float(gamma_neg), float(gamma_pos), float(clip), eps
@@ -190,31 +197,37 @@ class CombinedLoss(nn.Module):
         return total
 
 
-def parse_loss_spec(spec: str) -> list[tuple[str, float]]:
-    """"bce" -> [("bce", 1.0)]; "bce+asl" -> equal weights 1/n; "bce:0.3+asl:0.7" -> explicit weights.
+def parse_loss_spec(loss: str) -> list[tuple[str, float]]:
+    """ "bce" -> [("bce", 1.0)]; "bce+asl" -> equal weights 1/n; "bce:0.3+asl:0.7" -> explicit weights.
 
     Equal weights are 1/n so that a combination stays on the scale of a single loss ("bce+asl" is the same as
     "bce:0.5+asl:0.5"). Mixing explicit and implicit weights is an error, to avoid guessing.
     """
-    choices = ", ".join(LOSS_NAMES)
+    spec, choices = loss, ", ".join(LOSS_NAMES)
     parts = [part.strip() for part in spec.strip().lower().split("+")]
     if not spec.strip() or any(not part for part in parts):
-        raise ConfigError(f"--loss {spec!r} is empty or has an empty term; use one of {choices}, "
-                          "or a combination such as bce+asl or bce:0.5+asl:0.5")
+        raise ParameterError(
+            f"`loss` {spec!r} is empty or has an empty term; use one of {choices}, "
+            "or a combination such as bce+asl or bce:0.5+asl:0.5"
+        )
     names, weights = [], []
     for part in parts:
         name, _, weight = part.partition(":")
         name = name.strip()
         if name not in LOSS_NAMES:
-            raise ConfigError(f"--loss: unknown loss {name!r} in {spec!r}; choose from {choices} "
-                              "(combine with '+', weight with ':', e.g. bce:0.5+asl:0.5)")
+            raise ParameterError(
+                f"`loss`: unknown loss {name!r} in {spec!r}; choose from {choices} "
+                "(combine with '+', weight with ':', e.g. bce:0.5+asl:0.5)"
+            )
         names.append(name)
         weights.append(_parse_weight(weight.strip(), spec) if weight.strip() else None)
     if all(w is None for w in weights):
         return [(name, 1.0 / len(names)) for name in names]
     if any(w is None for w in weights):
-        raise ConfigError(f"--loss {spec!r} gives weights to some terms only; give every term a weight "
-                          "(bce:0.5+asl:0.5) or none (bce+asl)")
+        raise ParameterError(
+            f"`loss` {spec!r} gives weights to some terms only; give every term a weight "
+            "(bce:0.5+asl:0.5) or none (bce+asl)"
+        )
     return list(zip(names, weights))
 
 
@@ -222,44 +235,55 @@ def _parse_weight(text: str, spec: str) -> float:
     try:
         weight = float(text)
     except ValueError:
-        raise ConfigError(f"--loss {spec!r}: weight {text!r} is not a number; write e.g. bce:0.5+asl:0.5") from None
+        raise ParameterError(f"`loss` {spec!r}: weight {text!r} is not a number; write e.g. bce:0.5+asl:0.5") from None
     if not np.isfinite(weight) or weight < 0:
-        raise ConfigError(f"--loss {spec!r}: weight {text!r} must be a finite number >= 0")
+        raise ParameterError(f"`loss` {spec!r}: weight {text!r} must be a finite number >= 0")
     return weight
 
 
-def build_loss(name: str, kind: str, num_labels: int, *, class_weights=None, label_smoothing: float = 0.0,
-               pos_weight=None, gamma: float = 2.0, gamma_neg: float = 4.0, gamma_pos: float = 1.0,
-               clip: float = 0.05) -> nn.Module:
-    """The loss module for `--loss NAME` and a task kind; an empty name gives the kind's default.
+def build_loss(
+    loss: str,
+    kind: str,
+    num_labels: int,
+    *,
+    class_weights=None,
+    label_smoothing: float = 0.0,
+    pos_weight=None,
+    gamma: float = 2.0,
+    gamma_neg: float = 4.0,
+    gamma_pos: float = 1.0,
+    clip: float = 0.05,
+) -> nn.Module:
+    """The loss module for a loss spec ("ce", "focal", "bce:0.5+asl:0.5") and a task kind; an empty spec gives the
+    kind's default.
 
     Defaults: "ce" for single-label and multiple choice, "bce" for multi-label. "ce" is single-label only;
     "bce" and "asl" are multi-label only; "focal" picks its softmax or sigmoid form from the kind.
     `class_weights` (C,) go to "ce" and to softmax "focal" (as alpha); `pos_weight` (L,) to "bce";
-    `label_smoothing` to "ce" (flags --class-weights balanced, --label-smoothing); `gamma` is --focal-gamma,
-    `gamma_neg`, `gamma_pos`, `clip` are --asl-*. A setting that no chosen loss uses is a ConfigError.
+    `label_smoothing` to "ce"; `gamma` to "focal"; `gamma_neg`, `gamma_pos`, `clip` to "asl". A setting that no
+    chosen loss uses is a ParameterError.
     A single term returns the bare loss module; several return a CombinedLoss.
     """
     kind = normalize_kind(kind)
     multi = kind == MULTI_LABEL
-    spec = name.strip() if name and name.strip() else ("bce" if multi else "ce")
+    spec = loss.strip() if loss and loss.strip() else ("bce" if multi else "ce")
     terms = parse_loss_spec(spec)
     for loss_name, _ in terms:
         if loss_name == "ce" and multi:
-            raise ConfigError("--loss ce is for single-label tasks; for multi-label use bce, focal or asl")
+            raise ParameterError("`loss` ce is for single-label tasks; for multi-label use bce, focal or asl")
         if loss_name in ("bce", "asl") and not multi:
-            raise ConfigError(f"--loss {loss_name} is for multi-label tasks; for {kind} use ce or focal")
-    _check_vector("class weights (--class-weights)", class_weights, num_labels)
-    _check_vector("pos_weight (--class-weights)", pos_weight, num_labels)
+            raise ParameterError(f"`loss` {loss_name} is for multi-label tasks; for {kind} use ce or focal")
+    _check_vector("class_weights", class_weights, num_labels)
+    _check_vector("pos_weight", pos_weight, num_labels)
     used = {loss_name for loss_name, _ in terms}
     if class_weights is not None and not (used & {"ce", "focal"} and not multi):
-        raise ConfigError(f"--class-weights: class weights apply to ce or single-label focal, not --loss {spec} "
-                          f"on a {kind} task; set --class-weights none")
+        raise ParameterError(
+            f"`class_weights` apply to ce or single-label focal, not `loss` {spec} on a {kind} task; leave them out"
+        )
     if pos_weight is not None and "bce" not in used:
-        raise ConfigError(f"--class-weights: pos_weight applies to bce only, not --loss {spec}; "
-                          "set --class-weights none or add bce to --loss")
+        raise ParameterError(f"`pos_weight` applies to bce only, not `loss` {spec}; leave it out or add bce to `loss`")
     if label_smoothing and "ce" not in used:
-        raise ConfigError(f"--label-smoothing applies to ce only, not --loss {spec}; set it to 0")
+        raise ParameterError(f"`label_smoothing` applies to ce only, not `loss` {spec}; set it to 0")
 
     def make(loss_name: str) -> nn.Module:
         if loss_name == "ce":
@@ -275,10 +299,10 @@ def build_loss(name: str, kind: str, num_labels: int, *, class_weights=None, lab
     return CombinedLoss([(make(loss_name), weight) for loss_name, weight in terms])
 
 
-def _check_vector(flag: str, value, num_labels: int) -> None:
+def _check_vector(param: str, value, num_labels: int) -> None:
     if value is not None and torch.as_tensor(value).shape != (num_labels,):
         shape = tuple(torch.as_tensor(value).shape)
-        raise ConfigError(f"{flag} has shape {shape}; give one value per label ({num_labels})")
+        raise ParameterError(f"`{param}` has shape {shape}; give one value per label ({num_labels})")
 
 
 def balanced_class_weights(labels, num_classes: int) -> torch.Tensor:
@@ -312,3 +336,42 @@ def balanced_pos_weight(label_matrix) -> torch.Tensor:
     ok = (pos > 0) & (neg > 0)
     weights[ok] = neg[ok] / pos[ok]
     return torch.tensor(weights, dtype=torch.float32)
+
+
+def task_loss(
+    kind: str,
+    num_labels: int,
+    train_labels,
+    loss: str = "",
+    *,
+    class_weights: str = "none",
+    label_smoothing: float = 0.0,
+    gamma: float = 2.0,
+    gamma_neg: float = 4.0,
+    gamma_pos: float = 1.0,
+    clip: float = 0.05,
+) -> nn.Module:
+    """The loss of a task's run: `build_loss`, with class_weights="balanced" computed from the training labels
+    (class ids, or a multi-hot matrix for multi-label: then as BCE's pos_weight). Multiple choice scores its
+    options with single-label cross-entropy."""
+    if class_weights not in ("none", "balanced"):
+        raise ParameterError(f"`class_weights` {class_weights!r} is not a scheme: use none or balanced")
+    weights = pos_weight = None
+    kind = normalize_kind(kind)
+    if class_weights == "balanced":
+        if kind == MULTI_LABEL:
+            pos_weight = balanced_pos_weight(train_labels)
+        else:
+            weights = balanced_class_weights(train_labels, num_labels)
+    return build_loss(
+        loss,
+        SINGLE_LABEL if kind == MULTIPLE_CHOICE else kind,
+        num_labels,
+        class_weights=weights,
+        pos_weight=pos_weight,
+        label_smoothing=label_smoothing,
+        gamma=gamma,
+        gamma_neg=gamma_neg,
+        gamma_pos=gamma_pos,
+        clip=clip,
+    )

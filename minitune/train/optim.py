@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from minitune.errors import ConfigError
+from minitune.errors import ConfigError, ParameterError
 
 SCHEDULERS = ("cosine", "linear", "constant", "plateau")
 _LAYER = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
@@ -53,20 +53,23 @@ def count_layers(model: nn.Module) -> int:
     return max(indices) + 1 if indices else 0
 
 
-def param_groups(
-    model: nn.Module, lr: float, weight_decay: float, llrd: float | None = None
-) -> list[dict[str, Any]]:
+def check_optimizer_args(lr: float, weight_decay: float, llrd: float | None) -> None:
+    """The one check of the optimizer's numbers (the CLI runs it before anything is written)."""
+    if not lr > 0:
+        raise ParameterError(f"`lr` must be positive, got {lr} (e.g. 2e-5)")
+    if not weight_decay >= 0:
+        raise ParameterError(f"`weight_decay` must be >= 0, got {weight_decay} (e.g. 0.01)")
+    if llrd is not None and not 0 < llrd <= 1:
+        raise ParameterError(f"`llrd` must be in (0, 1], got {llrd} (e.g. 0.9); leave it out for one lr")
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float, llrd: float | None = None) -> list[dict[str, Any]]:
     """AdamW parameter groups: (depth, decay) buckets of the trainable parameters, each with its own lr.
 
     Each group carries "name" (e.g. "layer3.decay", "embeddings.no_decay", "head.decay"; without llrd simply
     "decay"/"no_decay") and "param_names" (kept by torch in the optimizer's state_dict).
     """
-    if lr <= 0:
-        raise ConfigError(f"--lr {lr} must be positive (e.g. --lr 2e-5)")
-    if weight_decay < 0:
-        raise ConfigError(f"--weight-decay {weight_decay} must be >= 0 (e.g. --weight-decay 0.01)")
-    if llrd is not None and not 0 < llrd <= 1:
-        raise ConfigError(f"--llrd {llrd} must be in (0, 1] (e.g. --llrd 0.9), or leave it out for one lr")
+    check_optimizer_args(lr, weight_decay, llrd)
     num_layers = count_layers(model)
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, param in model.named_parameters():
@@ -86,7 +89,7 @@ def param_groups(
         groups[(depth, decay)]["params"].append(param)
         groups[(depth, decay)]["param_names"].append(name)
     if not groups:
-        raise ConfigError("the model has no trainable parameters: unfreeze some layers or enable --lora")
+        raise ConfigError("the model has no trainable parameters: unfreeze some layers or add LoRA adapters")
     return [groups[key] for key in sorted(groups, key=lambda k: (k[0], not k[1]))]
 
 
@@ -251,8 +254,13 @@ class PlateauSchedule(LRSchedule):
         self._apply()
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "scales": list(self.scales), "best": self.best,
-                "bad_evals": self.bad_evals, "cooldown_left": self.cooldown_left}
+        return {
+            **super().state_dict(),
+            "scales": list(self.scales),
+            "best": self.best,
+            "bad_evals": self.bad_evals,
+            "cooldown_left": self.cooldown_left,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.scales = list(state["scales"])
@@ -271,13 +279,13 @@ def build_scheduler(
 ) -> LRSchedule:
     """A schedule over the optimizer's groups (each keeps its own base lr, so LLRD ratios survive)."""
     if name not in SCHEDULERS:
-        raise ConfigError(f"--scheduler {name!r} is not a schedule: use one of {', '.join(SCHEDULERS)}")
+        raise ParameterError(f"`scheduler` {name!r} is not a schedule: use one of {', '.join(SCHEDULERS)}")
     if warmup_steps < 0:
-        raise ConfigError(f"warmup of {warmup_steps} steps must be >= 0: check --warmup-ratio")
+        raise ParameterError(f"`warmup_steps` {warmup_steps} must be >= 0")
     if name == "plateau":
         return PlateauSchedule(optimizer, warmup_steps, plateau or PlateauConfig())
     if name != "constant" and warmup_steps > total_steps:
         raise ConfigError(
-            f"the warmup of {warmup_steps} steps exceeds the {total_steps} training steps: lower --warmup-ratio or train longer"
+            f"`warmup_steps` {warmup_steps} exceeds the {total_steps} training steps: warm up less or train longer"
         )
     return LRSchedule(optimizer, lambda step: schedule_multiplier(name, step, total_steps, warmup_steps))

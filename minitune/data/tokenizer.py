@@ -39,27 +39,61 @@ SPECIAL_NAMES = ("pad", "bos", "eos", "unk", "cls", "sep", "mask")
 _NO_LIMIT = 10**12
 
 _BERT_DEFAULTS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
-_ROBERTA_DEFAULTS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>", "cls": "<s>", "sep": "</s>",
-                     "mask": "<mask>"}
-_CLASS_DEFAULTS = {"BertTokenizer": _BERT_DEFAULTS, "DistilBertTokenizer": _BERT_DEFAULTS,
-                   "RobertaTokenizer": _ROBERTA_DEFAULTS, "XLMRobertaTokenizer": _ROBERTA_DEFAULTS}
+_ROBERTA_DEFAULTS = {
+    "pad": "<pad>",
+    "bos": "<s>",
+    "eos": "</s>",
+    "unk": "<unk>",
+    "cls": "<s>",
+    "sep": "</s>",
+    "mask": "<mask>",
+}
+_CLASS_DEFAULTS = {
+    "BertTokenizer": _BERT_DEFAULTS,
+    "DistilBertTokenizer": _BERT_DEFAULTS,
+    "RobertaTokenizer": _ROBERTA_DEFAULTS,
+    "XLMRobertaTokenizer": _ROBERTA_DEFAULTS,
+}
 # Used when tokenizer_config.json names no class, as AutoTokenizer falls back on config.json's model_type.
-_CLASS_OF_MODEL_TYPE = {"bert": "BertTokenizer", "distilbert": "BertTokenizer", "roberta": "RobertaTokenizer",
-                        "xlm-roberta": "XLMRobertaTokenizer"}
+_CLASS_OF_MODEL_TYPE = {
+    "bert": "BertTokenizer",
+    "distilbert": "BertTokenizer",
+    "roberta": "RobertaTokenizer",
+    "xlm-roberta": "XLMRobertaTokenizer",
+}
 # Keys of a loaded tokenizer_config.json that must not be written back: they point at the old location
 # or would make transformers prefer them over the tokenizer.json we write.
-_DROPPED_CONFIG_KEYS = ("name_or_path", "tokenizer_file", "vocab_file", "merges_file", "added_tokens_decoder",
-                        "auto_map", "special_tokens_map_file")
+_DROPPED_CONFIG_KEYS = (
+    "name_or_path",
+    "tokenizer_file",
+    "vocab_file",
+    "merges_file",
+    "added_tokens_decoder",
+    "auto_map",
+    "special_tokens_map_file",
+)
 
 
 class Tokenizer:
     """A `tokenizers.Tokenizer` plus the special tokens, length limit and padding side of a checkpoint."""
 
-    def __init__(self, tok: tokenizers.Tokenizer, *, pad_token: str | None = None, bos_token: str | None = None,
-                 eos_token: str | None = None, unk_token: str | None = None, cls_token: str | None = None,
-                 sep_token: str | None = None, mask_token: str | None = None, model_max_length: int | None = 512,
-                 padding_side: str = "right", truncation_side: str = "right", tokenizer_class: str | None = None,
-                 config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        tok: tokenizers.Tokenizer,
+        *,
+        pad_token: str | None = None,
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+        unk_token: str | None = None,
+        cls_token: str | None = None,
+        sep_token: str | None = None,
+        mask_token: str | None = None,
+        model_max_length: int | None = 512,
+        padding_side: str = "right",
+        truncation_side: str = "right",
+        tokenizer_class: str | None = None,
+        config: dict[str, Any] | None = None,
+    ) -> None:
         """Wrap `tok` (taken over: its truncation and padding are switched off and set per call).
 
         `config` holds further tokenizer_config.json entries that save_pretrained writes back unchanged.
@@ -92,7 +126,8 @@ class Tokenizer:
         if not tok_file.is_file():
             raise CheckpointError(
                 f"{tok_file}: not found; minitune reads the `tokenizers` file tokenizer.json: create it with "
-                f"transformers (AutoTokenizer.from_pretrained(dir).save_pretrained(dir)) or pass another model")
+                f"transformers (AutoTokenizer.from_pretrained(dir).save_pretrained(dir)) or pass another model"
+            )
         config = _read_json(directory / "tokenizer_config.json")
         class_name = _class_name(config, _read_json(directory / "config.json"))
         specials = _special_tokens(config, directory / "special_tokens_map.json", class_name)
@@ -100,15 +135,21 @@ class Tokenizer:
             tok = tokenizers.Tokenizer.from_file(str(tok_file))
         except Exception as error:  # the Rust side raises a bare Exception on a bad file
             reason = " ".join(str(error).split())
-            raise CheckpointError(f"{tok_file}: not a valid tokenizers file ({reason}): re-save the tokenizer "
-                                  f"with transformers or `tokenizers`") from None
+            raise CheckpointError(
+                f"{tok_file}: not a valid tokenizers file ({reason}): re-save the tokenizer "
+                f"with transformers or `tokenizers`"
+            ) from None
         limit = config.get("model_max_length")
         rest = {k: v for k, v in config.items() if k not in _DROPPED_CONFIG_KEYS}
-        wrapped = cls(tok, **{f"{n}_token": specials.get(n) for n in SPECIAL_NAMES},
-                      model_max_length=int(limit) if isinstance(limit, (int, float)) and limit < _NO_LIMIT else None,
-                      padding_side=config.get("padding_side", "right"),
-                      truncation_side=config.get("truncation_side", "right"),
-                      tokenizer_class=class_name, config=rest)
+        wrapped = cls(
+            tok,
+            **{f"{n}_token": specials.get(n) for n in SPECIAL_NAMES},
+            model_max_length=int(limit) if isinstance(limit, (int, float)) and limit < _NO_LIMIT else None,
+            padding_side=config.get("padding_side", "right"),
+            truncation_side=config.get("truncation_side", "right"),
+            tokenizer_class=class_name,
+            config=rest,
+        )
         # After the constructor, so that special tokens missing from the vocabulary have ids.
         _rebuild_like_reference(tok, class_name, config, specials)
         return wrapped
@@ -121,8 +162,13 @@ class Tokenizer:
         spec["truncation"] = spec["padding"] = None  # the per-call settings must not be baked in
         (out / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False, indent=2), encoding="utf-8")
         named = {f"{n}_token": t for n, t in self.special_tokens.items() if t is not None}
-        config = {**self._config, **named, "tokenizer_class": self.tokenizer_class or "TokenizersBackend",
-                  "padding_side": self.padding_side, "truncation_side": self.truncation_side}
+        config = {
+            **self._config,
+            **named,
+            "tokenizer_class": self.tokenizer_class or "TokenizersBackend",
+            "padding_side": self.padding_side,
+            "truncation_side": self.truncation_side,
+        }
         if self.model_max_length is not None:
             config["model_max_length"] = self.model_max_length
         else:
@@ -172,16 +218,23 @@ class Tokenizer:
         # transformers encodes a single example with an empty pair as a single text; keep that.
         return self._encode([text], [pair] if pair else None, max_length, None)[0].ids
 
-    def encode_batch(self, texts: Sequence[str], pairs: Sequence[str] | None = None,
-                     max_length: int | None = None) -> list[dict[str, list[int]]]:
+    def encode_batch(
+        self, texts: Sequence[str], pairs: Sequence[str] | None = None, max_length: int | None = None
+    ) -> list[dict[str, list[int]]]:
         """Unpadded input_ids / token_type_ids / attention_mask per text (or pair), truncated like encode."""
         encodings = self._encode(texts, pairs, max_length, None)
-        return [{"input_ids": e.ids, "token_type_ids": e.type_ids, "attention_mask": e.attention_mask}
-                for e in encodings]
+        return [
+            {"input_ids": e.ids, "token_type_ids": e.type_ids, "attention_mask": e.attention_mask} for e in encodings
+        ]
 
-    def __call__(self, texts: str | Sequence[str], pairs: str | Sequence[str] | None = None,
-                 max_length: int | None = None, padding: str = "longest",
-                 return_tensors: bool = True) -> dict[str, Any]:
+    def __call__(
+        self,
+        texts: str | Sequence[str],
+        pairs: str | Sequence[str] | None = None,
+        max_length: int | None = None,
+        padding: str = "longest",
+        return_tensors: bool = True,
+    ) -> dict[str, Any]:
         """A padded batch: input_ids, token_type_ids, attention_mask as (B, T) long tensors (or nested lists).
 
         padding="longest" pads to the longest row, "max_length" to max_length (default model_max_length).
@@ -189,13 +242,18 @@ class Tokenizer:
         if padding not in ("longest", "max_length"):
             raise ConfigError(f"padding={padding!r} is not valid: use 'longest' or 'max_length'")
         if self.pad_token_id is None:
-            raise ConfigError("the tokenizer has no pad token, so batches cannot be padded: call "
-                              "set_pad_to_eos() (decoders) or give pad_token")
+            raise ConfigError(
+                "the tokenizer has no pad token, so batches cannot be padded: call "
+                "set_pad_to_eos() (decoders) or give pad_token"
+            )
         texts = [texts] if isinstance(texts, str) else texts
         pairs = [pairs] if isinstance(pairs, str) else pairs
         encodings = self._encode(texts, pairs, max_length, padding)
-        batch = {"input_ids": [e.ids for e in encodings], "token_type_ids": [e.type_ids for e in encodings],
-                 "attention_mask": [e.attention_mask for e in encodings]}
+        batch = {
+            "input_ids": [e.ids for e in encodings],
+            "token_type_ids": [e.type_ids for e in encodings],
+            "attention_mask": [e.attention_mask for e in encodings],
+        }
         if not return_tensors:
             return batch
         width = len(batch["input_ids"][0]) if encodings else 0
@@ -204,8 +262,9 @@ class Tokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def _encode(self, texts: Sequence[str], pairs: Sequence[str] | None, max_length: int | None,
-                padding: str | None) -> list[tokenizers.Encoding]:
+    def _encode(
+        self, texts: Sequence[str], pairs: Sequence[str] | None, max_length: int | None, padding: str | None
+    ) -> list[tokenizers.Encoding]:
         if isinstance(texts, str):
             texts = [texts]
         if pairs is not None and len(pairs) != len(texts):
@@ -222,8 +281,10 @@ class Tokenizer:
             return None
         floor = self.num_special_tokens(pair)
         if not isinstance(limit, int) or limit <= floor:
-            raise ConfigError(f"max_length={limit!r} is too small: it must be an integer above the {floor} "
-                              f"special tokens each {'pair' if pair else 'text'} gets")
+            raise ConfigError(
+                f"max_length={limit!r} is too small: it must be an integer above the {floor} "
+                f"special tokens each {'pair' if pair else 'text'} gets"
+            )
         return limit
 
     def _set_truncation(self, limit: int | None) -> None:
@@ -244,9 +305,13 @@ class Tokenizer:
             return
         if padding == "max_length" and limit is None:
             raise ConfigError("padding='max_length' needs max_length (the tokenizer has no model_max_length)")
-        self._tok.enable_padding(direction=self.padding_side, pad_id=self.pad_token_id, pad_type_id=0,
-                                 pad_token=self.special_tokens["pad"],
-                                 length=limit if padding == "max_length" else None)
+        self._tok.enable_padding(
+            direction=self.padding_side,
+            pad_id=self.pad_token_id,
+            pad_type_id=0,
+            pad_token=self.special_tokens["pad"],
+            length=limit if padding == "max_length" else None,
+        )
 
 
 # -------------------------------------------------------------------- helpers
@@ -294,36 +359,48 @@ def _class_name(config: dict[str, Any], model_config: dict[str, Any]) -> str | N
     return _CLASS_OF_MODEL_TYPE.get(model_config.get("model_type", ""))
 
 
-def _rebuild_like_reference(tok: tokenizers.Tokenizer, class_name: str | None, config: dict[str, Any],
-                            specials: dict[str, str]) -> None:
+def _rebuild_like_reference(
+    tok: tokenizers.Tokenizer, class_name: str | None, config: dict[str, Any], specials: dict[str, str]
+) -> None:
     """Replace the pipeline parts that transformers 5 rebuilds from the class instead of reading tokenizer.json."""
     ids = {name: tok.token_to_id(token) for name, token in specials.items()}
     if class_name in ("BertTokenizer", "DistilBertTokenizer"):
         tok.normalizer = normalizers.BertNormalizer(
-            clean_text=True, handle_chinese_chars=config.get("tokenize_chinese_chars", True),
-            strip_accents=config.get("strip_accents"), lowercase=config.get("do_lower_case", True))
+            clean_text=True,
+            handle_chinese_chars=config.get("tokenize_chinese_chars", True),
+            strip_accents=config.get("strip_accents"),
+            lowercase=config.get("do_lower_case", True),
+        )
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         cls_, sep = specials["cls"], specials["sep"]
         tok.post_processor = processors.TemplateProcessing(
-            single=f"{cls_}:0 $A:0 {sep}:0", pair=f"{cls_}:0 $A:0 {sep}:0 $B:1 {sep}:1",
-            special_tokens=[(cls_, ids["cls"]), (sep, ids["sep"])])
+            single=f"{cls_}:0 $A:0 {sep}:0",
+            pair=f"{cls_}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+            special_tokens=[(cls_, ids["cls"]), (sep, ids["sep"])],
+        )
     elif class_name == "RobertaTokenizer":
         add_prefix_space = bool(config.get("add_prefix_space", False))
         tok.normalizer = None
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
         tok.post_processor = processors.RobertaProcessing(
-            (specials["sep"], ids["sep"]), (specials["cls"], ids["cls"]),
-            trim_offsets=bool(config.get("trim_offsets", True)), add_prefix_space=add_prefix_space)
+            (specials["sep"], ids["sep"]),
+            (specials["cls"], ids["cls"]),
+            trim_offsets=bool(config.get("trim_offsets", True)),
+            add_prefix_space=add_prefix_space,
+        )
     elif class_name == "XLMRobertaTokenizer":
         scheme = "always" if config.get("add_prefix_space", True) else "never"
         tok.normalizer = _precompiled_only(tok.normalizer)
         # Splitting on whitespace first collapses runs of spaces, as SentencePiece itself does.
         tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme)])
+            [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme)]
+        )
         bos, eos = specials["bos"], specials["eos"]
         tok.post_processor = processors.TemplateProcessing(
-            single=[bos, "$A", eos], pair=[bos, "$A", eos, eos, "$B", eos],
-            special_tokens=[(bos, ids["bos"]), (eos, ids["eos"])])
+            single=[bos, "$A", eos],
+            pair=[bos, "$A", eos, eos, "$B", eos],
+            special_tokens=[(bos, ids["bos"]), (eos, ids["eos"])],
+        )
 
 
 def _precompiled_only(normalizer: normalizers.Normalizer | None) -> normalizers.Normalizer | None:

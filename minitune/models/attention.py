@@ -1,20 +1,16 @@
-"""Pieces the encoder families share: activations, the SDPA padding mask, packed (unpadded) attention, and
-multiple-choice flattening."""
+"""Bidirectional attention for the encoder families, on padded or packed (unpadded) tokens.
+
+The padding mask for scaled_dot_product_attention; `Packing`, which takes the pads out of a batch so per-token layers
+run on real tokens only; `self_attention` over either layout; and `run_layers`, the block stack that decides when
+unpadding pays and when the last block may compute the first token only. The DeBERTa and decoder families have their
+own attention (relative positions, causal masks with RoPE) and use none of this.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
-
-ACTIVATIONS = {
-    "gelu": F.gelu,  # exact (erf) GELU, as the reference's "gelu"
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,
-}
 
 
 def attention_bias(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -56,8 +52,9 @@ class Packing:
         return out.view(self.B, self.T, -1)  # (B, T, H)
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, bias: torch.Tensor | None,
-          dropout_p: float) -> torch.Tensor:
+def _sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, bias: torch.Tensor | None, dropout_p: float
+) -> torch.Tensor:
     """q (B, Tq, H) against k, v (B, T, H); Tq is T, or 1 when only first tokens ask."""
     B, Tq, H = q.shape
 
@@ -68,8 +65,16 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, bias:
     return a.transpose(1, 2).reshape(B, Tq, H)  # (B, Tq, H)
 
 
-def self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_heads: int, bias: torch.Tensor | None,
-                   pack: Packing | None, dropout_p: float, first_only: bool = False) -> torch.Tensor:
+def self_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    n_heads: int,
+    bias: torch.Tensor | None,
+    pack: Packing | None,
+    dropout_p: float,
+    first_only: bool = False,
+) -> torch.Tensor:
     """Bidirectional multi-head attention over projected q, k, v, in and out in the same layout: (B, T, H), or
     (N, H) real tokens when `pack` is given. A pad key is never attended to; a pad query's output is discarded
     (padded layout) or never computed (packed).
@@ -103,8 +108,14 @@ def choose_packing(attention_mask: torch.Tensor | None, min_pad_share: float) ->
     return Packing(attention_mask)
 
 
-def run_layers(layers, x: torch.Tensor, attention_mask: torch.Tensor | None, unpad_min_share: float,
-               first_token_only: bool, checkpointed: bool) -> torch.Tensor:
+def run_layers(
+    layers,
+    x: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    unpad_min_share: float,
+    first_token_only: bool,
+    checkpointed: bool,
+) -> torch.Tensor:
     """The encoder blocks over embeddings x (B, T, H): (B, T, H) hidden states, or (B, H) first-token states.
 
     When at least `unpad_min_share` of the batch is padding, pads leave once, after the embeddings, and come
@@ -127,50 +138,3 @@ def run_layers(layers, x: torch.Tensor, attention_mask: torch.Tensor | None, unp
         return x  # (B, H)
     x = pack.pad(x) if pack is not None else x  # (B, T, H); zeros at pads when unpadded
     return x[:, 0] if first_token_only else x
-
-
-def flatten_choices(input_ids, attention_mask, token_type_ids):
-    """Multiple choice: (B, C, T) -> (B*C, T) so every choice is encoded as its own sequence."""
-    if input_ids.dim() == 2:
-        return input_ids, attention_mask, token_type_ids
-
-    def flat(t):
-        return None if t is None else t.reshape(-1, t.shape[-1])  # (B*C, T)
-
-    return flat(input_ids), flat(attention_mask), flat(token_type_ids)
-
-
-def unflatten_choices(logits: torch.Tensor, input_shape: torch.Size) -> torch.Tensor:
-    if len(input_shape) == 3:
-        return logits.view(input_shape[0], input_shape[1])  # (B, C)
-    return logits
-
-
-class Classifier(torch.nn.Module):
-    """What every family's classifier shares: where the Hub config lives and how to save in the Hub layout.
-
-    Subclasses set `base_prefix` (the Hub's name for the bare model: "bert", "roberta", "distilbert", "model") and
-    build a head whose parameters live outside that prefix. `load_model` fills `hf_config`, `label_names`, `head`,
-    `head_trained` and `name_or_path` after loading.
-    """
-
-    base_prefix: str = ""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.hf_config: dict = {}
-        self.label_names: list[str] | None = None
-        self.head = "sequence"
-
-    def set_unpadded(self, flag: bool | float) -> None:
-        """Run per-token layers on real tokens only: True always, False never, a float: when at least that share
-        of the batch is padding."""
-        share = {True: 0.0, False: 2.0}.get(flag, flag) if isinstance(flag, bool) else float(flag)
-        for m in self.modules():
-            if hasattr(m, "unpad_min_share"):
-                m.unpad_min_share = share
-
-    def save_pretrained(self, out_dir, label_names: list[str] | None = None, problem_type: str | None = None) -> None:
-        from ..modeling import save_pretrained
-
-        save_pretrained(self, out_dir, label_names=label_names, problem_type=problem_type)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from .errors import ConfigError
+from minitune.errors import ConfigError
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:

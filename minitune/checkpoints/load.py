@@ -1,4 +1,4 @@
-"""load_model / save_pretrained: a Hub checkpoint becomes one of our own modules, and back.
+"""load_model / load_tokenizer: a Hub checkpoint becomes one of our own modules (saving: checkpoints/save.py).
 
 The walk: name -> local directory (hub.resolve_model) -> config.json -> family (models/) -> module built on the meta
 device -> checkpoint index -> strict key check -> each tensor read, cast and assigned -> fresh head initialised if
@@ -18,15 +18,26 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .atomic import atomic_write, atomic_write_text
-from .errors import CheckpointError, ConfigError
-from .models import family_for
-from .weights import CheckpointIndex, _BUFFER_SUFFIXES, describe_keys, index_checkpoint, set_tensor
+from minitune.adapters.nf4 import NF4Linear, quantize_model_
+from minitune.checkpoints.gguf import read_gguf
+from minitune.checkpoints.gguf_llama import gguf_hub_tensors, gguf_to_hf_config, gguf_tokenizer
+from minitune.checkpoints.hub import resolve_model
+from minitune.checkpoints.weights import _BUFFER_SUFFIXES, CheckpointIndex, describe_keys, index_checkpoint, set_tensor
+from minitune.data.tokenizer import Tokenizer
+from minitune.errors import CheckpointError, ParameterError
+from minitune.models import family_for
 
 log = logging.getLogger("minitune")
 
-DTYPES = {None: torch.float32, "fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+DTYPES = {
+    None: torch.float32,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 HEADS = ("sequence", "multiple_choice")
 
 
@@ -34,14 +45,14 @@ def resolve_dtype(dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
-        raise ConfigError(f"dtype={dtype!r} is not supported; use one of fp32, bf16, fp16")
+        raise ParameterError(f"`dtype` {dtype!r} is not supported; use one of fp32, bf16, fp16")
     return DTYPES[dtype]
 
 
 def read_config(model_dir: Path) -> dict:
     path = model_dir / "config.json"
     if not path.is_file():
-        raise CheckpointError(f"{model_dir}: no config.json: point --model at a Hugging Face model directory")
+        raise CheckpointError(f"{model_dir}: no config.json: point to a Hugging Face model directory")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
@@ -56,24 +67,20 @@ def _checkpoint_head(hf: dict, family, head: str) -> tuple[bool, list[str] | Non
     return True, [id2label[k] for k in sorted(id2label, key=int)] if id2label and head == "sequence" else None
 
 
-def load_model(name_or_path, num_labels: int | None = None, head: str = "sequence", dtype=None,
-               quantize: str | None = None) -> nn.Module:
+def load_model(
+    name_or_path, num_labels: int | None = None, head: str = "sequence", dtype=None, quantize: str | None = None
+) -> nn.Module:
     """A classifier of our own modules with the checkpoint's weights; `model(input_ids, attention_mask)` -> logits.
 
     quantize="nf4" stores every linear layer but the head in NF4 as it is read (QLoRA): each full-precision
     weight is quantized on arrival, so the full-precision model is never held whole.
     """
     if quantize not in (None, "nf4"):
-        raise ConfigError(f"--quantize {quantize!r} is not supported; use nf4")
-    from .hub import resolve_model
-
+        raise ParameterError(f"`quantize` {quantize!r} is not supported; use nf4")
     if head not in HEADS:
-        raise ConfigError(f"head={head!r} is not supported; use one of {', '.join(HEADS)}")
+        raise ParameterError(f"`head` {head!r} is not supported; use one of {', '.join(HEADS)}")
     path = resolve_model(str(name_or_path))
     if path.suffix.lower() == ".gguf":
-        from .gguf import read_gguf
-        from .gguf_llama import gguf_hub_tensors, gguf_to_hf_config
-
         g = read_gguf(path)
         hf, index = gguf_to_hf_config(g), CheckpointIndex(path)
         for name, (shape, load) in gguf_hub_tensors(g).items():
@@ -102,8 +109,9 @@ def _normalise_names(index: CheckpointIndex, prefix: str) -> dict[str, str]:
     return {n: (f"{prefix}.{n}" if bare else n) for n in names}
 
 
-def _copy_weights(model: nn.Module, index: CheckpointIndex, dtype: torch.dtype, use_head: bool,
-                  quantize: str | None = None) -> bool:
+def _copy_weights(
+    model: nn.Module, index: CheckpointIndex, dtype: torch.dtype, use_head: bool, quantize: str | None = None
+) -> bool:
     """The strict 1:1 copy. Returns whether the checkpoint's head was loaded (else a fresh head is initialised)."""
     prefix = model.base_prefix
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -115,20 +123,29 @@ def _copy_weights(model: nn.Module, index: CheckpointIndex, dtype: torch.dtype, 
     # Pooler weights may be absent (checkpoints trained without NSP); the reference initialises them fresh.
     optional = {k for k in expected if ".pooler." in k}
     missing = [k for k in expected if k not in found and k not in head_keys and k not in optional]
-    unexpected = [k for k in found if in_base(k) and k not in expected and not k.endswith(_BUFFER_SUFFIXES)
-                  and ".pooler." not in k]
+    unexpected = [
+        k
+        for k in found
+        if in_base(k) and k not in expected and not k.endswith(_BUFFER_SUFFIXES) and ".pooler." not in k
+    ]
     mismatched = [k for k in found if k in expected and k not in head_keys and found[k] != expected[k]]
     where = index.path
     if missing:
-        raise CheckpointError(f"{where}: missing weights {describe_keys(missing)}: the checkpoint does not fit "
-                              "its config.json (wrong or partial download?)")
+        raise CheckpointError(
+            f"{where}: missing weights {describe_keys(missing)}: the checkpoint does not fit "
+            "its config.json (wrong or partial download?)"
+        )
     if mismatched:
         k = mismatched[0]
-        raise CheckpointError(f"{where}: {k} has shape {list(found[k])} but the config implies {list(expected[k])} "
-                              f"({len(mismatched)} mismatched): config.json and the weights disagree")
+        raise CheckpointError(
+            f"{where}: {k} has shape {list(found[k])} but the config implies {list(expected[k])} "
+            f"({len(mismatched)} mismatched): config.json and the weights disagree"
+        )
     if unexpected:
-        raise CheckpointError(f"{where}: unexpected weights {describe_keys(unexpected)}: this checkpoint is not a "
-                              f"{model.cfg.model_type} model of this config")
+        raise CheckpointError(
+            f"{where}: unexpected weights {describe_keys(unexpected)}: this checkpoint is not a "
+            f"{model.cfg.model_type} model of this config"
+        )
     head_fits = use_head and all(found.get(k) == expected[k] for k in head_keys)
     dropped = [k for k in found if k not in expected or (k in head_keys and not head_fits)]
     if dropped:
@@ -137,8 +154,6 @@ def _copy_weights(model: nn.Module, index: CheckpointIndex, dtype: torch.dtype, 
     from_model = {m: n for n, m in to_model.items()}
     nf4 = {}
     if quantize == "nf4":
-        from .nf4 import NF4Linear, quantize_model_
-
         quantize_model_(model)  # NF4 placeholders for every linear but the head; filled as weights arrive
         nf4 = {f"{n}.weight": m for n, m in model.named_modules() if isinstance(m, NF4Linear)}
     for key in expected:
@@ -172,30 +187,10 @@ def _init_fresh(model: nn.Module, keys: list[str], dtype: torch.dtype) -> None:
         set_tensor(model, key, t)
 
 
-def save_pretrained(model: nn.Module, out_dir, label_names: list[str] | None = None,
-                    problem_type: str | None = None) -> None:
-    """The Hub layout: config.json (architectures, id2label) and model.safetensors, each written atomically."""
-    from safetensors.torch import save_file
-
-    from .models import family_for
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    family = family_for(model.hf_config.get("model_type"), out)
-    cfg = dict(model.hf_config)
-    names = label_names or model.label_names or [f"LABEL_{i}" for i in range(model.num_labels)]
-    if model.head == "sequence":
-        cfg["id2label"] = {str(i): n for i, n in enumerate(names)}
-        cfg["label2id"] = {n: i for i, n in enumerate(names)}
-    cfg["architectures"] = [family.hf_architecture(cfg["model_type"], model.head)]
-    if problem_type:
-        cfg["problem_type"] = problem_type
-    from .adapters import export_state_dict
-
-    state = export_state_dict(model)  # plain Hub names: LoRA merged, NF4 dequantized
-    dtypes = {v.dtype for v in state.values() if v.is_floating_point()} or {torch.float32}
-    cfg["dtype"] = str(dtypes.pop()).removeprefix("torch.") if len(dtypes) == 1 else "float32"
-    atomic_write(out / "model.safetensors", lambda p: save_file(state, p, metadata={"format": "pt"}))
-    atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    model.label_names = names
-
+def load_tokenizer(name_or_path) -> Tokenizer:
+    """The checkpoint's tokenizer (tokenizer.json + its special tokens), or the one built from a GGUF file."""
+    path = resolve_model(str(name_or_path))
+    if path.suffix.lower() == ".gguf":
+        tok, special = gguf_tokenizer(read_gguf(path))
+        return Tokenizer(tok, **special)
+    return Tokenizer.from_dir(path)

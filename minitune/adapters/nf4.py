@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import CheckpointError
+from minitune.errors import CheckpointError
 
 _STORED = ("weight_packed", "weight_absmax", "weight_absmax_scale", "weight_absmax_offset")
 DQ_BLOCKSIZE = 256  # absmax values per double-quantization block (QLoRA §3)
@@ -156,8 +156,16 @@ class _NF4Matmul(torch.autograd.Function):
     """y = x @ dequant(W).T; saves only the packed weight, re-dequantizes it in backward (grad wrt x only)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, packed: Tensor, absmax: Tensor, scale: Tensor | None, offset: Tensor | None,
-                code: Tensor, meta: tuple[torch.Size, int]) -> Tensor:
+    def forward(
+        ctx,
+        x: Tensor,
+        packed: Tensor,
+        absmax: Tensor,
+        scale: Tensor | None,
+        offset: Tensor | None,
+        code: Tensor,
+        meta: tuple[torch.Size, int],
+    ) -> Tensor:
         shape, blocksize = meta
         # Under autocast the compute dtype is autocast's; otherwise it follows the input.
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
@@ -181,9 +189,16 @@ class NF4Linear(nn.Module):
     The packed weight lives in buffers (never trained, moved by `.to()`, saved in our own format; see module doc).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, blocksize: int = 64,
-                 double_quant: bool = True, device: torch.device | str | None = None,
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        blocksize: int = 64,
+        double_quant: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.blocksize, self.double_quant, self.weight_dtype = blocksize, double_quant, dtype
@@ -212,16 +227,25 @@ class NF4Linear(nn.Module):
         return module
 
     def quantized(self) -> NF4Tensor:
-        return NF4Tensor(self.weight_packed, self.weight_absmax, self.weight_absmax_scale, self.weight_absmax_offset,
-                         torch.Size((self.out_features, self.in_features)), self.blocksize, self.weight_dtype)
+        return NF4Tensor(
+            self.weight_packed,
+            self.weight_absmax,
+            self.weight_absmax_scale,
+            self.weight_absmax_offset,
+            torch.Size((self.out_features, self.in_features)),
+            self.blocksize,
+            self.weight_dtype,
+        )
 
     @torch.no_grad()
     def load_weight(self, weight: Tensor) -> None:
         """Quantize a full-precision (out, in) weight into this module's buffers (on the buffers' device)."""
         expected = (self.out_features, self.in_features)
         if tuple(weight.shape) != expected:
-            raise CheckpointError(f"NF4 weight: checkpoint tensor has shape {tuple(weight.shape)}, the layer expects "
-                                  f"{expected}; use the checkpoint that matches this model's config.json")
+            raise CheckpointError(
+                f"NF4 weight: checkpoint tensor has shape {tuple(weight.shape)}, the layer expects "
+                f"{expected}; use the checkpoint that matches this model's config.json"
+            )
         q = quantize_nf4(weight.to(self.weight_packed.device), self.blocksize, self.double_quant)
         for name, t in zip(_STORED, q.stored_tensors()):
             getattr(self, name).copy_(t)
@@ -232,8 +256,9 @@ class NF4Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         q = self.quantized()
-        y = _NF4Matmul.apply(x, q.packed, q.absmax, q.absmax_scale, q.absmax_offset, self.nf4_code,
-                             (q.shape, q.blocksize))
+        y = _NF4Matmul.apply(
+            x, q.packed, q.absmax, q.absmax_scale, q.absmax_offset, self.nf4_code, (q.shape, q.blocksize)
+        )
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def _apply(self, fn, recurse=True):
@@ -245,13 +270,15 @@ class NF4Linear(nn.Module):
                 self._buffers[name] = old.to(self._buffers[name].device)
         return self
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # A Hub checkpoint carries the full-precision `weight`: quantize it here instead of expecting our buffers.
         key = prefix + "weight"
         if key not in state_dict:
-            return super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                                 unexpected_keys, error_msgs)
+            return super()._load_from_state_dict(
+                state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+            )
         self.load_weight(state_dict[key])
         rest = {k: v for k, v in state_dict.items() if k != key}
         super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
@@ -259,8 +286,10 @@ class NF4Linear(nn.Module):
         missing_keys[:] = [k for k in missing_keys if k not in ours]
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"blocksize={self.blocksize}, double_quant={self.double_quant}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"blocksize={self.blocksize}, double_quant={self.double_quant}"
+        )
 
 
 def default_skip(name: str) -> bool:
@@ -268,8 +297,9 @@ def default_skip(name: str) -> bool:
     return any(part in KEEP_FULL_PRECISION for part in name.split("."))
 
 
-def quantize_model_(model: nn.Module, skip: Callable[[str], bool] = default_skip, blocksize: int = 64,
-                    double_quant: bool = True) -> list[str]:
+def quantize_model_(
+    model: nn.Module, skip: Callable[[str], bool] = default_skip, blocksize: int = 64, double_quant: bool = True
+) -> list[str]:
     """Replace every nn.Linear whose qualified name `skip` rejects by an NF4Linear, in place; returns their names.
 
     Layers are swapped one at a time, so the full-precision weight of each is dropped (freed unless referenced
@@ -288,8 +318,7 @@ def nf4_weight_names(model: nn.Module) -> set[str]:
     return {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, NF4Linear)}
 
 
-def quantize_state_dict_stream(model: nn.Module, tensors: Iterable[tuple[str, Tensor]]
-                               ) -> Iterator[tuple[str, Tensor]]:
+def quantize_state_dict_stream(model: nn.Module, tensors: Iterable[tuple[str, Tensor]]) -> Iterator[tuple[str, Tensor]]:
     """Loader hook: quantize each `<module>.weight` meant for an NF4Linear as it arrives, pass the rest through.
 
     Run `quantize_model_` on the (possibly meta-device) model first, then feed the checkpoint's (name, tensor) pairs

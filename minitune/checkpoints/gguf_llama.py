@@ -8,21 +8,28 @@ tokenizer's ids equal what transformers builds from the same file.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
-from .errors import CheckpointError
-from .gguf import GGUFFile
+from minitune.checkpoints.gguf import GGUFFile
+from minitune.errors import CheckpointError
 
 # ---------------------------------------------------------------------------------------------- Hub layout
 
 _LAYER_NAMES = {
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
 }
 _TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 
@@ -56,8 +63,10 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
 def _require_llama(g: GGUFFile) -> None:
     arch = g.metadata.get("general.architecture")
     if arch != "llama":
-        raise CheckpointError(f"{g.path}: GGUF architecture {arch!r} is not supported; only 'llama' GGUF files "
-                              f"load, use the model's safetensors checkpoint instead")
+        raise CheckpointError(
+            f"{g.path}: GGUF architecture {arch!r} is not supported; only 'llama' GGUF files "
+            f"load, use the model's safetensors checkpoint instead"
+        )
 
 
 def _meta(g: GGUFFile, key: str, default: Any = ...) -> Any:
@@ -83,14 +92,17 @@ def gguf_hub_tensors(g: GGUFFile) -> dict[str, tuple[tuple[int, ...], Callable[[
             elif ".attn_k." in name:
                 w = unpermute_qk(w, n_kv)
             return torch.from_numpy(w)
+
         return load
 
     out = {}
     for name, info in g.tensors.items():
         hub = hub_name(name)
         if hub is None:
-            raise CheckpointError(f"{g.path}: tensor {name!r} has no Hub Llama counterpart (rope_freqs means Llama-3 "
-                                  f"rope scaling, which GGUF loading does not support); use the safetensors checkpoint")
+            raise CheckpointError(
+                f"{g.path}: tensor {name!r} has no Hub Llama counterpart (rope_freqs means Llama-3 "
+                f"rope scaling, which GGUF loading does not support); use the safetensors checkpoint"
+            )
         out[hub] = (info.shape, loader(name))
     return out
 
@@ -103,23 +115,34 @@ def gguf_to_state_dict(g: GGUFFile) -> dict[str, torch.Tensor]:
 def gguf_to_hf_config(g: GGUFFile) -> dict[str, Any]:
     """A Hub-style config.json dict for the Llama model the file holds."""
     _require_llama(g)
+
     def m(key: str, default: Any = ...) -> Any:
         return _meta(g, f"llama.{key}", default)
 
     hidden, heads = m("embedding_length"), m("attention.head_count")
     head_dim = m("attention.key_length", hidden // heads)
     if m("rope.dimension_count", head_dim) != head_dim:
-        raise CheckpointError(f"{g.path}: partial rotary (rope.dimension_count={m('rope.dimension_count')}, "
-                              f"head_dim={head_dim}) is not supported for llama")
+        raise CheckpointError(
+            f"{g.path}: partial rotary (rope.dimension_count={m('rope.dimension_count')}, "
+            f"head_dim={head_dim}) is not supported for llama"
+        )
     vocab = m("vocab_size", None) or len(_meta(g, "tokenizer.ggml.tokens"))
     return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "hidden_size": hidden, "intermediate_size": m("feed_forward_length"),
-        "num_hidden_layers": m("block_count"), "num_attention_heads": heads,
-        "num_key_value_heads": m("attention.head_count_kv", heads), "head_dim": head_dim,
-        "rms_norm_eps": m("attention.layer_norm_rms_epsilon"), "rope_theta": m("rope.freq_base", 10000.0),
-        "max_position_embeddings": m("context_length"), "vocab_size": vocab, "hidden_act": "silu",
-        "attention_bias": False, "mlp_bias": False,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": m("feed_forward_length"),
+        "num_hidden_layers": m("block_count"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": m("attention.head_count_kv", heads),
+        "head_dim": head_dim,
+        "rms_norm_eps": m("attention.layer_norm_rms_epsilon"),
+        "rope_theta": m("rope.freq_base", 10000.0),
+        "max_position_embeddings": m("context_length"),
+        "vocab_size": vocab,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
         "tie_word_embeddings": "output.weight" not in g.tensors,
         "bos_token_id": g.metadata.get("tokenizer.ggml.bos_token_id"),
         "eos_token_id": g.metadata.get("tokenizer.ggml.eos_token_id"),
@@ -150,32 +173,61 @@ def gguf_tokenizer(g: GGUFFile) -> tuple[Tokenizer, dict[str, str | None]]:
     keywords: {"bos_token", "eos_token", "pad_token", "unk_token"} (None where the file names no such id)."""
     kind, pre = g.metadata.get("tokenizer.ggml.model"), g.metadata.get("tokenizer.ggml.pre", "default")
     if kind != "gpt2":
-        raise CheckpointError(f"{g.path}: tokenizer model {kind!r} is not supported (only byte-level BPE 'gpt2'); "
-                              f"use the model's tokenizer.json")
+        raise CheckpointError(
+            f"{g.path}: tokenizer model {kind!r} is not supported (only byte-level BPE 'gpt2'); "
+            f"use the model's tokenizer.json"
+        )
     if pre not in GPT2_REGEX_PRE:
-        raise CheckpointError(f"{g.path}: pre-tokenizer {pre!r} is not supported (only {', '.join(GPT2_REGEX_PRE)}); "
-                              f"use the model's tokenizer.json")
+        raise CheckpointError(
+            f"{g.path}: pre-tokenizer {pre!r} is not supported (only {', '.join(GPT2_REGEX_PRE)}); "
+            f"use the model's tokenizer.json"
+        )
     tokens, types = _meta(g, "tokenizer.ggml.tokens"), g.metadata.get("tokenizer.ggml.token_type") or []
     alphabet = byte_alphabet()
     spelled = set(alphabet.values())
     # A token written in raw text rather than the byte alphabet is respelled, as the reference does.
-    vocab = {t if set(t) <= spelled else "".join(alphabet[b] for b in t.encode("utf-8")): i
-             for i, t in enumerate(tokens)}
+    vocab = {
+        t if set(t) <= spelled else "".join(alphabet[b] for b in t.encode("utf-8")): i for i, t in enumerate(tokens)
+    }
     merges = [tuple(m.split(" ")) for m in _meta(g, "tokenizer.ggml.merges")]
     if any(len(m) != 2 for m in merges):
         raise CheckpointError(f"{g.path}: tokenizer.ggml.merges holds an entry that is not two tokens; corrupt file")
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
-                               end_of_word_suffix="", fuse_unk=False))
+    tok = Tokenizer(
+        models.BPE(
+            vocab=vocab,
+            merges=merges,
+            dropout=None,
+            continuing_subword_prefix="",
+            end_of_word_suffix="",
+            fuse_unk=False,
+        )
+    )
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     # Control tokens outside the byte alphabet would be mislabelled ones; the reference skips them too.
-    tok.add_special_tokens([AddedToken(t, normalized=False, special=True)
-                            for t, k in zip(tokens, types) if k == _CONTROL and set(t) <= spelled])
-    tok.add_tokens([AddedToken(t, normalized=False, special=False)
-                    for t, k in zip(tokens, types) if k == _USER_DEFINED and t in vocab])
-    specials = {name: (tokens[i] if (i := g.metadata.get(f"tokenizer.ggml.{key}")) is not None else None)
-                for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
-                                  ("pad_token", "padding_token_id"), ("unk_token", "unknown_token_id"))}
+    tok.add_special_tokens(
+        [
+            AddedToken(t, normalized=False, special=True)
+            for t, k in zip(tokens, types)
+            if k == _CONTROL and set(t) <= spelled
+        ]
+    )
+    tok.add_tokens(
+        [
+            AddedToken(t, normalized=False, special=False)
+            for t, k in zip(tokens, types)
+            if k == _USER_DEFINED and t in vocab
+        ]
+    )
+    specials = {
+        name: (tokens[i] if (i := g.metadata.get(f"tokenizer.ggml.{key}")) is not None else None)
+        for name, key in (
+            ("bos_token", "bos_token_id"),
+            ("eos_token", "eos_token_id"),
+            ("pad_token", "padding_token_id"),
+            ("unk_token", "unknown_token_id"),
+        )
+    }
     _add_bos_eos(g, tok, specials)
     return tok, specials
 

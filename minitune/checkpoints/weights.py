@@ -1,4 +1,4 @@
-"""Checkpoint readers: names, shapes and lazy readers of every tensor (modeling.py does the strict 1:1 copy).
+"""Checkpoint readers: names, shapes and lazy readers of every tensor (load.py does the strict 1:1 copy).
 
 Formats: `model.safetensors`, sharded safetensors (`model.safetensors.index.json`), and, for repositories that only
 have it, `pytorch_model.bin` read with `torch.load(weights_only=True)` -- nothing is ever unpickled without it.
@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from minitune.errors import CheckpointError
 
 log = logging.getLogger("minitune")
 
@@ -50,9 +50,18 @@ def _fix_legacy_name(name: str) -> str:
 
 
 # safetensors dtype names -> torch dtypes, for reading tensor bytes with plain file reads.
-_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-              "BOOL": torch.bool}
+_ST_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def _index_safetensors(index: CheckpointIndex, file: Path) -> None:
@@ -71,7 +80,8 @@ def _index_safetensors(index: CheckpointIndex, file: Path) -> None:
             header = json.loads(f.read(header_len))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(
-            f"{file}: not a readable safetensors file ({e}); it is truncated or corrupt: delete it and download it again"
+            f"{file}: not a readable safetensors file ({e}); it is truncated or corrupt: delete it and download it "
+            "again"
         ) from None
     start = 8 + header_len
     for n in names:
@@ -79,8 +89,11 @@ def _index_safetensors(index: CheckpointIndex, file: Path) -> None:
         if info["dtype"] not in _ST_DTYPES:
             raise CheckpointError(f"{file}: tensor {n!r} has dtype {info['dtype']}, which minitune does not read")
         begin, end = info["data_offsets"]
-        index.add(_fix_legacy_name(n), info["shape"],
-                  lambda n=n, i=info, b=begin, e=end: _read_tensor(file, n, i, start + b, e - b))
+        index.add(
+            _fix_legacy_name(n),
+            info["shape"],
+            lambda n=n, i=info, b=begin, e=end: _read_tensor(file, n, i, start + b, e - b),
+        )
 
 
 def _read_tensor(file: Path, name: str, info: dict, offset: int, nbytes: int) -> torch.Tensor:
@@ -126,7 +139,7 @@ def index_checkpoint(model_dir: Path) -> CheckpointIndex:
     else:
         raise CheckpointError(
             f"{model_dir}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin: "
-            "point --model at a directory holding the checkpoint's weights"
+            "point to a directory holding the checkpoint's weights"
         )
     return index
 

