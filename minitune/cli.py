@@ -3,6 +3,8 @@
     minitune --task humor --model xlm-roberta-large            # train (the default command)
     minitune train --task semeval --model minilm --epochs 3    # the same, named
     minitune predict --model runs/humor-minilm/model --input texts.csv --output preds.csv
+    minitune report runs/humor-minilm                          # redraw figures/ and report.html, no model
+    minitune export --model runs/humor-minilm/model --format onnx --output model.onnx
 
 `minitune --help` lists every training flag; `minitune predict --help` the prediction flags. Errors a user can
 cause end in one line on stderr and exit code 2, with library parameters renamed to the flags that set them;
@@ -18,6 +20,8 @@ from pathlib import Path
 
 from minitune.config import flag_for, parse_config
 from minitune.errors import ConfigError, MinituneError
+from minitune.eval.html import write_html_report
+from minitune.export import export_onnx
 from minitune.predict import predict_file
 from minitune.runner import run_train
 
@@ -65,22 +69,66 @@ def run_predict(argv: list[str]) -> Path:
     return path
 
 
+def report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="minitune report",
+        description="Redraw figures/ and report.html of a finished run from its results.json, metrics.jsonl and "
+        "predictions files (no model needed).",
+    )
+    p.add_argument("run_dir", help="the output directory of a training run")
+    return p
+
+
+def export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="minitune export",
+        description="Export a trained classifier (LoRA merged, NF4 dequantized) for other runtimes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="a model directory written by a training run (its model/ folder)")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
+    p.add_argument("--output", required=True, help="file to write")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    return p
+
+
+def run_report(argv: list[str]) -> Path:
+    path = write_html_report(Path(report_parser().parse_args(argv).run_dir))
+    print(f"wrote {path} and {path.parent / 'figures'}/")
+    return path
+
+
+def run_export(argv: list[str]) -> Path:
+    args = export_parser().parse_args(argv)
+    path = export_onnx(Path(args.model), Path(args.output), opset=args.opset)
+    print(f"wrote {path}")
+    return path
+
+
+# Every command but training (the default): its function and its parser, whose flags errors are rendered with.
+COMMANDS = {
+    "predict": (run_predict, predict_parser),
+    "report": (run_report, report_parser),
+    "export": (run_export, export_parser),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    predicting = bool(argv) and argv[0] == "predict"
+    command = COMMANDS.get(argv[0]) if argv else None
     try:
-        if predicting:
-            run_predict(argv[1:])
+        if command is not None:
+            command[0](argv[1:])
         else:
             run_train(parse_config(argv[1:] if argv and argv[0] == "train" else argv))
     except MinituneError as e:
-        flags = {a.dest for a in predict_parser()._actions} if predicting else None
+        flags = {a.dest for a in command[1]()._actions} if command else None
         print(f"error: {e.render(lambda param: flag_for(param, flags))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
-            "interrupted" + ("" if predicting else ": the last checkpoint is kept; continue with --resume OUTPUT_DIR"),
+            "interrupted" + ("" if command else ": the last checkpoint is kept; continue with --resume OUTPUT_DIR"),
             file=sys.stderr,
         )
         return 130

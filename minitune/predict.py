@@ -25,7 +25,7 @@ from minitune.errors import ConfigError
 from minitune.eval.scoring import predict_scores
 
 
-def _thresholds(model_dir: Path, names: list[str], override: float | None) -> np.ndarray:
+def saved_thresholds(model_dir: Path, names: list[str], override: float | None) -> np.ndarray:
     """`override`, else what the training run chose on dev (tuned per label, or its fixed threshold), else 0.5."""
     if override is not None:
         return np.full(len(names), override)
@@ -69,7 +69,7 @@ def predict_file(
     scores = predict_scores(model.to(torch_device), features, collate_fn, kind, batch_size, torch_device)
     names = model.label_names
     if multi:
-        chosen = scores >= _thresholds(model_dir, names, threshold)
+        chosen = scores >= saved_thresholds(model_dir, names, threshold)
         labels = [",".join(n for n, c in zip(names, row) if c) for row in chosen]
     else:
         labels = [names[i] for i in scores.argmax(1)]

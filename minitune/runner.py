@@ -33,7 +33,9 @@ from minitune.data.splits import holdout_examples, subsample
 from minitune.data.tasks import Example, TaskData, label_array, load_eval_file, load_task, resolve_data_dir
 from minitune.data.tokenizer import Tokenizer
 from minitune.errors import ConfigError, MinituneError
+from minitune.eval.html import write_html_report
 from minitune.eval.metrics import SELECTION_METRICS
+from minitune.eval.predictions import train_label_counts, write_predictions
 from minitune.eval.report import format_report, write_results
 from minitune.eval.scoring import task_report
 from minitune.eval.thresholds import choose_thresholds
@@ -79,6 +81,7 @@ def run_train(cfg: RunConfig) -> dict:
     text = format_report(results)
     atomic_write_text(out / "report.txt", text)
     print(text)
+    log.info("wrote %s", write_html_report(out))
     return results
 
 
@@ -102,6 +105,8 @@ def run_holdout(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.devi
         )
         tuned = np.array(list(thresholds["per_label"].values()))
     results = {"train": trial.summary, "dev": task_report(task, dev_ex, trial.dev_scores, cfg.threshold, tuned)}
+    results["train"]["label_counts"] = train_label_counts(task.kind, label_array(task, train_ex), task.label_names)
+    write_predictions(out, "dev", dev_ex, label_array(task, dev_ex), trial.dev_scores)
     if thresholds is not None:
         results["thresholds"] = thresholds
     if inputs.test is not None:

@@ -21,6 +21,7 @@ from minitune.config import RunConfig
 from minitune.data.features import tokenize
 from minitune.data.splits import holdout_examples, subsample
 from minitune.data.tasks import Example, TaskData, label_array
+from minitune.eval.predictions import write_predictions
 from minitune.eval.scoring import task_report
 from minitune.experiments.trial import score, train_once
 
@@ -79,6 +80,7 @@ def run_folds(
             file_scores.append(score(cfg, task, trial.model, file_f, trial.collate, device))
         if k == 0:
             save_model_dir(out, trial.model, tokenizer, task.kind, None)
+    write_predictions(out, "test", fold_ex, label_array(task, fold_ex), np.concatenate(test_scores))
     return fold_results(cfg, task, fold_ex, np.concatenate(test_scores), per_fold, test_ex, file_scores)
 
 
