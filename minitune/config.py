@@ -21,6 +21,7 @@ from minitune.data.batching import check_batch_size
 from minitune.data.tasks import TASKS
 from minitune.errors import ConfigError
 from minitune.train.optim import check_optimizer_args
+from minitune.train.tensorboard import check_available
 
 
 def opt(default, help: str, choices=None):
@@ -94,6 +95,11 @@ class RunConfig:
     patience: int = opt(None, "stop after this many evaluations without improvement (default: never)")
     eval_every: int = opt(None, "evaluate every N optimizer steps (default: every epoch)")
     log_every: int = opt(10, "log a JSON line to metrics.jsonl every N optimizer steps")
+    report_to: str = opt(
+        None,
+        "also write metrics.jsonl's scalars as TensorBoard events in OUTPUT_DIR/tensorboard",
+        (None, "tensorboard"),
+    )
     threshold: float = opt(0.5, "multi-label decision threshold reported beside the tuned per-class thresholds")
     folds: int = opt(None, "recipe-mpr: run only the first N of the 5 folds")
     grad_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
@@ -224,6 +230,7 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"one of {', '.join(str(c) for c in choices or () if c is not None)}",
         )
     check_batch_size(cfg.batch_size)
+    check_available(cfg.report_to)
     for name in ("epochs", "grad_accum", "max_length", "log_every"):
         value = getattr(cfg, name)
         _check(isinstance(value, int) and value >= 1, f"{_flag(name)} must be a positive integer, got {value!r}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -94,7 +95,9 @@ def export_onnx(model_dir: Path, output: Path, opset: int = 17) -> Path:
     inputs = example_inputs(names, model.hf_config.get("vocab_size", 1000))
 
     def write(tmp: str) -> None:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # The tracer warns at each Python bool taken from a tensor: those are the layout choices described above.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
                 wrapper,
                 inputs,

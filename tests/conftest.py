@@ -35,6 +35,7 @@ SLOW = {
     "test_cli.py::test_training_options_through_run_py": 1,  # 1.7-2.1 s each, 9 s in all
     "test_gguf.py::test_tokenizer_ids_equal_transformers": 0,  # 3.0 s: loads the reference tokenizer (module fixture)
     "test_gguf.py::test_special_tokens_equal_transformers": 0,
+    "test_figures.py::test_html_is_self_contained_and_embeds_every_figure": 1,  # 1.1-1.6 s each (drawing)
 }
 
 

@@ -37,6 +37,7 @@ class RunFigure:
     name: str  # file stem under figures/
     title: str  # caption in report.html
     figure: Figure
+    svg: bool = False  # also as SVG: the text-heavy charts, which a reader may zoom or copy labels from
 
 
 def _bar_height(n: int) -> float:
@@ -79,7 +80,10 @@ def draw_confusion(matrix: list[list[int]], names: list[str], split: str) -> Fig
     side = max(4.0, 0.55 * n + 2.5)
     fig = Figure(figsize=(2 * side + 1, side), layout="constrained")
     for ax, values, title, fmt in zip(
-        fig.subplots(1, 2), (counts, normalised), ("counts", "row-normalised\n(each gold row sums to 1; diagonal = recall)"), ("d", ".2f")
+        fig.subplots(1, 2),
+        (counts, normalised),
+        ("counts", "row-normalised\n(each gold row sums to 1; diagonal = recall)"),
+        ("d", ".2f"),
     ):
         im = ax.imshow(values, cmap="Blues", vmin=0, vmax=None if fmt == "d" else 1)
         ax.set_xticks(range(n), names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center")
@@ -251,12 +255,12 @@ def draw_run(run_dir: Path, results: dict) -> list[RunFigure]:
         figs.append(RunFigure("training_curves", "Training curves", draw_training_curves(runs, metric)))
     if "confusion_matrix" in rep:
         cm = draw_confusion(rep["confusion_matrix"], names, split)
-        figs.append(RunFigure("confusion_matrix", "Confusion matrix", cm))
+        figs.append(RunFigure("confusion_matrix", "Confusion matrix", cm, svg=True))
     chart = draw_per_class(rep["per_class"], split, sort=kind != MULTIPLE_CHOICE)
-    figs.append(RunFigure("per_class", "Per-class precision, recall and F1", chart))
+    figs.append(RunFigure("per_class", "Per-class precision, recall and F1", chart, svg=True))
     counts = results.get("train", {}).get("label_counts")
     if counts and (kind == MULTI_LABEL or (kind == SINGLE_LABEL and _imbalanced(counts))):
-        figs.append(RunFigure("label_frequency", "Label frequency in train", draw_label_frequency(counts)))
+        figs.append(RunFigure("label_frequency", "Label frequency in train", draw_label_frequency(counts), svg=True))
     records = read_predictions(run_dir, split)
     if records:
         gold, probs = _labels(kind, records, len(names))
@@ -268,22 +272,27 @@ def draw_run(run_dir: Path, results: dict) -> list[RunFigure]:
         figs.append(RunFigure("reliability", "Reliability diagram", draw_reliability(kind, gold, probs, split)))
     if rep.get("by_group"):
         fig = draw_groups(rep["by_group"], len(names), split)
-        figs.append(RunFigure("accuracy_by_query_type", "Accuracy by query type", fig))
+        figs.append(RunFigure("accuracy_by_query_type", "Accuracy by query type", fig, svg=True))
     return figs
 
 
 def _imbalanced(counts: dict[str, int]) -> bool:
-    values = [c for c in counts.values()]
+    values = list(counts.values())
     return bool(values) and max(values) >= IMBALANCE * max(min(values), 1)
 
 
-def save_figures(figs: list[RunFigure], out_dir: Path, svg: bool = True) -> dict[str, Path]:
-    """Each figure as out_dir/<name>.png (and .svg); returns name -> PNG path."""
+def save_figures(figs: list[RunFigure], out_dir: Path) -> dict[str, Path]:
+    """Each figure as out_dir/<name>.png (and .svg where it has `svg`); returns name -> PNG path. Figures of an
+    earlier drawing that this one does not make are removed, so figures/ holds this run's only."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for f in figs:
         paths[f.name] = out_dir / f"{f.name}.png"
         f.figure.savefig(paths[f.name], dpi=100)
-        if svg:
+        if f.svg:
             f.figure.savefig(out_dir / f"{f.name}.svg")
+    keep = {p.name for p in paths.values()} | {f"{f.name}.svg" for f in figs if f.svg}
+    for old in out_dir.glob("*"):
+        if old.suffix in (".png", ".svg") and old.name not in keep:
+            old.unlink()
     return paths

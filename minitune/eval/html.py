@@ -41,7 +41,8 @@ def _e(x) -> str:
 def _table(header: list[str], rows: list[list], numeric_from: int = 1) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = "".join(
-        "<tr>" + "".join(f"<td{' class=num' if i >= numeric_from else ''}>{_e(c)}</td>" for i, c in enumerate(r))
+        "<tr>"
+        + "".join(f"<td{' class=num' if i >= numeric_from else ''}>{_e(c)}</td>" for i, c in enumerate(r))
         + "</tr>"
         for r in rows
     )

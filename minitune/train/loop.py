@@ -30,6 +30,7 @@ from minitune.checkpoints.atomic import atomic_write, atomic_write_text
 from minitune.train.amp import DynamicLossScaler, autocast_context
 from minitune.train.checkpoint import load_checkpoint, save_checkpoint, trainable_state
 from minitune.train.optim import build_optimizer, build_scheduler
+from minitune.train.tensorboard import TensorBoardSink
 
 
 @dataclass
@@ -50,6 +51,7 @@ class LoopConfig:
     eval_every: int | None = None  # optimizer steps; None: after every epoch
     patience: int | None = None  # evaluations without improvement before stopping; None: never
     log_every: int = 10
+    report_to: str | None = None  # "tensorboard": metrics.jsonl's records also as TensorBoard events
     resume: bool = False  # continue from out_dir/checkpoint
     signature: dict = field(default_factory=dict)  # settings a resumed run must share, stored with checkpoints
 
@@ -89,9 +91,10 @@ def _logged_step(line: str) -> float:
 class MetricsLog:
     """metrics.jsonl: one JSON object per line, flushed so a crash loses nothing already logged."""
 
-    def __init__(self, path: Path, resume_step: int | None = None):
+    def __init__(self, path: Path, resume_step: int | None = None, sink=None):
         """A fresh log, or on resume the old one cut back to the checkpoint's step: the steps logged after it
-        are about to be trained again, and would otherwise appear twice."""
+        are about to be trained again, and would otherwise appear twice. `sink` (write(record), close()) receives
+        every record too (train/tensorboard.py)."""
         if resume_step is not None and path.exists():
             kept = [
                 line
@@ -100,13 +103,18 @@ class MetricsLog:
             ]
             atomic_write_text(path, "".join(kept))
         self.file = open(path, "a" if resume_step is not None else "w", encoding="utf-8")  # noqa: SIM115 (held for the run)
+        self.sink = sink
 
     def write(self, **record) -> None:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+        if self.sink is not None:
+            self.sink.write(record)
 
     def close(self) -> None:
         self.file.close()
+        if self.sink is not None:
+            self.sink.close()
 
 
 def forward_loss(model, loss_fn, batch: dict, precision: str, device: torch.device):
@@ -195,7 +203,8 @@ class Loop:
                     self.signature,
                 )
             )
-        self.log = MetricsLog(self.out_dir / "metrics.jsonl", self.state.step if cfg.resume else None)
+        sink = TensorBoardSink(self.out_dir / "tensorboard") if cfg.report_to == "tensorboard" else None
+        self.log = MetricsLog(self.out_dir / "metrics.jsonl", self.state.step if cfg.resume else None, sink)
         self.bar = tqdm(total=self.total, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True)
         self.t0, self.tokens0 = time.perf_counter(), self.state.tokens
 
