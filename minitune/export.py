@@ -8,11 +8,12 @@ model's metadata_props: `label_names` (JSON list, in output order), `problem_typ
 `thresholds` (JSON list, one per label: the tuned thresholds the run kept, else its fixed one, as `minitune
 predict` applies them). The tokenizer files stay in the model directory: tokenize as minitune does, pad on the right.
 
-Exporter: torch.onnx's TorchScript tracer (`dynamo=False`). The torch.export-based exporter (torch 2.13's default)
-stops at the models' data-dependent branches (`bool(attention_mask.all())`: GuardOnDataDependentSymNode). Tracing records one path through the Python control
-flow, so the model is traced in the layout every call will take: padded (the masked attention path, exact for
-unpadded batches too), first token real (right padding), no unpadding (Packing's Python-side lengths would be
-frozen into the graph). The tests check the file against minitune on ragged batches of other shapes.
+Exporter: torch.onnx's TorchScript tracer (`dynamo=False`). The torch.export-based exporter (torch 2.13's
+default) stops at the models' data-dependent branches (`bool(attention_mask.all())`: GuardOnDataDependentSymNode).
+Tracing records one path through the Python control flow, so the model is traced in the layout every call will take:
+padded (the masked attention path, exact for unpadded batches too), first token real (right padding for encoders),
+no unpadding (Packing's Python-side lengths would be frozen into the graph). The tests check the file against
+minitune on ragged batches of other shapes.
 """
 
 from __future__ import annotations

@@ -25,11 +25,36 @@ from minitune.eval.predictions import train_label_counts, write_predictions
 from minitune.eval.report import format_report, write_results
 from minitune.eval.thresholds import choose_thresholds, per_label_f1
 
-EMOTIONS = (
-    "admiration amusement anger annoyance approval caring confusion curiosity desire disappointment disapproval "
-    "disgust embarrassment excitement fear gratitude grief joy love nervousness optimism pride realization relief "
-    "remorse sadness surprise neutral"
-).split()
+EMOTIONS = [
+    "admiration",
+    "amusement",
+    "anger",
+    "annoyance",
+    "approval",
+    "caring",
+    "confusion",
+    "curiosity",
+    "desire",
+    "disappointment",
+    "disapproval",
+    "disgust",
+    "embarrassment",
+    "excitement",
+    "fear",
+    "gratitude",
+    "grief",
+    "joy",
+    "love",
+    "nervousness",
+    "optimism",
+    "pride",
+    "realization",
+    "relief",
+    "remorse",
+    "sadness",
+    "surprise",
+    "neutral",
+]
 
 
 def _metrics_jsonl(path: Path, metric: str) -> None:
