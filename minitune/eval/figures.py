@@ -47,7 +47,9 @@ def _bar_height(n: int) -> float:
 def draw_training_curves(runs: dict[str, list[dict]], metric: str) -> Figure:
     """Loss, learning rate, gradient norm and the dev metrics over optimizer steps; one line per run (fold)."""
     fig = Figure(figsize=(11, 6.5), layout="constrained")
-    axes = fig.subplots(2, 2).ravel()
+    axes = fig.subplots(2, 2, sharex=True).ravel()
+    for ax in axes:
+        ax.xaxis.set_tick_params(labelbottom=True)
     for ax, (key, title) in zip(axes, CURVE_KEYS):
         for run, records in runs.items():
             pts = [(r["step"], r[key]) for r in records if r.get("type") == "train" and r.get(key) is not None]
@@ -59,6 +61,8 @@ def draw_training_curves(runs: dict[str, list[dict]], metric: str) -> Figure:
     for run, records in runs.items():
         evals = [r for r in records if r.get("type") == "eval"]
         keys = [k for k in dict.fromkeys(k for r in evals for k in r) if k not in ("type", "step", "epoch", "improved")]
+        if "accuracy" in keys and all(r.get("micro_f1") == r["accuracy"] for r in evals):
+            keys.remove("micro_f1")  # single-label micro-F1 is accuracy: one line would hide the other
         for key in keys:
             pts = [(r["step"], r[key]) for r in evals if isinstance(r.get(key), (int, float))]
             style = "-" if key == metric else ":"
@@ -82,19 +86,20 @@ def draw_confusion(matrix: list[list[int]], names: list[str], split: str) -> Fig
     for ax, values, title, fmt in zip(
         fig.subplots(1, 2),
         (counts, normalised),
-        ("counts", "row-normalised\n(each gold row sums to 1; diagonal = recall)"),
+        ("counts", "row-normalised"),
         ("d", ".2f"),
     ):
         im = ax.imshow(values, cmap="Blues", vmin=0, vmax=None if fmt == "d" else 1)
         ax.set_xticks(range(n), names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center")
         ax.set_yticks(range(n), names)
         ax.set(xlabel="predicted", ylabel="gold")
-        ax.set_title(f"{split}: {title}", fontsize=10)
+        ax.set_title(title)
         if n <= 15:  # above that the numbers no longer fit their cells: the colour carries them
             high = (1.0 if fmt != "d" else max(values.max(initial=0), 1)) / 2  # the middle of the colour scale
             for (i, j), v in np.ndenumerate(values):
                 ax.text(j, i, format(v, fmt), ha="center", va="center", color="white" if v > high else "black")
         fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.suptitle(f"{split}: confusion matrix (row-normalised: each gold row sums to 1, the diagonal is recall)")
     return fig
 
 
