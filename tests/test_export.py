@@ -13,37 +13,13 @@ import transformers
 import minitune
 from minitune.cli import main
 from minitune.export import export_onnx
+from test_decoder import hub
+from test_encoders import CONFIGS as ENCODER_CONFIGS
 
-ENCODER = dict(
-    vocab_size=99,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=37,
-    initializer_range=0.2,
-)
+# The tiny random configs of the parity tests: every encoder family, and Llama.
 CONFIGS = {
-    "bert": lambda: transformers.BertConfig(**ENCODER, max_position_embeddings=64, type_vocab_size=2, pad_token_id=0),
-    "roberta": lambda: transformers.RobertaConfig(
-        **ENCODER, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1, layer_norm_eps=1e-5
-    ),
-    "xlm-roberta": lambda: transformers.XLMRobertaConfig(
-        **ENCODER, max_position_embeddings=66, type_vocab_size=1, pad_token_id=1, hidden_act="gelu_new"
-    ),
-    "distilbert": lambda: transformers.DistilBertConfig(
-        vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37, max_position_embeddings=64, pad_token_id=0
-    ),
-    "llama": lambda: transformers.LlamaConfig(
-        vocab_size=99,
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        rms_norm_eps=1e-5,
-    ),
+    **ENCODER_CONFIGS,
+    "llama": lambda: transformers.LlamaConfig(**{k: v for k, v in hub("llama").items() if k != "model_type"}),
 }
 LABELS = ["anger", "joy", "sadness"]
 
@@ -55,7 +31,7 @@ def batch(pad_id: int, lengths, left: bool = False, seed: int = 0):
     mask = torch.zeros(len(lengths), t, dtype=torch.long)
     for i, n in enumerate(lengths):
         span = slice(t - n, t) if left else slice(0, n)
-        ids[i, span] = torch.randint(3, 99, (n,), generator=g)
+        ids[i, span] = torch.randint(3, 99, (n,), generator=g)  # both vocabularies hold 99
         mask[i, span] = 1
     types = torch.zeros_like(ids)
     types[:, 3:] = 1
