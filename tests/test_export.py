@@ -11,8 +11,10 @@ import torch
 import transformers
 
 import minitune
+from minitune.adapters.lora import apply_adapters
 from minitune.cli import main
 from minitune.export import export_onnx
+from test_adapters import lora_kw, perturb_lora, tiny_llama
 from test_decoder import hub
 from test_encoders import CONFIGS as ENCODER_CONFIGS
 
@@ -70,6 +72,21 @@ def test_onnxruntime_probabilities_equal_minitune(tmp_path, model_type):
         np.testing.assert_allclose(logits, expected.numpy(), atol=1e-5, rtol=0)
         np.testing.assert_allclose(probs, expected.softmax(-1).numpy(), atol=1e-5, rtol=0)
         assert probs.shape == (len(shape["lengths"]), 3)
+
+
+def test_qlora_model_exports_merged_and_dequantized(tmp_path):
+    """A QLoRA-trained decoder, saved as a run saves model/, runs in onnxruntime as it ran in minitune."""
+    _, path = tiny_llama(tmp_path)
+    model = minitune.load_model(path, quantize="nf4")
+    apply_adapters(model, **lora_kw())
+    perturb_lora(model)  # as if trained: adapters that change the output
+    ids, mask, _ = batch(0, (9, 2, 5))
+    with torch.no_grad():
+        expected = model.eval()(ids, mask).softmax(-1).numpy()
+    minitune.save_pretrained(model, tmp_path / "model")
+    session = ort.InferenceSession(str(export_onnx(tmp_path / "model", tmp_path / "m.onnx")))
+    probs = session.run(["probs"], {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    np.testing.assert_allclose(probs, expected, atol=1e-5, rtol=0)
 
 
 def test_metadata_holds_labels_and_saved_thresholds(tmp_path):

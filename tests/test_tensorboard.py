@@ -48,3 +48,27 @@ def test_missing_tensorboard_is_one_clear_error(monkeypatch, tmp_path, capsys):
         == "error: --report-to tensorboard needs the tensorboard package: pip install tensorboard==2.21.0, or drop it"
     )
     assert not (tmp_path / "o").exists()
+
+
+def test_resume_drops_the_events_past_the_checkpoint(tmp_path):
+    """As metrics.jsonl is cut back on --resume, the steps after the checkpoint are not shown twice."""
+    from minitune.train.tensorboard import TensorBoardSink
+
+    first = TensorBoardSink(tmp_path)
+    for step in range(1, 7):
+        first.write({"type": "train", "step": step, "loss": float(step)})
+    first.close()
+    resumed = TensorBoardSink(tmp_path, resume_step=3)
+    for step in range(4, 7):
+        resumed.write({"type": "train", "step": step, "loss": 10.0 * step})
+    resumed.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [
+        (1, 1.0),
+        (2, 2.0),
+        (3, 3.0),
+        (4, 40.0),
+        (5, 50.0),
+        (6, 60.0),
+    ]

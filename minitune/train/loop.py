@@ -203,8 +203,9 @@ class Loop:
                     self.signature,
                 )
             )
-        sink = TensorBoardSink(self.out_dir / "tensorboard") if cfg.report_to == "tensorboard" else None
-        self.log = MetricsLog(self.out_dir / "metrics.jsonl", self.state.step if cfg.resume else None, sink)
+        resume_step = self.state.step if cfg.resume else None
+        sink = TensorBoardSink(self.out_dir / "tensorboard", resume_step) if cfg.report_to == "tensorboard" else None
+        self.log = MetricsLog(self.out_dir / "metrics.jsonl", resume_step, sink)
         self.bar = tqdm(total=self.total, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True)
         self.t0, self.tokens0 = time.perf_counter(), self.state.tokens
 

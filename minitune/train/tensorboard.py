@@ -25,11 +25,14 @@ def check_available(report_to: str | None) -> None:
 class TensorBoardSink:
     """Writes metrics records as scalars; `write(record)` and `close()`, as MetricsLog calls them."""
 
-    def __init__(self, log_dir: Path):
+    def __init__(self, log_dir: Path, resume_step: int | None = None):
+        """On resume, TensorBoard drops the earlier events past the checkpoint's step (`purge_step`), as
+        metrics.jsonl is cut back: those steps are trained again."""
         check_available("tensorboard")
         from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when asked for
 
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        purge = None if resume_step is None else resume_step + 1
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge)
 
     def write(self, record: dict) -> None:
         kind, step = record.get("type", "log"), int(record.get("step", 0))
