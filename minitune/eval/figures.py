@@ -19,9 +19,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE, SINGLE_LABEL
 from minitune.eval.predictions import read_predictions
@@ -40,13 +43,21 @@ class RunFigure:
     svg: bool = False  # also as SVG: the text-heavy charts, which a reader may zoom or copy labels from
 
 
+def new_figure(**kw) -> Figure:
+    """A matplotlib Figure. Imported here, not at the top: matplotlib adds about 0.8 s to every start of the
+    command line, and only a run's end and `minitune report` draw (predict, export and a flag error do not)."""
+    from matplotlib.figure import Figure
+
+    return Figure(**kw)
+
+
 def _bar_height(n: int) -> float:
     return max(2.5, 1.2 + ROW_INCHES * n)
 
 
 def draw_training_curves(runs: dict[str, list[dict]], metric: str) -> Figure:
     """Loss, learning rate, gradient norm and the dev metrics over optimizer steps; one line per run (fold)."""
-    fig = Figure(figsize=(11, 6.5), layout="constrained")
+    fig = new_figure(figsize=(11, 6.5), layout="constrained")
     axes = fig.subplots(2, 2, sharex=True).ravel()
     for ax in axes:
         ax.xaxis.set_tick_params(labelbottom=True)
@@ -82,7 +93,7 @@ def draw_confusion(matrix: list[list[int]], names: list[str], split: str) -> Fig
     normalised = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
     n = len(names)
     side = max(4.0, 0.55 * n + 2.5)
-    fig = Figure(figsize=(2 * side + 1, side), layout="constrained")
+    fig = new_figure(figsize=(2 * side + 1, side), layout="constrained")
     for ax, values, title, fmt in zip(
         fig.subplots(1, 2),
         (counts, normalised),
@@ -108,7 +119,7 @@ def draw_per_class(per_class: dict[str, dict], split: str, sort: bool = True) ->
     names = list(per_class)
     if sort:
         names.sort(key=lambda k: (per_class[k]["f1"], per_class[k]["support"]))
-    fig = Figure(figsize=(9, _bar_height(len(names)) + 0.6), layout="constrained")
+    fig = new_figure(figsize=(9, _bar_height(len(names)) + 0.6), layout="constrained")
     ax = fig.subplots()
     y, h = np.arange(len(names)), 0.27
     for offset, key in zip((h, 0, -h), ("precision", "recall", "f1")):
@@ -125,7 +136,7 @@ def draw_label_frequency(counts: dict[str, int]) -> Figure:
     """Training examples per label, most frequent on top, each bar labelled with its count and share."""
     names = sorted(counts, key=lambda k: counts[k])
     total = sum(counts.values()) or 1
-    fig = Figure(figsize=(9, _bar_height(len(names))), layout="constrained")
+    fig = new_figure(figsize=(9, _bar_height(len(names))), layout="constrained")
     ax = fig.subplots()
     bars = ax.barh(range(len(names)), [counts[k] for k in names], color="#8172B3")
     ax.bar_label(bars, [f"{counts[k]} ({100 * counts[k] / total:.1f}%)" for k in names], padding=3, fontsize=8)
@@ -155,7 +166,7 @@ def draw_thresholds(
     order = sorted(range(len(names)), key=lambda i: -gold[:, i].sum())
     cols = min(4, len(names))
     nrows = -(-len(names) // cols)
-    fig = Figure(figsize=(3.4 * cols, 2.3 * nrows + 0.6), layout="constrained")
+    fig = new_figure(figsize=(3.4 * cols, 2.3 * nrows + 0.6), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, cols, sharex=True, sharey=True)).ravel()
     for ax, i in zip(axes, order):
         ax.plot(grid, f1[:, i], color=COLORS["f1"])
@@ -193,7 +204,7 @@ def draw_reliability(kind: str, gold: np.ndarray, probs: np.ndarray, split: str)
     else:
         confidence, correct, what = probs.max(axis=1), probs.argmax(axis=1) == gold, "top-class probability"
     b = reliability_bins(confidence, correct)
-    fig = Figure(figsize=(6, 6.5), layout="constrained")
+    fig = new_figure(figsize=(6, 6.5), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     centers, width = (b["edges"][:-1] + b["edges"][1:]) / 2, b["edges"][1] - b["edges"][0]
     used = b["count"] > 0
@@ -213,7 +224,7 @@ def draw_reliability(kind: str, gold: np.ndarray, probs: np.ndarray, split: str)
 def draw_groups(by_group: dict[str, dict], n_options: int, split: str) -> Figure:
     """Accuracy per query type, sorted, each bar labelled correct/n; chance (1 / options) dashed."""
     names = sorted(by_group, key=lambda k: by_group[k]["accuracy"])
-    fig = Figure(figsize=(8, _bar_height(len(names))), layout="constrained")
+    fig = new_figure(figsize=(8, _bar_height(len(names))), layout="constrained")
     ax = fig.subplots()
     bars = ax.barh(range(len(names)), [by_group[k]["accuracy"] for k in names], color="#4C72B0")
     labels = [f"{by_group[k]['accuracy']:.3f}  ({by_group[k]['correct']}/{by_group[k]['n']})" for k in names]
