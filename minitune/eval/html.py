@@ -38,12 +38,11 @@ def _e(x) -> str:
     return html.escape(str(x), quote=True)
 
 
-def _table(header: list[str], rows: list[list], numeric_from: int = 1) -> str:
+def _table(header: list[str], rows: list[list], numeric: tuple[int, ...] = ()) -> str:
+    """An HTML table; the columns in `numeric` are right-aligned."""
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
     body = "".join(
-        "<tr>"
-        + "".join(f"<td{' class=num' if i >= numeric_from else ''}>{_e(c)}</td>" for i, c in enumerate(r))
-        + "</tr>"
+        "<tr>" + "".join(f"<td{' class=num' if i in numeric else ''}>{_e(c)}</td>" for i, c in enumerate(r)) + "</tr>"
         for r in rows
     )
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -51,7 +50,7 @@ def _table(header: list[str], rows: list[list], numeric_from: int = 1) -> str:
 
 def _config_table(config: dict) -> str:
     rows = [[k, json.dumps(v) if not isinstance(v, str) else v] for k, v in config.items() if v is not None]
-    return _table(["setting", "value"], rows, numeric_from=2)
+    return _table(["setting", "value"], rows)
 
 
 def _figure(title: str, png: Path) -> str:
@@ -128,9 +127,7 @@ def _errors_section(results: dict, records: list[dict] | None) -> str:
         f"<p>The {len(errors)} misclassified {_e(split)} examples the model was surest of "
         "(confidence: the probability behind the wrong decision).</p>"
     )
-    return intro + _table(["confidence", "text", "gold", "predicted"], rows, numeric_from=0).replace(
-        "<td class=num>", "<td>"
-    ).replace("<tr><td>", "<tr><td class=num>")
+    return intro + _table(["confidence", "text", "gold", "predicted"], rows, numeric=(0,))
 
 
 def render_html(results: dict, figures: list[tuple[str, Path]], records: list[dict] | None, run_dir: Path) -> str:
