@@ -75,11 +75,11 @@ def make_run(tmp_path: Path, kind: str, names: list[str], n: int = 120, seed: in
         probs = np.clip(gold * 0.5 + rng.random((n, c)) * 0.6, 0, 1)
         train = (rng.random((3 * n, c)) < np.linspace(0.4, 0.02, c)).astype(np.uint8)
     else:
-        gold = rng.integers(0, c, n) if kind == MULTIPLE_CHOICE else (rng.random(n) < 0.3).astype(np.int64)
+        gold = rng.integers(0, c, n) if c > 2 else (rng.random(n) < 0.3).astype(np.int64)
         probs = rng.dirichlet(np.ones(c), n)
         probs[np.arange(n), gold] += rng.random(n)  # better than chance, wrong often enough
         probs /= probs.sum(1, keepdims=True)
-        train = (rng.random(3 * n) < 0.3).astype(np.int64)
+        train = rng.integers(0, c, 3 * n) if c > 2 else (rng.random(3 * n) < 0.3).astype(np.int64)
     metric = "accuracy" if kind == MULTIPLE_CHOICE else "macro_f1"
     results = {"task": "t", "model": "m", "config": {"metric": metric, "lr": 2e-5}, "train": {"epochs": 1}}
     split = "test" if kind == MULTIPLE_CHOICE else "dev"
@@ -171,16 +171,20 @@ def test_reliability_bins_and_query_type_accuracy(tmp_path):
     assert b["ece"] == pytest.approx((0.05 + 0.15 + abs(0.5 - 0.97) * 2) / 4)
 
 
-def test_28_label_text_does_not_overlap(tmp_path):
-    figs, _ = figures(make_run(tmp_path, MULTI_LABEL, EMOTIONS))
-    for name in ("per_class", "label_frequency", "thresholds"):
+@pytest.mark.parametrize("kind", [MULTI_LABEL, SINGLE_LABEL])
+def test_28_label_text_does_not_overlap(tmp_path, kind):
+    figs, _ = figures(make_run(tmp_path, kind, EMOTIONS))
+    names = ("per_class", "label_frequency", "thresholds") if kind == MULTI_LABEL else ("confusion_matrix",)
+    for name in names:
         fig = figs[name]
         renderer = FigureCanvasAgg(fig).get_renderer()
         fig.draw(renderer)
         boxes = []
         for ax in fig.axes:
             if ax.get_visible():
-                texts = [*ax.get_yticklabels(), ax.title, *ax.texts]
+                lo, hi = sorted(ax.get_xlim())
+                shown_x = [t for t in ax.get_xticklabels() if lo <= t.get_position()[0] <= hi]  # drawn ones only
+                texts = [*ax.get_yticklabels(), *shown_x, ax.title, *ax.texts]
                 boxes += [t.get_window_extent(renderer) for t in texts if t.get_text() and t.get_visible()]
         assert len(boxes) >= 28
         overlaps = [(a, b) for a, b in itertools.combinations(boxes, 2) if a.overlaps(b)]

@@ -30,6 +30,7 @@ from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE, SINGLE_LABEL
 from minitune.eval.predictions import read_predictions
 
 IMBALANCE = 1.5  # single-label: draw the label frequencies when the largest class is this many times the smallest
+STACK_ABOVE = 12  # confusion matrices with more classes are drawn one above the other
 ROW_INCHES = 0.32  # height of one label's row in the bar charts
 CURVE_KEYS = (("loss", "training loss"), ("lr", "learning rate"), ("grad_norm", "gradient norm (before clipping)"))
 COLORS = {"precision": "#4C72B0", "recall": "#DD8452", "f1": "#55A868"}
@@ -87,21 +88,25 @@ def draw_training_curves(runs: dict[str, list[dict]], metric: str) -> Figure:
 
 
 def draw_confusion(matrix: list[list[int]], names: list[str], split: str) -> Figure:
-    """Counts and row-normalised (each gold row sums to 1) side by side; rows gold, columns predicted."""
+    """Counts and row-normalised (each gold row sums to 1); rows gold, columns predicted. Side by side up to
+    STACK_ABOVE classes, one above the other beyond, so a many-class matrix keeps cells wide enough for its labels."""
     counts = np.asarray(matrix, dtype=np.int64)
     rows = counts.sum(axis=1, keepdims=True)
     normalised = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
     n = len(names)
-    side = max(4.0, 0.55 * n + 2.5)
-    fig = new_figure(figsize=(2 * side + 1, side), layout="constrained")
+    side = max(4.0, (0.55 if n <= STACK_ABOVE else 0.3) * n + 2.5)
+    stacked = n > STACK_ABOVE
+    fig = new_figure(figsize=(side + 1, 2 * side) if stacked else (2 * side + 1, side), layout="constrained")
     for ax, values, title, fmt in zip(
-        fig.subplots(1, 2),
+        fig.subplots(2, 1) if stacked else fig.subplots(1, 2),
         (counts, normalised),
         ("counts", "row-normalised"),
         ("d", ".2f"),
     ):
         im = ax.imshow(values, cmap="Blues", vmin=0, vmax=None if fmt == "d" else 1)
-        ax.set_xticks(range(n), names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center")
+        # Upright up to 3 classes, slanted up to STACK_ABOVE, vertical beyond (slanted labels' boxes would overlap).
+        rotation = 0 if n <= 3 else 45 if n <= STACK_ABOVE else 90
+        ax.set_xticks(range(n), names, rotation=rotation, ha="right" if rotation == 45 else "center")
         ax.set_yticks(range(n), names)
         ax.set(xlabel="predicted", ylabel="gold")
         ax.set_title(title)
