@@ -21,6 +21,7 @@ from minitune.data.batching import check_batch_size
 from minitune.data.tasks import TASKS
 from minitune.errors import ConfigError
 from minitune.train.optim import check_optimizer_args
+from minitune.train.tensorboard import check_available
 
 
 def opt(default, help: str, choices=None):
@@ -97,6 +98,11 @@ class RunConfig:
     )
     eval_every: int = opt(None, "evaluate every N optimizer steps (default: every epoch)")
     log_every: int = opt(10, "log a JSON line to metrics.jsonl every N optimizer steps")
+    report_to: str = opt(
+        None,
+        "also write metrics.jsonl's scalars as TensorBoard events in OUTPUT_DIR/tensorboard",
+        (None, "tensorboard"),
+    )
     threshold: float = opt(0.5, "multi-label decision threshold reported beside the tuned per-class thresholds")
     folds: int = opt(None, "recipe-mpr: run only the first N of the 5 folds")
     grad_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
@@ -234,6 +240,7 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"`{f.name}` {value!r}: choose one of {', '.join(choices_of(f))}{did_you_mean(value, choices_of(f))}",
         )
     check_batch_size(cfg.batch_size)
+    check_available(cfg.report_to)
     for name in ("epochs", "grad_accum", "max_length", "log_every", "keep_checkpoints"):
         value = getattr(cfg, name)
         _check(isinstance(value, int) and value >= 1, f"`{name}` must be a positive integer, got {value!r}")

@@ -34,8 +34,15 @@ from minitune.data.splits import holdout_examples, subsample
 from minitune.data.tasks import Example, TaskData, label_array, load_eval_file, load_task, resolve_data_dir
 from minitune.data.tokenizer import Tokenizer
 from minitune.errors import ConfigError, MinituneError
+from minitune.eval.html import write_html_report
 from minitune.eval.metrics import SELECTION_METRICS
-from minitune.eval.predictions import label_predictions, write_example_predictions, write_predictions
+from minitune.eval.predictions import (
+    label_predictions,
+    train_label_counts,
+    write_example_predictions,
+    write_prediction_records,
+    write_predictions,
+)
 from minitune.eval.report import format_report, write_results
 from minitune.eval.scoring import task_report
 from minitune.eval.thresholds import choose_thresholds
@@ -107,7 +114,8 @@ def run_train(cfg: RunConfig) -> dict:
     write_results(out / "results.json", results)
     text = format_report(results)
     atomic_write_text(out / "report.txt", text)
-    print(text + saved_note(cfg, out))
+    report_html = write_html_report(out)
+    print(text + f"report with figures: {report_html}\n" + saved_note(cfg, out))
     return results
 
 
@@ -130,7 +138,9 @@ def run_holdout(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.devi
             "threshold_notes": thresholds["notes"]
         }
     summary = trial.summary | {"losses": loss_at_best(out / "metrics.jsonl", trial.summary.get("best_step"))}
+    summary["label_counts"] = train_label_counts(task.kind, label_array(task, train_ex), task.label_names)
     results = {"train": summary, "dev": dev}
+    write_prediction_records(out, "dev", dev_ex, label_array(task, dev_ex), trial.dev_scores)
     if thresholds is not None:
         results["thresholds"] = thresholds
     if inputs.test is not None:

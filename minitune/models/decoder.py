@@ -311,10 +311,12 @@ def attention_masks(attention_mask: torch.Tensor | None, t: int) -> tuple[torch.
     if attention_mask is None or bool(attention_mask.all()):
         return None, None
     keep = attention_mask.bool()
-    dev = keep.device
-    causal = torch.ones(t, t, dtype=torch.bool, device=dev).tril()
-    dead = keep.cumsum(-1) == 0  # (B, T)
-    mask = (causal & keep[:, None, :]) | (dead[:, :, None] & torch.eye(t, dtype=torch.bool, device=dev))
+    # Built from index comparisons and an integer cumsum: the same masks as tril / eye / a bool cumsum, in operations
+    # that ONNX Runtime also runs (minitune export traces this function).
+    pos = torch.arange(t, device=keep.device)
+    causal, diagonal = pos[None, :] <= pos[:, None], pos[None, :] == pos[:, None]  # (T, T) key vs query
+    dead = keep.long().cumsum(-1) == 0  # (B, T)
+    mask = (causal & keep[:, None, :]) | (dead[:, :, None] & diagonal)
     return mask[:, None], dead  # (B, 1, T, T), (B, T)
 
 

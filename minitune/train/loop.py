@@ -31,6 +31,7 @@ from minitune.train.amp import DynamicLossScaler, autocast_context
 from minitune.train.checkpoint import load_checkpoint, save_checkpoint, trainable_state
 from minitune.train.interrupt import StopRequest, TrainingInterrupted
 from minitune.train.optim import build_optimizer, build_scheduler
+from minitune.train.tensorboard import TensorBoardSink
 
 
 @dataclass
@@ -55,6 +56,7 @@ class LoopConfig:
     checkpoint: bool = True  # write resumable checkpoints to out_dir/checkpoint
     save_every: int | None = None  # also checkpoint every N optimizer steps
     keep_checkpoints: int = 1
+    report_to: str | None = None  # "tensorboard": metrics.jsonl's records also as TensorBoard events
     resume: bool = False  # continue from out_dir/checkpoint
     signature: dict = field(default_factory=dict)  # settings a resumed run must share, stored with checkpoints
 
@@ -95,9 +97,10 @@ def _logged_step(line: str) -> float:
 class MetricsLog:
     """metrics.jsonl: one JSON object per line, flushed so a crash loses nothing already logged."""
 
-    def __init__(self, path: Path, resume_step: int | None = None):
+    def __init__(self, path: Path, resume_step: int | None = None, sink=None):
         """A fresh log, or on resume the old one cut back to the checkpoint's step: the steps logged after it
-        are about to be trained again, and would otherwise appear twice."""
+        are about to be trained again, and would otherwise appear twice. `sink` (write(record), close()) receives
+        every record too (train/tensorboard.py)."""
         if resume_step is not None and path.exists():
             kept = [
                 line
@@ -106,13 +109,18 @@ class MetricsLog:
             ]
             atomic_write_text(path, "".join(kept))
         self.file = open(path, "a" if resume_step is not None else "w", encoding="utf-8")  # noqa: SIM115 (held for the run)
+        self.sink = sink
 
     def write(self, **record) -> None:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+        if self.sink is not None:
+            self.sink.write(record)
 
     def close(self) -> None:
         self.file.close()
+        if self.sink is not None:
+            self.sink.close()
 
 
 def forward_loss(model, loss_fn, batch: dict, precision: str, device: torch.device):
@@ -202,7 +210,9 @@ class Loop:
                 )
             )
         self.state.total_steps = self.total
-        self.log = MetricsLog(self.out_dir / "metrics.jsonl", self.state.step if cfg.resume else None)
+        resume_step = self.state.step if cfg.resume else None
+        sink = TensorBoardSink(self.out_dir / "tensorboard", resume_step) if cfg.report_to == "tensorboard" else None
+        self.log = MetricsLog(self.out_dir / "metrics.jsonl", resume_step, sink)
         self.bar = tqdm(total=self.total, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True)
         self.t0, self.tokens0 = time.perf_counter(), self.state.tokens
         self.epoch = self.state.epoch  # the epoch under way (0-based); logs count epochs from 1
