@@ -20,6 +20,7 @@ from minitune.config import flag_for, parse_config
 from minitune.errors import ConfigError, MinituneError
 from minitune.predict import predict_file
 from minitune.runner import run_train
+from minitune.train.distributed import is_main
 
 
 def predict_parser() -> argparse.ArgumentParser:
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             run_train(parse_config(argv[1:] if argv and argv[0] == "train" else argv))
     except MinituneError as e:
         flags = {a.dest for a in predict_parser()._actions} if predicting else None
-        print(f"error: {e.render(lambda param: flag_for(param, flags))}", file=sys.stderr)
+        if is_main():  # under torchrun every rank finds the same error; one prints it
+            print(f"error: {e.render(lambda param: flag_for(param, flags))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

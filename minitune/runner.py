@@ -41,6 +41,7 @@ from minitune.experiments.folds import run_folds
 from minitune.experiments.trial import build_loss, score, train_once
 from minitune.models import family_for
 from minitune.models.decoder import MODEL_TYPES as DECODER_TYPES
+from minitune.train import distributed
 from minitune.train.checkpoint import check_resumable
 
 log = logging.getLogger("minitune")
@@ -55,12 +56,23 @@ class RunInputs:
 
 def run_train(cfg: RunConfig) -> dict:
     device = resolve_device(cfg.device)
+    distributed.check_launch(cfg.fsdp)
     inputs = resolve_inputs(cfg)
+    device = distributed.setup(device, cfg.dist_timeout).device  # torchrun: join the group after the checks
+    try:
+        return _train(cfg, inputs, device)
+    finally:
+        distributed.teardown()
+
+
+def _train(cfg: RunConfig, inputs: RunInputs, device: torch.device) -> dict:
+    main = distributed.is_main()  # rank 0 alone writes and prints
     out = Path(cfg.output_dir)
     fresh = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    print_config(cfg)
-    atomic_write_text(out / "config.json", dump(cfg) + "\n")
+    if main:
+        print_config(cfg)
+        atomic_write_text(out / "config.json", dump(cfg) + "\n")
     t0 = time.perf_counter()
     try:
         if inputs.task.kind == MULTIPLE_CHOICE and inputs.task.folds:
@@ -70,11 +82,14 @@ def run_train(cfg: RunConfig) -> dict:
     except MinituneError:
         # A mistake only the model or the features reveal (a --lora-targets pattern that matches nothing): before
         # any checkpoint, the directory this run made holds nothing worth keeping.
-        if fresh and not any(out.glob("**/checkpoint")):
+        if main and fresh and not any(out.glob("**/checkpoint")):
             shutil.rmtree(out, ignore_errors=True)
         raise
     results["train"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
     results = {"task": cfg.task, "model": cfg.model, "config": json.loads(dump(cfg)), **results}
+    results["world_size"] = distributed.world_size()
+    if not main:
+        return results
     write_results(out / "results.json", results)
     text = format_report(results)
     atomic_write_text(out / "report.txt", text)
@@ -108,7 +123,8 @@ def run_holdout(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.devi
         test_f = tokenize(inputs.test, tokenizer, task.kind, cfg.max_length)
         test_scores = score(cfg, task, trial.model, test_f, trial.collate, device)
         results["test"] = task_report(task, inputs.test, test_scores, cfg.threshold, tuned)
-    save_model_dir(out, trial.model, tokenizer, task.kind, task.label_names, thresholds)
+    if distributed.is_main():
+        save_model_dir(out, trial.model, tokenizer, task.kind, task.label_names, thresholds)
     return results
 
 
@@ -149,7 +165,8 @@ def resolve_inputs(cfg: RunConfig) -> RunInputs:
     if cfg.resume:
         fold_dirs = sorted(Path(cfg.output_dir).glob("fold*")) if task.folds else [Path(cfg.output_dir)]
         for d in [d for d in fold_dirs if (d / "checkpoint").is_dir()] or [Path(cfg.output_dir)]:
-            check_resumable(d / "checkpoint", resume_signature(cfg))
+            distributed.check_world_size(d / "checkpoint" / "signature.json")
+            check_resumable(d / "checkpoint", distributed.world_signature(resume_signature(cfg)))
     tokenizer = load_tokenizer(name)
     if tokenizer.pad_token_id is None:
         log.warning("%s has no pad token: using its eos token for padding", cfg.model)

@@ -23,6 +23,7 @@ from minitune.data.splits import holdout_examples, subsample
 from minitune.data.tasks import Example, TaskData, label_array
 from minitune.eval.scoring import task_report
 from minitune.experiments.trial import score, train_once
+from minitune.train.distributed import is_main
 
 log = logging.getLogger("minitune")
 
@@ -78,7 +79,8 @@ def run_folds(
         if file_f is not None:
             file_scores.append(score(cfg, task, trial.model, file_f, trial.collate, device))
         if k == 0:
-            save_model_dir(out, trial.model, tokenizer, task.kind, None)
+            if is_main():  # distributed: rank 0 alone writes
+                save_model_dir(out, trial.model, tokenizer, task.kind, None)
     return fold_results(cfg, task, fold_ex, np.concatenate(test_scores), per_fold, test_ex, file_scores)
 
 

@@ -52,9 +52,18 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(
-    directory: Path, model, optimizer, scheduler, scaler, sampler, loop_state: dict, signature: dict
+    directory: Path,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    sampler,
+    loop_state: dict,
+    signature: dict,
+    rank_rngs: list[dict] | None = None,
 ) -> None:
-    """`signature`: the settings a resumed run must share with this one (checked by load_checkpoint)."""
+    """`signature`: the settings a resumed run must share with this one (checked by load_checkpoint). `rank_rngs`:
+    under torch.distributed, every rank's RNG state (rank 0 writes the checkpoint)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     old = directory.with_name(directory.name + ".old")
@@ -69,6 +78,7 @@ def save_checkpoint(
                 "scaler": scaler.state_dict(),
                 "sampler": sampler.state_dict(),
                 "rng": rng_state(),
+                **({"rank_rngs": rank_rngs} if rank_rngs else {}),
                 "loop": loop_state,
                 "signature": json.dumps(signature, sort_keys=True),
             },
@@ -116,8 +126,10 @@ def check_resumable(directory: Path, signature: dict) -> None:
         _compare_signature(saved, signature, where)
 
 
-def load_checkpoint(directory: Path, model, optimizer, scheduler, scaler, sampler, signature: dict) -> dict:
-    """Restore everything save_checkpoint wrote; returns the loop state."""
+def load_checkpoint(
+    directory: Path, model, optimizer, scheduler, scaler, sampler, signature: dict, rank: int = 0
+) -> dict:
+    """Restore everything save_checkpoint wrote (this `rank`'s RNG under torch.distributed); returns the loop state."""
     where = Path(directory).parent
     directory = _readable(Path(directory))
     if directory is None:
@@ -146,5 +158,5 @@ def load_checkpoint(directory: Path, model, optimizer, scheduler, scaler, sample
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     sampler.load_state_dict(state["sampler"])
-    set_rng_state(state["rng"])
+    set_rng_state(state["rank_rngs"][rank] if "rank_rngs" in state else state["rng"])
     return state["loop"]

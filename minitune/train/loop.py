@@ -28,7 +28,20 @@ from tqdm.auto import tqdm
 
 from minitune.checkpoints.atomic import atomic_write, atomic_write_text
 from minitune.train.amp import DynamicLossScaler, autocast_context
-from minitune.train.checkpoint import load_checkpoint, save_checkpoint, trainable_state
+from minitune.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, trainable_state
+from minitune.train.distributed import (
+    Silent,
+    any_rank,
+    barrier,
+    gather_rng,
+    is_main,
+    rank,
+    reduce_window,
+    sync_context,
+    window_shares,
+    world_size,
+    wrap_model,
+)
 from minitune.train.optim import build_optimizer, build_scheduler
 
 
@@ -52,6 +65,8 @@ class LoopConfig:
     log_every: int = 10
     resume: bool = False  # continue from out_dir/checkpoint
     signature: dict = field(default_factory=dict)  # settings a resumed run must share, stored with checkpoints
+    fsdp: str | None = None  # torch.distributed: shard with FSDP2, "full" (ZeRO-3) or "grad-op" (ZeRO-2)
+    fsdp_cpu_offload: bool = False
 
 
 @dataclass
@@ -118,20 +133,29 @@ def forward_loss(model, loss_fn, batch: dict, precision: str, device: torch.devi
 
 
 def accumulate_gradients(
-    model, loss_fn, micro_batches: list[dict], precision: str, device: torch.device, scaler: DynamicLossScaler
+    model,
+    loss_fn,
+    micro_batches: list[dict],
+    precision: str,
+    device: torch.device,
+    scaler: DynamicLossScaler,
+    shares: list[float] | None = None,
 ) -> tuple[float, int]:
     """Backward over one accumulation window; the summed gradient equals the gradient of the window's mean loss.
 
     Each micro-batch's mean loss is weighted by its share of the window's examples, so unequal micro-batches
     (the last one of an epoch, token-budget batches) are weighted correctly. Returns (window loss, real tokens).
+    `shares` overrides the weights (distributed.window_shares: each rank's share of the global window); gradients
+    are all-reduced across ranks on the last micro-batch only.
     """
     n = sum(len(b["labels"]) for b in micro_batches)
+    shares = shares or [len(b["labels"]) / n for b in micro_batches]
     loss, tokens = 0.0, 0
-    for batch in micro_batches:
-        share = len(batch["labels"]) / n
-        micro, t = forward_loss(model, loss_fn, batch, precision, device)
-        scaler.scale(micro * share).backward()
-        loss, tokens = loss + micro.item() * share, tokens + t
+    for i, (batch, share) in enumerate(zip(micro_batches, shares)):
+        with sync_context(model, i == len(micro_batches) - 1):
+            micro, t = forward_loss(model, loss_fn, batch, precision, device)
+            scaler.scale(micro * share).backward()
+        loss, tokens = loss + micro.item() * share, tokens + (t if share else 0)
     return loss, tokens
 
 
@@ -173,6 +197,8 @@ class Loop:
         self.model, self.loss_fn, self.data, self.evaluate, self.cfg = model, loss_fn, data, evaluate, cfg
         self.out_dir, self.device = Path(out_dir), device
         self.total, self.epochs = self._plan(cfg)
+        # distributed: DDP, or FSDP2 sharding in place (so before the optimizer sees the parameters)
+        self.train_model = wrap_model(model, device, cfg.fsdp, cpu_offload=cfg.fsdp_cpu_offload)
         self.optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.llrd)
         # Warmup rounds up, as the reference does: a short run still gets a warmup step.
         warmup = math.ceil(cfg.warmup_ratio * self.total)
@@ -181,7 +207,7 @@ class Loop:
         self.scaler = DynamicLossScaler(enabled=cfg.precision == "fp16")
         self.params = [p for p in model.parameters() if p.requires_grad]
         # CPU only: CUDA's caching allocator has no page faults to save, and its sparse add is not deterministic.
-        self.kept_grads = sparse_embedding_grads(model) if device.type == "cpu" else []
+        self.kept_grads = sparse_embedding_grads(model) if device.type == "cpu" and world_size() == 1 else []
         self.state = LoopState()
         if cfg.resume:
             self.state = LoopState(
@@ -193,10 +219,14 @@ class Loop:
                     self.scaler,
                     data.sampler,
                     self.signature,
+                    rank(),
                 )
             )
-        self.log = MetricsLog(self.out_dir / "metrics.jsonl", self.state.step if cfg.resume else None)
-        self.bar = tqdm(total=self.total, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True)
+        resume_step = self.state.step if cfg.resume else None
+        self.log = MetricsLog(self.out_dir / "metrics.jsonl", resume_step) if is_main() else Silent()
+        self.bar = tqdm(
+            total=self.total, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True, disable=not is_main()
+        )
         self.t0, self.tokens0 = time.perf_counter(), self.state.tokens
 
     def _plan(self, cfg: LoopConfig) -> tuple[int, int]:
@@ -215,12 +245,13 @@ class Loop:
 
     def step(self, window: list[list[int]]) -> bool:
         """One optimizer step over an accumulation window of batches; False when it was skipped (non-finite)."""
-        self.model.train()
+        self.train_model.train()
         batches = [self.data.collate([self.data.features[i] for i in idx]) for idx in window]
         loss, tokens = accumulate_gradients(
-            self.model, self.loss_fn, batches, self.cfg.precision, self.device, self.scaler
+            self.train_model, self.loss_fn, batches, self.cfg.precision, self.device, self.scaler, window_shares(window)
         )
-        found_inf = self.scaler.unscale_(self.optimizer) or not math.isfinite(loss)
+        loss, tokens = reduce_window(loss, tokens)  # distributed: the global window's, on every rank
+        found_inf = any_rank(self.scaler.unscale_(self.optimizer) or not math.isfinite(loss))
         clip = self.cfg.clip_grad if self.cfg.clip_grad > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
         lr = self.optimizer.param_groups[-1]["lr"]  # the lr this step applies (the head's: the peak under LLRD)
@@ -263,17 +294,22 @@ class Loop:
         improved = state.best is None or value > state.best
         if improved:
             state.best, state.best_step, state.bad_evals = value, state.step, 0
-            _save_best(self.model, self.out_dir)
+            if is_main():
+                _save_best(self.model, self.out_dir)
         else:
             state.bad_evals += 1
         if getattr(self.scheduler, "needs_metric", False):
             self.scheduler.step(metric=value)
         self.log.write(type="eval", step=state.step, epoch=state.epoch, improved=improved, **metrics)
-        tqdm.write(f"eval step {state.step}: {metric}={value:.4f}" + (" (best)" if improved else ""))
+        if is_main():
+            tqdm.write(f"eval step {state.step}: {metric}={value:.4f}" + (" (best)" if improved else ""))
         if self.cfg.patience and state.bad_evals >= self.cfg.patience:
             state.stopped_early = True
 
     def checkpoint(self) -> None:
+        rngs = gather_rng(rng_state())  # distributed: every rank's RNG, saved by rank 0
+        if not is_main():
+            return
         save_checkpoint(
             self.out_dir / "checkpoint",
             self.model,
@@ -283,6 +319,7 @@ class Loop:
             self.data.sampler,
             asdict(self.state),
             self.signature,
+            rngs,
         )
 
     def close(self) -> None:
@@ -340,6 +377,7 @@ def fit(
             loop.evaluate_and_keep()  # the last steps were not evaluated yet
     finally:
         loop.close()
+    barrier()  # distributed: rank 0 has written best.safetensors
     _restore_best(model, loop.out_dir)
     return state
 
