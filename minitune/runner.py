@@ -43,6 +43,7 @@ from minitune.models import family_for
 from minitune.models.decoder import MODEL_TYPES as DECODER_TYPES
 from minitune.train import distributed
 from minitune.train.checkpoint import check_resumable
+from minitune.train.parallel import consolidated
 
 log = logging.getLogger("minitune")
 
@@ -123,8 +124,9 @@ def run_holdout(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.devi
         test_f = tokenize(inputs.test, tokenizer, task.kind, cfg.max_length)
         test_scores = score(cfg, task, trial.model, test_f, trial.collate, device)
         results["test"] = task_report(task, inputs.test, test_scores, cfg.threshold, tuned)
+    model = consolidated(trial.model)  # FSDP: the whole model, gathered onto rank 0
     if distributed.is_main():
-        save_model_dir(out, trial.model, tokenizer, task.kind, task.label_names, thresholds)
+        save_model_dir(out, model, tokenizer, task.kind, task.label_names, thresholds)
     return results
 
 

@@ -24,9 +24,10 @@ from minitune.data.batching import (
 )
 from minitune.eval.scoring import predict_scores
 from minitune.train import distributed
-from minitune.train.checkpoint import trainable_state
+from minitune.adapters.lora import apply_adapters
 from minitune.train.loop import LoopConfig, TrainData, fit
 from minitune.train.losses import build_loss
+from minitune.train.parallel import full_trainable_state, is_sharded
 
 
 def features(n: int, seed: int = 0) -> list[dict]:
@@ -51,6 +52,11 @@ def main(args: dict) -> None:
     device = distributed.setup(torch.device("cpu"), args.get("timeout", 60)).device
     torch.manual_seed(0)
     model = minitune.load_model(args["model"], num_labels=3)
+    if args.get("lora"):
+        apply_adapters(model, 4, 8.0, 0.0, None)
+    for m in model.modules():
+        if hasattr(m, "gradient_checkpointing"):
+            m.gradient_checkpointing = bool(args.get("grad_checkpointing"))
     train, dev = features(args.get("n", 23)), features(11, seed=1)
     lengths = [length_of(f) for f in train]
     data = TrainData(train, distributed.shard_sampler(sampler(args["sampler"], lengths)), lambda b: collate(b, 0))
@@ -61,7 +67,7 @@ def main(args: dict) -> None:
         if evals["n"] == args.get("crash_at_eval"):
             raise RuntimeError("crash injected by the test")
         scores = distributed.gathered_scores(
-            lambda f: predict_scores(m, f, lambda b: collate(b, 0), "single_label", 4, device), dev
+            lambda f: predict_scores(m, f, lambda b: collate(b, 0), "single_label", 4, device), dev, is_sharded(m)
         )
         if args.get("progress"):
             Path(args["out"], f"progress{distributed.rank()}").write_text(str(evals["n"]))
@@ -78,9 +84,12 @@ def main(args: dict) -> None:
         log_every=1,
         resume=bool(args.get("resume")),
         signature=distributed.world_signature({}),
+        fsdp=args.get("fsdp"),
     )
     fit(model, build_loss("ce", "single_label", 3), data, evaluate, cfg, Path(args["out"]), device)
-    save_file(trainable_state(model), str(Path(args["out"]) / f"final{distributed.rank()}.safetensors"))
+    state = full_trainable_state(model)  # FSDP: whole on rank 0 only
+    if distributed.is_main() or not is_sharded(model):
+        save_file(state, str(Path(args["out"]) / f"final{distributed.rank()}.safetensors"))
     distributed.teardown()
 
 

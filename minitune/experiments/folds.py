@@ -24,6 +24,7 @@ from minitune.data.tasks import Example, TaskData, label_array
 from minitune.eval.scoring import task_report
 from minitune.experiments.trial import score, train_once
 from minitune.train.distributed import is_main
+from minitune.train.parallel import consolidated
 
 log = logging.getLogger("minitune")
 
@@ -79,8 +80,9 @@ def run_folds(
         if file_f is not None:
             file_scores.append(score(cfg, task, trial.model, file_f, trial.collate, device))
         if k == 0:
-            if is_main():  # distributed: rank 0 alone writes
-                save_model_dir(out, trial.model, tokenizer, task.kind, None)
+            model = consolidated(trial.model)  # FSDP: gathered onto rank 0, which alone writes
+            if is_main():
+                save_model_dir(out, model, tokenizer, task.kind, None)
     return fold_results(cfg, task, fold_ex, np.concatenate(test_scores), per_fold, test_ex, file_scores)
 
 

@@ -32,6 +32,7 @@ from minitune.models.ffnn import build_ffnn
 from minitune.train.distributed import gathered_scores, shard_sampler, world_signature
 from minitune.train.loop import LoopConfig, TrainData, fit
 from minitune.train.losses import task_loss
+from minitune.train.parallel import is_sharded
 
 log = logging.getLogger("minitune")
 
@@ -107,9 +108,11 @@ def score(
     cfg: RunConfig, task: TaskData, model: nn.Module, features: list[dict], collate_fn, device: torch.device
 ) -> np.ndarray:
     """Probabilities as a run evaluates: batches of twice the training batch (no activations kept for backward).
-    Under torch.distributed each rank scores a shard and every rank gets all scores."""
+    Under torch.distributed each rank scores a shard (under FSDP all of it) and every rank gets all scores."""
     return gathered_scores(
-        lambda f: predict_scores(model, f, collate_fn, task.kind, cfg.batch_size * 2, device, cfg.precision), features
+        lambda f: predict_scores(model, f, collate_fn, task.kind, cfg.batch_size * 2, device, cfg.precision),
+        features,
+        every_rank=is_sharded(model),
     )
 
 

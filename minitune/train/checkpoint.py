@@ -97,7 +97,7 @@ def save_checkpoint(
 def _readable(directory: Path) -> Path | None:
     """The checkpoint directory, or its `.old` twin when a crash came between save_checkpoint's two renames."""
     for d in (directory, directory.with_name(directory.name + ".old")):
-        if (d / STATE).is_file() and (d / WEIGHTS).is_file():
+        if (d / STATE).is_file() and ((d / WEIGHTS).is_file() or (d / "shards").is_dir()):  # shards: FSDP
             return d
     return None
 

@@ -29,18 +29,14 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from minitune.errors import CheckpointError, ConfigError
-
-FSDP_MODES = ("full", "grad-op")
 
 
 def env_world_size() -> int:
@@ -193,11 +189,12 @@ def any_rank(flag: bool) -> bool:
 # ----------------------------------------------------------------------------------------------- evaluation
 
 
-def gathered_scores(score_fn, features: list) -> np.ndarray:
+def gathered_scores(score_fn, features: list, every_rank: bool = False) -> np.ndarray:
     """score_fn(features) -> (N, C) scores, computed over rank-strided shards and gathered back into the features'
-    order on every rank. Under FSDP every forward is a collective, so there each rank scores everything."""
+    order on every rank. `every_rank`: each rank scores everything (under FSDP every forward is a collective, so
+    the ranks must run the same batches)."""
     world = world_size()
-    if world == 1 or is_fsdp():
+    if world == 1 or every_rank:
         return score_fn(features)
     mine = score_fn(features[rank() :: world]) if len(features) > rank() else None
     parts: list = [None] * world
@@ -207,52 +204,6 @@ def gathered_scores(score_fn, features: list) -> np.ndarray:
         if p is not None:
             out[r::world] = p
     return out
-
-
-# ----------------------------------------------------------------------------------------------- model wrapping
-
-_FSDP_MODE: list[str] = []  # set by wrap_model: evaluation must know that every forward is a collective
-
-
-def is_fsdp() -> bool:
-    return bool(_FSDP_MODE)
-
-
-def wrap_model(model: nn.Module, device: torch.device, fsdp: str | None = None, **fsdp_kw) -> nn.Module:
-    """The module that trains: the model itself in one process, DDP around it under torchrun, or the model sharded
-    in place by FSDP2 (minitune/train/fsdp.py) when `fsdp` is given."""
-    if world_size() == 1 and not fsdp:
-        return model
-    if fsdp:
-        from minitune.train.fsdp import shard_model  # noqa: PLC0415 (FSDP2 machinery only when asked for)
-
-        _FSDP_MODE[:] = [fsdp]
-        return shard_model(model, fsdp, **fsdp_kw)
-    ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
-
-
-def sync_context(model: nn.Module, sync: bool):
-    """Gradient all-reduce only on the window's last micro-batch: DDP's no_sync (forward and backward inside it),
-    FSDP2's set_requires_gradient_sync."""
-    if sync:
-        if hasattr(model, "set_requires_gradient_sync"):
-            model.set_requires_gradient_sync(True)
-        return nullcontext()
-    if hasattr(model, "no_sync"):
-        return model.no_sync()
-    if hasattr(model, "set_requires_gradient_sync"):
-        return _fsdp_no_sync(model)
-    return nullcontext()
-
-
-@contextmanager
-def _fsdp_no_sync(model):
-    model.set_requires_gradient_sync(False)
-    try:
-        yield
-    finally:
-        model.set_requires_gradient_sync(True)
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints

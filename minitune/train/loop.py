@@ -22,13 +22,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from minitune.checkpoints.atomic import atomic_write, atomic_write_text
 from minitune.train.amp import DynamicLossScaler, autocast_context
-from minitune.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, trainable_state
+from minitune.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from minitune.train.distributed import (
     Silent,
     any_rank,
@@ -37,12 +37,19 @@ from minitune.train.distributed import (
     is_main,
     rank,
     reduce_window,
-    sync_context,
     window_shares,
     world_size,
-    wrap_model,
 )
 from minitune.train.optim import build_optimizer, build_scheduler
+from minitune.train.parallel import (
+    full_trainable_state,
+    is_sharded,
+    load_full_state,
+    load_sharded_checkpoint,
+    save_sharded_checkpoint,
+    sync_context,
+    wrap_model,
+)
 
 
 @dataclass
@@ -198,7 +205,8 @@ class Loop:
         self.out_dir, self.device = Path(out_dir), device
         self.total, self.epochs = self._plan(cfg)
         # distributed: DDP, or FSDP2 sharding in place (so before the optimizer sees the parameters)
-        self.train_model = wrap_model(model, device, cfg.fsdp, cpu_offload=cfg.fsdp_cpu_offload)
+        self.train_model = wrap_model(model, device, cfg.fsdp, cfg.precision, cfg.fsdp_cpu_offload)
+        self.sharded = is_sharded(self.train_model)
         self.optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.llrd)
         # Warmup rounds up, as the reference does: a short run still gets a warmup step.
         warmup = math.ceil(cfg.warmup_ratio * self.total)
@@ -210,8 +218,9 @@ class Loop:
         self.kept_grads = sparse_embedding_grads(model) if device.type == "cpu" and world_size() == 1 else []
         self.state = LoopState()
         if cfg.resume:
+            load = load_sharded_checkpoint if self.sharded else load_checkpoint  # FSDP: every rank its shards
             self.state = LoopState(
-                **load_checkpoint(
+                **load(
                     self.out_dir / "checkpoint",
                     model,
                     self.optimizer,
@@ -225,7 +234,12 @@ class Loop:
         resume_step = self.state.step if cfg.resume else None
         self.log = MetricsLog(self.out_dir / "metrics.jsonl", resume_step) if is_main() else Silent()
         self.bar = tqdm(
-            total=self.total, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True, disable=not is_main()
+            total=self.total,
+            initial=self.state.step,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not is_main(),
         )
         self.t0, self.tokens0 = time.perf_counter(), self.state.tokens
 
@@ -294,8 +308,7 @@ class Loop:
         improved = state.best is None or value > state.best
         if improved:
             state.best, state.best_step, state.bad_evals = value, state.step, 0
-            if is_main():
-                _save_best(self.model, self.out_dir)
+            _save_best(self.model, self.out_dir)
         else:
             state.bad_evals += 1
         if getattr(self.scheduler, "needs_metric", False):
@@ -308,9 +321,9 @@ class Loop:
 
     def checkpoint(self) -> None:
         rngs = gather_rng(rng_state())  # distributed: every rank's RNG, saved by rank 0
-        if not is_main():
+        if not (is_main() or self.sharded):
             return
-        save_checkpoint(
+        (save_sharded_checkpoint if self.sharded else save_checkpoint)(
             self.out_dir / "checkpoint",
             self.model,
             self.optimizer,
@@ -383,14 +396,12 @@ def fit(
 
 
 def _save_best(model: nn.Module, out_dir: Path) -> None:
-    state = trainable_state(model)
-    atomic_write(out_dir / "best.safetensors", lambda p: save_file(state, p))
+    state = full_trainable_state(model)  # FSDP: gathered onto rank 0, which alone writes
+    if is_main():
+        atomic_write(out_dir / "best.safetensors", lambda p: save_file(state, p))
 
 
 def _restore_best(model: nn.Module, out_dir: Path) -> None:
     path = out_dir / "best.safetensors"
     if path.is_file():
-        own = model.state_dict()
-        with torch.no_grad():
-            for k, v in load_file(str(path)).items():
-                own[k].copy_(v)
+        load_full_state(model, path)
