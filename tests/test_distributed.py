@@ -225,3 +225,57 @@ def test_a_killed_rank_ends_the_other_within_the_timeout(tmp_path, tiny_model):
     t0 = time.monotonic()
     rc = procs[0].wait(timeout=60)
     assert rc != 0 and time.monotonic() - t0 < 25  # gloo notices the closed connection, or the 20 s timeout fires
+
+
+def start_cli(argv: list[str], world: int) -> list[subprocess.Popen]:
+    port, procs = free_port(), []
+    for r in range(world):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "RANK": str(r), "LOCAL_RANK": str(r)}
+        env |= dict(WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        cmd = [sys.executable, str(REPO / "run.py"), *argv]
+        procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    return procs
+
+
+@pytest.mark.slow
+def test_a_user_error_ends_every_rank_and_is_printed_once(tmp_path, data_dir):
+    argv = [
+        "--task",
+        "humor",
+        "--model",
+        "no-such-model",
+        "--data-dir",
+        str(data_dir),
+        "--output-dir",
+        str(tmp_path / "o"),
+    ]
+    procs = start_cli(argv, 2)
+    errs = [p.communicate(timeout=120)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [2, 2]
+    assert errs[0].count("error:") == 1 and "no-such-model" in errs[0] and "Traceback" not in errs[0]
+    assert "error:" not in errs[1]  # the other rank found it too, silently
+    assert not (tmp_path / "o").exists()  # found before anything was written
+
+
+@pytest.mark.slow
+def test_cli_under_two_processes_writes_once_and_records_the_world_size(tmp_path, data_dir):
+    out = tmp_path / "run"
+    argv = ["--task", "humor", "--model", "ffnn", "--data-dir", str(data_dir), "--output-dir", str(out)]
+    argv += ["--max-train-samples", "48", "--max-eval-samples", "24", "--epochs", "1", "--device", "cpu"]
+    procs = start_cli(argv, 2)
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1].decode()[-3000:] + outs[1][1].decode()[-3000:]
+    assert "headline:" in outs[0][0].decode() and "headline:" not in outs[1][0].decode()  # rank 0 reports
+    results = json.loads((out / "results.json").read_text())
+    assert results["world_size"] == 2
+    assert (out / "model" / "model.safetensors").is_file()
+    # resuming on one process is refused with the world size named, before anything runs
+    one = subprocess.run(
+        [sys.executable, str(REPO / "run.py"), *argv, "--resume", str(out)],
+        env={k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")} | {"HF_HUB_OFFLINE": "1"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert one.returncode == 2 and "written by 2 process(es), this run has 1" in one.stderr, one.stderr[-2000:]
