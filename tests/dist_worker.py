@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 import minitune
+from minitune.adapters.lora import apply_adapters
 from minitune.data.batching import (
     BucketedBatchSampler,
     RandomBatchSampler,
@@ -24,7 +25,6 @@ from minitune.data.batching import (
 )
 from minitune.eval.scoring import predict_scores
 from minitune.train import distributed
-from minitune.adapters.lora import apply_adapters
 from minitune.train.loop import LoopConfig, TrainData, fit
 from minitune.train.losses import build_loss
 from minitune.train.parallel import full_trainable_state, is_sharded

@@ -20,7 +20,7 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from minitune.data.batching import BucketedBatchSampler, RandomBatchSampler, TokenBudgetBatchSampler
+from dist_worker import sampler  # the samplers the workers train with (tests/ is on sys.path under pytest)
 from minitune.errors import CheckpointError
 from minitune.train import distributed
 from minitune.train.distributed import ShardedSampler, shard_of
@@ -33,20 +33,12 @@ SAMPLERS = ("random", "bucketed", "token-budget")
 # ----------------------------------------------------------------------------------------------- in-process
 
 
-def make_sampler(kind, lengths):
-    if kind == "random":
-        return RandomBatchSampler(lengths, 5, seed=1)
-    if kind == "bucketed":
-        return BucketedBatchSampler(lengths, 5, seed=1, window=2)
-    return TokenBudgetBatchSampler(lengths, 60, seed=1, window=2)
-
-
 @pytest.mark.parametrize("kind", SAMPLERS)
 @pytest.mark.parametrize("world", [2, 3])
 def test_ranks_split_the_single_process_batches_and_see_every_example_once(kind, world):
     lengths = [3 + (7 * i) % 40 for i in range(47)]
-    single = make_sampler(kind, lengths)
-    ranks = [ShardedSampler(make_sampler(kind, lengths), r, world) for r in range(world)]
+    single = sampler(kind, lengths)
+    ranks = [ShardedSampler(sampler(kind, lengths), r, world) for r in range(world)]
     for epoch in range(2):
         single.set_epoch(epoch)
         for s in ranks:
