@@ -69,7 +69,7 @@ def test_humor_run_writes_every_output(humor_run):
 
 
 def test_humor_defaults_are_the_source_documents(data_dir):
-    from minitune.config import parse_config
+    from minitune.cli import parse_config
 
     cfg = parse_config(["--task", "humor"])
     assert (cfg.lr, cfg.warmup_ratio, cfg.scheduler, cfg.label_smoothing, cfg.llrd) == (2e-5, 0.1, "cosine", 0.1, 0.95)
@@ -78,7 +78,7 @@ def test_humor_defaults_are_the_source_documents(data_dir):
 
 
 def test_every_flag_has_help_and_help_exits_cleanly():
-    from minitune.config import build_parser
+    from minitune.cli import build_parser
 
     parser = build_parser()
     flags = [a for a in parser._actions if a.option_strings and a.dest != "help"]
@@ -305,9 +305,12 @@ def run_cli(*args, cwd=REPO):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--task", "humor", "--precision", "fp8"], "invalid choice: 'fp8'"),
+        (["--task", "humor", "--precision", "fp8"], "--precision 'fp8': choose one of fp32, bf16, fp16"),
         (["--task", "humor", "--lr", "-1"], "--lr must be positive"),
-        (["--task", "nope"], "invalid choice: 'nope'"),
+        (
+            ["--task", "humor_"],
+            "--task 'humor_': choose one of humor, semeval, goemotions, recipe-mpr, custom (did you mean 'humor'?)",
+        ),
         (["--task", "humor", "--model", "/no/such/dir"], "/no/such/dir"),
         (["--task", "custom"], "--task custom needs --train-file"),
         (["--task", "humor", "--metric", "jaccard"], "--metric 'jaccard' is not a selection metric"),
@@ -469,7 +472,7 @@ def test_multiple_choice_model_reloads_with_its_trained_head(tmp_path, data_dir)
 
 def test_library_errors_name_their_parameter_and_the_cli_the_flag():
     from minitune.adapters.lora import LoRALinear
-    from minitune.config import flag_for
+    from minitune.cli import flag_for
     from minitune.errors import ParameterError
 
     with pytest.raises(ParameterError) as caught:

@@ -27,7 +27,7 @@ from minitune.data.features import oversample_rare, tokenize
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE
 from minitune.data.tasks import Example, TaskData, label_array
 from minitune.eval.metrics import SELECTION_METRICS
-from minitune.eval.scoring import predict_scores, task_report
+from minitune.eval.scoring import predict_logits, predict_scores, probabilities, task_report
 from minitune.models.ffnn import build_ffnn
 from minitune.train.distributed import gathered_scores, shard_sampler, world_signature
 from minitune.train.loop import LoopConfig, TrainData, fit
@@ -146,12 +146,22 @@ def train_once(
     loss_fn = build_loss(cfg, task, train_ex).to(device)
     best: dict = {}
 
+    label_dtype = torch.float32 if task.kind == MULTI_LABEL else torch.long
+    dev_labels = torch.as_tensor(label_array(task, dev_ex), dtype=label_dtype, device=device)
+
     def evaluate(m) -> dict:
-        scores = score(cfg, task, m, dev_f, collate_fn, device)
+        logits = gathered_scores(  # distributed: each rank a shard, every rank all of them
+            lambda f: predict_logits(m, f, collate_fn, cfg.batch_size * 2, device, cfg.precision, desc="eval"),
+            dev_f,
+            every_rank=is_sharded(m),
+        )
+        scores = probabilities(logits, task.kind)
         rep = task_report(task, dev_ex, scores, cfg.threshold)
         if not best or rep[cfg.metric] > best["value"]:  # the loop keeps these weights: keep their scores too
             best.update(value=rep[cfg.metric], scores=scores)
-        return {k: rep[k] for k in SELECTION_METRICS[task.kind] if k in rep}
+        with torch.no_grad():
+            loss = float(loss_fn(torch.as_tensor(logits, device=device), dev_labels))
+        return {k: rep[k] for k in SELECTION_METRICS[task.kind] if k in rep} | {"loss": loss}
 
     sampler = make_sampler([length_of(f) for f in train_f], cfg.batch_size, cfg.padding, cfg.max_tokens, cfg.seed)
     sampler = shard_sampler(sampler)  # distributed: this rank's shard of each global batch

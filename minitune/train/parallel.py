@@ -37,7 +37,15 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
 from minitune.errors import CheckpointError, ConfigError
-from minitune.train.checkpoint import SIGNATURE, STATE, check_resumable, rng_state, set_rng_state, trainable_state
+from minitune.train.checkpoint import (
+    PROGRESS,
+    SIGNATURE,
+    STATE,
+    check_resumable,
+    rng_state,
+    set_rng_state,
+    trainable_state,
+)
 from minitune.train.distributed import barrier, is_main, world_size
 
 SHARDS = "shards"
@@ -139,10 +147,21 @@ def consolidated(model: nn.Module) -> nn.Module:
 
 
 def save_sharded_checkpoint(
-    directory: Path, model, optimizer, scheduler, scaler, sampler, loop_state: dict, signature: dict, rank_rngs
+    directory: Path,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    sampler,
+    loop_state: dict,
+    signature: dict,
+    keep: int = 1,
+    finished: bool = False,
+    rank_rngs: list[dict] | None = None,
 ) -> None:
     """save_checkpoint for FSDP (on every rank): model and optimizer shards through torch.distributed.checkpoint.
-    Written beside the target and swapped in by rank 0, so a crash mid-write keeps the last good checkpoint."""
+    Written beside the target and swapped in by rank 0, so a crash mid-write keeps the last good checkpoint. Only
+    the newest is kept (`keep` above 1 is not implemented for sharded checkpoints)."""
     directory = Path(directory)
     tmp, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
     if is_main():
@@ -156,6 +175,8 @@ def save_sharded_checkpoint(
         rest |= dict(rng=rng_state(), rank_rngs=rank_rngs, loop=loop_state, signature=json.dumps(signature))
         torch.save(rest, tmp / STATE)
         (tmp / SIGNATURE).write_text(json.dumps(signature, sort_keys=True) + "\n", encoding="utf-8")
+        progress = {"step": loop_state.get("step", 0), "epoch": loop_state.get("epoch", 0), "finished": finished}
+        (tmp / PROGRESS).write_text(json.dumps(progress) + "\n", encoding="utf-8")
         shutil.rmtree(old, ignore_errors=True)
         if directory.exists():
             directory.rename(old)
