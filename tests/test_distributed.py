@@ -260,7 +260,12 @@ def test_cli_under_two_processes_writes_once_and_records_the_world_size(tmp_path
     assert "headline:" in outs[0][0].decode() and "headline:" not in outs[1][0].decode()  # rank 0 reports
     results = json.loads((out / "results.json").read_text())
     assert results["world_size"] == 2
-    assert (out / "model" / "model.safetensors").is_file()
+    # FSDP2 (full sharding) consolidates model/ on rank 0: the DDP run's weights (same seeds, same dropout streams)
+    sharded = tmp_path / "fsdp"
+    procs = start_cli([*argv[:-9], str(sharded), *argv[-8:], "--fsdp", "full"], 2)
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1].decode()[-3000:]
+    assert_same(load_file(str(out / "model" / "model.safetensors")), load_file(str(sharded / "model/model.safetensors")))
     # resuming on one process is refused with the world size named, before anything runs
     one = subprocess.run(
         [sys.executable, str(REPO / "run.py"), *argv, "--resume", str(out)],

@@ -139,29 +139,19 @@ def consolidated(model: nn.Module) -> nn.Module:
     full = get_model_state_dict(model, options=FULL)
     target = model.__dict__.get("consolidation_target")
     if target is not None:
-        target.load_state_dict(full, strict=False)
+        target.load_state_dict(full)
     return target
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
 
 
-def save_sharded_checkpoint(
-    directory: Path,
-    model,
-    optimizer,
-    scheduler,
-    scaler,
-    sampler,
-    loop_state: dict,
-    signature: dict,
-    keep: int = 1,
-    finished: bool = False,
-    rank_rngs: list[dict] | None = None,
-) -> None:
-    """save_checkpoint for FSDP (on every rank): model and optimizer shards through torch.distributed.checkpoint.
-    Written beside the target and swapped in by rank 0, so a crash mid-write keeps the last good checkpoint. Only
-    the newest is kept (`keep` above 1 is not implemented for sharded checkpoints)."""
+def save_sharded_checkpoint(directory, model, optimizer, scheduler, scaler, sampler, loop_state, signature, **opts):
+    """save_checkpoint for FSDP (on every rank), with its arguments: model and optimizer shards through
+    torch.distributed.checkpoint, the rest from rank 0. Written beside the target and swapped in by rank 0, so a
+    crash mid-write keeps the last good checkpoint. Only the newest is kept (`keep` above 1 is not implemented for
+    sharded checkpoints)."""
+    finished, rank_rngs = opts.get("finished", False), opts.get("rank_rngs")
     directory = Path(directory)
     tmp, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
     if is_main():
