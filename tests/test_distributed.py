@@ -265,7 +265,9 @@ def test_cli_under_two_processes_writes_once_and_records_the_world_size(tmp_path
     procs = start_cli([*argv[:-9], str(sharded), *argv[-8:], "--fsdp", "full"], 2)
     outs = [p.communicate(timeout=240) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][1].decode()[-3000:]
-    assert_same(load_file(str(out / "model" / "model.safetensors")), load_file(str(sharded / "model/model.safetensors")))
+    assert_same(
+        load_file(str(out / "model" / "model.safetensors")), load_file(str(sharded / "model/model.safetensors"))
+    )
     # resuming on one process is refused with the world size named, before anything runs
     one = subprocess.run(
         [sys.executable, str(REPO / "run.py"), *argv, "--resume", str(out)],
@@ -276,3 +278,21 @@ def test_cli_under_two_processes_writes_once_and_records_the_world_size(tmp_path
         timeout=120,
     )
     assert one.returncode == 2 and "written by 2 process(es), this run has 1" in one.stderr, one.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_a_stop_request_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, tiny_model):
+    """SIGTERM (or Ctrl-C) reaching one rank: all ranks agree to stop after the same step, rank 0 checkpoints it."""
+    args = dict(model=str(tiny_model), out=str(tmp_path), sampler="random", epochs=1000, eval_every=1, n=200)
+    procs = start(args | dict(progress=True, timeout=60), 2)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "progress1").exists():
+        assert time.monotonic() < deadline and procs[0].poll() is None, "the run never got going"
+        time.sleep(0.2)
+    procs[0].send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=60)[0].decode() for p in procs]
+    assert all(p.returncode != 0 for p in procs)
+    assert all("TrainingInterrupted: interrupted after step" in out for out in outs), outs[1][-2000:]
+    steps = [int(out.split("interrupted after step ")[1].split()[0]) for out in outs]
+    progress = json.loads((tmp_path / "checkpoint" / "progress.json").read_text())
+    assert steps[0] == steps[1] == progress["step"] > 0

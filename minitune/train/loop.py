@@ -9,6 +9,10 @@ micro-batches are weighted by examples, not by class weight.
 
 A non-finite loss or gradient, in any precision, is counted and its step skipped, never applied; with fp16 the
 dynamic loss scaler also backs off.
+
+Under torchrun the same loop trains one shard of each global batch per process (train/distributed.py) through DDP or
+FSDP2 (train/parallel.py): the hooks are the micro-batch weights, the gradient sync on a window's last micro-batch,
+the window loss and stop requests agreed across ranks, and rank 0 alone logging and writing.
 """
 
 from __future__ import annotations
