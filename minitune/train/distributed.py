@@ -19,6 +19,8 @@ and a run is the single-process run it always was. With them:
   are identical on every rank.
 - Rank 0 alone writes (`is_main`); checkpoints carry every rank's RNG state (`gather_rng`).
 
+DDP and FSDP2 wrapping, the gradient-sync context and sharded checkpoints are in train/parallel.py.
+
 Not exact: dropout draws its masks from each rank's own stream, so with dropout on, an N-process run follows a
 different (equally valid) random path than one process; with dropout off (or in eval) it matches within fp32
 summation order.
