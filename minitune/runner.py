@@ -78,7 +78,7 @@ def train(**options) -> TrainResult:
 
 def run_train(cfg: RunConfig) -> dict:
     device = resolve_device(cfg.device)
-    distributed.check_launch(cfg.fsdp)
+    distributed.check_launch(cfg.fsdp, cfg.fsdp_cpu_offload, device)
     inputs = resolve_inputs(cfg)
     device = distributed.setup(device, cfg.dist_timeout).device  # torchrun: join the group after the checks
     try:

@@ -21,7 +21,7 @@ import transformers
 from safetensors.torch import load_file
 
 from dist_worker import sampler  # the samplers the workers train with (tests/ is on sys.path under pytest)
-from minitune.errors import CheckpointError
+from minitune.errors import CheckpointError, ConfigError
 from minitune.train import distributed
 from minitune.train.distributed import ShardedSampler, shard_of
 
@@ -64,6 +64,16 @@ def test_a_batch_smaller_than_the_world_gives_weight_zero_stand_ins(monkeypatch)
     window = [shard_of(list(range(6)), 0, 3), shards[0]]
     assert distributed.window_shares(window) == [3 * 2 / 8, 3 * 1 / 8]
     assert distributed.window_shares([shard_of(list(range(6)), 2, 3), shards[2]]) == [3 * 2 / 8, 0.0]
+
+
+def test_launch_mistakes_are_found_before_the_group_starts(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ConfigError, match="fsdp full shards the model across processes: start the run with torchrun"):
+        distributed.check_launch("full", False, torch.device("cpu"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    distributed.check_launch("full", False, torch.device("cpu"))
+    with pytest.raises(ConfigError, match="fsdp_cpu_offload .* needs device cuda"):
+        distributed.check_launch("full", True, torch.device("cpu"))
 
 
 def test_resume_with_another_world_size_is_refused(tmp_path, monkeypatch):

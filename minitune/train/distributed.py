@@ -68,12 +68,14 @@ class DistContext:
     device: torch.device
 
 
-def check_launch(fsdp: str | None) -> None:
-    """Before anything runs: FSDP shards across processes, so it needs torchrun's."""
+def check_launch(fsdp: str | None, cpu_offload: bool, device: torch.device) -> None:
+    """Before anything runs: FSDP shards across processes, so it needs torchrun's; its CPU offload needs GPUs."""
     if fsdp and env_world_size() == 1:
         raise ConfigError(
             f"`fsdp` {fsdp} shards the model across processes: start the run with torchrun --nproc-per-node N"
         )
+    if cpu_offload and device.type != "cuda":
+        raise ConfigError("`fsdp_cpu_offload` moves GPU memory to the CPU: it needs `device` cuda")
 
 
 def setup(device: torch.device, timeout_s: float = 600.0) -> DistContext:

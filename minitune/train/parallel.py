@@ -75,7 +75,7 @@ def blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def shard_model(model: nn.Module, mode: str, device: torch.device, precision: str, cpu_offload: bool) -> nn.Module:
-    if cpu_offload and device.type != "cuda":
+    if cpu_offload and device.type != "cuda":  # the runner checks it first; here for callers of fit
         raise ConfigError("`fsdp_cpu_offload` moves GPU memory to the CPU: it needs `device` cuda")
     if is_main():  # the unsharded copy rank 0 fills with the gathered weights to save model/ (not a submodule)
         model.__dict__["consolidation_target"] = copy.deepcopy(model).cpu()
