@@ -215,14 +215,20 @@ def test_two_process_resume_equals_the_uninterrupted_run(tmp_path, tiny_model, f
         assert a.get("loss", a.get("score")) == pytest.approx(b.get("loss", b.get("score")), rel=1e-5)
 
 
-@pytest.mark.slow
-def test_a_killed_rank_ends_the_other_within_the_timeout(tmp_path, tiny_model):
-    args = dict(model=str(tiny_model), out=str(tmp_path), sampler="random", epochs=1000, eval_every=1, n=200)
-    procs = start(args | dict(progress=True, timeout=20), 2)
+def start_long_run(out: Path, model: Path, timeout: int) -> list[subprocess.Popen]:
+    """Two ranks on a practically endless run, returned once both have trained and evaluated a step."""
+    args = dict(model=str(model), out=str(out), sampler="random", epochs=1000, eval_every=1, n=200)
+    procs = start(args | dict(progress=True, timeout=timeout), 2)
     deadline = time.monotonic() + 120
-    while not (tmp_path / "progress1").exists():
+    while not (out / "progress1").exists():
         assert time.monotonic() < deadline and procs[0].poll() is None, "the run never got going"
         time.sleep(0.2)
+    return procs
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_other_within_the_timeout(tmp_path, tiny_model):
+    procs = start_long_run(tmp_path, tiny_model, timeout=20)
     procs[1].send_signal(signal.SIGKILL)
     t0 = time.monotonic()
     rc = procs[0].wait(timeout=60)
@@ -293,12 +299,7 @@ def test_cli_under_two_processes_writes_once_and_records_the_world_size(tmp_path
 @pytest.mark.slow
 def test_a_stop_request_on_one_rank_stops_every_rank_at_the_same_step(tmp_path, tiny_model):
     """SIGTERM (or Ctrl-C) reaching one rank: all ranks agree to stop after the same step, rank 0 checkpoints it."""
-    args = dict(model=str(tiny_model), out=str(tmp_path), sampler="random", epochs=1000, eval_every=1, n=200)
-    procs = start(args | dict(progress=True, timeout=60), 2)
-    deadline = time.monotonic() + 120
-    while not (tmp_path / "progress1").exists():
-        assert time.monotonic() < deadline and procs[0].poll() is None, "the run never got going"
-        time.sleep(0.2)
+    procs = start_long_run(tmp_path, tiny_model, timeout=60)
     procs[0].send_signal(signal.SIGTERM)
     outs = [p.communicate(timeout=60)[0].decode() for p in procs]
     assert all(p.returncode != 0 for p in procs)
