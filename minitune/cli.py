@@ -26,6 +26,7 @@ from minitune.export import export_onnx
 from minitune.predict import predict_file
 from minitune.runner import run_train
 from minitune.train.checkpoint import read_progress
+from minitune.train.distributed import is_main
 from minitune.train.interrupt import TrainingInterrupted
 
 
@@ -224,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             run_train(cfg)
     except MinituneError as e:
         flags = {a.dest for a in command[1]()._actions} if command else None
-        print(f"error: {e.render(lambda param: flag_for(param, flags))}", file=sys.stderr)
+        if is_main():  # under torchrun every rank finds the same error; one prints it
+            print(f"error: {e.render(lambda param: flag_for(param, flags))}", file=sys.stderr)
         return 2
     except (TrainingInterrupted, KeyboardInterrupt):
         print(interrupted_message(cfg), file=sys.stderr)

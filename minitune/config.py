@@ -122,6 +122,14 @@ class RunConfig:
     lora_dropout: float = opt(0.05, "dropout on the LoRA branch")
     lora_targets: str = opt(None, "comma-separated module-name patterns to wrap with LoRA (default per family)")
     quantize: str = opt(None, "quantize the frozen base weights: nf4 (QLoRA; needs --lora-r)", (None, "nf4"))
+    fsdp: str = opt(
+        None,
+        "under torchrun: shard with FSDP2, full (parameters, gradients and optimizer state: ZeRO-3) or grad-op "
+        "(parameters kept whole between forward and backward: ZeRO-2); default DDP",
+        (None, "full", "grad-op"),
+    )
+    fsdp_cpu_offload: bool = opt(False, "with --fsdp: keep parameter shards, gradients and optimizer state on CPU")
+    dist_timeout: int = opt(600, "under torchrun: seconds a rank waits for the others before the run fails")
 
 
 FIELDS = {f.name for f in fields(RunConfig)}
@@ -280,6 +288,12 @@ def validate(cfg: RunConfig) -> RunConfig:
         cfg.device in ("auto", "cpu") or cfg.device.startswith("cuda"),
         f"`device` {cfg.device!r}: use cpu, cuda (or cuda:N), or auto",
     )
+    _check(cfg.dist_timeout >= 1, f"`dist_timeout` must be a positive number of seconds, got {cfg.dist_timeout}")
+    _check(
+        not (cfg.fsdp and cfg.quantize),
+        "`fsdp` shards trainable weights; NF4 bases are not shardable here: drop `quantize` or `fsdp`",
+    )
+    _check(not cfg.fsdp_cpu_offload or bool(cfg.fsdp), "`fsdp_cpu_offload` needs `fsdp` full or grad-op")
     _check(cfg.resume is None or cfg.checkpoint, "`resume` needs checkpoints: drop --no-checkpoint")
     if cfg.metric is None:
         cfg.metric = "accuracy" if cfg.task == "recipe-mpr" else "macro_f1"
