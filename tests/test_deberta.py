@@ -292,3 +292,57 @@ def test_lora_defaults_nf4_and_llrd_see_the_blocks(tmp_path):
         for name, m in quantized.items():
             full.get_submodule(name).weight.copy_(m.dequantize(torch.float32))
         assert_close(q(ids, mask), full(ids, mask), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["v3", "v2"])
+def test_packed_layout_with_one_masked_call_matches_transformers(variant, tmp_path, monkeypatch):
+    """The accelerator layout of the unpadded path (pads re-formed around one masked attention call, not
+    sequence by sequence) gives the reference's logits and gradients too."""
+    from minitune.models import deberta
+    from minitune.models.attention import Packing
+
+    monkeypatch.setattr(deberta, "choose_packing", lambda mask, share: Packing(mask, per_sequence=False))
+    ref, _ = hf_model(variant, "sequence", tmp_path)
+    ours = minitune.load_model(tmp_path, num_labels=3)
+    ids, mask, types = ragged_batch()
+    expected, got = ref(input_ids=ids, attention_mask=mask).logits, ours(ids, mask)
+    assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    g_ref, g_ours = grads_of(ref, expected), grads_of(ours, got)
+    for name, g in g_ref.items():
+        assert_close_scaled(g_ours[name], g, atol=1e-5, rtol=1e-5, name=name)
+
+
+def test_goemotions_recipe_config_parses_and_names_the_missing_model(tmp_path, data_dir):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from minitune.config import parse_config, validate
+
+    repo = Path(__file__).resolve().parents[1]
+    toml = repo / "configs" / "goemotions-deberta-v3-large.toml"
+    cfg = validate(parse_config(["--config", str(toml)]))
+    assert (cfg.model, cfg.lr, cfg.batch_size, cfg.grad_accum) == ("deberta-v3-large", 3e-5, 4, 4)
+    assert (cfg.scheduler, cfg.warmup_ratio, cfg.weight_decay, cfg.precision) == ("cosine", 0.15, 0.01, "fp16")
+    assert (cfg.max_length, cfg.loss, cfg.threshold, cfg.oversample_rare) == (256, "asl:0.5+focal:0.5", 0.2, 100)
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run(
+        [
+            sys.executable,
+            "run.py",
+            "--config",
+            str(toml),
+            "--data-dir",
+            str(data_dir),
+            "--output-dir",
+            str(tmp_path / "o"),
+        ],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "microsoft/deberta-v3-large" in r.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "o").exists()
