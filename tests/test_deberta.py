@@ -346,3 +346,28 @@ def test_goemotions_recipe_config_parses_and_names_the_missing_model(tmp_path, d
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "microsoft/deberta-v3-large" in r.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "o").exists()
+
+
+def test_unused_absolute_positions_in_a_checkpoint_are_skipped_as_the_reference_does(tmp_path):
+    """v3 checkpoints may store `embeddings.position_embeddings` though position_biased_input is off; transformers
+    ignores them (its `_keys_to_ignore_on_load_unexpected`), and so do we. Any other stray key still fails."""
+    from safetensors.torch import load_file, save_file
+
+    from minitune.errors import CheckpointError
+
+    ref, _ = hf_model("v3", "sequence", tmp_path)
+    state = load_file(tmp_path / "model.safetensors")
+    state["deberta.embeddings.position_embeddings.weight"] = torch.randn(64, 32)
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    ids, mask, _ = ragged_batch()
+    with torch.no_grad():
+        assert_close(
+            minitune.load_model(tmp_path, num_labels=3)(ids, mask),
+            ref(input_ids=ids, attention_mask=mask).logits,
+            atol=1e-5,
+            rtol=1e-5,
+        )
+    state["deberta.encoder.stray.weight"] = torch.zeros(2)
+    save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="deberta.encoder.stray.weight"):
+        minitune.load_model(tmp_path, num_labels=3)
