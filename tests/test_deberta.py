@@ -312,39 +312,25 @@ def test_packed_layout_with_one_masked_call_matches_transformers(variant, tmp_pa
         assert_close_scaled(g_ours[name], g, atol=1e-5, rtol=1e-5, name=name)
 
 
-def test_goemotions_recipe_config_parses_and_names_the_missing_model(tmp_path, data_dir):
-    import subprocess
-    import sys
+def test_goemotions_recipe_config_parses_and_names_the_missing_model(tmp_path, data_dir, monkeypatch, capsys):
     from pathlib import Path
 
+    from huggingface_hub import constants
+
+    from minitune.cli import main
     from minitune.config import parse_config, validate
 
-    repo = Path(__file__).resolve().parents[1]
-    toml = repo / "configs" / "goemotions-deberta-v3-large.toml"
+    toml = Path(__file__).resolve().parents[1] / "configs" / "goemotions-deberta-v3-large.toml"
     cfg = validate(parse_config(["--config", str(toml)]))
     assert (cfg.model, cfg.lr, cfg.batch_size, cfg.grad_accum) == ("deberta-v3-large", 3e-5, 4, 4)
     assert (cfg.scheduler, cfg.warmup_ratio, cfg.weight_decay, cfg.precision) == ("cosine", 0.15, 0.01, "fp16")
     assert (cfg.max_length, cfg.loss, cfg.threshold, cfg.oversample_rare) == (256, "asl:0.5+focal:0.5", 0.2, 100)
-    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run(
-        [
-            sys.executable,
-            "run.py",
-            "--config",
-            str(toml),
-            "--data-dir",
-            str(data_dir),
-            "--output-dir",
-            str(tmp_path / "o"),
-        ],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "microsoft/deberta-v3-large" in r.stderr.strip().splitlines()[-1]
+    # An empty cache, offline: the checkpoint is surely absent.
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    code = main(["--config", str(toml), "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "o")])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("error: model 'microsoft/deberta-v3-large' is not in the Hugging Face cache")
     assert not (tmp_path / "o").exists()
 
 
