@@ -164,13 +164,19 @@ def test_log_buckets_equal_the_reference():
         assert torch.equal(log_bucket(rel, buckets, max_pos), make_log_bucket_position(rel, buckets, max_pos).long())
 
 
-def test_relative_table_normalised_once_per_forward(tmp_path):
+def test_relative_table_normalised_once_per_forward_on_the_rows_read(tmp_path):
+    """One LayerNorm of the table per forward (not per layer), over the 2T - 1 rows that T tokens can read."""
+    from minitune.models.deberta import DebertaConfig, RelativeIndex
+
     hf_model("v3", "sequence", tmp_path)
     ours = minitune.load_model(tmp_path, num_labels=3)
-    calls = []
-    ours.deberta.encoder.LayerNorm.register_forward_hook(lambda m, i, o: calls.append(1))
+    rows = []
+    ours.deberta.encoder.LayerNorm.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
     ours(*ragged_batch()[:2])
-    assert len(calls) == 1
+    assert rows == [13]  # v3 test config: 8 buckets, max 64: distance 19 buckets to 6, rows 8-6..8+6
+    v3 = DebertaConfig("deberta-v2", 128100, relative_attention=True, position_buckets=256, max_relative_positions=-1)
+    assert RelativeIndex(v3, torch.device("cpu"), 20).rows == slice(256 - 19, 256 + 20)  # 39 of 512 rows
+    assert RelativeIndex(v3, torch.device("cpu"), 512).rows == slice(0, 512)
 
 
 def test_save_pretrained_round_trip_into_transformers(tmp_path):
@@ -223,7 +229,7 @@ def test_fp16_scaled_query_stays_finite_where_the_unscaled_product_overflows():
     from minitune.models.deberta import RelativeIndex
 
     att = att.half()
-    out = att.attend(q, k, x, None, att.positions(rel), RelativeIndex(cfg, x.device)(5, 5))
+    out = att.attend(q, k, x, None, att.positions(rel), RelativeIndex(cfg, x.device, 16)(5, 5))
     assert torch.isfinite(out).all()
     assert_close(out.float(), x.float(), atol=0.1, rtol=1e-2)  # equal scores: the mean of identical values
 

@@ -123,19 +123,29 @@ def log_bucket(rel: torch.Tensor, buckets: int, max_position: int) -> torch.Tens
 
 class RelativeIndex:
     """Row of the relative table each (query, key) pair reads, (Tq, T), built once per length per forward.
-    Queries are positions 0..Tq-1 of their sequence (Tq = 1: the first token only)."""
+    Queries are positions 0..Tq-1 of their sequence (Tq = 1: the first token only).
 
-    def __init__(self, cfg: DebertaConfig, device: torch.device):
+    Sequences of at most T tokens read only the rows of distances -(T-1)..T-1: `rows`, about 2T of the table's
+    2*span (512 in v3). Only those rows are normalised and projected, and indices count from the first of them:
+    on short texts this skips most of the reference's per-layer projections of the whole table (unread rows get
+    no gradient there either, so logits and gradients are unchanged)."""
+
+    def __init__(self, cfg: DebertaConfig, device: torch.device, longest: int):
         self.cfg, self.device, self.cache = cfg, device, {}
+        ends = self._rows_of(torch.tensor([1 - longest, longest - 1])).tolist()
+        self.rows = slice(ends[0], ends[1] + 1)
+
+    def _rows_of(self, rel: torch.Tensor) -> torch.Tensor:
+        if self.cfg.position_buckets > 0:
+            rel = log_bucket(rel, self.cfg.position_buckets, self.cfg.max_distance)
+        span = self.cfg.span
+        return (rel + span).clamp(0, 2 * span - 1)
 
     def __call__(self, tq: int, t: int) -> torch.Tensor:
         if (tq, t) not in self.cache:
             pos = torch.arange(max(tq, t), device=self.device)
             rel = pos[:tq, None] - pos[None, :t]  # (Tq, T): i - j
-            if self.cfg.position_buckets > 0:
-                rel = log_bucket(rel, self.cfg.position_buckets, self.cfg.max_distance)
-            span = self.cfg.span
-            self.cache[tq, t] = (rel + span).clamp(0, 2 * span - 1)
+            self.cache[tq, t] = self._rows_of(rel) - self.rows.start
         return self.cache[tq, t]
 
 
@@ -273,12 +283,12 @@ class Encoder(nn.Module):
         norm = [x.strip() for x in cfg.norm_rel_ebd.lower().split("|")]
         self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if "layer_norm" in norm else None
 
-    def relative_table(self) -> torch.Tensor | None:
-        """(2*span, H), normalised once per forward and shared by every layer."""
+    def relative_table(self, rows: slice) -> torch.Tensor | None:
+        """(rows, H) of the table (see RelativeIndex), normalised once per forward and shared by every layer."""
         if not self.cfg.relative_attention:
             return None
-        rel = self.rel_embeddings.weight
-        return self.LayerNorm(rel) if self.LayerNorm is not None else rel
+        rel = self.rel_embeddings.weight[rows]
+        return self.LayerNorm(rel) if self.LayerNorm is not None else rel  # row-wise: slicing first is exact
 
 
 class DebertaModel(nn.Module):
@@ -299,7 +309,8 @@ class DebertaModel(nn.Module):
         key_mask = attention_mask.bool() if attention_mask is not None else None
         pack = choose_packing(attention_mask, self.unpad_min_share)
         first = first_token_only and (key_mask is None or bool(key_mask[:, 0].all()))
-        rel, index = self.encoder.relative_table(), RelativeIndex(self.encoder.cfg, input_ids.device)
+        index = RelativeIndex(self.encoder.cfg, input_ids.device, input_ids.shape[1])
+        rel = self.encoder.relative_table(index.rows)
         x = pack.unpad(x) if pack is not None else x  # (N, H)
         layers = self.encoder.layer
         for i, layer in enumerate(layers):
