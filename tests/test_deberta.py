@@ -176,7 +176,7 @@ def test_relative_table_normalised_once_per_forward_on_the_rows_read(tmp_path):
     assert rows == [13]  # v3 test config: 8 buckets, max 64: distance 19 buckets to 6, rows 8-6..8+6
     v3 = DebertaConfig("deberta-v2", 128100, relative_attention=True, position_buckets=256, max_relative_positions=-1)
     assert RelativeIndex(v3, torch.device("cpu"), 20).rows == slice(256 - 19, 256 + 20)  # 39 of 512 rows
-    assert RelativeIndex(v3, torch.device("cpu"), 512).rows == slice(0, 512)
+    assert RelativeIndex(v3, torch.device("cpu"), 512).rows == slice(1, 512)  # -511 buckets to -255
 
 
 def test_save_pretrained_round_trip_into_transformers(tmp_path):
