@@ -12,62 +12,38 @@ from torch.testing import assert_close
 
 import minitune
 from minitune.errors import ConfigError
+from test_encoders import TINY as ENCODER_TINY
 from tolerance import assert_close_scaled
 
-TINY = dict(
-    vocab_size=99,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=37,
-    max_position_embeddings=64,
-    initializer_range=0.2,
-    pad_token_id=0,
-    hidden_act="gelu",
+TINY = {**ENCODER_TINY, "pad_token_id": 0, "hidden_act": "gelu"}
+# v3: shared keys, both position terms, layer-normed relative table, log buckets, max_relative_positions -1
+V3 = dict(
+    relative_attention=True,
+    pos_att_type="p2c|c2p",
+    share_att_key=True,
+    norm_rel_ebd="layer_norm",
+    position_buckets=8,
+    max_relative_positions=-1,
+    position_biased_input=False,
+    type_vocab_size=0,
 )
 VARIANTS = {
-    # v3: shared keys, both position terms, layer-normed relative table, log buckets, max_relative_positions -1
-    "v3": dict(
-        relative_attention=True,
-        pos_att_type="p2c|c2p",
-        share_att_key=True,
-        norm_rel_ebd="layer_norm",
-        position_buckets=8,
-        max_relative_positions=-1,
-        position_biased_input=False,
-        type_vocab_size=0,
-    ),
-    # v2: own position projections, no buckets, a relative span below the sequence length
-    "v2": dict(
-        relative_attention=True,
-        pos_att_type="p2c|c2p",
-        share_att_key=False,
-        norm_rel_ebd="layer_norm",
-        max_relative_positions=6,
-        position_biased_input=False,
-        type_vocab_size=0,
-    ),
-    # content-to-position only, absolute positions and token types on, no relative LayerNorm
-    "c2p": dict(
-        relative_attention=True,
-        pos_att_type=["c2p"],
-        share_att_key=False,
-        max_relative_positions=-1,
-        position_biased_input=True,
-        type_vocab_size=2,
-        pooler_hidden_act="tanh",
-    ),
+    "v3": V3,
+    # v2: own position projections, no buckets, a relative span (6) below the sequence length
+    "v2": {**V3, "share_att_key": False, "position_buckets": -1, "max_relative_positions": 6},
+    # content-to-position only, absolute positions and token types on, no relative LayerNorm, tanh pooler
+    "c2p": {
+        **V3,
+        "pos_att_type": ["c2p"],
+        "share_att_key": False,
+        "norm_rel_ebd": "none",
+        "position_buckets": -1,
+        "position_biased_input": True,
+        "type_vocab_size": 2,
+        "pooler_hidden_act": "tanh",
+    },
     # v3 with factorised embeddings (embedding_size != hidden_size: embed_proj)
-    "embed_proj": dict(
-        relative_attention=True,
-        pos_att_type="p2c|c2p",
-        share_att_key=True,
-        norm_rel_ebd="layer_norm",
-        position_buckets=8,
-        position_biased_input=False,
-        type_vocab_size=0,
-        embedding_size=24,
-    ),
+    "embed_proj": {**V3, "embedding_size": 24},
 }
 HF_HEADS = {
     "sequence": transformers.DebertaV2ForSequenceClassification,
@@ -90,7 +66,7 @@ def ragged_batch(lengths=LENGTHS, seed=0):
 
 def hf_model(variant, head, tmp_path, num_labels=3, **extra):
     torch.manual_seed(1)
-    cfg = transformers.DebertaV2Config(**TINY, **VARIANTS[variant], **extra)
+    cfg = transformers.DebertaV2Config(**{**TINY, **VARIANTS[variant], **extra})
     cfg.num_labels = num_labels
     ref = HF_HEADS[head](cfg).eval()
     ref.save_pretrained(tmp_path)

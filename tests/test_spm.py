@@ -14,6 +14,7 @@ import random
 import pytest
 
 import minitune
+from minitune.data.spm import V3_TOKENIZER_CONFIG, V3_TRAINER_ARGS
 
 spm = pytest.importorskip("sentencepiece")
 
@@ -117,35 +118,16 @@ def train(path, byte_fallback: bool):
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(corpus),
         model_writer=model,
-        model_type="unigram",
         vocab_size=600,
         hard_vocab_limit=False,
-        pad_id=0,
-        pad_piece="[PAD]",
-        bos_id=1,
-        bos_piece="[CLS]",
-        eos_id=2,
-        eos_piece="[SEP]",
-        unk_id=3,
-        unk_piece="[UNK]",
-        normalization_rule_name="nmt_nfkc",
         byte_fallback=byte_fallback,
         character_coverage=0.995,
         minloglevel=2,
+        **V3_TRAINER_ARGS,
     )
     path.mkdir()
     (path / "spm.model").write_bytes(model.getvalue())
-    config = {
-        "tokenizer_class": "DebertaV2Tokenizer",
-        "do_lower_case": False,
-        "split_by_punct": False,
-        "vocab_type": "spm",
-        **{f"{n}_token": f"[{n.upper()}]" for n in ("pad", "unk", "cls", "sep", "mask")},
-        "bos_token": "[CLS]",
-        "eos_token": "[SEP]",
-        "model_max_length": 512,
-    }
-    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    (path / "tokenizer_config.json").write_text(json.dumps(V3_TOKENIZER_CONFIG))
     (path / "config.json").write_text(json.dumps({"model_type": "deberta-v2"}))
     return spm.SentencePieceProcessor(model_proto=model.getvalue())
 

@@ -27,6 +27,30 @@ from tokenizers.models import Unigram
 from minitune.errors import CheckpointError
 
 UNKNOWN, CONTROL, USER_DEFINED, BYTE = 2, 3, 4, 6
+# What DeBERTa-v3's files look like, for building look-alikes (tests/test_spm.py, benchmarks/tiny_deberta.py):
+# its spm.model as sentencepiece trainer arguments, and its tokenizer_config.json ([MASK] follows the pieces).
+V3_TRAINER_ARGS = dict(
+    model_type="unigram",
+    normalization_rule_name="nmt_nfkc",
+    pad_id=0,
+    pad_piece="[PAD]",
+    bos_id=1,
+    bos_piece="[CLS]",
+    eos_id=2,
+    eos_piece="[SEP]",
+    unk_id=3,
+    unk_piece="[UNK]",
+)
+V3_TOKENIZER_CONFIG = {
+    "tokenizer_class": "DebertaV2Tokenizer",
+    "do_lower_case": False,
+    "split_by_punct": False,
+    "vocab_type": "spm",
+    "model_max_length": 512,
+    **{f"{n}_token": f"[{n.upper()}]" for n in ("pad", "unk", "cls", "sep", "mask")},
+    "bos_token": "[CLS]",
+    "eos_token": "[SEP]",
+}
 SPM_FILES = ("spm.model", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model", "sentencepiece.model")
 
 
