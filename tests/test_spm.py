@@ -189,6 +189,7 @@ def test_special_tokens_from_the_config_and_round_trip(trained, tmp_path):
     mask_id = tok.token_to_id("[MASK]")
     assert mask_id == sp.get_piece_size()  # added after the pieces, as the Hub's v3 tokenizers have it
     assert tok.encode("a [MASK] b") == [1, *sp.encode("a"), mask_id, *sp.encode("b"), 2]
+    assert tok.encode("[CLS] x [UNK]") == [1, 1, *sp.encode("x"), 3, 2]  # special tokens in a text match whole
     tok.save_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(
         (path / "config.json").read_text()
@@ -208,5 +209,7 @@ def test_transformers5_deberta_tokenizer_agrees_except_where_it_skips_the_charsm
     assert len(nfkc_free) >= 200
     same = sum(ours.encode(t, max_length=512) == theirs(t)["input_ids"] for t in nfkc_free)
     assert same >= len(nfkc_free) - 2
+    for text in ("[CLS] x [UNK]", "a [MASK] b", "x[SEP]y", "[PAD]"):  # special tokens written in a text
+        assert ours.encode(text) == theirs(text)["input_ids"]
     full = "ＦＵＬＬＷＩＤＴＨ"
     assert ours.encode(full) == reference(sp, full) != theirs(full)["input_ids"]

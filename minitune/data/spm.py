@@ -137,8 +137,9 @@ def spm_tokenizer(path: Path, cls_token: str, sep_token: str, lowercase: bool = 
     pieces = spec["pieces"]
     unk = next((i for i, (_, _, kind) in enumerate(pieces) if kind == UNKNOWN), 0)
     tok = tokenizers.Tokenizer(Unigram([(p, s) for p, s, _ in pieces], unk_id=unk, byte_fallback=spec["byte_fallback"]))
-    # Control pieces ([CLS], [SEP], [PAD]) are never produced from text; user-defined ones always match whole.
-    tok.add_special_tokens([p for p, _, kind in pieces if kind == CONTROL])
+    # Control pieces ([CLS], [SEP], [PAD]) and [UNK] are never produced from text, but written in a text they match
+    # whole, as transformers' added special tokens do; user-defined pieces always match whole.
+    tok.add_special_tokens([p for p, _, kind in pieces if kind in (CONTROL, UNKNOWN)])
     tok.add_tokens([tokenizers.AddedToken(p, normalized=False) for p, _, kind in pieces if kind == USER_DEFINED])
     # sentencepiece's order: the charsmap, then whitespace runs collapsed and the ends stripped.
     steps = [normalizers.Lowercase()] if lowercase else []
