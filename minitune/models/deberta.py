@@ -19,11 +19,14 @@ What must match the reference (tests/test_deberta.py, against transformers on ti
 
 Where we differ from the reference, with the same logits and gradients in fp32:
 - the 1/scale is applied to the query (and to Qr) before the matmuls, not to the products: in fp16 the unscaled
-  products of large activations overflow 65504 and the softmax turns to NaN (tests/test_deberta.py shows both);
+  products of large activations overflow 65504 and the softmax turns to NaN (tests/test_deberta.py builds such
+  activations: the unscaled product is inf in fp16, our logits stay finite and near fp32's);
 - pad queries are not masked (their rows are discarded), only pad keys; pads can leave after the embeddings and
   the last block can compute the first token alone, as for bert.py: relative positions are per sequence, so
   each packed sequence gets its own relative-position term, which is what the padded path computes for its
-  real tokens (right padding).
+  real tokens (right or left padding; a mask with holes inside a sequence would renumber it when packed);
+- only the rows of the relative table that the batch's distances can read (about 2T of 2*span) are normalised and
+  projected (`RelativeIndex`), where the reference projects the whole table in every layer;
 - DeBERTa-v2-xlarge/xxlarge's ConvLayer (`conv_kernel_size` > 0) is refused at load time.
 """
 
@@ -197,7 +200,7 @@ class DisentangledAttention(nn.Module):
         return t.view(*t.shape[:-1], self.n_heads, self.d).transpose(-3, -2)  # (..., nh, T, d)
 
     def positions(self, rel: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Kr and Qr/scale, (nh, 2*span, d) each, from this layer's dropout of the shared relative table."""
+        """Kr and Qr/scale, (nh, rows, d) each, from this layer's dropout of the shared relative table."""
         rel = self.pos_dropout(rel)
         share = self.cfg.share_att_key
         kr = self.heads((self.key_proj if share else self.pos_key_proj)(rel)) if self.c2p else None
