@@ -24,7 +24,7 @@ Where we differ from the reference, with the same logits and gradients in fp32:
 - pad queries are not masked (their rows are discarded), only pad keys; pads can leave after the embeddings and
   the last block can compute the first token alone, as for bert.py: relative positions are per sequence, so
   each packed sequence gets its own relative-position term, which is what the padded path computes for its
-  real tokens (right or left padding; a mask with holes inside a sequence would renumber it when packed);
+  real tokens (right padding, as our tokenizers pad encoder batches);
 - only the rows of the relative table that the batch's distances can read (about 2T of 2*span) are normalised and
   projected (`RelativeIndex`), where the reference projects the whole table in every layer;
 - DeBERTa-v2-xlarge/xxlarge's ConvLayer (`conv_kernel_size` > 0) is refused at load time.
