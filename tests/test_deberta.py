@@ -299,8 +299,8 @@ def test_goemotions_recipe_config_parses_and_names_the_missing_model(tmp_path, d
 
     from huggingface_hub import constants
 
-    from minitune.cli import main
-    from minitune.config import parse_config, validate
+    from minitune.cli import main, parse_config
+    from minitune.config import validate
 
     toml = Path(__file__).resolve().parents[1] / "configs" / "goemotions-deberta-v3-large.toml"
     cfg = validate(parse_config(["--config", str(toml)]))
