@@ -66,13 +66,21 @@ def draw_training_curves(runs: dict[str, list[dict]], metric: str) -> Figure:
         for run, records in runs.items():
             pts = [(r["step"], r[key]) for r in records if r.get("type") == "train" and r.get(key) is not None]
             if pts:
-                ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=run or None)
+                name = f"{run} train".strip() if key == "loss" else run or None
+                ax.plot(*zip(*pts), marker="." if len(pts) < 30 else None, label=name)
         ax.set(title=title, xlabel="optimizer step")
+    for run, records in runs.items():  # the dev loss beside the training loss: the gap is overfitting
+        pts = [(r["step"], r["loss"]) for r in records if r.get("type") == "eval" and r.get("loss") is not None]
+        if pts:
+            axes[0].plot(*zip(*pts), "--", marker="o", label=f"{run} dev loss".strip())
+    if any(r.get("type") == "eval" and r.get("loss") is not None for rs in runs.values() for r in rs):
+        axes[0].set_title("training and dev loss")
     axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     ax = axes[3]
     for run, records in runs.items():
         evals = [r for r in records if r.get("type") == "eval"]
-        keys = [k for k in dict.fromkeys(k for r in evals for k in r) if k not in ("type", "step", "epoch", "improved")]
+        skip = ("type", "step", "epoch", "improved", "loss")  # the dev loss is drawn beside the training loss
+        keys = [k for k in dict.fromkeys(k for r in evals for k in r) if k not in skip]
         if "accuracy" in keys and all(r.get("micro_f1") == r["accuracy"] for r in evals):
             keys.remove("micro_f1")  # single-label micro-F1 is accuracy: one line would hide the other
         for key in keys:
