@@ -156,7 +156,8 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
     import minitune
     from minitune.train.amp import DynamicLossScaler
-    from minitune.train.loop import accumulate_gradients, sparse_embedding_grads, zero_grads
+    from minitune.train.embedding_grads import sparse_embedding_grads, zero_grads
+    from minitune.train.loop import accumulate_gradients
     from minitune.train.losses import build_loss
     from minitune.train.optim import build_optimizer
 

@@ -137,7 +137,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     import torch.nn.functional as F
 
     from minitune.train.amp import autocast_context
-    from minitune.train.loop import sparse_embedding_grads, zero_grads
+    from minitune.train.embedding_grads import sparse_embedding_grads, zero_grads
     from minitune.train.optim import build_optimizer
 
     device, precision = spec["device"], spec["precision"]

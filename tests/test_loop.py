@@ -10,14 +10,8 @@ import transformers
 import minitune
 from minitune.data.batching import BucketedBatchSampler, TokenBudgetBatchSampler, collate, length_of
 from minitune.train.amp import DynamicLossScaler
-from minitune.train.loop import (
-    SPARSE_MIN_ROWS,
-    LoopConfig,
-    TrainData,
-    accumulate_gradients,
-    fit,
-    sparse_embedding_grads,
-)
+from minitune.train.embedding_grads import SPARSE_MIN_ROWS, sparse_embedding_grads
+from minitune.train.loop import LoopConfig, TrainData, accumulate_gradients, fit
 from minitune.train.losses import build_loss
 
 

@@ -17,9 +17,7 @@ the window loss and stop requests agreed across ranks, and rank 0 alone logging 
 
 from __future__ import annotations
 
-import json
 import math
-import resource
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,7 +28,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from minitune.checkpoints.atomic import atomic_write, atomic_write_text
+from minitune.checkpoints.atomic import atomic_write
 from minitune.train.amp import DynamicLossScaler, autocast_context
 from minitune.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from minitune.train.distributed import (
@@ -44,7 +42,9 @@ from minitune.train.distributed import (
     window_shares,
     world_size,
 )
+from minitune.train.embedding_grads import sparse_embedding_grads, zero_grads
 from minitune.train.interrupt import StopRequest, TrainingInterrupted
+from minitune.train.metrics_log import MetricsLog, peak_memory_bytes
 from minitune.train.optim import build_optimizer, build_scheduler
 from minitune.train.parallel import (
     full_trainable_state,
@@ -107,48 +107,6 @@ class TrainData:
     collate: Callable[[list[dict]], dict[str, torch.Tensor]]
 
 
-def peak_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def _logged_step(line: str) -> float:
-    try:
-        return json.loads(line).get("step", 0)
-    except ValueError:  # a line cut short by a crash: drop it
-        return float("inf")
-
-
-class MetricsLog:
-    """metrics.jsonl: one JSON object per line, flushed so a crash loses nothing already logged."""
-
-    def __init__(self, path: Path, resume_step: int | None = None, sink=None):
-        """A fresh log, or on resume the old one cut back to the checkpoint's step: the steps logged after it
-        are about to be trained again, and would otherwise appear twice. `sink` (write(record), close()) receives
-        every record too (train/tensorboard.py)."""
-        if resume_step is not None and path.exists():
-            kept = [
-                line
-                for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
-                if _logged_step(line) <= resume_step
-            ]
-            atomic_write_text(path, "".join(kept))
-        self.file = open(path, "a" if resume_step is not None else "w", encoding="utf-8")  # noqa: SIM115 (held for the run)
-        self.sink = sink
-
-    def write(self, **record) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        if self.sink is not None:
-            self.sink.write(record)
-
-    def close(self) -> None:
-        self.file.close()
-        if self.sink is not None:
-            self.sink.close()
-
-
 def forward_loss(model, loss_fn, batch: dict, precision: str, device: torch.device):
     """Mean loss of one micro-batch (in fp32) and its number of real tokens."""
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -182,37 +140,6 @@ def accumulate_gradients(
             scaler.scale(micro * share).backward()
         loss, tokens = loss + micro.item() * share, tokens + (t if share else 0)
     return loss, tokens
-
-
-SPARSE_MIN_ROWS = 4096  # vocabulary-sized tables; position and segment tables stay dense
-
-
-KeptGrads = list[tuple[nn.Parameter, torch.Tensor]]
-
-
-def sparse_embedding_grads(model: nn.Module, min_rows: int = SPARSE_MIN_ROWS) -> KeptGrads:
-    """Let large embedding tables take their gradient as sparse rows, added into one dense buffer kept for the run.
-
-    Why: the dense backward of an embedding allocates and zero-fills the whole table on every micro-batch
-    (30522 x 384 for MiniLM, 250002 x 1024 for XLM-R); on CPU that fresh allocation page-faults, and it was 7%
-    of a MiniLM training step. Adding each micro-batch's rows into a buffer that stays mapped gives the same
-    gradient (up to the order of float additions), and AdamW still sees a dense gradient: zeros where no token
-    was used, as in the reference. Returns (parameter, buffer) pairs for `zero_grads`.
-    """
-    kept = []
-    for module in model.modules():
-        if isinstance(module, nn.Embedding) and module.weight.requires_grad and module.num_embeddings >= min_rows:
-            module.sparse = True
-            module.weight.grad = torch.zeros_like(module.weight)
-            kept.append((module.weight, module.weight.grad))
-    return kept
-
-
-def zero_grads(optimizer: torch.optim.Optimizer, kept: KeptGrads) -> None:
-    """Free every gradient, except the kept embedding buffers: zeroed in place, ready for the next sparse rows."""
-    optimizer.zero_grad(set_to_none=True)
-    for p, buffer in kept:
-        p.grad = buffer.zero_()
 
 
 class Loop:

@@ -1,0 +1,54 @@
+"""metrics.jsonl, the run's log: one JSON object per line (type "train" or "eval"), flushed as written, cut back to
+the checkpoint's step on resume so no step is logged twice; and the peak memory each train row records."""
+
+from __future__ import annotations
+
+import json
+import resource
+from pathlib import Path
+
+import torch
+
+from minitune.checkpoints.atomic import atomic_write_text
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _logged_step(line: str) -> float:
+    try:
+        return json.loads(line).get("step", 0)
+    except ValueError:  # a line cut short by a crash: drop it
+        return float("inf")
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line, flushed so a crash loses nothing already logged."""
+
+    def __init__(self, path: Path, resume_step: int | None = None, sink=None):
+        """A fresh log, or on resume the old one cut back to the checkpoint's step: the steps logged after it
+        are about to be trained again, and would otherwise appear twice. `sink` (write(record), close()) receives
+        every record too (train/tensorboard.py)."""
+        if resume_step is not None and path.exists():
+            kept = [
+                line
+                for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+                if _logged_step(line) <= resume_step
+            ]
+            atomic_write_text(path, "".join(kept))
+        self.file = open(path, "a" if resume_step is not None else "w", encoding="utf-8")  # noqa: SIM115 (held for the run)
+        self.sink = sink
+
+    def write(self, **record) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.sink is not None:
+            self.sink.write(record)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.sink is not None:
+            self.sink.close()
