@@ -354,8 +354,8 @@ class KVCache:
         k = self.layers[0].k
         return 0 if k is None else k.shape[2]
 
-    def select(self, rows: torch.Tensor) -> None:
-        """Keep only these batch rows (finished sequences leave the batch)."""
+    def take(self, rows: torch.Tensor) -> None:
+        """Re-form the batch from these rows (repeated rows: one prompt shared by several continuations)."""
         for kv in self.layers:
             kv.k, kv.v = kv.k[rows], kv.v[rows]
 
