@@ -104,6 +104,21 @@ class RunConfig:
     lora_dropout: float = opt(0.05, "dropout on the LoRA branch")
     lora_targets: str = opt(None, "comma-separated module-name patterns to wrap with LoRA (default per family)")
     quantize: str = opt(None, "quantize the frozen base weights: nf4 (QLoRA; needs --lora-r)", (None, "nf4"))
+    head: str = opt(
+        "classifier",
+        "classifier: a classification head on the model; generative: an instruct decoder answers in its chat "
+        "format (evaluation only for now: needs --epochs 0)",
+        ("classifier", "generative"),
+    )
+    answer_mode: str = opt(
+        "constrained",
+        "--head generative: constrained (generation restricted to the labels), score (likelihood of each "
+        "label) or free (unconstrained generation, parsed)",
+        ("constrained", "score", "free"),
+    )
+    shots: int = opt(0, "--head generative: few-shot examples drawn stratified from train with --seed")
+    prompt_template: str = opt(None, "--head generative: Jinja file for the user turn (text, pair, labels, options)")
+    max_new_tokens: int = opt(32, "--head generative --answer-mode free: generation length limit")
 
 
 # Defaults per task, from the source documents (the humor document is explicit; the others follow their papers).
@@ -224,7 +239,13 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"one of {', '.join(str(c) for c in choices or () if c is not None)}",
         )
     check_batch_size(cfg.batch_size)
-    for name in ("epochs", "grad_accum", "max_length", "log_every"):
+    _check(
+        isinstance(cfg.epochs, int) and cfg.epochs >= 0,
+        f"--epochs must be a non-negative integer (0: evaluate without training), got {cfg.epochs!r}",
+    )
+    _check(cfg.shots >= 0, f"--shots must be >= 0, got {cfg.shots}")
+    _check(cfg.max_new_tokens >= 1, f"--max-new-tokens must be a positive integer, got {cfg.max_new_tokens}")
+    for name in ("grad_accum", "max_length", "log_every"):
         value = getattr(cfg, name)
         _check(isinstance(value, int) and value >= 1, f"{_flag(name)} must be a positive integer, got {value!r}")
     for name in ("max_steps", "max_tokens", "max_train_samples", "max_eval_samples", "eval_every", "folds", "patience"):

@@ -164,8 +164,9 @@ def test_smollm2_greedy_equals_reference_generate():
     prompts = [template.encode(tok, [{"role": "user", "content": t}]) for t in texts]
     eos = tok.eos_token_id
     ids, mask = left_pad(prompts, eos)
-    want = ref.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=eos,
-                        eos_token_id=eos)[:, ids.shape[1]:]
+    want = ref.generate(
+        input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=eos, eos_token_id=eos
+    )[:, ids.shape[1] :]
     got = generate(ours, prompts, GenerationConfig(max_new_tokens=6, eos_token_ids=[eos], pad_token_id=eos))
     for row, toks in zip(want.tolist(), got):
         assert toks == row[: len(toks)]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 from minitune.checkpoints.gguf import read_gguf
 from minitune.checkpoints.hub import resolve_model
@@ -71,7 +70,9 @@ class ChatTemplate:
         try:
             self._template = sandbox().from_string(self.source)
         except jinja2.exceptions.TemplateSyntaxError as e:
-            raise TemplateError(f"{self.where}: the chat template does not parse (line {e.lineno}: {e.message})")
+            raise TemplateError(
+                f"{self.where}: the chat template does not parse (line {e.lineno}: {e.message})"
+            ) from None
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
         """The conversation as text; `add_generation_prompt` appends the opening of the assistant's turn."""

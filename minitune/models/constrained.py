@@ -121,9 +121,7 @@ class LabelConstraint:
 
 
 @torch.no_grad()
-def score_labels(
-    model, prompts: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int
-) -> torch.Tensor:
+def score_labels(model, prompts: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int) -> torch.Tensor:
     """(B, L) log-likelihood of each label's tokens after each prompt, in one pass: the left-padded prompts are
     prefilled once, the cache repeated L times, and all labels (right-padded) run as one batch of B * L rows."""
     model.eval()
