@@ -23,6 +23,8 @@ from minitune.data.kinds import MULTI_LABEL, SINGLE_LABEL
 from minitune.data.tasks import Example
 from minitune.errors import ConfigError
 from minitune.eval.scoring import predict_scores
+from minitune.experiments.generative import predict_generative
+from minitune.experiments.instruct import GENERATIVE_FILE
 
 
 def _thresholds(model_dir: Path, names: list[str], override: float | None) -> np.ndarray:
@@ -51,6 +53,23 @@ def predict_file(
     device: str = "auto",
 ) -> tuple[Path, int]:
     """Label every row of `input_path` with the model in `model_dir`; write the CSV; return (its path, rows)."""
+    rows = read_rows(input_path, Columns(text=text_col, label=None, pair=pair_col))
+    torch_device = resolve_device(device)
+    if (Path(model_dir) / GENERATIVE_FILE).is_file():  # a --head generative run's model: it answers in its chat
+        examples = [Example(text=r.text, pair=r.pair) for r in rows]
+        names, multi, scores = predict_generative(Path(model_dir), examples, batch_size, max_length, torch_device)
+    else:
+        names, multi, scores = _head_scores(model_dir, rows, batch_size, max_length, torch_device)
+    if multi:
+        chosen = scores >= _thresholds(model_dir, names, threshold)
+        labels = [",".join(n for n, c in zip(names, row) if c) for row in chosen]
+    else:
+        labels = [names[i] for i in scores.argmax(1)]
+    _write_csv(output_path, rows, labels, scores, names, "labels" if multi else "label")
+    return output_path, len(rows)
+
+
+def _head_scores(model_dir: Path, rows, batch_size: int, max_length: int, device) -> tuple[list[str], bool, np.ndarray]:
     model = load_model(model_dir)
     if not model.head_trained:
         raise ConfigError(
@@ -60,21 +79,12 @@ def predict_file(
     tokenizer = load_tokenizer(model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.set_pad_to_eos()
-    rows = read_rows(input_path, Columns(text=text_col, label=None, pair=pair_col))
     multi = model.hf_config.get("problem_type") == "multi_label_classification"
     kind = MULTI_LABEL if multi else SINGLE_LABEL
     features = tokenize([Example(text=r.text, pair=r.pair) for r in rows], tokenizer, kind, max_length)
-    torch_device = resolve_device(device)
     collate_fn = make_collate("dynamic", max_length, tokenizer.pad_token_id)
-    scores = predict_scores(model.to(torch_device), features, collate_fn, kind, batch_size, torch_device)
-    names = model.label_names
-    if multi:
-        chosen = scores >= _thresholds(model_dir, names, threshold)
-        labels = [",".join(n for n, c in zip(names, row) if c) for row in chosen]
-    else:
-        labels = [names[i] for i in scores.argmax(1)]
-    _write_csv(output_path, rows, labels, scores, names, "labels" if multi else "label")
-    return output_path, len(rows)
+    scores = predict_scores(model.to(device), features, collate_fn, kind, batch_size, device)
+    return model.label_names, multi, scores
 
 
 def _write_csv(path: Path, rows, labels, scores, names, label_header: str) -> None:

@@ -89,3 +89,17 @@ def test_continuation_splits_as_after_the_prompt():
         assert tok.encode_text(prompt) + ids == tok.encode_text(prompt + label)
     after = continuation(tok, "joy", ", love")
     assert tok.decode(after) == ", love" and after != tok.encode_text(",") + tok.encode_text("love")
+
+
+def test_answer_loss_is_the_reference_causal_lm_loss_on_answer_tokens():
+    from minitune.experiments.instruct import IGNORE, AnswerLoss, collate_answers
+
+    ref, ours = pair("llama")
+    feats = [
+        {"input_ids": [5, 17, 33, 41, 6, EOS], "labels": [IGNORE] * 4 + [6, EOS]},
+        {"input_ids": [9, 44, 3, 9, EOS], "labels": [IGNORE] * 3 + [9, EOS]},
+    ]
+    batch = collate_answers(feats, PAD)
+    got = AnswerLoss()(ours(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+    want = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    assert_close_scaled(got, want, atol=1e-5, rtol=1e-5, name="answer loss")

@@ -64,7 +64,8 @@ class PromptTemplate:
             raise ConfigError(f"`prompt_template` {p}: no such file; give a Jinja template file")
         self.where = str(p)
         try:
-            self.template = sandbox().from_string(p.read_text(encoding="utf-8"))
+            self.source = p.read_text(encoding="utf-8")
+            self.template = sandbox().from_string(self.source)
         except Exception as e:  # TemplateSyntaxError and decoding errors: one line naming the file
             raise ConfigError(f"`prompt_template` {p}: the template does not parse ({e})") from None
 

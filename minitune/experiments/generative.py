@@ -9,12 +9,14 @@ turns), then one of three ways to answer (`--answer-mode`):
 Scores go through the same task_report (and, for multi-label, dev-tuned thresholds) as a classification head's, so
 the report reads the same; generated answers add counts of empty and label-less answers, with a few shown.
 
-Only evaluation is here (`--epochs 0`: zero-shot, or few-shot with `--shots K`); instruction tuning with LoRA is
-not implemented yet, and asking for it is refused with a clear message.
+`--epochs 0` evaluates as the checkpoint is (zero-shot, or few-shot with `--shots K`); more epochs instruction-tune
+first (experiments/instruct.py: LoRA, QLoRA or full, loss on the answer tokens), and the tuned model is saved
+(model/ merged, adapter/ for LoRA, generative.json: what `predict` needs to ask it the same way).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -23,10 +25,10 @@ import numpy as np
 import torch
 
 from minitune.checkpoints.hub import resolve_model
-from minitune.checkpoints.load import load_model, read_config
+from minitune.checkpoints.load import load_model, load_tokenizer, read_config
 from minitune.config import RunConfig
 from minitune.data.chat import ChatTemplate, load_chat_template
-from minitune.data.kinds import MULTI_LABEL
+from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE
 from minitune.data.prompts import (
     SEPARATOR,
     PromptTemplate,
@@ -37,13 +39,15 @@ from minitune.data.prompts import (
     prompt_ids,
     truncate_text,
 )
-from minitune.data.splits import subsample
+from minitune.data.splits import holdout_examples, subsample
 from minitune.data.tasks import Example, TaskData, label_array
 from minitune.data.tokenizer import Tokenizer
 from minitune.errors import ConfigError
 from minitune.eval.generations import generation_stats, one_hot, parse_answer
 from minitune.eval.scoring import task_report
 from minitune.eval.thresholds import choose_thresholds
+from minitune.experiments.folds import fold_split
+from minitune.experiments.instruct import GENERATIVE_FILE, add_adapters, instruction_tune, save_generative
 from minitune.models.constrained import LabelConstraint, continuation, score_labels
 from minitune.models.decoder import MODEL_TYPES as DECODER_TYPES
 from minitune.models.generate import GenerationConfig, generate
@@ -103,7 +107,8 @@ class Answerer:
         if self.cfg.answer_mode == "score":
             return out, None
         chosen = [list(np.flatnonzero(s)) for s in out]
-        return out, generation_stats(texts, chosen, [answer_text(self.task, ex) for ex in examples])
+        gold = [answer_text(self.task, ex) if ex.label is not None else "" for ex in examples]
+        return out, generation_stats(texts, chosen, gold)
 
     def _answer(self, batch: list[list[int]]) -> tuple[list[np.ndarray], list[str]]:
         n, multi = len(self.names), self.task.kind == MULTI_LABEL
@@ -140,17 +145,16 @@ def answer_tokens(model, tokenizer: Tokenizer, name: str) -> tuple[int, int]:
 
 
 def _splits(cfg: RunConfig, task: TaskData) -> tuple[list[Example], list[Example], list[Example] | None]:
-    """(train to draw shots from, dev, the fold's test part): holdout tasks use train/dev (dev: 10% of train
-    when there is none); recipe-mpr uses fold 0's train, validation and test parts."""
+    """(train to draw shots from, dev, the fold's test part) as the classifier runs split them: train/dev (dev:
+    10% of train, stratified, when there is none); recipe-mpr: fold 0's train, validation and test parts."""
     if task.folds:
         tr, va, te = task.folds[0]
-        pick = lambda idx: [task.train[i] for i in idx]  # noqa: E731
-        return pick(tr), subsample(pick(va), cfg.max_eval_samples, None), pick(te)
-    dev = subsample(task.dev, cfg.max_eval_samples, None)
-    train = task.train
+        train, dev = fold_split(cfg, task, tr, va)
+        return train, dev, [task.train[i] for i in te]
+    train, dev = task.train, subsample(task.dev, cfg.max_eval_samples, None)
     if not dev:
-        n = max(1, len(train) // 10)
-        train, dev = train[n:], subsample(train[:n], cfg.max_eval_samples, None)
+        train, dev = holdout_examples(train, label_array(task, train), 0.1, cfg.seed)
+        dev = subsample(dev, cfg.max_eval_samples, None)
     return train, dev, None
 
 
@@ -160,22 +164,20 @@ def check_generative(cfg: RunConfig, model_type: str | None) -> None:
             f"--head generative needs a decoder checkpoint ({', '.join(DECODER_TYPES)}); {cfg.model} is "
             f"{model_type or 'not one'}: use e.g. --model smollm2"
         )
-    if cfg.epochs > 0:
-        raise ConfigError(
-            "--head generative: instruction tuning is not implemented yet; add --epochs 0 to evaluate zero-shot "
-            "(or few-shot with --shots K)"
-        )
 
 
 def run_generative(
     cfg: RunConfig, task: TaskData, tokenizer: Tokenizer, test: list[Example] | None, out: Path, device: torch.device
 ) -> dict:
-    """Zero- or few-shot evaluation on dev (and --test-file / recipe-mpr's fold-0 test part)."""
+    """Evaluate zero- or few-shot (--epochs 0), or instruction-tune first; dev, then --test-file or recipe-mpr's
+    fold-0 test part. A tuned model is saved as model/ (merged) and adapter/ (LoRA), with generative.json."""
     t0 = time.perf_counter()
     path = resolve_model(cfg.model)
     check_generative(cfg, "llama" if path.suffix.lower() == ".gguf" else read_config(path).get("model_type"))
     template = PromptTemplate(cfg.prompt_template) if cfg.prompt_template else None
-    model = load_model(cfg.model, head="causal_lm").to(device)
+    model = load_model(cfg.model, head="causal_lm", quantize=cfg.quantize)
+    add_adapters(cfg, model)
+    model.to(device)
     chat = load_chat_template(cfg.model, tokenizer)
     log.info("chat template: %s", chat.where if chat else "none (plain-text prompts)")
     train_ex, dev_ex, fold_test = _splits(cfg, task)
@@ -183,31 +185,59 @@ def run_generative(
     answer = Answerer(cfg, task, model, tokenizer, chat, shots, template)
     example = tokenizer.decode(answer.prompts(dev_ex[:1])[0])
     log.info("first dev prompt:\n%s", example)
-    dev_scores, dev_gen = answer(dev_ex, device)
+    summary = {"head": "generative", "answer_mode": cfg.answer_mode, "shots": len(shots)}
+    if cfg.epochs > 0:
+        train_ex = subsample(train_ex, cfg.max_train_samples, cfg.seed)
+        loop, best = instruction_tune(cfg, answer, train_ex, dev_ex, out, device)
+        summary |= loop
+        dev_scores, dev_gen = best["scores"], best["generation"]
+    else:
+        summary |= {"epochs": 0, "saved": "nothing trained: no model/ written"}
+        dev_scores, dev_gen = answer(dev_ex, device)
     thresholds = tuned = None
     if task.kind == MULTI_LABEL:
         thresholds = choose_thresholds(
             label_array(task, dev_ex), dev_scores, task.label_names, cfg.threshold, cfg.metric
         )
         tuned = np.array(list(thresholds["per_label"].values()))
-    summary = {
-        "head": "generative",
-        "answer_mode": cfg.answer_mode,
-        "shots": len(shots),
-        "epochs": 0,
-        "saved": "nothing trained: no model/ written",
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
     results = {"train": summary, "dev": task_report(task, dev_ex, dev_scores, cfg.threshold, tuned)}
     if dev_gen is not None:
         results["dev"]["generation"] = dev_gen
     if thresholds is not None:
         results["thresholds"] = thresholds
-    for name, examples in (("test", test if test is not None else fold_test),):
-        if examples:
-            scores, gen = answer(examples, device)
-            results[name] = task_report(task, examples, scores, cfg.threshold, tuned)
-            if gen is not None:
-                results[name]["generation"] = gen
+    examples = test if test is not None else fold_test
+    if examples:
+        scores, gen = answer(examples, device)
+        results["test"] = task_report(task, examples, scores, cfg.threshold, tuned)
+        if gen is not None:
+            results["test"]["generation"] = gen
     (out / "prompt_example.txt").write_text(example, encoding="utf-8")
+    if cfg.epochs > 0:
+        save_generative(out, answer, thresholds)
     return results
+
+
+def predict_generative(
+    model_dir: Path, examples: list[Example], batch_size: int, max_length: int | None, device: torch.device
+) -> tuple[list[str], bool, np.ndarray]:
+    """A model saved by a --head generative run answers `examples` as it was tuned to: (label names, whether
+    multi-label, scores (N, C))."""
+    meta = json.loads((model_dir / GENERATIVE_FILE).read_text(encoding="utf-8"))
+    if meta["kind"] == MULTIPLE_CHOICE:
+        raise ConfigError(f"`model` {model_dir}: predict does not take multiple-choice files; evaluate with train")
+    task = TaskData("predict", meta["kind"], meta["label_names"], [], [])
+    cfg = RunConfig(
+        model=str(model_dir),
+        answer_mode=meta["answer_mode"],
+        max_length=max_length or meta["max_length"],
+        max_new_tokens=meta["max_new_tokens"],
+        batch_size=batch_size,
+    )
+    tokenizer = load_tokenizer(model_dir)
+    template = PromptTemplate(model_dir / meta["prompt_template"]) if meta.get("prompt_template") else None
+    model = load_model(model_dir, head="causal_lm").to(device)
+    shots = [Example(**s) for s in meta["shots"]]
+    answer = Answerer(cfg, task, model, tokenizer, load_chat_template(str(model_dir), tokenizer), shots, template)
+    scores, _ = answer(examples, device)
+    return task.label_names, task.kind == MULTI_LABEL, scores
