@@ -12,28 +12,12 @@ import torch
 from minitune.errors import ParameterError
 from minitune.models import decoder as dec
 from minitune.models.generate import GenerationConfig, generate, left_pad, positions, top_p_filter
+from test_decoder import hub  # the same shrunk config.json: 2 layers, hidden 64, vocab 100
 from tolerance import assert_close_scaled
 
 transformers = pytest.importorskip("transformers", reason="parity tests compare against transformers")
 
 PAD, BOS, EOS, VOCAB = 0, 1, 2, 100
-
-
-def hub(model_type: str, **over) -> dict:
-    d = dict(
-        model_type=model_type,
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=PAD,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-    )
-    return d | over
 
 
 CONFIGS = {

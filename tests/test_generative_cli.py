@@ -13,6 +13,7 @@ import torch
 from minitune.checkpoints.load import load_tokenizer
 from minitune.cli import main
 from minitune.data.chat import find_chat_template
+from test_decoder import hub
 
 transformers = pytest.importorskip("transformers")
 # Each run loads a model and the module fixture builds one (15 s on a busy machine): the slow tier.
@@ -28,18 +29,8 @@ def tiny_instruct(tmp_path_factory):
     cfg = json.loads(cfg_path.read_text())
     cfg["chat_template"] = find_chat_template("smollm2")[0]
     cfg_path.write_text(json.dumps(cfg))
-    config = transformers.LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
+    ids = dict(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    config = transformers.AutoConfig.for_model(**hub("llama", vocab_size=len(tok), max_position_embeddings=2048, **ids))
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(config).save_pretrained(d)
     return d
@@ -141,3 +132,10 @@ def test_lora_instruction_tuning_saves_and_predicts(tmp_path, data_dir, tiny_ins
     assert main(["predict", "--model", str(model_dir), "--input", str(texts), "--output", str(tmp_path / "p.csv")]) == 0
     rows = (tmp_path / "p.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[0].startswith("row,text,labels,prob_anger")
+
+
+def test_epochs_zero_evaluates_a_classifier_head_without_training(tmp_path, data_dir):
+    code, out = run(tmp_path, data_dir, "minilm", "--task", "humor", "--head", "classifier")
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["train"]["step"] == 0 and results["dev"]["n_examples"] == 6

@@ -477,15 +477,9 @@ class DecoderForCausalLM(nn.Module):
         if not cfg.tie_word_embeddings:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        cache: KVCache | None = None,
-        keep_last: int | None = None,
-    ) -> torch.Tensor:
-        hidden = self.model(input_ids, attention_mask, position_ids, cache)  # (B, T, H)
+    def forward(self, *inputs, keep_last: int | None = None) -> torch.Tensor:
+        """inputs: those of DecoderModel.forward (input_ids, attention_mask, position_ids, cache)."""
+        hidden = self.model(*inputs)  # (B, T, H)
         if keep_last is not None:
             hidden = hidden[:, -keep_last:]
         weight = self.model.embed_tokens.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
