@@ -53,7 +53,6 @@ from minitune.models.decoder import MODEL_TYPES as DECODER_TYPES
 from minitune.models.generate import GenerationConfig, generate
 
 log = logging.getLogger("minitune")
-ANSWER_MODES = ("constrained", "score", "free")
 
 
 class Answerer:
@@ -92,7 +91,8 @@ class Answerer:
             for ex in examples
         ]
 
-    def __call__(self, examples: list[Example], device: torch.device) -> tuple[np.ndarray, dict | None]:
+    def __call__(self, examples: list[Example]) -> tuple[np.ndarray, dict | None]:
+        """Scores (N, C) in the examples' order and, for generated answers, their stats (None for score)."""
         prompts = self.prompts(examples)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         bs = max(1, self.cfg.batch_size)
@@ -193,7 +193,7 @@ def run_generative(
         dev_scores, dev_gen = best["scores"], best["generation"]
     else:
         summary |= {"epochs": 0, "saved": "nothing trained: no model/ written"}
-        dev_scores, dev_gen = answer(dev_ex, device)
+        dev_scores, dev_gen = answer(dev_ex)
     thresholds = tuned = None
     if task.kind == MULTI_LABEL:
         thresholds = choose_thresholds(
@@ -208,7 +208,7 @@ def run_generative(
         results["thresholds"] = thresholds
     examples = test if test is not None else fold_test
     if examples:
-        scores, gen = answer(examples, device)
+        scores, gen = answer(examples)
         results["test"] = task_report(task, examples, scores, cfg.threshold, tuned)
         if gen is not None:
             results["test"]["generation"] = gen
@@ -239,5 +239,5 @@ def predict_generative(
     model = load_model(model_dir, head="causal_lm").to(device)
     shots = [Example(**s) for s in meta["shots"]]
     answer = Answerer(cfg, task, model, tokenizer, load_chat_template(str(model_dir), tokenizer), shots, template)
-    scores, _ = answer(examples, device)
+    scores, _ = answer(examples)
     return task.label_names, task.kind == MULTI_LABEL, scores

@@ -84,7 +84,7 @@ def instruction_tune(
     best: dict = {}
 
     def evaluate(m) -> dict:
-        scores, gen = answerer(dev_ex, device)
+        scores, gen = answerer(dev_ex)
         rep = task_report(task, dev_ex, scores, cfg.threshold)
         if not best or rep[cfg.metric] > best["value"]:
             best.update(value=rep[cfg.metric], scores=scores, generation=gen)
@@ -93,7 +93,7 @@ def instruction_tune(
     data = TrainData(feats, sampler, lambda fs: collate_answers(fs, answerer.pad))
     state = fit(answerer.model, AnswerLoss(), data, evaluate, loop_config(cfg), out, device)
     if "scores" not in best or cfg.resume:
-        scores, gen = answerer(dev_ex, device)
+        scores, gen = answerer(dev_ex)
         best.update(scores=scores, generation=gen)
     summary = dataclasses.asdict(state) | {"seconds": round(time.perf_counter() - t0, 1)}
     return summary, best
