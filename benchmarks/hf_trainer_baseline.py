@@ -51,7 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from minitune.checkpoints.hub import resolve_model
-from minitune.config import RunConfig, parse_config
+from minitune.cli import parse_config
+from minitune.config import RunConfig
 from minitune.data.splits import subsample
 from minitune.data.tasks import MULTI_LABEL, SINGLE_LABEL, TaskData, label_array, load_task, resolve_data_dir
 from minitune.eval.metrics import classification_report

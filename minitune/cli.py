@@ -14,22 +14,101 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import fields
 from pathlib import Path
 
-from minitune.config import flag_for, parse_config
+from minitune.config import FIELDS, RunConfig, choices_of, did_you_mean, field_type, flag, make_config
 from minitune.errors import ConfigError, MinituneError
 from minitune.predict import predict_file
 from minitune.runner import run_train
+from minitune.train.checkpoint import read_progress
+from minitune.train.interrupt import TrainingInterrupted
+
+
+def _help(f) -> str:
+    """The flag's help with its choices and its default, each said once."""
+    text = f.metadata["help"]
+    if choices_of(f) and f.name != "task":
+        text += f" (one of: {', '.join(choices_of(f))})"
+    if f.default not in (None, False) and "default" not in text:
+        text += f" (default: {f.default})"
+    return text
+
+
+COMMANDS = """commands:
+  minitune [train] --task T ...     fine-tune a model (the default command; its flags are below)
+  minitune predict --model DIR ...  label a file with a trained model (minitune predict --help)"""
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse that raises instead of printing the usage: the CLI prints one line and a pointer to --help."""
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments:"):
+            flags = [o for a in self._actions for o in a.option_strings]
+            message += did_you_mean(message.split()[2], flags)
+        raise ConfigError(f"{message} (see {self.prog} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = CommandParser(
+        prog="minitune",
+        usage="minitune [train] --task TASK [options]",
+        description="Fine-tune a pretrained transformer on a text classification task.\nDefaults shown are the "
+        "general ones; each task's own defaults (TASK_DEFAULTS in minitune/config.py)\napply first.",
+        epilog=COMMANDS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    p.add_argument("--config", help="TOML file setting any of the keys below (flags given here win)")
+    for f in fields(RunConfig):
+        typ = field_type(f.name)
+        # SUPPRESS keeps unset flags out of the namespace, so task defaults and the TOML file can fill them.
+        kw = dict(help=_help(f), default=argparse.SUPPRESS, dest=f.name)
+        if typ is bool:
+            p.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
+        else:
+            p.add_argument(flag(f.name), type=typ, metavar=f.name.upper(), **kw)
+    return p
+
+
+def parse_config(argv: list[str] | None = None) -> RunConfig:
+    args = vars(build_parser().parse_args(argv))
+    return make_config(**args)
+
+
+# Library parameters whose flag is not --<the same name>: the CLI renames them in error messages.
+PARAM_FLAGS = {
+    "r": "lora_r",
+    "alpha": "lora_alpha",
+    "dropout": "lora_dropout",
+    "targets": "lora_targets",
+    "gamma": "focal_gamma",
+    "gamma_neg": "asl_gamma_neg",
+    "gamma_pos": "asl_gamma_pos",
+    "clip": "asl_clip",
+    "pos_weight": "class_weights",
+}
+
+
+def flag_for(param: str, flags: set[str] | None = None) -> str:
+    """The command-line flag that sets a library parameter (`--lora-r` for LoRALinear's r); the parameter's own name
+    when no flag sets it. `flags`: the command's option names (default: RunConfig's fields)."""
+    name = PARAM_FLAGS.get(param, param)
+    known = flags if flags is not None else FIELDS | {"config"}
+    return flag(name) if name in known else param
 
 
 def predict_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         prog="minitune predict",
-        description="Label a file with a trained model.",
+        description="Label a file with a trained model: the output keeps the input's columns (id first) and adds "
+        "the predicted label(s) and one probability per label.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
     )
-    p.add_argument("--model", required=True, help="a model directory written by a training run (its model/ folder)")
-    p.add_argument("--input", required=True, help=".csv, .tsv or .jsonl file with the texts")
+    p.add_argument("--model", required=True, help="a training run's output directory (or its model/ folder)")
+    p.add_argument("--input", required=True, help=".csv, .tsv, .txt or .jsonl file with the texts")
     p.add_argument("--output", required=True, help="CSV file to write")
     p.add_argument("--text-col", default="text", help="column holding the text")
     p.add_argument("--pair-col", default=None, help="column holding the second segment, if the model used one")
@@ -65,24 +144,38 @@ def run_predict(argv: list[str]) -> Path:
     return path
 
 
+def interrupted_message(cfg: RunConfig | None) -> str:
+    """What an interruption left behind, said truthfully: the newest checkpoint on disk, or none to resume."""
+    if cfg is None:
+        return "interrupted"
+    out = Path(cfg.output_dir)
+    found = [
+        (p["step"], d) for d in [out / "checkpoint", *sorted(out.glob("fold*/checkpoint"))] if (p := read_progress(d))
+    ]
+    if not found:
+        why = " (--no-checkpoint)" if not cfg.checkpoint else ""
+        return f"interrupted before any checkpoint was written{why}: nothing to resume; start the run again"
+    step, where = found[-1]
+    return f"interrupted: checkpoint at step {step} in {where}; continue with: minitune --resume {out} (same settings)"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     predicting = bool(argv) and argv[0] == "predict"
+    cfg = None
     try:
         if predicting:
             run_predict(argv[1:])
         else:
-            run_train(parse_config(argv[1:] if argv and argv[0] == "train" else argv))
+            cfg = parse_config(argv[1:] if argv and argv[0] == "train" else argv)
+            run_train(cfg)
     except MinituneError as e:
         flags = {a.dest for a in predict_parser()._actions} if predicting else None
         print(f"error: {e.render(lambda param: flag_for(param, flags))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(
-            "interrupted" + ("" if predicting else ": the last checkpoint is kept; continue with --resume OUTPUT_DIR"),
-            file=sys.stderr,
-        )
+    except (TrainingInterrupted, KeyboardInterrupt):
+        print(interrupted_message(cfg), file=sys.stderr)
         return 130
     return 0
 

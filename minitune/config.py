@@ -7,7 +7,7 @@ Precedence, lowest to highest: the dataclass defaults, the task's defaults (from
 
 from __future__ import annotations
 
-import argparse
+import difflib
 import json
 import sys
 import tomllib
@@ -60,6 +60,7 @@ class RunConfig:
     lr: float = opt(2e-5, "peak learning rate")
     weight_decay: float = opt(0.01, "AdamW weight decay (never on biases and norms)")
     warmup_ratio: float = opt(0.1, "share of steps spent in linear warmup")
+    warmup_steps: int = opt(None, "optimizer steps of linear warmup (instead of --warmup-ratio)")
     scheduler: str = opt("cosine", "schedule after warmup", ("cosine", "linear", "constant", "plateau"))
     llrd: float = opt(None, "layer-wise LR decay: head at lr, each lower layer x llrd, embeddings lowest (0 or 1: off)")
     clip_grad: float = opt(1.0, "clip the gradient norm to this (0 = off)")
@@ -91,13 +92,24 @@ class RunConfig:
     asl_gamma_pos: float = opt(1.0, "asymmetric loss gamma for positives")
     asl_clip: float = opt(0.05, "asymmetric loss probability margin for negatives")
     metric: str = opt(None, "early-stopping metric (default macro_f1; accuracy for recipe-mpr)")
-    patience: int = opt(None, "stop after this many evaluations without improvement (default: never)")
+    patience: int = opt(
+        None, "stop after this many evaluations (not epochs) without improvement; default: never stop early"
+    )
     eval_every: int = opt(None, "evaluate every N optimizer steps (default: every epoch)")
     log_every: int = opt(10, "log a JSON line to metrics.jsonl every N optimizer steps")
     threshold: float = opt(0.5, "multi-label decision threshold reported beside the tuned per-class thresholds")
     folds: int = opt(None, "recipe-mpr: run only the first N of the 5 folds")
     grad_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
     resume: str = opt(None, "resume from this output directory's last checkpoint")
+    checkpoint: bool = opt(True, "write resumable checkpoints (--no-checkpoint: a throwaway run, nothing to resume)")
+    save_every: int = opt(None, "also checkpoint every N optimizer steps (default: at each evaluation)")
+    keep_checkpoints: int = opt(1, "keep the newest K checkpoints (older ones are removed)")
+    predict_file: str = opt(None, "an unlabelled file to label with the selected model (predictions.csv)")
+    delimiter: str = opt(
+        None,
+        "custom task: field separator of .csv/.tsv/.txt files (default: sniffed from the header)",
+        (None, "tab", "comma", "semicolon", "bar"),
+    )
     device: str = opt("auto", "cpu, cuda, or auto")
     lora_r: int = opt(0, "LoRA rank (0 = full fine-tuning)")
     lora_alpha: float = opt(None, "LoRA alpha (default 2 x rank)")
@@ -107,7 +119,7 @@ class RunConfig:
     head: str = opt(
         "classifier",
         "classifier: a classification head on the model; generative: an instruct decoder answers in its chat "
-        "format (evaluation only for now: needs --epochs 0)",
+        "format (--epochs 0: zero-/few-shot; more: instruction tuning, e.g. with --lora-r)",
         ("classifier", "generative"),
     )
     answer_mode: str = opt(
@@ -120,6 +132,8 @@ class RunConfig:
     prompt_template: str = opt(None, "--head generative: Jinja file for the user turn (text, pair, labels, options)")
     max_new_tokens: int = opt(32, "--head generative --answer-mode free: generation length limit")
 
+
+FIELDS = {f.name for f in fields(RunConfig)}
 
 # Defaults per task, from the source documents (the humor document is explicit; the others follow their papers).
 TASK_DEFAULTS: dict[str, dict] = {
@@ -150,78 +164,75 @@ TASK_DEFAULTS: dict[str, dict] = {
 FFNN_DEFAULTS = dict(lr=1e-3, llrd=None, label_smoothing=0.0, epochs=10, patience=3, batch_size=32, grad_accum=1)
 
 
-def _flag(name: str) -> str:
+def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _field_type(name: str) -> type:
+def field_type(name: str) -> type:
     hint = get_type_hints(RunConfig)[name]
     return next(t for t in (get_args(hint) or (hint,)) if t is not type(None))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="minitune [train]",
-        description="Fine-tune a pretrained transformer on a text "
-        "classification task. Defaults shown are the general ones; each task's own "
-        "defaults (see TASK_DEFAULTS in minitune/config.py) apply first.",
-    )
-    p.add_argument("--config", help="TOML file setting any of the keys below (flags given here win)")
-    for f in fields(RunConfig):
-        typ = _field_type(f.name)
-        # SUPPRESS keeps unset flags out of the namespace, so task defaults and the TOML file can fill them.
-        kw = dict(help=f"{f.metadata['help']} (default: {f.default})", default=argparse.SUPPRESS, dest=f.name)
-        if typ is bool:
-            p.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kw)
-        else:
-            choices = [c for c in (f.metadata["choices"] or []) if c is not None] or None
-            p.add_argument(_flag(f.name), type=typ, choices=choices, metavar=None if choices else f.name.upper(), **kw)
-    return p
-
-
-def _coerce(path: str, key: str, value):
-    """A TOML value as the field's type: ints become floats where a float is wanted, nothing else is guessed."""
-    typ = _field_type(key)
+def _coerce(where: str, key: str, value):
+    """A value as the field's type: ints become floats where a float is wanted, nothing else is guessed. `where`
+    starts the error message (the TOML file)."""
+    typ = field_type(key)
     if value is None or isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
         return value
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     raise ConfigError(
-        f"--config {path}: {key} = {value!r} should be a {typ.__name__} (e.g. {key} = "
+        f"{where}{key} = {value!r} should be a {typ.__name__} (e.g. {key} = "
         f"{RunConfig.__dataclass_fields__[key].default!r})"
     )
 
 
-def _read_toml(path: str) -> dict:
+def read_toml(path: str) -> dict:
+    """A TOML file's settings under RunConfig's names (dashes or underscores)."""
     try:
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"--config {path}: file not found") from None
+        raise ConfigError(f"`config` {path}: file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--config {path}: not valid TOML ({e})") from None
-    known = {f.name for f in fields(RunConfig)}
+        raise ConfigError(f"`config` {path}: not valid TOML ({e})") from None
     out = {}
     for k, v in raw.items():
         key = k.replace("-", "_")
-        if key not in known:
-            raise ConfigError(f"--config {path}: unknown key {k!r}; keys are the flags' names, e.g. batch_size")
-        out[key] = _coerce(path, key, v)
+        if key not in FIELDS:
+            raise ConfigError(
+                f"`config` {path}: unknown key {k!r}{did_you_mean(key, FIELDS)}; keys are the "
+                "flags' names, e.g. batch_size"
+            )
+        out[key] = _coerce(f"`config` {path}: ", key, v)
     return out
 
 
-def parse_config(argv: list[str] | None = None) -> RunConfig:
-    args = vars(build_parser().parse_args(argv))
-    config_file = args.pop("config", None)
-    from_file = _read_toml(config_file) if config_file else {}
-    task = args.get("task", from_file.get("task"))
-    if task is None:
-        raise ConfigError(f"--task is required: one of {', '.join(TASKS)}")
-    model = args.get("model", from_file.get("model", "minilm"))
-    defaults = {**TASK_DEFAULTS.get(task, {}), **(FFNN_DEFAULTS if model == "ffnn" else {})}
-    chosen = {**from_file, **args}
+def make_config(config: str | None = None, **options) -> RunConfig:
+    """A validated RunConfig from settings under RunConfig's names, over a TOML file's (`config`), over the task's
+    defaults: what the command line and minitune.train share."""
+    unknown = [k for k in options if k not in FIELDS]
+    if unknown:
+        raise ConfigError(f"unknown setting `{unknown[0]}`{did_you_mean(unknown[0], FIELDS)}")
+    from_file = read_toml(config) if config else {}
+    chosen = {**from_file, **{k: _coerce("", k, v) for k, v in options.items()}}
+    if chosen.get("task") is None:
+        raise ConfigError(f"`task` is required: one of {', '.join(TASKS)}")
+    defaults = {**TASK_DEFAULTS.get(chosen["task"], {})}
+    if chosen.get("model", "minilm") == "ffnn":
+        defaults.update(FFNN_DEFAULTS)
     if chosen.get("loss") not in (None, "ce") and "label_smoothing" not in chosen:
         defaults.pop("label_smoothing", None)  # a task's smoothing default belongs to its default loss, ce
     return validate(RunConfig(**{**defaults, **chosen}))
+
+
+def choices_of(f) -> list[str]:
+    """A RunConfig field's allowed values (None, where allowed, is left out)."""
+    return [c for c in (f.metadata["choices"] or []) if c is not None]
+
+
+def did_you_mean(value: str, known) -> str:
+    close = difflib.get_close_matches(str(value), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _check(ok: bool, message: str) -> None:
@@ -230,57 +241,66 @@ def _check(ok: bool, message: str) -> None:
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    """Every check that needs no file: a bad flag fails here, before any output is written."""
+    """Every check that needs no file: a bad setting fails here, before any output is written."""
     for f in fields(RunConfig):
-        choices = f.metadata["choices"]
+        value, choices = getattr(cfg, f.name), f.metadata["choices"]
         _check(
-            not choices or getattr(cfg, f.name) in choices,
-            f"{_flag(f.name)} {getattr(cfg, f.name)!r}: choose "
-            f"one of {', '.join(str(c) for c in choices or () if c is not None)}",
+            not choices or value in choices,
+            f"`{f.name}` {value!r}: choose one of {', '.join(choices_of(f))}{did_you_mean(value, choices_of(f))}",
         )
     check_batch_size(cfg.batch_size)
     _check(
         isinstance(cfg.epochs, int) and cfg.epochs >= 0,
-        f"--epochs must be a non-negative integer (0: evaluate without training), got {cfg.epochs!r}",
+        f"`epochs` must be a non-negative integer (0: evaluate without training), got {cfg.epochs!r}",
     )
-    _check(cfg.shots >= 0, f"--shots must be >= 0, got {cfg.shots}")
-    _check(cfg.max_new_tokens >= 1, f"--max-new-tokens must be a positive integer, got {cfg.max_new_tokens}")
-    for name in ("grad_accum", "max_length", "log_every"):
+    _check(cfg.shots >= 0, f"`shots` must be >= 0, got {cfg.shots}")
+    for name in ("grad_accum", "max_length", "log_every", "keep_checkpoints", "max_new_tokens"):
         value = getattr(cfg, name)
-        _check(isinstance(value, int) and value >= 1, f"{_flag(name)} must be a positive integer, got {value!r}")
-    for name in ("max_steps", "max_tokens", "max_train_samples", "max_eval_samples", "eval_every", "folds", "patience"):
+        _check(isinstance(value, int) and value >= 1, f"`{name}` must be a positive integer, got {value!r}")
+    for name in (
+        "max_steps",
+        "max_tokens",
+        "max_train_samples",
+        "max_eval_samples",
+        "eval_every",
+        "folds",
+        "patience",
+        "save_every",
+    ):
         value = getattr(cfg, name)
-        _check(value is None or value >= 1, f"{_flag(name)} must be a positive integer, got {value!r}")
-    _check(0 <= cfg.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {cfg.warmup_ratio}")
-    _check(0 <= cfg.lora_dropout < 1, f"--lora-dropout must be in [0, 1), got {cfg.lora_dropout}")
-    _check(0 < cfg.threshold < 1, f"--threshold must be in (0, 1), got {cfg.threshold}")
+        _check(value is None or value >= 1, f"`{name}` must be a positive integer, got {value!r}")
+    _check(cfg.warmup_steps is None or cfg.warmup_steps >= 0, f"`warmup_steps` must be >= 0, got {cfg.warmup_steps}")
+    _check(0 <= cfg.warmup_ratio < 1, f"`warmup_ratio` must be in [0, 1), got {cfg.warmup_ratio}")
+    _check(0 <= cfg.lora_dropout < 1, f"`lora_dropout` must be in [0, 1), got {cfg.lora_dropout}")
+    _check(0 < cfg.threshold < 1, f"`threshold` must be in (0, 1), got {cfg.threshold}")
     if cfg.llrd in (0, 1):
         cfg.llrd = None  # one lr for every layer
     check_optimizer_args(cfg.lr, cfg.weight_decay, cfg.llrd)
-    _check(cfg.lora_r >= 0, f"--lora-r must be >= 0, got {cfg.lora_r}")
+    _check(cfg.lora_r >= 0, f"`lora_r` must be >= 0, got {cfg.lora_r}")
     _check(
         cfg.task != "custom" or bool(cfg.train_file),
-        "--task custom needs --train-file (and --dev-file, else 10% of train is held out)",
+        "`task` custom needs `train_file` (and `dev_file`, else 10% of train is held out)",
     )
     _check(
         not cfg.quantize or cfg.lora_r > 0,
-        "--quantize nf4 freezes the base weights: add --lora-r (e.g. --lora-r 16) to train adapters",
+        "`quantize` nf4 freezes the base weights: add `lora_r` (e.g. `lora_r` 16) to train adapters",
     )
     _check(
         cfg.model != "ffnn" or not (cfg.lora_r or cfg.quantize or cfg.grad_checkpointing),
-        "--model ffnn is trained in full from scratch: drop --lora-r, --quantize and --grad-checkpointing",
+        "`model` ffnn is trained in full from scratch: drop `lora_r`, `quantize` and `grad_checkpointing`",
     )
     _check(
         cfg.device in ("auto", "cpu") or cfg.device.startswith("cuda"),
-        f"--device {cfg.device!r}: use cpu, cuda (or cuda:N), or auto",
+        f"`device` {cfg.device!r}: use cpu, cuda (or cuda:N), or auto",
     )
+    _check(cfg.resume is None or cfg.checkpoint, "`resume` needs checkpoints: drop --no-checkpoint")
     if cfg.metric is None:
         cfg.metric = "accuracy" if cfg.task == "recipe-mpr" else "macro_f1"
     if cfg.resume:
         _check(
             cfg.output_dir in (None, cfg.resume),
-            f"--resume {cfg.resume} continues in that directory: drop "
-            f"--output-dir {cfg.output_dir} or make it the same",
+            f"`resume` {cfg.resume} continues in that directory: drop `output_dir` {cfg.output_dir} or make it the "
+            "same",
         )
         cfg.output_dir = cfg.resume
     if cfg.output_dir is None:
@@ -310,6 +330,7 @@ RESUME_KEYS = (
     "seed",
     "scheduler",
     "warmup_ratio",
+    "warmup_steps",
     "precision",
 )
 
@@ -319,45 +340,62 @@ def resume_signature(cfg) -> dict:
 
 
 def resolve_device(name: str) -> torch.device:
-    """--device as a torch device: auto is cuda when a GPU is visible, else cpu."""
+    """A device name as a torch device: auto is cuda when a GPU is visible, else cpu."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"--device {name!r} is not a device: use cpu, cuda, cuda:N or auto") from None
+        raise ConfigError(f"`device` {name!r} is not a device: use cpu, cuda, cuda:N or auto") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA device is available here; use --device cpu")
+        raise ConfigError(f"`device` {name}: no CUDA device is available here; use `device` cpu")
     return device
-
-
-# Library parameters whose flag is not --<the same name>: the CLI renames them in error messages.
-PARAM_FLAGS = {
-    "r": "lora_r",
-    "alpha": "lora_alpha",
-    "dropout": "lora_dropout",
-    "targets": "lora_targets",
-    "gamma": "focal_gamma",
-    "gamma_neg": "asl_gamma_neg",
-    "gamma_pos": "asl_gamma_pos",
-    "clip": "asl_clip",
-    "pos_weight": "class_weights",
-}
-
-
-def flag_for(param: str, flags: set[str] | None = None) -> str:
-    """The command-line flag that sets a library parameter (`--lora-r` for LoRALinear's r); the parameter's own name
-    when no flag sets it. `flags`: the command's option names (default: RunConfig's fields)."""
-    name = PARAM_FLAGS.get(param, param)
-    known = flags if flags is not None else {f.name for f in fields(RunConfig)}
-    return _flag(name) if name in known else param
 
 
 def dump(cfg: RunConfig) -> str:
     return json.dumps(asdict(cfg), indent=2, sort_keys=True)
 
 
+# Shown in the printed settings whatever their value; any other setting is shown when it is not its default.
+ALWAYS_SHOWN = (
+    "task",
+    "model",
+    "output_dir",
+    "epochs",
+    "batch_size",
+    "grad_accum",
+    "lr",
+    "max_length",
+    "metric",
+    "seed",
+    "precision",
+    "padding",
+)
+
+
+def used_settings(cfg: RunConfig) -> dict:
+    """The settings that shape this run: the main ones and every one changed from its default, leaving out the
+    options of features the run does not use (focal and ASL settings without those losses, LoRA without LoRA...)."""
+    loss = cfg.loss or ""
+    unused = set()
+    if "focal" not in loss:
+        unused.add("focal_gamma")
+    if "asl" not in loss:
+        unused |= {"asl_gamma_neg", "asl_gamma_pos", "asl_clip"}
+    if not cfg.lora_r:
+        unused |= {"lora_alpha", "lora_dropout", "lora_targets"}
+    if cfg.task != "custom":
+        unused |= {"label_col", "label_names", "delimiter"}
+    if cfg.task != "recipe-mpr":
+        unused.add("folds")
+    return {
+        k: v
+        for k, v in asdict(cfg).items()
+        if k not in unused and (k in ALWAYS_SHOWN or v != RunConfig.__dataclass_fields__[k].default)
+    }
+
+
 def print_config(cfg: RunConfig, stream=sys.stdout) -> None:
-    print("resolved config:", file=stream)
-    for k, v in sorted(asdict(cfg).items()):
+    print(f"settings (every one is saved in {Path(cfg.output_dir) / 'config.json'}):", file=stream)
+    for k, v in used_settings(cfg).items():
         print(f"  {k:20s} {v}", file=stream)

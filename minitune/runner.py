@@ -26,7 +26,8 @@ from minitune.checkpoints.atomic import atomic_write_text
 from minitune.checkpoints.hub import resolve_model
 from minitune.checkpoints.load import load_tokenizer, read_config
 from minitune.checkpoints.save import save_model_dir
-from minitune.config import RunConfig, dump, print_config, resolve_device, resume_signature
+from minitune.config import RunConfig, dump, make_config, print_config, resolve_device, resume_signature, used_settings
+from minitune.data.custom import DELIMITERS_BY_NAME, Columns, read_rows
 from minitune.data.features import tokenize
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE
 from minitune.data.splits import holdout_examples, subsample
@@ -34,6 +35,7 @@ from minitune.data.tasks import Example, TaskData, label_array, load_eval_file, 
 from minitune.data.tokenizer import Tokenizer
 from minitune.errors import ConfigError, MinituneError
 from minitune.eval.metrics import SELECTION_METRICS
+from minitune.eval.predictions import label_predictions, write_example_predictions, write_predictions
 from minitune.eval.report import format_report, write_results
 from minitune.eval.scoring import task_report
 from minitune.eval.thresholds import choose_thresholds
@@ -42,7 +44,8 @@ from minitune.experiments.generative import run_generative
 from minitune.experiments.trial import build_loss, score, train_once
 from minitune.models import family_for
 from minitune.models.decoder import MODEL_TYPES as DECODER_TYPES
-from minitune.train.checkpoint import check_resumable
+from minitune.train.checkpoint import check_resumable, read_progress
+from minitune.train.interrupt import TrainingInterrupted
 
 log = logging.getLogger("minitune")
 
@@ -54,10 +57,30 @@ class RunInputs:
     test: list[Example] | None  # --test-file's examples
 
 
+@dataclass
+class TrainResult:
+    """What `minitune.train` returns: the results dict (also in results.json) and where the model was saved."""
+
+    results: dict
+    output_dir: Path
+    model_dir: Path
+
+
+def train(**options) -> TrainResult:
+    """Fine-tune from Python with the command line's settings, defaults and checks, e.g.
+    `minitune.train(task="humor", model="minilm", epochs=1, data_dir="data")` (any RunConfig field, or `config`:
+    a TOML file). Errors name the settings as written here (`lr must be positive`)."""
+    cfg = make_config(**options)
+    results = run_train(cfg)
+    return TrainResult(results, Path(cfg.output_dir), Path(cfg.output_dir) / "model")
+
+
 def run_train(cfg: RunConfig) -> dict:
     device = resolve_device(cfg.device)
     inputs = resolve_inputs(cfg)
     out = Path(cfg.output_dir)
+    if cfg.resume and finished_run(cfg, inputs.task):
+        return report_finished(out)
     fresh = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     print_config(cfg)
@@ -70,18 +93,24 @@ def run_train(cfg: RunConfig) -> dict:
             results = run_folds(cfg, inputs.task, inputs.tokenizer, inputs.test, out, device)
         else:
             results = run_holdout(cfg, inputs, out, device)
-    except MinituneError:
-        # A mistake only the model or the features reveal (a --lora-targets pattern that matches nothing): before
-        # any checkpoint, the directory this run made holds nothing worth keeping.
+    except (MinituneError, TrainingInterrupted, KeyboardInterrupt):
+        # A mistake only the model or the features reveal (a --lora-targets pattern that matches nothing), or an
+        # interruption: before any checkpoint, the directory this run made holds nothing worth keeping.
         if fresh and not any(out.glob("**/checkpoint")):
             shutil.rmtree(out, ignore_errors=True)
         raise
     results["train"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    results = {"task": cfg.task, "model": cfg.model, "config": json.loads(dump(cfg)), **results}
+    results = {
+        "task": cfg.task,
+        "model": cfg.model,
+        "settings": used_settings(cfg),
+        "config": json.loads(dump(cfg)),
+        **results,
+    }
     write_results(out / "results.json", results)
     text = format_report(results)
     atomic_write_text(out / "report.txt", text)
-    print(text)
+    print(text + saved_note(cfg, out))
     return results
 
 
@@ -92,27 +121,96 @@ def run_holdout(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.devi
     dev_ex = subsample(task.dev, cfg.max_eval_samples, None)
     if not dev_ex:  # no dev file: hold out 10% of train, stratified, to select on
         train_ex, dev_ex = holdout_examples(train_ex, label_array(task, train_ex), 0.1, cfg.seed)
-        log.info(
-            "no dev file: holding out %d of %d training examples for selection",
-            len(dev_ex),
-            len(dev_ex) + len(train_ex),
-        )
+        log.info("no dev file: holding out %d of %d training examples for selection", len(dev_ex), len(train_ex))
     trial = train_once(cfg, task, train_ex, dev_ex, tokenizer, out, device)
     thresholds = tuned = None
+    dev = task_report(task, dev_ex, trial.dev_scores, cfg.threshold)
     if task.kind == MULTI_LABEL:
-        thresholds = choose_thresholds(
-            label_array(task, dev_ex), trial.dev_scores, task.label_names, cfg.threshold, cfg.metric
-        )
+        y = label_array(task, dev_ex)
+        thresholds = choose_thresholds(y, trial.dev_scores, task.label_names, cfg.threshold, cfg.metric)
         tuned = np.array(list(thresholds["per_label"].values()))
-    results = {"train": trial.summary, "dev": task_report(task, dev_ex, trial.dev_scores, cfg.threshold, tuned)}
+        dev = task_report(task, dev_ex, trial.dev_scores, cfg.threshold, tuned) | {
+            "threshold_notes": thresholds["notes"]
+        }
+    summary = trial.summary | {"losses": loss_at_best(out / "metrics.jsonl", trial.summary.get("best_step"))}
+    results = {"train": summary, "dev": dev}
     if thresholds is not None:
         results["thresholds"] = thresholds
     if inputs.test is not None:
         test_f = tokenize(inputs.test, tokenizer, task.kind, cfg.max_length)
         test_scores = score(cfg, task, trial.model, test_f, trial.collate, device)
         results["test"] = task_report(task, inputs.test, test_scores, cfg.threshold, tuned)
+    use = tuned if thresholds and thresholds["use"] == "tuned" else np.full(task.num_labels, cfg.threshold)
+    write_example_predictions(out / "dev_predictions.csv", task, dev_ex, trial.dev_scores, use)
+    if cfg.predict_file:
+        predict_unlabelled(cfg, task, trial, tokenizer, use, out, device)
     save_model_dir(out, trial.model, tokenizer, task.kind, task.label_names, thresholds)
+    (out / "best.safetensors").unlink(missing_ok=True)  # model/ holds the best weights now: one copy, not two
     return results
+
+
+def predict_unlabelled(cfg: RunConfig, task: TaskData, trial, tokenizer, thresholds, out: Path, device) -> None:
+    """--predict-file: an unlabelled file labelled by the selected model, joined to its input (predictions.csv)."""
+    columns = Columns(text=TEXT_COLUMNS.get(cfg.task, cfg.text_col), label=None, pair=cfg.pair_col)
+    rows = read_rows(Path(cfg.predict_file), columns, DELIMITERS_BY_NAME.get(cfg.delimiter))
+    features = tokenize([Example(text=r.text, pair=r.pair) for r in rows], tokenizer, task.kind, cfg.max_length)
+    scores = score(cfg, task, trial.model, features, trial.collate, device)
+    multi = task.kind == MULTI_LABEL
+    labels = label_predictions(scores, task.label_names, thresholds if multi else None)
+    write_predictions(
+        out / "predictions.csv",
+        [r.fields for r in rows],
+        labels,
+        scores,
+        task.label_names,
+        "labels" if multi else "label",
+    )
+
+
+def finished_run(cfg: RunConfig, task: TaskData) -> bool:
+    """A --resume of a single run whose training is over and whose results are written: nothing to train."""
+    out = Path(cfg.output_dir)
+    progress = read_progress(out / "checkpoint")
+    return not task.folds and bool(progress and progress.get("finished")) and (out / "results.json").is_file()
+
+
+def report_finished(out: Path) -> dict:
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    print(f"{out}: this run already finished; its report (nothing was trained again):")
+    print((out / "report.txt").read_text(encoding="utf-8") if (out / "report.txt").is_file() else "")
+    return results
+
+
+def loss_at_best(metrics_path: Path, best_step: int | None) -> dict:
+    """The dev loss of the best evaluation and the training loss last logged before it, from metrics.jsonl."""
+    train = dev = None
+    if metrics_path.is_file():
+        for line in metrics_path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            if row.get("step", 0) <= (best_step or 0):
+                if row.get("type") == "train":
+                    train = row.get("loss")
+                elif row.get("type") == "eval" and row.get("step") == best_step:
+                    dev = row.get("loss", dev)
+    return {"train": train, "dev": dev}
+
+
+def saved_note(cfg: RunConfig, out: Path) -> str:
+    """Where the run went and the command that uses it."""
+    preds = "test_predictions.csv" if (out / "test_predictions.csv").is_file() else "dev_predictions.csv"
+    lines = [f"saved to {out}/ (model/, report.txt, results.json, metrics.jsonl, {preds})"]
+    if (out / "model" / "config.json").is_file() and not (Path(cfg.output_dir) / "fold0").is_dir():
+        col = "" if cfg.text_col == "text" else f" --text-col {cfg.text_col}"
+        lines.append(
+            f"label a file with it: minitune predict --model {out} --input FILE.csv --output predictions.csv{col}"
+        )
+    if cfg.checkpoint:
+        lines.append(f"continue or re-report it: minitune --resume {out} (with the same settings)")
+    return "\n".join(lines) + "\n"
+
+
+# Text columns of the tasks' own unlabelled files (--predict-file), where it is not "text".
+TEXT_COLUMNS = {"semeval": "Tweet"}
 
 
 def resolve_inputs(cfg: RunConfig) -> RunInputs:
@@ -126,18 +224,27 @@ def resolve_inputs(cfg: RunConfig) -> RunInputs:
         train_file=cfg.train_file,
         dev_file=cfg.dev_file,
         label_names=cfg.label_names,
-        **({} if cfg.task != "custom" else dict(text_col=cfg.text_col, label_col=cfg.label_col, pair_col=cfg.pair_col)),
+        **(
+            {}
+            if cfg.task != "custom"
+            else dict(
+                text_col=cfg.text_col,
+                label_col=cfg.label_col,
+                pair_col=cfg.pair_col,
+                delimiter=DELIMITERS_BY_NAME.get(cfg.delimiter),
+            )
+        ),
     )
     if cfg.metric not in SELECTION_METRICS[task.kind]:
         raise ConfigError(
-            f"--metric {cfg.metric!r} is not a selection metric for {task.kind} tasks; choose one of "
+            f"`metric` {cfg.metric!r} is not a selection metric for {task.kind} tasks; choose one of "
             f"{', '.join(SELECTION_METRICS[task.kind])}"
         )
     build_loss(cfg, task, task.train)  # a loss that does not fit the task fails here, not after tokenizing
     if cfg.max_tokens and cfg.max_tokens < cfg.max_length:
         raise ConfigError(
-            f"--max-tokens {cfg.max_tokens} is below --max-length {cfg.max_length}: a batch must hold "
-            "the longest example; raise --max-tokens or lower --max-length"
+            f"`max_tokens` {cfg.max_tokens} is below `max_length` {cfg.max_length}: a batch must hold "
+            "the longest example; raise `max_tokens` or lower `max_length`"
         )
     test = load_eval_file(task, cfg.test_file) if cfg.test_file else None
     name = "minilm" if cfg.model == "ffnn" else cfg.model  # the baseline borrows MiniLM's tokenizer
@@ -161,8 +268,8 @@ def resolve_inputs(cfg: RunConfig) -> RunInputs:
 
 
 def check_max_length(cfg: RunConfig, usable: int | None) -> None:
-    """A --max-length beyond the position table would index past it in the middle of training."""
+    """A max_length beyond the position table would index past it in the middle of training."""
     if usable is not None and cfg.max_length > usable:
         raise ConfigError(
-            f"--max-length {cfg.max_length} exceeds {cfg.model}'s {usable} positions; use at most {usable}"
+            f"`max_length` {cfg.max_length} exceeds {cfg.model}'s {usable} positions; use at most {usable}"
         )

@@ -69,7 +69,7 @@ def test_humor_run_writes_every_output(humor_run):
 
 
 def test_humor_defaults_are_the_source_documents(data_dir):
-    from minitune.config import parse_config
+    from minitune.cli import parse_config
 
     cfg = parse_config(["--task", "humor"])
     assert (cfg.lr, cfg.warmup_ratio, cfg.scheduler, cfg.label_smoothing, cfg.llrd) == (2e-5, 0.1, "cosine", 0.1, 0.95)
@@ -78,7 +78,7 @@ def test_humor_defaults_are_the_source_documents(data_dir):
 
 
 def test_every_flag_has_help_and_help_exits_cleanly():
-    from minitune.config import build_parser
+    from minitune.cli import build_parser
 
     parser = build_parser()
     flags = [a for a in parser._actions if a.option_strings and a.dest != "help"]
@@ -131,8 +131,9 @@ def test_semeval_thresholds_saved_and_used(tmp_path, data_dir):
     assert set(chosen["per_label"]) == set(results["dev"]["label_names"]) and "tuned" in results["dev"]
     assert chosen["threshold"] == 0.5 and chosen["metric"] == "jaccard"  # semeval selects on its official score
     # the tuned thresholds are kept for prediction only if they do at least as well on the run's metric
+    # and only where some label kept a tuned value (one that beats the fixed threshold and predicting always)
     better = results["dev"]["tuned"]["jaccard"] >= results["dev"]["jaccard"]
-    assert chosen["use"] == ("tuned" if better else "fixed")
+    assert chosen["use"] == ("tuned" if better and chosen["tuned_labels"] else "fixed")
     assert json.loads((out / "model" / "thresholds.json").read_text()) == chosen
     assert minitune.load_model(out / "model").hf_config["problem_type"] == "multi_label_classification"
     # predict applies what thresholds.json says: tuned per-label values, the fixed one, or --threshold over both
@@ -188,6 +189,9 @@ def test_recipe_mpr_fold_reports_query_types_and_first_option_baseline(tmp_path,
     assert 0.1 <= results["baseline_first_option"]["accuracy"] <= 0.3
     assert results["test_file"]["n_examples"] == 30 and results["test_file"]["by_group"]["overall"]["n"] == 30
     assert "test_file" in (out / "report.txt").read_text()
+    with (out / "test_predictions.csv").open(newline="") as f:  # each item once, by the fold model that held it out
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 100 and {"gold", "label", "prob_choice_0"} <= set(rows[0])
 
 
 def test_ffnn_baseline_and_toml_config(tmp_path, data_dir):
@@ -305,9 +309,12 @@ def run_cli(*args, cwd=REPO):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--task", "humor", "--precision", "fp8"], "invalid choice: 'fp8'"),
+        (["--task", "humor", "--precision", "fp8"], "--precision 'fp8': choose one of fp32, bf16, fp16"),
         (["--task", "humor", "--lr", "-1"], "--lr must be positive"),
-        (["--task", "nope"], "invalid choice: 'nope'"),
+        (
+            ["--task", "humor_"],
+            "--task 'humor_': choose one of humor, semeval, goemotions, recipe-mpr, custom (did you mean 'humor'?)",
+        ),
         (["--task", "humor", "--model", "/no/such/dir"], "/no/such/dir"),
         (["--task", "custom"], "--task custom needs --train-file"),
         (["--task", "humor", "--metric", "jaccard"], "--metric 'jaccard' is not a selection metric"),
@@ -469,7 +476,7 @@ def test_multiple_choice_model_reloads_with_its_trained_head(tmp_path, data_dir)
 
 def test_library_errors_name_their_parameter_and_the_cli_the_flag():
     from minitune.adapters.lora import LoRALinear
-    from minitune.config import flag_for
+    from minitune.cli import flag_for
     from minitune.errors import ParameterError
 
     with pytest.raises(ParameterError) as caught:

@@ -129,9 +129,9 @@ def test_lora_instruction_tuning_saves_and_predicts(tmp_path, data_dir, tiny_ins
     assert type(ref).__name__ == "LlamaForCausalLM"
     texts = tmp_path / "texts.csv"
     texts.write_text("text\nI am so happy today!\nThis is awful and scary.\n")
-    assert main(["predict", "--model", str(model_dir), "--input", str(texts), "--output", str(tmp_path / "p.csv")]) == 0
+    assert main(["predict", "--model", str(out), "--input", str(texts), "--output", str(tmp_path / "p.csv")]) == 0
     rows = (tmp_path / "p.csv").read_text().splitlines()
-    assert len(rows) == 3 and rows[0].startswith("row,text,labels,prob_anger")
+    assert len(rows) == 3 and rows[0].startswith("text,labels,prob_anger")
 
 
 def test_epochs_zero_evaluates_a_classifier_head_without_training(tmp_path, data_dir):

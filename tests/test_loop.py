@@ -284,3 +284,86 @@ def test_checkpoint_survives_a_crash_while_writing_and_between_renames(tmp_path,
     directory.rename(directory.with_name("checkpoint.old"))
     _, state = run_fit(tmp_path, "a", feats, loop_cfg(resume=True))
     assert state.step == 6 and state.epoch == 2
+
+
+class SignalAt(list):
+    """Sends `sig` to this process on access `at`: a Ctrl-C (or SIGTERM) while a batch is being collated."""
+
+    def __init__(self, items, at, sig=None):
+        super().__init__(items)
+        self.left, self.sig = at, sig
+
+    def __getitem__(self, i):
+        self.left -= 1
+        if self.left == 0:
+            import os
+            import signal
+
+            os.kill(os.getpid(), self.sig or signal.SIGINT)
+        return super().__getitem__(i)
+
+
+@pytest.mark.parametrize("at, sig", [(5, "SIGINT"), (29, "SIGTERM")])
+def test_interrupt_finishes_the_step_checkpoints_and_resumes_exactly(tmp_path, at, sig):
+    import signal
+
+    from minitune.train.checkpoint import read_progress
+    from minitune.train.interrupt import TrainingInterrupted
+
+    feats = ragged_features(24)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    straight, _ = run_fit(tmp_path, "a", feats, loop_cfg())
+    # Inside the first epoch (access 5: step 1) or the second (access 29: step 4): neither is an epoch end, where
+    # checkpoints were written before; the step under way finishes and is checkpointed.
+    with pytest.raises(TrainingInterrupted) as stopped:
+        run_fit(tmp_path, "b", SignalAt(feats, at, getattr(signal, sig)), loop_cfg())
+    step = stopped.value.step
+    assert step == (1 if at == 5 else 4) and stopped.value.checkpoint == str(tmp_path / "b" / "checkpoint")
+    assert read_progress(tmp_path / "b" / "checkpoint") == {"step": step, "epoch": at // 24, "finished": False}
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    resumed, state = run_fit(tmp_path, "b", feats, loop_cfg(resume=True))
+    assert state.step == 6 and state.epoch == 2
+    for (n, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), n
+
+
+def test_save_every_keeps_the_newest_checkpoints_and_no_checkpoint_writes_none(tmp_path):
+    from minitune.train.checkpoint import read_progress, rotated
+
+    feats = ragged_features(24)
+    (tmp_path / "k").mkdir(), (tmp_path / "n").mkdir()
+    run_fit(tmp_path, "k", feats, loop_cfg(grad_accum=1, save_every=2, keep_checkpoints=3))
+    # 6 steps per epoch, 2 epochs: checkpoints at steps 2, 4, 6 (save_every and the epoch end), 8, 10, 12.
+    kept = [read_progress(d)["step"] for d in rotated(tmp_path / "k" / "checkpoint")]
+    assert read_progress(tmp_path / "k" / "checkpoint") == {"step": 12, "epoch": 2, "finished": True}
+    assert kept == [10, 8]  # the newest three in all
+    run_fit(tmp_path, "n", feats, loop_cfg(checkpoint=False))
+    assert not list((tmp_path / "n").glob("checkpoint*"))
+
+
+def test_epochs_numbered_alike_in_train_and_eval_rows_and_eval_loss_logged(tmp_path):
+    feats = ragged_features(24)
+    (tmp_path / "e").mkdir()
+    run_fit(tmp_path, "e", feats, loop_cfg(), evaluate=lambda m: {"score": 0.5, "loss": 1.25})
+    rows = [json.loads(line) for line in (tmp_path / "e" / "metrics.jsonl").read_text().splitlines()]
+    # Steps 1-3 are epoch 1 (3 steps of 8 examples), 4-6 epoch 2, in train rows and in the eval row ending each.
+    assert [(r["type"], r["step"], r["epoch"]) for r in rows] == [
+        ("train", 1, 1), ("train", 2, 1), ("train", 3, 1), ("eval", 3, 1),
+        ("train", 4, 2), ("train", 5, 2), ("train", 6, 2), ("eval", 6, 2),
+    ]  # fmt: skip
+    assert all(r["loss"] == 1.25 for r in rows if r["type"] == "eval")
+
+
+def test_early_stop_is_announced_and_only_when_steps_remain(tmp_path, capsys):
+    feats = ragged_features(24)
+    (tmp_path / "s").mkdir(), (tmp_path / "t").mkdir()
+    scores = iter([0.9, 0.1, 0.1, 0.1])
+    _, state = run_fit(tmp_path, "s", feats, loop_cfg(eval_every=1, patience=2, grad_accum=1),
+                       evaluate=lambda m: {"score": next(scores)})  # fmt: skip
+    assert state.stopped_early and state.step == 3 and state.total_steps == 12
+    printed = capsys.readouterr()
+    assert "early stop at step 3 of 12: no improvement in 2 evaluations" in printed.out + printed.err
+    # Patience reached at the very last evaluation is no early stop: nothing was left to train.
+    scores = iter([0.9, 0.1])
+    _, state = run_fit(tmp_path, "t", feats, loop_cfg(patience=1), evaluate=lambda m: {"score": next(scores)})
+    assert not state.stopped_early and state.step == 6

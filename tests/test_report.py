@@ -24,7 +24,7 @@ def semeval_results(data_dir) -> dict:
     probs[:, names.index("trust")] *= 0.4  # trust never reaches 0.5
     thr = tune_thresholds(gold, probs)
     dev = classification_report("multi_label", gold, probs, names, 0.5, tuned_thresholds=thr)
-    return {"task": "semeval", "model": "minilm", "config": {"lr": 5e-5, "epochs": 3}, "dev": dev}
+    return {"task": "semeval", "model": "minilm", "settings": {"lr": 5e-5, "epochs": 3}, "dev": dev}
 
 
 def humor_results(data_dir) -> dict:
@@ -91,9 +91,9 @@ def test_recipe_groups_report(data_dir):
     assert "(chance 0.2000)" in text and "model: ?" in text and "position bias" in text
 
 
-def test_config_wrapped_and_fold_table(data_dir):
+def test_settings_wrapped_and_fold_table(data_dir):
     results = humor_results(data_dir)
-    results["config"] = {f"option_{i}": f"value_{i}" for i in range(30)}
+    results["settings"] = {f"option_{i}": f"value_{i}" for i in range(30)}
     results["train"] = {
         "folds": [
             {"fold": 0, "best_epoch": 2, "test_accuracy": 0.61},
@@ -150,3 +150,22 @@ def test_write_results_unwritable_is_config_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(ConfigError, match="writable output_dir"):
         write_results(blocker / "results.json", {"a": 1})
+
+
+def test_training_summary_in_words_with_early_stop_losses_and_advice(data_dir):
+    results = humor_results(data_dir)
+    results["config"] = {"focal_gamma": 2.0, "asl_clip": 0.05}  # all settings: config.json's, not the report's
+    results["train"] = dict(step=60, epoch=3, total_steps=64, best=0.61, best_step=30, metric="macro_f1")
+    results["train"] |= dict(stopped_early=True, patience=5, seconds=12.0, losses={"train": 0.5, "dev": 0.7})
+    dev = results["dev"]
+    majority = max(dev["per_class"], key=lambda k: dev["per_class"][k]["support"])
+    for name, c in dev["per_class"].items():  # a model that predicts the majority class for every example
+        c["predicted"] = dev["n_examples"] if name == majority else 0
+    dev["accuracy"] = dev["per_class"][majority]["support"] / dev["n_examples"]
+    text = format_report(results)
+    assert "focal_gamma" not in text and "asl_clip" not in text
+    assert "training: 60 of 64 optimizer steps, 3 epochs completed, 12.0 s" in text
+    assert "best macro_f1: 0.6100 at step 30" in text
+    assert "stopped early at step 60 of 64: no improvement in 5 evaluations" in text
+    assert "loss at the best step: train 0.5000, dev 0.7000" in text
+    assert f"the model predicts only '{majority}'" in text and "--lr 5e-5" in text

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from minitune.eval.thresholds import GRID, apply_thresholds, per_label_f1, tune_thresholds
+from minitune.eval.thresholds import GRID, apply_thresholds, choose_thresholds, per_label_f1, tune_thresholds
 
 
 def semeval_dev(data_dir) -> np.ndarray:
@@ -86,3 +86,46 @@ def test_apply_thresholds_rule_and_shapes():
         apply_thresholds(p, np.array([0.5, 0.5, 0.5]))
     with pytest.raises(ValueError):
         tune_thresholds(np.zeros((2, 2)), p, "median")
+
+
+def semeval_dev_labels(data_dir):
+    from minitune.data.tasks import label_array, load_task
+
+    task = load_task("semeval", data_dir)
+    return label_array(task, task.dev), task.label_names
+
+
+def test_barely_trained_model_keeps_the_fixed_threshold_everywhere(data_dir):
+    """The degenerate case seen on a short semeval run: scores all near 0.45 and unrelated to the labels. Tuning
+    then picks 0.45 (predict every label for every tweet) for a large F1 'gain'; nothing of that may be saved."""
+    y, names = semeval_dev_labels(data_dir)
+    probs = 0.45 + 0.004 * np.random.default_rng(0).random(y.shape)
+    raw = tune_thresholds(y, probs, default=0.5)
+    assert (probs >= raw).all(axis=0).sum() >= 5  # unguarded, tuning predicts several labels for every example
+    chosen = choose_thresholds(y, probs, names, threshold=0.5, metric="jaccard")
+    assert chosen["use"] == "fixed" and chosen["tuned_labels"] == 0
+    assert set(chosen["per_label"].values()) == {0.5}
+    assert any("does not rank" in n for n in chosen["notes"]) and any("no label kept" in n for n in chosen["notes"])
+
+
+def test_a_model_that_ranks_keeps_tuned_thresholds_where_they_beat_the_fixed_one(data_dir):
+    y, names = semeval_dev_labels(data_dir)
+    rng = np.random.default_rng(1)
+    probs = np.clip(0.15 + 0.3 * y + 0.3 * rng.random(y.shape), 0, 1)  # ranks well, but 0.5 misses positives
+    chosen = choose_thresholds(y, probs, names, threshold=0.5, metric="macro_f1")
+    tuned = np.array(list(chosen["per_label"].values()))
+    assert chosen["use"] == "tuned" and chosen["tuned_labels"] >= 8
+    assert not (probs >= tuned).all(axis=0).any() and (probs >= tuned).any(axis=0).all()
+    kept = tuned != 0.5
+    assert (per_label_f1(y, probs, tuned)[kept] > per_label_f1(y, probs, 0.5)[kept]).all()
+
+
+def test_flat_curves_and_rare_labels_resolve_to_the_fixed_threshold():
+    y = np.zeros((40, 2), dtype=np.uint8)
+    y[:3, 1] = 1  # label 0: no positives (flat F1 of 0); label 1: 3 positives, perfectly ranked
+    probs = np.linspace(0.01, 0.99, 80).reshape(40, 2)
+    probs[:3, 1] = 0.99
+    assert tune_thresholds(y, probs, default=0.3)[0] == 0.3  # ties go to the fixed threshold, not to 0.5
+    chosen = choose_thresholds(y, probs, ["a", "b"], threshold=0.3, metric="macro_f1")
+    assert chosen["per_label"] == {"a": 0.3, "b": 0.3} and chosen["use"] == "fixed"
+    assert any("fewer than 5 positives" in n and "a, b" in n for n in chosen["notes"])

@@ -15,6 +15,7 @@ the cache and how to get it, with no chained traceback.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import re
 from pathlib import Path
@@ -72,7 +73,13 @@ def resolve_model(name_or_path: str) -> Path:
             f"model '{name_or_path}': no such file or directory, and not a Hugging Face Hub id: pass a model "
             f"directory (with config.json), a .gguf file, an alias ({', '.join(ALIASES)}) or an id like owner/name"
         )
-    return _from_hub(repo_id)
+    try:
+        return _from_hub(repo_id)
+    except ModelNotFoundError as e:
+        close = difflib.get_close_matches(name_or_path.lower(), ALIASES, n=1, cutoff=0.75) if alias is None else []
+        if close:  # a typo of an alias is likelier than an unknown Hub id: say so first
+            raise ModelNotFoundError(f"model '{name_or_path}' not found: did you mean '{close[0]}'? ({e})") from None
+        raise
 
 
 def _check_local(path: Path) -> Path:

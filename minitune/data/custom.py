@@ -1,4 +1,6 @@
-"""User data files for ``--task custom``: CSV, TSV or JSON Lines with a text, a label and an optional pair column.
+"""User data files for the custom task and for predict: delimited text (.csv, .tsv, .txt) or JSON Lines with a text,
+a label and an optional pair column. The field separator of a delimited file is sniffed from its header line (tab,
+comma, semicolon or bar), so a tab-separated file named .csv, or SemEval's official .txt, reads as it is.
 
 Labels may be names or integers. A label cell holding several labels (comma-separated in CSV/TSV, a JSON list
 in JSONL) makes the task multi-label; there an empty cell means "no label". Label names are the sorted
@@ -11,15 +13,17 @@ This module only parses and maps labels; tasks.py turns the rows into Examples.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from minitune.data.kinds import MULTI_LABEL, SINGLE_LABEL
-from minitune.data.readers import data_error, read_delimited, read_jsonl, warn_skipped
+from minitune.data.readers import SEPARATORS, data_error, read_delimited, read_jsonl, read_text, warn_skipped
 
-_DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+_DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t"}  # the default when sniffing finds none
+DELIMITERS_BY_NAME = {name: char for char, name in SEPARATORS.items()}
 _JSONL = (".jsonl", ".ndjson")
 _INT = re.compile(r"-?\d+")
 
@@ -27,7 +31,7 @@ _INT = re.compile(r"-?\d+")
 @dataclass(frozen=True)
 class Columns:
     text: str = "text"
-    label: str | None = "label"  # None: unlabelled input (run.py predict)
+    label: str | None = "label"  # None: unlabelled input (predict)
     pair: str | None = None
 
     def needed(self) -> list[str]:
@@ -43,17 +47,21 @@ class Row:
     pair: str | None
     tokens: list[str]
     multi: bool  # the cell itself says multi-label (several labels, or a JSON list)
+    fields: dict[str, str] | None = None  # every column of the record, for predictions joined back to their input
 
 
-def read_rows(path: Path, columns: Columns) -> list[Row]:
-    """Parse a custom file by extension; rows with an empty text are skipped with one DataWarning."""
+def read_rows(path: Path, columns: Columns, delimiter: str | None = None) -> list[Row]:
+    """Parse a custom file by extension; rows with an empty text are skipped with one DataWarning. `delimiter`:
+    the field separator of a delimited file (default: sniffed from its header)."""
     suffix = path.suffix.lower()
     if suffix in _DELIMITERS:
-        rows = _delimited_rows(path, _DELIMITERS[suffix], columns)
+        rows = _delimited_rows(path, delimiter or sniff_delimiter(path, _DELIMITERS[suffix]), columns)
     elif suffix in _JSONL:
         rows = _jsonl_rows(path, columns)
     else:
-        raise data_error(path, None, f"unsupported file type {suffix or '(none)'!r}", "use a .csv, .tsv or .jsonl file")
+        raise data_error(
+            path, None, f"unsupported file type {suffix or '(none)'!r}", "use a .csv, .tsv, .txt or .jsonl file"
+        )
     kept = [row for row in rows if row.text.strip()]
     if not kept:
         raise data_error(path, None, f"every row has an empty {columns.text!r}", "fill in the text column")
@@ -61,13 +69,26 @@ def read_rows(path: Path, columns: Columns) -> list[Row]:
     return kept
 
 
+def sniff_delimiter(path: Path, default: str) -> str:
+    """The separator the header line uses most (tab, comma, semicolon, bar); `default` when it holds none."""
+    header = read_text(path).splitlines()[0]
+    counts = {d: header.count(d) for d in SEPARATORS}
+    best = max(counts, key=lambda d: (counts[d], d == default))
+    return best if counts[best] else default
+
+
 def _column_fix(columns: Columns) -> str:
-    return "choose the columns with `text_col` / `label_col` / `pair_col`"
+    flags = [
+        f"`{name}`"
+        for name, col in (("text_col", columns.text), ("label_col", columns.label), ("pair_col", columns.pair))
+        if col or name == "pair_col"
+    ]
+    return f"choose the columns with {' / '.join(flags)}"
 
 
 def _delimited_rows(path: Path, delimiter: str, columns: Columns) -> list[Row]:
     table = read_delimited(path, delimiter, header=True)
-    fix = _column_fix(columns)
+    fix = f"{_column_fix(columns)} (read as {SEPARATORS.get(delimiter, repr(delimiter))}-separated)"
     i_text = table.column(columns.text, fix)
     i_label = table.column(columns.label, fix) if columns.label else None
     i_pair = table.column(columns.pair, fix) if columns.pair else None
@@ -76,7 +97,7 @@ def _delimited_rows(path: Path, delimiter: str, columns: Columns) -> list[Row]:
         cell = fields[i_label] if i_label is not None else ""
         tokens = [token.strip() for token in cell.split(",") if token.strip()]
         pair = fields[i_pair] if i_pair is not None else None
-        rows.append(Row(line, fields[i_text], pair, tokens, len(tokens) > 1))
+        rows.append(Row(line, fields[i_text], pair, tokens, len(tokens) > 1, dict(zip(table.header, fields))))
     return rows
 
 
@@ -90,7 +111,8 @@ def _jsonl_rows(path: Path, columns: Columns) -> list[Row]:
         text = _string(path, line, record, columns.text)
         pair = _string(path, line, record, columns.pair) if columns.pair else None
         tokens, multi = _json_label(path, line, record[columns.label]) if columns.label else ([], False)
-        rows.append(Row(line, text, pair, tokens, multi))
+        flat = {k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in record.items()}
+        rows.append(Row(line, text, pair, tokens, multi, flat))
     return rows
 
 

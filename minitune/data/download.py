@@ -148,15 +148,29 @@ def fetch(
     """Download one table entry to ``data_dir / remote.path``; a failed transfer says where to put the file."""
     dest = Path(data_dir) / remote.path
     url = source_url(remote, base_url)
+    made = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]  # deepest first
     try:
         download(url, dest, remote.sha256, timeout=timeout, progress=progress, desc=remote.path)
     except _TransferError as exc:
+        _remove_empty(made)
         public = f" (public source: {remote.url})" if url != remote.url else ""
         raise DataError(
             f"missing data file {dest}: download from {url} failed ({exc}); put {remote.path} there{public} "
             f"or point `data_dir` / $MINITUNE_DATA_DIR at a folder that has it"
         ) from None
+    except DataError:
+        _remove_empty(made)
+        raise
     return dest
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Folders a failed download created, deepest first, removed while empty: nothing is left in the cache."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
 class _TransferError(Exception):

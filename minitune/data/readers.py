@@ -109,10 +109,22 @@ def read_delimited(
             raise data_error(
                 path,
                 line,
-                f"row has {len(fields)} fields, expected {n_fields}",
+                f"row has {len(fields)} fields, expected {n_fields} (read as {SEPARATORS.get(delimiter, delimiter)}-"
+                f"separated{_header_note(names)})",
                 f"fix the {_kind(delimiter)} quoting or delimiters on that line",
             )
     return Table(path, names, rows)
+
+
+SEPARATORS = {"\t": "tab", ",": "comma", ";": "semicolon", "|": "bar"}  # the field separators sniffed, by name
+
+
+def _header_note(names: list[str] | None) -> str:
+    """What separators the header's one field holds, when the file was split on another one."""
+    if not names or len(names) != 1:
+        return ""
+    found = [f"{names[0].count(c)} {name}s" for c, name in SEPARATORS.items() if c in names[0]]
+    return f"; the header is one field holding {', '.join(found)}" if found else ""
 
 
 def _kind(delimiter: str) -> str:

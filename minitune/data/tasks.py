@@ -264,18 +264,20 @@ def load_task(
     label_col: str | None = None,
     pair_col: str | None = None,
     label_names: Sequence[str] | str | None = None,
+    delimiter: str | None = None,
 ) -> TaskData:
     """Read a task's train and dev examples.
 
     Built-in tasks read ``data_dir`` (default: ``resolve_data_dir(None)``), downloading missing files;
     ``train_file`` / ``dev_file`` replace the default files with others in the same format. ``custom`` needs
     ``train_file``; its dev file is optional (``dev`` is then empty and the caller holds out a split).
-    Column options apply to ``custom`` only. ``seed`` drives the Recipe-MPR option shuffle.
+    Column options and ``delimiter`` (default: sniffed) apply to ``custom`` only. ``seed`` drives the Recipe-MPR
+    option shuffle.
     """
     if name not in TASKS:
         raise ConfigError(f"`task` {name!r} is not a task; choose one of {', '.join(TASKS)}")
     if name == "custom":
-        return _load_custom(train_file, dev_file, text_col, label_col, pair_col, label_names)
+        return _load_custom(train_file, dev_file, text_col, label_col, pair_col, label_names, delimiter)
     if any(option is not None for option in (text_col, label_col, pair_col, label_names)):
         raise ConfigError(
             f"`text_col`/`label_col`/`pair_col`/`label_names` apply to `task` custom only, not `task` {name}; drop them"
@@ -355,7 +357,7 @@ def load_eval_file(task: TaskData, path: str | Path) -> list[Example]:
             )
         return examples
     if task.name == "custom":
-        rows = custom.read_rows(path, _columns(task.source))
+        rows = custom.read_rows(path, _columns(task.source), task.source.get("delimiter"))
         return _custom_examples(path, rows, task.label_names, task.kind, task.source["label_names_given"])
     raise ConfigError(f"`task` {task.name!r} is not a task; choose one of {', '.join(TASKS)}")
 
@@ -371,9 +373,9 @@ def _custom_examples(
     return [Example(row.text, pair=row.pair, label=label, meta={"line": row.line}) for row, label in zip(rows, labels)]
 
 
-def _load_custom(train_file, dev_file, text_col, label_col, pair_col, label_names) -> TaskData:
+def _load_custom(train_file, dev_file, text_col, label_col, pair_col, label_names, delimiter=None) -> TaskData:
     if train_file is None:
-        raise ConfigError("`task` custom needs `train_file` (a .csv, .tsv or .jsonl file)")
+        raise ConfigError("`task` custom needs `train_file` (a .csv, .tsv, .txt or .jsonl file)")
     if isinstance(label_names, str):
         label_names = [name.strip() for name in label_names.split(",") if name.strip()]
     given = bool(label_names)
@@ -384,10 +386,11 @@ def _load_custom(train_file, dev_file, text_col, label_col, pair_col, label_name
         "label_col": label_col or "label",
         "pair_col": pair_col,
         "label_names_given": given,
+        "delimiter": delimiter,
     }
     train_path, dev_path = Path(train_file), Path(dev_file) if dev_file else None
-    train_rows = custom.read_rows(train_path, _columns(source))
-    dev_rows = custom.read_rows(dev_path, _columns(source)) if dev_path else []
+    train_rows = custom.read_rows(train_path, _columns(source), delimiter)
+    dev_rows = custom.read_rows(dev_path, _columns(source), delimiter) if dev_path else []
     names = list(label_names) if given else custom.label_names_from(train_rows)
     if len(set(names)) != len(names):
         raise ConfigError(f"`label_names` has duplicates ({', '.join(names)}); list each label once")

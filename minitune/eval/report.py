@@ -93,9 +93,34 @@ def _header(results: dict, splits: list[tuple[str, dict]]) -> list[str]:
         f"task: {results.get('task', '?')}  ({kind}, {len(first['label_names'])} labels)",
         f"model: {results.get('model', '?')}",
     ]
-    for key in ("config", "train"):
-        if isinstance(results.get(key), dict) and results[key]:
-            lines += _mapping(key, results[key])
+    if isinstance(results.get("settings"), dict) and results["settings"]:
+        lines += _mapping("settings", results["settings"])  # what the run uses; config.json holds them all
+    train = results.get("train")
+    if isinstance(train, dict) and train:
+        lines += _training(train) if "step" in train else _mapping("train", train)
+    return lines
+
+
+def _training(t: dict) -> list[str]:
+    """What the loop did, in words: steps, time, the best evaluation, an early stop, the losses."""
+    total = t.get("total_steps") or t["step"]
+    lines = [
+        f"training: {t['step']} of {total} optimizer steps, {t.get('epoch', 0)} epochs completed"
+        + (f", {t['seconds']} s" if "seconds" in t else "")
+    ]
+    if t.get("best") is not None:
+        lines.append(f"best {t.get('metric', 'score')}: {_f(t['best'])} at step {t.get('best_step', '?')}")
+    if t.get("stopped_early"):
+        lines.append(
+            f"stopped early at step {t['step']} of {total}: no improvement in {t.get('patience')} "
+            "evaluations (patience counts evaluations, not epochs)"
+        )
+    losses = t.get("losses") or {}
+    if losses.get("train") is not None or losses.get("dev") is not None:
+        parts = [f"{k} {_f(v)}" for k, v in losses.items() if v is not None]
+        lines.append("loss at the best step: " + ", ".join(parts))
+    if t.get("skipped_steps"):
+        lines.append(f"skipped steps (non-finite loss or gradient): {t['skipped_steps']}")
     return lines
 
 
@@ -192,15 +217,25 @@ def _notes(name: str, rep: dict) -> list[str]:
     weakest = sorted((c["f1"], k) for k, c in per.items() if c["support"] > 0)[:3]
     if len(per) > 3 and weakest and rep["kind"] != "multiple_choice":
         notes.append("weakest labels by F1: " + ", ".join(f"{k} {_f(f)}" for f, k in weakest))
+    predicted = [k for k, c in per.items() if c["predicted"] > 0]
     if rep["kind"] == "single_label":
         top = max(per, key=lambda k: per[k]["support"])
         base = per[top]["support"] / max(rep["n_examples"], 1)
         verdict = "" if rep["accuracy"] > base + 0.01 else " — the model does not beat it"
         notes.append(f"majority-class baseline (always '{top}'): accuracy {_f(base)}{verdict}")
+        if len(predicted) == 1 or verdict:
+            what = f"predicts only '{predicted[0]}'" if len(predicted) == 1 else "does not beat the majority class"
+            notes.append(
+                f"the model {what}: it has not learned the task yet. Try more steps (--epochs, "
+                "--max-steps, or more --max-train-samples), a larger learning rate (e.g. --lr 5e-5), "
+                "--class-weights balanced for imbalanced labels, or a model whose pooling suits the task"
+            )
     if rep["kind"] == "multi_label" and rep["empty_predictions"]:
         notes.append(f"{rep['empty_predictions']} of {rep['n_examples']} examples get no label at the fixed threshold")
     if "tuned" in rep and name == "dev":
         notes.append("tuned thresholds were fit on dev itself: the dev gain is optimistic; judge it on test")
+    for note in rep.get("threshold_notes", []):
+        notes.append(note)
     return ["notes:", *[f"- {n}" for n in notes]] if notes else []
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from minitune.data.batching import length_of
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE
@@ -16,6 +17,36 @@ from minitune.train.amp import autocast_context
 
 
 @torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    features: Sequence[dict],
+    collate_fn: Callable[[list[dict]], dict],
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+    desc: str = "score",
+) -> np.ndarray:
+    """Logits (N, C) in fp32, in the features' order; batches are sorted by length so padding stays small."""
+    model.eval()
+    order = sorted(range(len(features)), key=lambda i: length_of(features[i]))
+    out = [None] * len(features)
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=len(starts) < 2):
+        idx = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in collate_fn([features[i] for i in idx]).items()}
+        with autocast_context(precision, device.type):
+            logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")).float()
+        for i, row in zip(idx, logits.cpu().numpy()):
+            out[i] = row
+    return np.stack(out)
+
+
+def probabilities(logits: np.ndarray, kind: str) -> np.ndarray:
+    """Sigmoid per label for multi-label, softmax over classes (or options) otherwise."""
+    t = torch.from_numpy(logits)
+    return (torch.sigmoid(t) if kind == MULTI_LABEL else torch.softmax(t, dim=-1)).numpy()
+
+
 def predict_scores(
     model: nn.Module,
     features: Sequence[dict],
@@ -25,20 +56,8 @@ def predict_scores(
     device: torch.device,
     precision: str = "fp32",
 ) -> np.ndarray:
-    """Probabilities (N, C) in the features' order (sigmoid for multi-label, else softmax); batches are sorted by
-    length so padding stays small."""
-    model.eval()
-    order = sorted(range(len(features)), key=lambda i: length_of(features[i]))
-    out = [None] * len(features)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in collate_fn([features[i] for i in idx]).items()}
-        with autocast_context(precision, device.type):
-            logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")).float()
-        probs = torch.sigmoid(logits) if kind == MULTI_LABEL else torch.softmax(logits, dim=-1)
-        for i, p in zip(idx, probs.cpu().numpy()):
-            out[i] = p
-    return np.stack(out)
+    """Probabilities (N, C) in the features' order."""
+    return probabilities(predict_logits(model, features, collate_fn, batch_size, device, precision), kind)
 
 
 def task_report(

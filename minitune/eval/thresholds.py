@@ -33,12 +33,12 @@ def _check(y_true, probs) -> tuple[np.ndarray, np.ndarray]:
     return y.astype(bool), p
 
 
-def _pick(f1: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Per column of f1 (K, L) the candidate (K, L) with the best F1; ties -> nearest 0.5, then lower."""
+def _pick(f1: np.ndarray, candidates: np.ndarray, default: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """Per column of f1 (K, L) the candidate (K, L) with the best F1; ties -> nearest `default`, then lower."""
     best = np.nanmax(f1, axis=0, keepdims=True)
     is_best = np.isclose(f1, best, rtol=1e-12, atol=0.0) & ~np.isnan(f1)
-    # Lexicographic key: distance to 0.5 first, the threshold itself second; non-best rows are pushed out.
-    distance = np.where(is_best, np.abs(candidates - DEFAULT_THRESHOLD), np.inf)
+    # Lexicographic key: distance to the default first, the threshold itself second; non-best rows are pushed out.
+    distance = np.where(is_best, np.abs(candidates - default), np.inf)
     key = np.where(np.isclose(distance, distance.min(axis=0, keepdims=True), rtol=0, atol=1e-12), candidates, np.inf)
     return np.take_along_axis(candidates, key.argmin(axis=0)[None, :], axis=0)[0]
 
@@ -50,7 +50,7 @@ def _grid_f1(y: np.ndarray, p: np.ndarray, grid: np.ndarray) -> np.ndarray:
     return np.divide(2.0 * tp, denom, out=np.zeros(tp.shape), where=denom > 0)
 
 
-def _unique_f1(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _unique_f1(y: np.ndarray, p: np.ndarray, default: float) -> tuple[np.ndarray, np.ndarray]:
     """F1 at every distinct score of each column: (N + 1, L) values and candidates, NaN where not a cut."""
     n, num_labels = p.shape
     order = np.argsort(-p, axis=0, kind="stable")
@@ -61,27 +61,28 @@ def _unique_f1(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     last_of_run = np.ones_like(s, dtype=bool)
     last_of_run[:-1] = s[:-1] != s[1:]
     f1 = np.where(last_of_run, 2.0 * tp / (k + y.sum(axis=0)[None, :]), np.nan)
-    # Append the 0.5 candidate so a flat F1 can fall back to the untuned threshold.
-    at_half = _grid_f1(y, p, np.array([DEFAULT_THRESHOLD]))
-    return np.vstack([f1, at_half]), np.vstack([s, np.full((1, num_labels), DEFAULT_THRESHOLD)])
+    # Append the default candidate so a flat F1 can fall back to the untuned threshold.
+    at_default = _grid_f1(y, p, np.array([default]))
+    return np.vstack([f1, at_default]), np.vstack([s, np.full((1, num_labels), default)])
 
 
-def tune_thresholds(y_true, probs, method: str = "grid") -> np.ndarray:
-    """Per-label thresholds (L,) maximising each label's F1 on (y_true, probs), both (N, L).
+def tune_thresholds(y_true, probs, method: str = "grid", default: float = DEFAULT_THRESHOLD) -> np.ndarray:
+    """Per-label thresholds (L,) maximising each label's F1 on (y_true, probs), both (N, L); ties and flat curves
+    resolve to the candidate nearest `default`.
 
-    method: "grid" (0.05..0.95 step 0.05) or "unique" (each label's distinct scores, plus 0.5).
+    method: "grid" (0.05..0.95 step 0.05) or "unique" (each label's distinct scores, plus the default).
     """
     y, p = _check(y_true, probs)
     if p.shape[0] == 0:
-        return np.full(p.shape[1], DEFAULT_THRESHOLD)
+        return np.full(p.shape[1], default)
     if method == "grid":
         f1 = _grid_f1(y, p, GRID)
         candidates = np.broadcast_to(GRID[:, None], f1.shape)
     elif method == "unique":
-        f1, candidates = _unique_f1(y, p)
+        f1, candidates = _unique_f1(y, p, default)
     else:
         raise ValueError(f"threshold method {method!r} must be 'grid' or 'unique'")
-    return _pick(f1, candidates)
+    return _pick(f1, candidates, default)
 
 
 def apply_thresholds(probs, thr) -> np.ndarray:
@@ -98,15 +99,63 @@ def per_label_f1(y_true, probs, thr) -> np.ndarray:
     return np.divide(2.0 * tp, denom, out=np.zeros(tp.shape), where=denom > 0)
 
 
+MIN_POSITIVES = 5  # a label with fewer positives on dev keeps the fixed threshold: its F1 curve is noise
+
+
+def guard_thresholds(y_true, probs, tuned, default: float) -> tuple[np.ndarray, dict[str, list[int]]]:
+    """The tuned thresholds where tuning means something, else `default`, label by label; and why not, by label.
+
+    A tuned threshold is kept only if the label has at least MIN_POSITIVES positives on dev, the threshold neither
+    predicts the label for every dev example nor for none, and its F1 beats both the fixed threshold's and the F1 of
+    predicting the label for every example (what a threshold below every score gives: a model that does not rank
+    the examples earns nothing from tuning).
+    """
+    y, p = _check(y_true, probs)
+    tuned = np.asarray(tuned, dtype=np.float64)
+    n_pred = (p >= tuned).sum(axis=0)
+    prevalence = y.mean(axis=0) if len(y) else np.zeros(y.shape[1])
+    predict_all = 2 * prevalence / (1 + prevalence)
+    f1_tuned, f1_fixed = per_label_f1(y, p, tuned), per_label_f1(y, p, default)
+    reasons = {
+        "few_positives": y.sum(axis=0) < MIN_POSITIVES,
+        "degenerate": (n_pred == 0) | (n_pred == len(y)),
+        "no_gain": (f1_tuned <= f1_fixed + 1e-12) | (f1_tuned <= predict_all + 1e-12),
+    }
+    keep = ~(reasons["few_positives"] | reasons["degenerate"] | reasons["no_gain"])
+    return np.where(keep, tuned, default), {k: np.flatnonzero(v & ~keep).tolist() for k, v in reasons.items()}
+
+
 def choose_thresholds(y_true, probs, label_names: list[str], threshold: float, metric: str) -> dict:
-    """Per-label thresholds tuned for each label's F1, kept for prediction ("use": "tuned") only if they also do at
-    least as well as the fixed `threshold` on `metric` over all labels; both are recorded either way."""
-    tuned = tune_thresholds(y_true, probs)
-    rep = classification_report(MULTI_LABEL, y_true, probs, label_names, threshold=threshold, tuned_thresholds=tuned)
-    use = "tuned" if rep["tuned"][metric] >= rep[metric] else "fixed"
+    """Per-label thresholds tuned for each label's F1 on dev, guarded by `guard_thresholds`; used for prediction
+    ("use": "tuned") only if they also do at least as well as the fixed `threshold` on `metric` over all labels and
+    some label kept its tuned value. Both are recorded either way, with notes saying what was rejected and why."""
+    y, p = _check(y_true, probs)
+    chosen, rejected = guard_thresholds(y, p, tune_thresholds(y, p, default=threshold), threshold)
+    rep = classification_report(MULTI_LABEL, y, p, label_names, threshold=threshold, tuned_thresholds=chosen)
+    kept = int((chosen != threshold).sum())
+    use = "tuned" if kept and rep["tuned"][metric] >= rep[metric] else "fixed"
+    names = lambda idx: ", ".join(label_names[i] for i in idx)  # noqa: E731
+    notes = [f"tuned on the {len(y)} dev examples and scored on them: the tuned dev score is optimistic"]
+    if rejected["few_positives"]:
+        notes.append(
+            f"fewer than {MIN_POSITIVES} positives on dev, fixed threshold kept: {names(rejected['few_positives'])}"
+        )
+    if rejected["degenerate"] or rejected["no_gain"]:
+        weak = sorted(set(rejected["degenerate"]) | set(rejected["no_gain"]))
+        notes.append(
+            f"tuning did no better than the fixed threshold or than predicting the label for every example "
+            f"(the model does not rank these yet), fixed threshold kept: {names(weak)}"
+        )
+    if not kept:
+        notes.append(
+            "no label kept a tuned threshold: predictions use the fixed threshold; train longer or on more "
+            "data before tuning"
+        )
     return {
         "threshold": threshold,
-        "per_label": dict(zip(label_names, map(float, tuned))),
+        "per_label": dict(zip(label_names, map(float, chosen))),
         "use": use,
         "metric": metric,
+        "tuned_labels": kept,
+        "notes": notes,
     }

@@ -2,7 +2,8 @@
 part; report accuracy over all folds' test parts, beside the always-pick-the-first-option baseline.
 
 The published fold files leave validation empty: then 10% of the fold's train part, stratified, is held out to
-select on. A further --test-file is scored by the mean of the fold models' probabilities (their ensemble).
+select on. A further --test-file is scored by the mean of the fold models' probabilities (their ensemble). Every
+item's prediction by the fold model that did not train on it goes to test_predictions.csv.
 Fold k trains in fold{k}/ of the output directory, so a run stopped in fold k resumes there.
 """
 
@@ -21,6 +22,7 @@ from minitune.config import RunConfig
 from minitune.data.features import tokenize
 from minitune.data.splits import holdout_examples, subsample
 from minitune.data.tasks import Example, TaskData, label_array
+from minitune.eval.predictions import write_example_predictions
 from minitune.eval.scoring import task_report
 from minitune.experiments.trial import score, train_once
 
@@ -79,7 +81,9 @@ def run_folds(
             file_scores.append(score(cfg, task, trial.model, file_f, trial.collate, device))
         if k == 0:
             save_model_dir(out, trial.model, tokenizer, task.kind, None)
-    return fold_results(cfg, task, fold_ex, np.concatenate(test_scores), per_fold, test_ex, file_scores)
+    scores = np.concatenate(test_scores)
+    write_example_predictions(out / "test_predictions.csv", task, fold_ex, scores, None)  # every item, once
+    return fold_results(cfg, task, fold_ex, scores, per_fold, test_ex, file_scores)
 
 
 def fold_results(

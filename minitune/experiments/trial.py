@@ -27,7 +27,7 @@ from minitune.data.features import oversample_rare, tokenize
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE
 from minitune.data.tasks import Example, TaskData, label_array
 from minitune.eval.metrics import SELECTION_METRICS
-from minitune.eval.scoring import predict_scores, task_report
+from minitune.eval.scoring import predict_logits, predict_scores, probabilities, task_report
 from minitune.models.ffnn import build_ffnn
 from minitune.train.loop import LoopConfig, TrainData, fit
 from minitune.train.losses import task_loss
@@ -138,12 +138,18 @@ def train_once(
     loss_fn = build_loss(cfg, task, train_ex).to(device)
     best: dict = {}
 
+    label_dtype = torch.float32 if task.kind == MULTI_LABEL else torch.long
+    dev_labels = torch.as_tensor(label_array(task, dev_ex), dtype=label_dtype, device=device)
+
     def evaluate(m) -> dict:
-        scores = score(cfg, task, m, dev_f, collate_fn, device)
+        logits = predict_logits(m, dev_f, collate_fn, cfg.batch_size * 2, device, cfg.precision, desc="eval")
+        scores = probabilities(logits, task.kind)
         rep = task_report(task, dev_ex, scores, cfg.threshold)
         if not best or rep[cfg.metric] > best["value"]:  # the loop keeps these weights: keep their scores too
             best.update(value=rep[cfg.metric], scores=scores)
-        return {k: rep[k] for k in SELECTION_METRICS[task.kind] if k in rep}
+        with torch.no_grad():
+            loss = float(loss_fn(torch.as_tensor(logits, device=device), dev_labels))
+        return {k: rep[k] for k in SELECTION_METRICS[task.kind] if k in rep} | {"loss": loss}
 
     sampler = make_sampler([length_of(f) for f in train_f], cfg.batch_size, cfg.padding, cfg.max_tokens, cfg.seed)
     state = fit(model, loss_fn, TrainData(train_f, sampler, collate_fn), evaluate, loop_config(cfg), out_dir, device)
@@ -151,5 +157,6 @@ def train_once(
         scores = best["scores"]  # the best evaluation already scored the weights fit() restored
     else:  # resumed: the best evaluation may have happened in an earlier process
         scores = score(cfg, task, model, dev_f, collate_fn, device)
-    summary = dataclasses.asdict(state) | {"seconds": round(time.perf_counter() - t0, 1)}
+    summary = dataclasses.asdict(state) | {"metric": cfg.metric, "patience": cfg.patience}
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
     return Trial(model, summary, scores, collate_fn)

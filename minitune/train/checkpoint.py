@@ -20,7 +20,8 @@ from safetensors.torch import load_file, save_file
 
 from minitune.errors import CheckpointError
 
-WEIGHTS, STATE, SIGNATURE = "model.safetensors", "trainer_state.pt", "signature.json"
+WEIGHTS, STATE, SIGNATURE, PROGRESS = "model.safetensors", "trainer_state.pt", "signature.json", "progress.json"
+ROTATED = "{name}-step{step:07d}"  # an older checkpoint kept beside the newest (keep > 1)
 
 
 def rng_state() -> dict:
@@ -52,16 +53,34 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(
-    directory: Path, model, optimizer, scheduler, scaler, sampler, loop_state: dict, signature: dict
+    directory: Path,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    sampler,
+    loop_state: dict,
+    signature: dict,
+    keep: int = 1,
+    finished: bool = False,
 ) -> None:
-    """`signature`: the settings a resumed run must share with this one (checked by load_checkpoint)."""
+    """`signature`: the settings a resumed run must share with this one (checked by load_checkpoint). `keep`: how
+    many checkpoints to keep; the newest is always `directory`, older ones `<directory>-step<N>` beside it.
+    `finished`: the run has nothing left to train (recorded in progress.json)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    old = directory.with_name(directory.name + ".old")
+    previous = read_progress(directory) if keep > 1 else None
+    if previous and previous["step"] == loop_state.get("step", 0):
+        previous = None  # the same step saved again (after its evaluation): replace it, do not keep it twice
+    old = directory.with_name(
+        ROTATED.format(name=directory.name, step=previous["step"]) if previous else directory.name + ".old"
+    )
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:
         save_file(trainable_state(model), str(tmp / WEIGHTS))
         (tmp / SIGNATURE).write_text(json.dumps(signature, sort_keys=True) + "\n", encoding="utf-8")
+        progress = {"step": loop_state.get("step", 0), "epoch": loop_state.get("epoch", 0), "finished": finished}
+        (tmp / PROGRESS).write_text(json.dumps(progress) + "\n", encoding="utf-8")
         torch.save(
             {
                 "optimizer": optimizer.state_dict(),
@@ -78,15 +97,34 @@ def save_checkpoint(
         if directory.exists():
             directory.rename(old)
         tmp.rename(directory)
-        shutil.rmtree(old, ignore_errors=True)
+        if previous is None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    for stale in rotated(directory)[max(keep - 1, 0) :]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def rotated(directory: Path) -> list[Path]:
+    """The older checkpoints kept beside `directory`, newest first."""
+    directory = Path(directory)
+    return sorted(directory.parent.glob(f"{directory.name}-step*"), reverse=True)
+
+
+def read_progress(directory: Path) -> dict | None:
+    """{"step", "epoch", "finished"} of the newest readable checkpoint in `directory`, or None."""
+    found = _readable(Path(directory))
+    try:
+        return json.loads((found / PROGRESS).read_text(encoding="utf-8")) if found else None
+    except (OSError, ValueError):
+        return None
 
 
 def _readable(directory: Path) -> Path | None:
-    """The checkpoint directory, or its `.old` twin when a crash came between save_checkpoint's two renames."""
-    for d in (directory, directory.with_name(directory.name + ".old")):
+    """The checkpoint directory, or what a crash between save_checkpoint's two renames left: its `.old` twin, or
+    the newest rotated one."""
+    for d in (directory, directory.with_name(directory.name + ".old"), *rotated(directory)[:1]):
         if (d / STATE).is_file() and (d / WEIGHTS).is_file():
             return d
     return None

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from minitune.checkpoints.atomic import atomic_write, atomic_write_text
 from minitune.train.amp import DynamicLossScaler, autocast_context
 from minitune.train.checkpoint import load_checkpoint, save_checkpoint, trainable_state
+from minitune.train.interrupt import StopRequest, TrainingInterrupted
 from minitune.train.optim import build_optimizer, build_scheduler
 
 
@@ -42,6 +43,7 @@ class LoopConfig:
     llrd: float | None = None  # layer-wise lr decay; None: one lr
     scheduler: str = "cosine"
     warmup_ratio: float = 0.1
+    warmup_steps: int | None = None  # overrides warmup_ratio
     epochs: int = 3
     max_steps: int | None = None  # overrides epochs
     grad_accum: int = 1
@@ -50,6 +52,9 @@ class LoopConfig:
     eval_every: int | None = None  # optimizer steps; None: after every epoch
     patience: int | None = None  # evaluations without improvement before stopping; None: never
     log_every: int = 10
+    checkpoint: bool = True  # write resumable checkpoints to out_dir/checkpoint
+    save_every: int | None = None  # also checkpoint every N optimizer steps
+    keep_checkpoints: int = 1
     resume: bool = False  # continue from out_dir/checkpoint
     signature: dict = field(default_factory=dict)  # settings a resumed run must share, stored with checkpoints
 
@@ -64,6 +69,7 @@ class LoopState:
     skipped_steps: int = 0
     tokens: int = 0
     stopped_early: bool = False
+    total_steps: int = 0  # optimizer steps the run plans
 
 
 @dataclass
@@ -175,7 +181,7 @@ class Loop:
         self.total, self.epochs = self._plan(cfg)
         self.optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.llrd)
         # Warmup rounds up, as the reference does: a short run still gets a warmup step.
-        warmup = math.ceil(cfg.warmup_ratio * self.total)
+        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else math.ceil(cfg.warmup_ratio * self.total)
         self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, self.total, warmup)
         self.signature = cfg.signature
         self.scaler = DynamicLossScaler(enabled=cfg.precision == "fp16")
@@ -195,9 +201,13 @@ class Loop:
                     self.signature,
                 )
             )
+        self.state.total_steps = self.total
         self.log = MetricsLog(self.out_dir / "metrics.jsonl", self.state.step if cfg.resume else None)
         self.bar = tqdm(total=self.total, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True)
         self.t0, self.tokens0 = time.perf_counter(), self.state.tokens
+        self.epoch = self.state.epoch  # the epoch under way (0-based); logs count epochs from 1
+        self.saved_step = -1  # the step of the last checkpoint written
+        self.train_loss = math.nan  # the last logged training loss, printed beside the eval loss
 
     def _plan(self, cfg: LoopConfig) -> tuple[int, int]:
         """(optimizer steps, epochs) of the run. Each epoch is counted: token-budget batches vary in number from
@@ -243,10 +253,11 @@ class Loop:
         tps = (self.state.tokens - self.tokens0) / max(now - self.t0, 1e-9)
         self.t0, self.tokens0 = now, self.state.tokens
         self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+        self.train_loss = loss
         self.log.write(
             type="train",
             step=self.state.step,
-            epoch=self.state.epoch,
+            epoch=self.epoch + 1,
             loss=loss,
             lr=lr,
             grad_norm=grad_norm,
@@ -268,12 +279,20 @@ class Loop:
             state.bad_evals += 1
         if getattr(self.scheduler, "needs_metric", False):
             self.scheduler.step(metric=value)
-        self.log.write(type="eval", step=state.step, epoch=state.epoch, improved=improved, **metrics)
-        tqdm.write(f"eval step {state.step}: {metric}={value:.4f}" + (" (best)" if improved else ""))
-        if self.cfg.patience and state.bad_evals >= self.cfg.patience:
+        self.log.write(type="eval", step=state.step, epoch=self.epoch + 1, improved=improved, **metrics)
+        losses = f", loss {metrics['loss']:.4f} (train {self.train_loss:.4f})" if "loss" in metrics else ""
+        tqdm.write(f"eval step {state.step}: {metric}={value:.4f}{losses}" + (" (best)" if improved else ""))
+        if self.cfg.patience and state.bad_evals >= self.cfg.patience and not self.done():
             state.stopped_early = True
+            tqdm.write(
+                f"early stop at step {state.step} of {self.total}: no improvement in {self.cfg.patience} evaluations "
+                f"(patience counts evaluations); best {metric}={state.best:.4f} at step {state.best_step}"
+            )
 
     def checkpoint(self) -> None:
+        if not self.cfg.checkpoint:
+            return
+        self.saved_step = self.state.step
         save_checkpoint(
             self.out_dir / "checkpoint",
             self.model,
@@ -283,7 +302,16 @@ class Loop:
             self.data.sampler,
             asdict(self.state),
             self.signature,
+            keep=self.cfg.keep_checkpoints,
+            finished=self.done(),
         )
+
+    def stop(self) -> None:
+        """Checkpoint the steps trained so far and stop (a Ctrl-C or SIGTERM asked for it)."""
+        if self.saved_step != self.state.step:
+            self.checkpoint()
+        written = str(self.out_dir / "checkpoint") if self.cfg.checkpoint and self.state.step else None
+        raise TrainingInterrupted(self.state.step, written)
 
     def close(self) -> None:
         self.bar.close()
@@ -319,27 +347,36 @@ def fit(
     """
     loop = Loop(model, loss_fn, data, evaluate, cfg, out_dir, device)
     state = loop.state
-    try:
-        for epoch in range(state.epoch, loop.epochs):
-            if loop.done():
-                break
-            data.sampler.set_epoch(epoch)
-            for window, ends_epoch in accumulation_windows(data.sampler, cfg.grad_accum):
-                applied = loop.step(window)
-                if cfg.eval_every and applied and state.step % cfg.eval_every == 0:
-                    loop.evaluate_and_keep()
-                    loop.checkpoint()
-                if loop.done() and not ends_epoch:
+    stop = StopRequest()
+    with stop:
+        try:
+            for epoch in range(state.epoch, loop.epochs):
+                if loop.done():
                     break
-            else:  # the epoch's every batch was trained on
-                state.epoch = epoch + 1  # epochs completed
-            if not cfg.eval_every:
-                loop.evaluate_and_keep()
-            loop.checkpoint()
-        if state.best is None or (cfg.eval_every and state.step % cfg.eval_every):
-            loop.evaluate_and_keep()  # the last steps were not evaluated yet
-    finally:
-        loop.close()
+                loop.epoch = epoch
+                data.sampler.set_epoch(epoch)
+                for window, ends_epoch in accumulation_windows(data.sampler, cfg.grad_accum):
+                    applied = loop.step(window)
+                    if cfg.eval_every and applied and state.step % cfg.eval_every == 0:
+                        loop.evaluate_and_keep()
+                        loop.checkpoint()
+                    elif cfg.save_every and applied and state.step % cfg.save_every == 0:
+                        loop.checkpoint()
+                    if stop.requested:
+                        loop.stop()
+                    if loop.done() and not ends_epoch:
+                        break
+                else:  # the epoch's every batch was trained on
+                    state.epoch = epoch + 1  # epochs completed
+                if not cfg.eval_every:
+                    loop.evaluate_and_keep()
+                loop.checkpoint()
+                if stop.requested:
+                    loop.stop()
+            if state.best is None or (cfg.eval_every and state.step % cfg.eval_every):
+                loop.evaluate_and_keep()  # the last steps were not evaluated yet
+        finally:
+            loop.close()
     _restore_best(model, loop.out_dir)
     return state
 
