@@ -62,6 +62,7 @@ def test_every_task_kind_and_answer_mode(tmp_path, data_dir, tiny_instruct, task
     assert results["train"]["head"] == "generative" and results["train"]["shots"] == (
         int(extra[1]) if extra[:1] == ["--shots"] else 0
     )
+    assert (out / "dev_predictions.csv").is_file()
     prompt = (out / "prompt_example.txt").read_text()
     assert prompt.endswith("<|im_start|>assistant\n")  # the checkpoint's own chat template, from tokenizer_config
     assert prompt.count("<|im_start|>user") == 1 + results["train"]["shots"]

@@ -44,6 +44,7 @@ from minitune.data.tasks import Example, TaskData, label_array
 from minitune.data.tokenizer import Tokenizer
 from minitune.errors import ConfigError
 from minitune.eval.generations import generation_stats, one_hot, parse_answer
+from minitune.eval.predictions import write_example_predictions
 from minitune.eval.scoring import task_report
 from minitune.eval.thresholds import choose_thresholds
 from minitune.experiments.folds import fold_split
@@ -213,6 +214,8 @@ def run_generative(
         if gen is not None:
             results["test"]["generation"] = gen
     (out / "prompt_example.txt").write_text(example, encoding="utf-8")
+    use = tuned if thresholds and thresholds["use"] == "tuned" else np.full(task.num_labels, cfg.threshold)
+    write_example_predictions(out / "dev_predictions.csv", task, dev_ex, dev_scores, use)
     if cfg.epochs > 0:
         save_generative(out, answer, thresholds)
     return results
