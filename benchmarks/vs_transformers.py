@@ -1,6 +1,7 @@
 """minitune against transformers on the same checkpoint, the same batches and the same optimizer.
 
-For each model (all-MiniLM-L6-v2, and random weights of the xlm-roberta-base and -large shapes) one Hub-layout
+For each model (all-MiniLM-L6-v2, and random weights of the xlm-roberta-base / -large and deberta-v3-base /
+-large shapes) one Hub-layout
 checkpoint with a classification head is written by transformers; both stacks load that very file. The
 batches are real HaHackathon (humor) training texts tokenized by all-MiniLM's tokenizer, bucketed
 (BucketedBatchSampler, batch 32; 8 for large; `--batching random`: random batches, as the Trainer draws them,
@@ -20,7 +21,8 @@ its split into forward / backward / optimizer, peak memory and the ratios minitu
 every child the loss of the first timed batch in eval mode (no dropout) is computed before training; the two
 stacks must agree (printed; |diff| > 1e-4 is flagged).
 
-References: transformers' modeling_bert.py / modeling_xlm_roberta.py (the reference), torch.optim.AdamW.
+References: transformers' modeling_bert.py / modeling_xlm_roberta.py / modeling_deberta_v2.py (the reference),
+torch.optim.AdamW.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ MODELS: dict[str, dict[str, int]] = {
     "xlmr-base": {"batch_size": 32, "steps": 4, "warmup": 1},
     "xlmr-large": {"batch_size": 8, "steps": 2, "warmup": 1},
     "xlmr-tiny": {"batch_size": 8, "steps": 2, "warmup": 1},  # --quick only
+    "deberta-v3-base": {"batch_size": 16, "steps": 3, "warmup": 1},
+    "deberta-v3-large": {"batch_size": 8, "steps": 2, "warmup": 1},
+    "deberta-tiny": {"batch_size": 8, "steps": 2, "warmup": 1},  # a quick check of the DeBERTa path
 }
 LOSS_TOLERANCE = 1e-4
 

@@ -3,6 +3,8 @@
     minitune --task humor --model xlm-roberta-large            # train (the default command)
     minitune train --task semeval --model minilm --epochs 3    # the same, named
     minitune predict --model runs/humor-minilm/model --input texts.csv --output preds.csv
+    minitune report runs/humor-minilm                          # redraw figures/ and report.html, no model
+    minitune export --model runs/humor-minilm/model --format onnx --output model.onnx
 
 `minitune --help` lists every training flag; `minitune predict --help` the prediction flags. Errors a user can
 cause end in one line on stderr and exit code 2, with library parameters renamed to the flags that set them;
@@ -19,9 +21,12 @@ from pathlib import Path
 
 from minitune.config import FIELDS, RunConfig, choices_of, did_you_mean, field_type, flag, make_config
 from minitune.errors import ConfigError, MinituneError
+from minitune.eval.html import write_html_report
+from minitune.export import export_onnx
 from minitune.predict import predict_file
 from minitune.runner import run_train
 from minitune.train.checkpoint import read_progress
+from minitune.train.distributed import is_main
 from minitune.train.interrupt import TrainingInterrupted
 
 
@@ -35,9 +40,11 @@ def _help(f) -> str:
     return text
 
 
-COMMANDS = """commands:
-  minitune [train] --task T ...     fine-tune a model (the default command; its flags are below)
-  minitune predict --model DIR ...  label a file with a trained model (minitune predict --help)"""
+COMMANDS_HELP = """commands:
+  minitune [train] --task T ...      fine-tune a model (the default command; its flags are below)
+  minitune predict --model DIR ...   label a file with a trained model (minitune predict --help)
+  minitune report RUN_DIR            redraw a run's figures and report.html (no model needed)
+  minitune export --model DIR ...    export a trained classifier to ONNX (minitune export --help)"""
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -56,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         usage="minitune [train] --task TASK [options]",
         description="Fine-tune a pretrained transformer on a text classification task.\nDefaults shown are the "
         "general ones; each task's own defaults (TASK_DEFAULTS in minitune/config.py)\napply first.",
-        epilog=COMMANDS,
+        epilog=COMMANDS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
@@ -159,20 +166,67 @@ def interrupted_message(cfg: RunConfig | None) -> str:
     return f"interrupted: checkpoint at step {step} in {where}; continue with: minitune --resume {out} (same settings)"
 
 
+def report_parser() -> argparse.ArgumentParser:
+    p = CommandParser(
+        prog="minitune report",
+        allow_abbrev=False,
+        description="Redraw figures/ and report.html of a finished run from its results.json, metrics.jsonl and "
+        "predictions files (no model needed).",
+    )
+    p.add_argument("run_dir", help="the output directory of a training run")
+    return p
+
+
+def export_parser() -> argparse.ArgumentParser:
+    p = CommandParser(
+        prog="minitune export",
+        allow_abbrev=False,
+        description="Export a trained classifier (LoRA merged, NF4 dequantized) for other runtimes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="a model directory written by a training run (its model/ folder)")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
+    p.add_argument("--output", required=True, help="file to write")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    return p
+
+
+def run_report(argv: list[str]) -> Path:
+    path = write_html_report(Path(report_parser().parse_args(argv).run_dir))
+    print(f"wrote {path} and {path.parent / 'figures'}/")
+    return path
+
+
+def run_export(argv: list[str]) -> Path:
+    args = export_parser().parse_args(argv)
+    path = export_onnx(Path(args.model), Path(args.output), opset=args.opset)
+    print(f"wrote {path}")
+    return path
+
+
+# Every command but training (the default): its function and its parser, whose flags errors are rendered with.
+COMMANDS = {
+    "predict": (run_predict, predict_parser),
+    "report": (run_report, report_parser),
+    "export": (run_export, export_parser),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    predicting = bool(argv) and argv[0] == "predict"
+    command = COMMANDS.get(argv[0]) if argv else None
     cfg = None
     try:
-        if predicting:
-            run_predict(argv[1:])
+        if command is not None:
+            command[0](argv[1:])
         else:
             cfg = parse_config(argv[1:] if argv and argv[0] == "train" else argv)
             run_train(cfg)
     except MinituneError as e:
-        flags = {a.dest for a in predict_parser()._actions} if predicting else None
-        print(f"error: {e.render(lambda param: flag_for(param, flags))}", file=sys.stderr)
+        flags = {a.dest for a in command[1]()._actions} if command else None
+        if is_main():  # under torchrun every rank finds the same error; one prints it
+            print(f"error: {e.render(lambda param: flag_for(param, flags))}", file=sys.stderr)
         return 2
     except (TrainingInterrupted, KeyboardInterrupt):
         print(interrupted_message(cfg), file=sys.stderr)

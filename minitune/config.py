@@ -21,6 +21,7 @@ from minitune.data.batching import check_batch_size
 from minitune.data.tasks import TASKS
 from minitune.errors import ConfigError
 from minitune.train.optim import check_optimizer_args
+from minitune.train.tensorboard import check_available
 
 
 def opt(default, help: str, choices=None):
@@ -97,6 +98,11 @@ class RunConfig:
     )
     eval_every: int = opt(None, "evaluate every N optimizer steps (default: every epoch)")
     log_every: int = opt(10, "log a JSON line to metrics.jsonl every N optimizer steps")
+    report_to: str = opt(
+        None,
+        "also write metrics.jsonl's scalars as TensorBoard events in OUTPUT_DIR/tensorboard",
+        (None, "tensorboard"),
+    )
     threshold: float = opt(0.5, "multi-label decision threshold reported beside the tuned per-class thresholds")
     folds: int = opt(None, "recipe-mpr: run only the first N of the 5 folds")
     grad_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
@@ -116,6 +122,14 @@ class RunConfig:
     lora_dropout: float = opt(0.05, "dropout on the LoRA branch")
     lora_targets: str = opt(None, "comma-separated module-name patterns to wrap with LoRA (default per family)")
     quantize: str = opt(None, "quantize the frozen base weights: nf4 (QLoRA; needs --lora-r)", (None, "nf4"))
+    fsdp: str = opt(
+        None,
+        "under torchrun: shard with FSDP2, full (parameters, gradients and optimizer state: ZeRO-3) or grad-op "
+        "(parameters kept whole between forward and backward: ZeRO-2); default DDP",
+        (None, "full", "grad-op"),
+    )
+    fsdp_cpu_offload: bool = opt(False, "with --fsdp: keep parameter shards, gradients and optimizer state on CPU")
+    dist_timeout: int = opt(600, "under torchrun: seconds a rank waits for the others before the run fails")
     head: str = opt(
         "classifier",
         "classifier: a classification head on the model; generative: an instruct decoder answers in its chat "
@@ -249,6 +263,7 @@ def validate(cfg: RunConfig) -> RunConfig:
             f"`{f.name}` {value!r}: choose one of {', '.join(choices_of(f))}{did_you_mean(value, choices_of(f))}",
         )
     check_batch_size(cfg.batch_size)
+    check_available(cfg.report_to)
     _check(
         isinstance(cfg.epochs, int) and cfg.epochs >= 0,
         f"`epochs` must be a non-negative integer (0: evaluate without training), got {cfg.epochs!r}",
@@ -293,6 +308,12 @@ def validate(cfg: RunConfig) -> RunConfig:
         cfg.device in ("auto", "cpu") or cfg.device.startswith("cuda"),
         f"`device` {cfg.device!r}: use cpu, cuda (or cuda:N), or auto",
     )
+    _check(cfg.dist_timeout >= 1, f"`dist_timeout` must be a positive number of seconds, got {cfg.dist_timeout}")
+    _check(
+        not (cfg.fsdp and cfg.quantize),
+        "`fsdp` shards trainable weights; NF4 bases are not shardable here: drop `quantize` or `fsdp`",
+    )
+    _check(not cfg.fsdp_cpu_offload or bool(cfg.fsdp), "`fsdp_cpu_offload` needs `fsdp` full or grad-op")
     _check(cfg.resume is None or cfg.checkpoint, "`resume` needs checkpoints: drop --no-checkpoint")
     if cfg.metric is None:
         cfg.metric = "accuracy" if cfg.task == "recipe-mpr" else "macro_f1"

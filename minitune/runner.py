@@ -34,8 +34,15 @@ from minitune.data.splits import holdout_examples, subsample
 from minitune.data.tasks import Example, TaskData, label_array, load_eval_file, load_task, resolve_data_dir
 from minitune.data.tokenizer import Tokenizer
 from minitune.errors import ConfigError, MinituneError
+from minitune.eval.html import write_html_report
 from minitune.eval.metrics import SELECTION_METRICS
-from minitune.eval.predictions import label_predictions, write_example_predictions, write_predictions
+from minitune.eval.predictions import (
+    label_predictions,
+    train_label_counts,
+    write_example_predictions,
+    write_prediction_records,
+    write_predictions,
+)
 from minitune.eval.report import format_report, write_results
 from minitune.eval.scoring import task_report
 from minitune.eval.thresholds import choose_thresholds
@@ -44,8 +51,10 @@ from minitune.experiments.generative import run_generative
 from minitune.experiments.trial import build_loss, score, train_once
 from minitune.models import family_for
 from minitune.models.decoder import MODEL_TYPES as DECODER_TYPES
+from minitune.train import distributed
 from minitune.train.checkpoint import check_resumable, read_progress
 from minitune.train.interrupt import TrainingInterrupted
+from minitune.train.parallel import consolidated
 
 log = logging.getLogger("minitune")
 
@@ -77,14 +86,25 @@ def train(**options) -> TrainResult:
 
 def run_train(cfg: RunConfig) -> dict:
     device = resolve_device(cfg.device)
+    distributed.check_launch(cfg.fsdp, cfg.fsdp_cpu_offload, device)
     inputs = resolve_inputs(cfg)
+    device = distributed.setup(device, cfg.dist_timeout).device  # torchrun: join the group after the checks
+    try:
+        return _train(cfg, inputs, device)
+    finally:
+        distributed.teardown()
+
+
+def _train(cfg: RunConfig, inputs: RunInputs, device: torch.device) -> dict:
+    main = distributed.is_main()  # rank 0 alone writes and prints
     out = Path(cfg.output_dir)
     if cfg.resume and finished_run(cfg, inputs.task):
         return report_finished(out)
     fresh = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    print_config(cfg)
-    atomic_write_text(out / "config.json", dump(cfg) + "\n")
+    if main:
+        print_config(cfg)
+        atomic_write_text(out / "config.json", dump(cfg) + "\n")
     t0 = time.perf_counter()
     try:
         if cfg.head == "generative":
@@ -96,7 +116,7 @@ def run_train(cfg: RunConfig) -> dict:
     except (MinituneError, TrainingInterrupted, KeyboardInterrupt):
         # A mistake only the model or the features reveal (a --lora-targets pattern that matches nothing), or an
         # interruption: before any checkpoint, the directory this run made holds nothing worth keeping.
-        if fresh and not any(out.glob("**/checkpoint")):
+        if main and fresh and not any(out.glob("**/checkpoint")):
             shutil.rmtree(out, ignore_errors=True)
         raise
     results["train"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
@@ -107,10 +127,14 @@ def run_train(cfg: RunConfig) -> dict:
         "config": json.loads(dump(cfg)),
         **results,
     }
+    results["world_size"] = distributed.world_size()
+    if not main:
+        return results
     write_results(out / "results.json", results)
     text = format_report(results)
     atomic_write_text(out / "report.txt", text)
-    print(text + saved_note(cfg, out))
+    report_html = write_html_report(out)
+    print(text + f"report with figures: {report_html}\n" + saved_note(cfg, out))
     return results
 
 
@@ -133,6 +157,7 @@ def run_holdout(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.devi
             "threshold_notes": thresholds["notes"]
         }
     summary = trial.summary | {"losses": loss_at_best(out / "metrics.jsonl", trial.summary.get("best_step"))}
+    summary["label_counts"] = train_label_counts(task.kind, label_array(task, train_ex), task.label_names)
     results = {"train": summary, "dev": dev}
     if thresholds is not None:
         results["thresholds"] = thresholds
@@ -141,11 +166,16 @@ def run_holdout(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.devi
         test_scores = score(cfg, task, trial.model, test_f, trial.collate, device)
         results["test"] = task_report(task, inputs.test, test_scores, cfg.threshold, tuned)
     use = tuned if thresholds and thresholds["use"] == "tuned" else np.full(task.num_labels, cfg.threshold)
-    write_example_predictions(out / "dev_predictions.csv", task, dev_ex, trial.dev_scores, use)
+    main = distributed.is_main()  # rank 0 alone writes; scoring is collective
+    if main:
+        write_example_predictions(out / "dev_predictions.csv", task, dev_ex, trial.dev_scores, use)
+        write_prediction_records(out, "dev", dev_ex, label_array(task, dev_ex), trial.dev_scores)
     if cfg.predict_file:
         predict_unlabelled(cfg, task, trial, tokenizer, use, out, device)
-    save_model_dir(out, trial.model, tokenizer, task.kind, task.label_names, thresholds)
-    (out / "best.safetensors").unlink(missing_ok=True)  # model/ holds the best weights now: one copy, not two
+    model = consolidated(trial.model)  # FSDP: the whole model, gathered onto rank 0
+    if main:
+        save_model_dir(out, model, tokenizer, task.kind, task.label_names, thresholds)
+        (out / "best.safetensors").unlink(missing_ok=True)  # model/ holds the best weights now: one copy, not two
     return results
 
 
@@ -157,6 +187,8 @@ def predict_unlabelled(cfg: RunConfig, task: TaskData, trial, tokenizer, thresho
     scores = score(cfg, task, trial.model, features, trial.collate, device)
     multi = task.kind == MULTI_LABEL
     labels = label_predictions(scores, task.label_names, thresholds if multi else None)
+    if not distributed.is_main():
+        return
     write_predictions(
         out / "predictions.csv",
         [r.fields for r in rows],
@@ -259,7 +291,8 @@ def resolve_inputs(cfg: RunConfig) -> RunInputs:
     if cfg.resume:
         fold_dirs = sorted(Path(cfg.output_dir).glob("fold*")) if task.folds else [Path(cfg.output_dir)]
         for d in [d for d in fold_dirs if (d / "checkpoint").is_dir()] or [Path(cfg.output_dir)]:
-            check_resumable(d / "checkpoint", resume_signature(cfg))
+            distributed.check_world_size(d / "checkpoint" / "signature.json")
+            check_resumable(d / "checkpoint", distributed.world_signature(resume_signature(cfg)))
     tokenizer = load_tokenizer(name)
     if tokenizer.pad_token_id is None:
         log.warning("%s has no pad token: using its eos token for padding", cfg.model)

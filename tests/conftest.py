@@ -35,6 +35,9 @@ SLOW = {
     "test_cli.py::test_training_options_through_run_py": 1,  # 1.7-2.1 s each, 9 s in all
     "test_gguf.py::test_tokenizer_ids_equal_transformers": 0,  # 3.0 s: loads the reference tokenizer (module fixture)
     "test_gguf.py::test_special_tokens_equal_transformers": 0,
+    "test_figures.py::test_html_is_self_contained_and_embeds_every_figure": 1,  # 1.1-1.6 s each (drawing)
+    "test_tensorboard.py::test_events_equal_metrics_jsonl": 0,  # 3.4-5.8 s: a run, and tensorboard imports itself
+    "test_figures.py::test_training_run_writes_figures_and_report_redraws_them": 0,  # 3.1 s: a run, then a redraw
 }
 
 

@@ -63,6 +63,9 @@ def test_humor_run_writes_every_output(humor_run):
     assert dev["n_examples"] == 24 and set(dev["per_class"]) == {"not_humor", "humor"}
     assert len(dev["confusion_matrix"]) == 2 and sum(map(sum, dev["confusion_matrix"])) == 24
     assert "not_humor" in (out / "report.txt").read_text()
+    figures = {p.name for p in (out / "figures").glob("*.png")}
+    assert {"training_curves.png", "confusion_matrix.png", "per_class.png", "reliability.png"} <= figures
+    assert (out / "report.html").is_file() and (out / "predictions_dev.jsonl").is_file()
     # --test-file: the whole further file (not capped by --max-eval-samples), scored by the selected model
     test = results["test"]
     assert test["n_examples"] == 40 and sum(map(sum, test["confusion_matrix"])) == 40
@@ -192,6 +195,8 @@ def test_recipe_mpr_fold_reports_query_types_and_first_option_baseline(tmp_path,
     with (out / "test_predictions.csv").open(newline="") as f:  # each item once, by the fold model that held it out
         rows = list(csv.DictReader(f))
     assert len(rows) == 100 and {"gold", "label", "prob_choice_0"} <= set(rows[0])
+    assert (out / "figures" / "accuracy_by_query_type.png").is_file() and (out / "report.html").is_file()
+    assert len((out / "predictions_test.jsonl").read_text().splitlines()) == 100  # fold 0's test part
 
 
 def test_ffnn_baseline_and_toml_config(tmp_path, data_dir):

@@ -81,6 +81,9 @@ def test_layer_depths_by_name():
     assert layer_depth("model.layers.1.mlp.up_proj.weight", 2) == 2
     assert layer_depth("distilbert.transformer.layer.5.ffn.lin1.bias", 6) == 6
     assert layer_depth("roberta.encoder.layer.11.output.dense.lora_A.weight", 12) == 12
+    assert layer_depth("deberta.encoder.rel_embeddings.weight", 2) == 0
+    assert layer_depth("deberta.encoder.LayerNorm.bias", 2) == 0
+    assert layer_depth("deberta.encoder.layer.1.attention.self.query_proj.weight", 2) == 2
     for head in (
         "bert.pooler.dense.weight",
         "classifier.weight",

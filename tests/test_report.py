@@ -164,7 +164,7 @@ def test_training_summary_in_words_with_early_stop_losses_and_advice(data_dir):
     dev["accuracy"] = dev["per_class"][majority]["support"] / dev["n_examples"]
     text = format_report(results)
     assert "focal_gamma" not in text and "asl_clip" not in text
-    assert "training: 60 of 64 optimizer steps, 3 epochs completed, 12.0 s" in text
+    assert "training: 60 of 64 optimizer steps, 3 epoch(s) completed, 12.0 s" in text
     assert "best macro_f1: 0.6100 at step 30" in text
     assert "stopped early at step 60 of 64: no improvement in 5 evaluations" in text
     assert "loss at the best step: train 0.5000, dev 0.7000" in text

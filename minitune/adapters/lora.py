@@ -28,6 +28,7 @@ from minitune.errors import ConfigError, ParameterError
 HEAD_NAMES = ("score", "classifier", "pre_classifier", "pooler")
 _DECODER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _BERT = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
+_DEBERTA = ("query_proj", "key_proj", "value_proj", "attention.output.dense", "intermediate.dense", "output.dense")
 _DISTILBERT = ("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2")
 DEFAULT_TARGETS = {
     "llama": _DECODER,
@@ -38,6 +39,7 @@ DEFAULT_TARGETS = {
     "roberta": _BERT,
     "xlm-roberta": _BERT,
     "distilbert": _DISTILBERT,
+    "deberta-v2": _DEBERTA,
 }
 
 

@@ -34,6 +34,11 @@ ALIASES: dict[str, str] = {
     "roberta-large": "FacebookAI/roberta-large",
     "xlm-roberta-base": "FacebookAI/xlm-roberta-base",
     "xlm-roberta-large": "FacebookAI/xlm-roberta-large",
+    "deberta-v3-xsmall": "microsoft/deberta-v3-xsmall",
+    "deberta-v3-small": "microsoft/deberta-v3-small",
+    "deberta-v3-base": "microsoft/deberta-v3-base",
+    "deberta-v3-large": "microsoft/deberta-v3-large",
+    "mdeberta-v3-base": "microsoft/mdeberta-v3-base",
 }
 _PACKAGE = "pip:"
 
@@ -50,6 +55,7 @@ CONFIG_AND_TOKENIZER_FILES = [
     "spiece.model",
     "tokenizer.model",
     "sentencepiece.model",
+    "spm.model",
 ]
 SAFETENSORS_FILES = ["*.safetensors", "model.safetensors.index.json"]
 PYTORCH_BIN_FILES = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]

@@ -126,7 +126,11 @@ def _copy_weights(
     unexpected = [
         k
         for k in found
-        if in_base(k) and k not in expected and not k.endswith(_BUFFER_SUFFIXES) and ".pooler." not in k
+        if in_base(k)
+        and k not in expected
+        and not k.endswith(_BUFFER_SUFFIXES)
+        and ".pooler." not in k
+        and not k.endswith(getattr(model, "ignored_checkpoint_keys", ()))
     ]
     mismatched = [k for k in found if k in expected and k not in head_keys and found[k] != expected[k]]
     where = index.path

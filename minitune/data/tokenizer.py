@@ -32,6 +32,7 @@ import tokenizers
 import torch
 from tokenizers import normalizers, pre_tokenizers, processors
 
+from minitune.data.spm import find_spm, spm_tokenizer
 from minitune.errors import CheckpointError, ConfigError
 
 SPECIAL_NAMES = ("pad", "bos", "eos", "unk", "cls", "sep", "mask")
@@ -53,6 +54,7 @@ _CLASS_DEFAULTS = {
     "DistilBertTokenizer": _BERT_DEFAULTS,
     "RobertaTokenizer": _ROBERTA_DEFAULTS,
     "XLMRobertaTokenizer": _ROBERTA_DEFAULTS,
+    "DebertaV2Tokenizer": {**_BERT_DEFAULTS, "bos": "[CLS]", "eos": "[SEP]"},
 }
 # Used when tokenizer_config.json names no class, as AutoTokenizer falls back on config.json's model_type.
 _CLASS_OF_MODEL_TYPE = {
@@ -60,6 +62,7 @@ _CLASS_OF_MODEL_TYPE = {
     "distilbert": "BertTokenizer",
     "roberta": "RobertaTokenizer",
     "xlm-roberta": "XLMRobertaTokenizer",
+    "deberta-v2": "DebertaV2Tokenizer",
 }
 # Keys of a loaded tokenizer_config.json that must not be written back: they point at the old location
 # or would make transformers prefer them over the tokenizer.json we write.
@@ -123,16 +126,22 @@ class Tokenizer:
         """Load tokenizer.json, tokenizer_config.json and special_tokens_map.json from a model directory."""
         directory = Path(path)
         tok_file = directory / "tokenizer.json"
-        if not tok_file.is_file():
+        spm_file = find_spm(directory)
+        if not tok_file.is_file() and spm_file is None:
             raise CheckpointError(
-                f"{tok_file}: not found; minitune reads the `tokenizers` file tokenizer.json: create it with "
+                f"{tok_file}: not found (nor a SentencePiece spm.model); minitune reads tokenizer.json: create it with "
                 f"transformers (AutoTokenizer.from_pretrained(dir).save_pretrained(dir)) or pass another model"
             )
         config = _read_json(directory / "tokenizer_config.json")
         class_name = _class_name(config, _read_json(directory / "config.json"))
         specials = _special_tokens(config, directory / "special_tokens_map.json", class_name)
         try:
-            tok = tokenizers.Tokenizer.from_file(str(tok_file))
+            if tok_file.is_file():  # preferred when both exist
+                tok = tokenizers.Tokenizer.from_file(str(tok_file))
+            else:
+                tok = _from_spm(spm_file, config, specials)
+        except CheckpointError:
+            raise
         except Exception as error:  # the Rust side raises a bare Exception on a bad file
             reason = " ".join(str(error).split())
             raise CheckpointError(
@@ -407,6 +416,14 @@ def _rebuild_like_reference(
             pair=[bos, "$A", eos, eos, "$B", eos],
             special_tokens=[(bos, ids["bos"]), (eos, ids["eos"])],
         )
+
+
+def _from_spm(path: Path, config: dict[str, Any], specials: dict[str, str]) -> tokenizers.Tokenizer:
+    """A SentencePiece-only checkpoint (DeBERTa-v3's spm.model): `[CLS] A [SEP] B [SEP]` around its pieces."""
+    if config.get("split_by_punct"):
+        raise CheckpointError(f"{path.parent}: split_by_punct=true in tokenizer_config.json is not supported")
+    cls_, sep = specials.get("cls") or "[CLS]", specials.get("sep") or "[SEP]"
+    return spm_tokenizer(path, cls_, sep, lowercase=bool(config.get("do_lower_case", False)))
 
 
 def _precompiled_only(normalizer: normalizers.Normalizer | None) -> normalizers.Normalizer | None:

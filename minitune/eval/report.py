@@ -105,7 +105,7 @@ def _training(t: dict) -> list[str]:
     """What the loop did, in words: steps, time, the best evaluation, an early stop, the losses."""
     total = t.get("total_steps") or t["step"]
     lines = [
-        f"training: {t['step']} of {total} optimizer steps, {t.get('epoch', 0)} epochs completed"
+        f"training: {t['step']} of {total} optimizer steps, {t.get('epoch', 0)} epoch(s) completed"
         + (f", {t['seconds']} s" if "seconds" in t else "")
     ]
     if t.get("best") is not None:

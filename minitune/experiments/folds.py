@@ -22,9 +22,11 @@ from minitune.config import RunConfig
 from minitune.data.features import tokenize
 from minitune.data.splits import holdout_examples, subsample
 from minitune.data.tasks import Example, TaskData, label_array
-from minitune.eval.predictions import write_example_predictions
+from minitune.eval.predictions import write_example_predictions, write_prediction_records
 from minitune.eval.scoring import task_report
 from minitune.experiments.trial import score, train_once
+from minitune.train.distributed import is_main
+from minitune.train.parallel import consolidated
 
 log = logging.getLogger("minitune")
 
@@ -80,9 +82,13 @@ def run_folds(
         if file_f is not None:
             file_scores.append(score(cfg, task, trial.model, file_f, trial.collate, device))
         if k == 0:
-            save_model_dir(out, trial.model, tokenizer, task.kind, None)
+            model = consolidated(trial.model)  # FSDP: gathered onto rank 0, which alone writes
+            if is_main():
+                save_model_dir(out, model, tokenizer, task.kind, None)
     scores = np.concatenate(test_scores)
-    write_example_predictions(out / "test_predictions.csv", task, fold_ex, scores, None)  # every item, once
+    if is_main():
+        write_example_predictions(out / "test_predictions.csv", task, fold_ex, scores, None)  # every item, once
+        write_prediction_records(out, "test", fold_ex, label_array(task, fold_ex), scores)
     return fold_results(cfg, task, fold_ex, scores, per_fold, test_ex, file_scores)
 
 

@@ -29,8 +29,10 @@ from minitune.data.tasks import Example, TaskData, label_array
 from minitune.eval.metrics import SELECTION_METRICS
 from minitune.eval.scoring import predict_logits, predict_scores, probabilities, task_report
 from minitune.models.ffnn import build_ffnn
+from minitune.train.distributed import gathered_scores, shard_sampler, world_signature
 from minitune.train.loop import LoopConfig, TrainData, fit
 from minitune.train.losses import task_loss
+from minitune.train.parallel import is_sharded
 
 log = logging.getLogger("minitune")
 
@@ -55,7 +57,8 @@ def seed_everything(seed: int) -> None:
 def loop_config(cfg: RunConfig) -> LoopConfig:
     """The training loop's settings, taken from the run's."""
     names = {f.name for f in dataclasses.fields(LoopConfig)} - {"resume", "signature"}
-    return LoopConfig(**{n: getattr(cfg, n) for n in names}, resume=bool(cfg.resume), signature=resume_signature(cfg))
+    signature = world_signature(resume_signature(cfg))  # distributed: with the world size
+    return LoopConfig(**{n: getattr(cfg, n) for n in names}, resume=bool(cfg.resume), signature=signature)
 
 
 def build_loss(cfg: RunConfig, task: TaskData, train_ex: list[Example]) -> nn.Module:
@@ -104,8 +107,13 @@ def build_model(cfg: RunConfig, task: TaskData, tokenizer) -> nn.Module:
 def score(
     cfg: RunConfig, task: TaskData, model: nn.Module, features: list[dict], collate_fn, device: torch.device
 ) -> np.ndarray:
-    """Probabilities as a run evaluates: batches of twice the training batch (no activations kept for backward)."""
-    return predict_scores(model, features, collate_fn, task.kind, cfg.batch_size * 2, device, cfg.precision)
+    """Probabilities as a run evaluates: batches of twice the training batch (no activations kept for backward).
+    Under torch.distributed each rank scores a shard (under FSDP all of it) and every rank gets all scores."""
+    return gathered_scores(
+        lambda f: predict_scores(model, f, collate_fn, task.kind, cfg.batch_size * 2, device, cfg.precision),
+        features,
+        every_rank=is_sharded(model),
+    )
 
 
 def train_once(
@@ -142,7 +150,11 @@ def train_once(
     dev_labels = torch.as_tensor(label_array(task, dev_ex), dtype=label_dtype, device=device)
 
     def evaluate(m) -> dict:
-        logits = predict_logits(m, dev_f, collate_fn, cfg.batch_size * 2, device, cfg.precision, desc="eval")
+        logits = gathered_scores(  # distributed: each rank a shard, every rank all of them
+            lambda f: predict_logits(m, f, collate_fn, cfg.batch_size * 2, device, cfg.precision, desc="eval"),
+            dev_f,
+            every_rank=is_sharded(m),
+        )
         scores = probabilities(logits, task.kind)
         rep = task_report(task, dev_ex, scores, cfg.threshold)
         if not best or rep[cfg.metric] > best["value"]:  # the loop keeps these weights: keep their scores too
@@ -152,6 +164,7 @@ def train_once(
         return {k: rep[k] for k in SELECTION_METRICS[task.kind] if k in rep} | {"loss": loss}
 
     sampler = make_sampler([length_of(f) for f in train_f], cfg.batch_size, cfg.padding, cfg.max_tokens, cfg.seed)
+    sampler = shard_sampler(sampler)  # distributed: this rank's shard of each global batch
     state = fit(model, loss_fn, TrainData(train_f, sampler, collate_fn), evaluate, loop_config(cfg), out_dir, device)
     if "scores" in best and not cfg.resume:
         scores = best["scores"]  # the best evaluation already scored the weights fit() restored

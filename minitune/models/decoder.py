@@ -323,10 +323,12 @@ def attention_masks(attention_mask: torch.Tensor | None, t: int) -> tuple[torch.
     if attention_mask is None or (bool(attention_mask.all()) and (t == s or t == 1)):
         return None, None
     keep = attention_mask.bool()
-    dev = keep.device
-    causal = torch.ones(t, s, dtype=torch.bool, device=dev).tril(s - t)  # query i sits at key position s - t + i
-    itself = causal & ~torch.ones(t, s, dtype=torch.bool, device=dev).tril(s - t - 1)
-    dead = (keep.cumsum(-1) == 0)[:, s - t :]  # (B, t)
+    # Built from index comparisons and an integer cumsum: the same masks as tril / eye / a bool cumsum, in operations
+    # that ONNX Runtime also runs (minitune export traces this function).
+    key = torch.arange(s, device=keep.device)
+    query = key[s - t :]  # query i sits at key position s - t + i
+    causal, itself = key[None, :] <= query[:, None], key[None, :] == query[:, None]  # (t, S) key vs query
+    dead = (keep.long().cumsum(-1) == 0)[:, s - t :]  # (B, t)
     mask = (causal & keep[:, None, :]) | (dead[:, :, None] & itself)
     return mask[:, None], dead  # (B, 1, t, S), (B, t)
 

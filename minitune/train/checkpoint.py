@@ -63,10 +63,12 @@ def save_checkpoint(
     signature: dict,
     keep: int = 1,
     finished: bool = False,
+    rank_rngs: list[dict] | None = None,
 ) -> None:
     """`signature`: the settings a resumed run must share with this one (checked by load_checkpoint). `keep`: how
     many checkpoints to keep; the newest is always `directory`, older ones `<directory>-step<N>` beside it.
-    `finished`: the run has nothing left to train (recorded in progress.json)."""
+    `finished`: the run has nothing left to train (recorded in progress.json). `rank_rngs`: under
+    torch.distributed, every rank's RNG state (rank 0 writes the checkpoint)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     previous = read_progress(directory) if keep > 1 else None
@@ -88,6 +90,7 @@ def save_checkpoint(
                 "scaler": scaler.state_dict(),
                 "sampler": sampler.state_dict(),
                 "rng": rng_state(),
+                **({"rank_rngs": rank_rngs} if rank_rngs else {}),
                 "loop": loop_state,
                 "signature": json.dumps(signature, sort_keys=True),
             },
@@ -125,7 +128,7 @@ def _readable(directory: Path) -> Path | None:
     """The checkpoint directory, or what a crash between save_checkpoint's two renames left: its `.old` twin, or
     the newest rotated one."""
     for d in (directory, directory.with_name(directory.name + ".old"), *rotated(directory)[:1]):
-        if (d / STATE).is_file() and (d / WEIGHTS).is_file():
+        if (d / STATE).is_file() and ((d / WEIGHTS).is_file() or (d / "shards").is_dir()):  # shards: FSDP
             return d
     return None
 
@@ -154,8 +157,10 @@ def check_resumable(directory: Path, signature: dict) -> None:
         _compare_signature(saved, signature, where)
 
 
-def load_checkpoint(directory: Path, model, optimizer, scheduler, scaler, sampler, signature: dict) -> dict:
-    """Restore everything save_checkpoint wrote; returns the loop state."""
+def load_checkpoint(
+    directory: Path, model, optimizer, scheduler, scaler, sampler, signature: dict, rank: int = 0
+) -> dict:
+    """Restore everything save_checkpoint wrote (this `rank`'s RNG under torch.distributed); returns the loop state."""
     where = Path(directory).parent
     directory = _readable(Path(directory))
     if directory is None:
@@ -184,5 +189,5 @@ def load_checkpoint(directory: Path, model, optimizer, scheduler, scaler, sample
     scheduler.load_state_dict(state["scheduler"])
     scaler.load_state_dict(state["scaler"])
     sampler.load_state_dict(state["sampler"])
-    set_rng_state(state["rng"])
+    set_rng_state(state["rank_rngs"][rank] if "rank_rngs" in state else state["rng"])
     return state["loop"]

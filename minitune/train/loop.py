@@ -9,6 +9,10 @@ micro-batches are weighted by examples, not by class weight.
 
 A non-finite loss or gradient, in any precision, is counted and its step skipped, never applied; with fp16 the
 dynamic loss scaler also backs off.
+
+Under torchrun the same loop trains one shard of each global batch per process (train/distributed.py) through DDP or
+FSDP2 (train/parallel.py): the hooks are the micro-batch weights, the gradient sync on a window's last micro-batch,
+the window loss and stop requests agreed across ranks, and rank 0 alone logging and writing.
 """
 
 from __future__ import annotations
@@ -22,15 +26,36 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from minitune.checkpoints.atomic import atomic_write, atomic_write_text
 from minitune.train.amp import DynamicLossScaler, autocast_context
-from minitune.train.checkpoint import load_checkpoint, save_checkpoint, trainable_state
+from minitune.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
+from minitune.train.distributed import (
+    Silent,
+    any_rank,
+    barrier,
+    gather_rng,
+    is_main,
+    rank,
+    reduce_window,
+    window_shares,
+    world_size,
+)
 from minitune.train.interrupt import StopRequest, TrainingInterrupted
 from minitune.train.optim import build_optimizer, build_scheduler
+from minitune.train.parallel import (
+    full_trainable_state,
+    is_sharded,
+    load_full_state,
+    load_sharded_checkpoint,
+    save_sharded_checkpoint,
+    sync_context,
+    wrap_model,
+)
+from minitune.train.tensorboard import TensorBoardSink
 
 
 @dataclass
@@ -55,8 +80,11 @@ class LoopConfig:
     checkpoint: bool = True  # write resumable checkpoints to out_dir/checkpoint
     save_every: int | None = None  # also checkpoint every N optimizer steps
     keep_checkpoints: int = 1
+    report_to: str | None = None  # "tensorboard": metrics.jsonl's records also as TensorBoard events
     resume: bool = False  # continue from out_dir/checkpoint
     signature: dict = field(default_factory=dict)  # settings a resumed run must share, stored with checkpoints
+    fsdp: str | None = None  # torch.distributed: shard with FSDP2, "full" (ZeRO-3) or "grad-op" (ZeRO-2)
+    fsdp_cpu_offload: bool = False
 
 
 @dataclass
@@ -95,9 +123,10 @@ def _logged_step(line: str) -> float:
 class MetricsLog:
     """metrics.jsonl: one JSON object per line, flushed so a crash loses nothing already logged."""
 
-    def __init__(self, path: Path, resume_step: int | None = None):
+    def __init__(self, path: Path, resume_step: int | None = None, sink=None):
         """A fresh log, or on resume the old one cut back to the checkpoint's step: the steps logged after it
-        are about to be trained again, and would otherwise appear twice."""
+        are about to be trained again, and would otherwise appear twice. `sink` (write(record), close()) receives
+        every record too (train/tensorboard.py)."""
         if resume_step is not None and path.exists():
             kept = [
                 line
@@ -106,13 +135,18 @@ class MetricsLog:
             ]
             atomic_write_text(path, "".join(kept))
         self.file = open(path, "a" if resume_step is not None else "w", encoding="utf-8")  # noqa: SIM115 (held for the run)
+        self.sink = sink
 
     def write(self, **record) -> None:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+        if self.sink is not None:
+            self.sink.write(record)
 
     def close(self) -> None:
         self.file.close()
+        if self.sink is not None:
+            self.sink.close()
 
 
 def forward_loss(model, loss_fn, batch: dict, precision: str, device: torch.device):
@@ -124,20 +158,29 @@ def forward_loss(model, loss_fn, batch: dict, precision: str, device: torch.devi
 
 
 def accumulate_gradients(
-    model, loss_fn, micro_batches: list[dict], precision: str, device: torch.device, scaler: DynamicLossScaler
+    model,
+    loss_fn,
+    micro_batches: list[dict],
+    precision: str,
+    device: torch.device,
+    scaler: DynamicLossScaler,
+    shares: list[float] | None = None,
 ) -> tuple[float, int]:
     """Backward over one accumulation window; the summed gradient equals the gradient of the window's mean loss.
 
     Each micro-batch's mean loss is weighted by its share of the window's examples, so unequal micro-batches
     (the last one of an epoch, token-budget batches) are weighted correctly. Returns (window loss, real tokens).
+    `shares` overrides the weights (distributed.window_shares: each rank's share of the global window); gradients
+    are all-reduced across ranks on the last micro-batch only.
     """
     n = sum(len(b["labels"]) for b in micro_batches)
+    shares = shares or [len(b["labels"]) / n for b in micro_batches]
     loss, tokens = 0.0, 0
-    for batch in micro_batches:
-        share = len(batch["labels"]) / n
-        micro, t = forward_loss(model, loss_fn, batch, precision, device)
-        scaler.scale(micro * share).backward()
-        loss, tokens = loss + micro.item() * share, tokens + t
+    for i, (batch, share) in enumerate(zip(micro_batches, shares)):
+        with sync_context(model, i == len(micro_batches) - 1):
+            micro, t = forward_loss(model, loss_fn, batch, precision, device)
+            scaler.scale(micro * share).backward()
+        loss, tokens = loss + micro.item() * share, tokens + (t if share else 0)
     return loss, tokens
 
 
@@ -179,6 +222,9 @@ class Loop:
         self.model, self.loss_fn, self.data, self.evaluate, self.cfg = model, loss_fn, data, evaluate, cfg
         self.out_dir, self.device = Path(out_dir), device
         self.total, self.epochs = self._plan(cfg)
+        # distributed: DDP, or FSDP2 sharding in place (so before the optimizer sees the parameters)
+        self.train_model = wrap_model(model, device, cfg.fsdp, cfg.precision, cfg.fsdp_cpu_offload)
+        self.sharded = is_sharded(self.train_model)
         self.optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.llrd)
         # Warmup rounds up, as the reference does: a short run still gets a warmup step.
         warmup = cfg.warmup_steps if cfg.warmup_steps is not None else math.ceil(cfg.warmup_ratio * self.total)
@@ -187,11 +233,12 @@ class Loop:
         self.scaler = DynamicLossScaler(enabled=cfg.precision == "fp16")
         self.params = [p for p in model.parameters() if p.requires_grad]
         # CPU only: CUDA's caching allocator has no page faults to save, and its sparse add is not deterministic.
-        self.kept_grads = sparse_embedding_grads(model) if device.type == "cpu" else []
+        self.kept_grads = sparse_embedding_grads(model) if device.type == "cpu" and world_size() == 1 else []
         self.state = LoopState()
         if cfg.resume:
+            load = load_sharded_checkpoint if self.sharded else load_checkpoint  # FSDP: every rank its shards
             self.state = LoopState(
-                **load_checkpoint(
+                **load(
                     self.out_dir / "checkpoint",
                     model,
                     self.optimizer,
@@ -199,11 +246,21 @@ class Loop:
                     self.scaler,
                     data.sampler,
                     self.signature,
+                    rank(),
                 )
             )
         self.state.total_steps = self.total
-        self.log = MetricsLog(self.out_dir / "metrics.jsonl", self.state.step if cfg.resume else None)
-        self.bar = tqdm(total=self.total, initial=self.state.step, desc="train", unit="step", dynamic_ncols=True)
+        resume_step = self.state.step if cfg.resume else None
+        sink = TensorBoardSink(self.out_dir / "tensorboard", resume_step) if cfg.report_to == "tensorboard" else None
+        self.log = MetricsLog(self.out_dir / "metrics.jsonl", resume_step, sink) if is_main() else Silent()
+        self.bar = tqdm(
+            total=self.total,
+            initial=self.state.step,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not is_main(),
+        )
         self.t0, self.tokens0 = time.perf_counter(), self.state.tokens
         self.epoch = self.state.epoch  # the epoch under way (0-based); logs count epochs from 1
         self.saved_step = -1  # the step of the last checkpoint written
@@ -225,12 +282,13 @@ class Loop:
 
     def step(self, window: list[list[int]]) -> bool:
         """One optimizer step over an accumulation window of batches; False when it was skipped (non-finite)."""
-        self.model.train()
+        self.train_model.train()
         batches = [self.data.collate([self.data.features[i] for i in idx]) for idx in window]
         loss, tokens = accumulate_gradients(
-            self.model, self.loss_fn, batches, self.cfg.precision, self.device, self.scaler
+            self.train_model, self.loss_fn, batches, self.cfg.precision, self.device, self.scaler, window_shares(window)
         )
-        found_inf = self.scaler.unscale_(self.optimizer) or not math.isfinite(loss)
+        loss, tokens = reduce_window(loss, tokens)  # distributed: the global window's, on every rank
+        found_inf = any_rank(self.scaler.unscale_(self.optimizer) or not math.isfinite(loss))
         clip = self.cfg.clip_grad if self.cfg.clip_grad > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
         lr = self.optimizer.param_groups[-1]["lr"]  # the lr this step applies (the head's: the peak under LLRD)
@@ -281,10 +339,11 @@ class Loop:
             self.scheduler.step(metric=value)
         self.log.write(type="eval", step=state.step, epoch=self.epoch + 1, improved=improved, **metrics)
         losses = f", loss {metrics['loss']:.4f} (train {self.train_loss:.4f})" if "loss" in metrics else ""
-        tqdm.write(f"eval step {state.step}: {metric}={value:.4f}{losses}" + (" (best)" if improved else ""))
+        say = tqdm.write if is_main() else lambda _: None  # distributed: rank 0 prints
+        say(f"eval step {state.step}: {metric}={value:.4f}{losses}" + (" (best)" if improved else ""))
         if self.cfg.patience and state.bad_evals >= self.cfg.patience and not self.done():
             state.stopped_early = True
-            tqdm.write(
+            say(
                 f"early stop at step {state.step} of {self.total}: no improvement in {self.cfg.patience} evaluations "
                 f"(patience counts evaluations); best {metric}={state.best:.4f} at step {state.best_step}"
             )
@@ -293,7 +352,10 @@ class Loop:
         if not self.cfg.checkpoint:
             return
         self.saved_step = self.state.step
-        save_checkpoint(
+        rngs = gather_rng(rng_state())  # distributed: every rank's RNG, saved by rank 0
+        if not (is_main() or self.sharded):
+            return
+        (save_sharded_checkpoint if self.sharded else save_checkpoint)(
             self.out_dir / "checkpoint",
             self.model,
             self.optimizer,
@@ -304,6 +366,7 @@ class Loop:
             self.signature,
             keep=self.cfg.keep_checkpoints,
             finished=self.done(),
+            rank_rngs=rngs,
         )
 
     def stop(self) -> None:
@@ -362,7 +425,7 @@ def fit(
                         loop.checkpoint()
                     elif cfg.save_every and applied and state.step % cfg.save_every == 0:
                         loop.checkpoint()
-                    if stop.requested:
+                    if any_rank(stop.requested):  # distributed: every rank stops at the same step
                         loop.stop()
                     if loop.done() and not ends_epoch:
                         break
@@ -371,25 +434,24 @@ def fit(
                 if not cfg.eval_every:
                     loop.evaluate_and_keep()
                 loop.checkpoint()
-                if stop.requested:
+                if any_rank(stop.requested):
                     loop.stop()
             if state.best is None or (cfg.eval_every and state.step % cfg.eval_every):
                 loop.evaluate_and_keep()  # the last steps were not evaluated yet
         finally:
             loop.close()
+    barrier()  # distributed: rank 0 has written best.safetensors
     _restore_best(model, loop.out_dir)
     return state
 
 
 def _save_best(model: nn.Module, out_dir: Path) -> None:
-    state = trainable_state(model)
-    atomic_write(out_dir / "best.safetensors", lambda p: save_file(state, p))
+    state = full_trainable_state(model)  # FSDP: gathered onto rank 0, which alone writes
+    if is_main():
+        atomic_write(out_dir / "best.safetensors", lambda p: save_file(state, p))
 
 
 def _restore_best(model: nn.Module, out_dir: Path) -> None:
     path = out_dir / "best.safetensors"
     if path.is_file():
-        own = model.state_dict()
-        with torch.no_grad():
-            for k, v in load_file(str(path)).items():
-                own[k].copy_(v)
+        load_full_state(model, path)

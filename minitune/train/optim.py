@@ -38,8 +38,11 @@ _LAYER = re.compile(r"(?:^|\.)layers?\.(\d+)\.")
 
 
 def layer_depth(name: str, num_layers: int) -> int:
-    """0 for embeddings, i + 1 for block i, num_layers + 1 for everything above the blocks (pooler, heads, norm)."""
-    if "embeddings" in name or "embed_tokens" in name:
+    """0 for embeddings, i + 1 for block i, num_layers + 1 for everything above the blocks (pooler, heads, norm).
+
+    DeBERTa's relative-position table (`encoder.rel_embeddings` and its `encoder.LayerNorm`) feeds every block
+    as the embeddings do, so it sits with them."""
+    if "embeddings" in name or "embed_tokens" in name or ".encoder.LayerNorm." in name:
         return 0
     match = _LAYER.search(name)
     if match:
