@@ -130,6 +130,21 @@ class RunConfig:
     )
     fsdp_cpu_offload: bool = opt(False, "with --fsdp: keep parameter shards, gradients and optimizer state on CPU")
     dist_timeout: int = opt(600, "under torchrun: seconds a rank waits for the others before the run fails")
+    head: str = opt(
+        "classifier",
+        "classifier: a classification head on the model; generative: an instruct decoder answers in its chat "
+        "format (--epochs 0: zero-/few-shot; more: instruction tuning, e.g. with --lora-r)",
+        ("classifier", "generative"),
+    )
+    answer_mode: str = opt(
+        "constrained",
+        "--head generative: constrained (generation restricted to the labels), score (likelihood of each "
+        "label) or free (unconstrained generation, parsed)",
+        ("constrained", "score", "free"),
+    )
+    shots: int = opt(0, "--head generative: few-shot examples drawn stratified from train with --seed")
+    prompt_template: str = opt(None, "--head generative: Jinja file for the user turn (text, pair, labels, options)")
+    max_new_tokens: int = opt(32, "--head generative --answer-mode free: generation length limit")
 
 
 FIELDS = {f.name for f in fields(RunConfig)}
@@ -249,7 +264,12 @@ def validate(cfg: RunConfig) -> RunConfig:
         )
     check_batch_size(cfg.batch_size)
     check_available(cfg.report_to)
-    for name in ("epochs", "grad_accum", "max_length", "log_every", "keep_checkpoints"):
+    _check(
+        isinstance(cfg.epochs, int) and cfg.epochs >= 0,
+        f"`epochs` must be a non-negative integer (0: evaluate without training), got {cfg.epochs!r}",
+    )
+    _check(cfg.shots >= 0, f"`shots` must be >= 0, got {cfg.shots}")
+    for name in ("grad_accum", "max_length", "log_every", "keep_checkpoints", "max_new_tokens"):
         value = getattr(cfg, name)
         _check(isinstance(value, int) and value >= 1, f"`{name}` must be a positive integer, got {value!r}")
     for name in (

@@ -25,6 +25,8 @@ from minitune.data.tasks import Example
 from minitune.errors import ConfigError
 from minitune.eval.predictions import label_predictions, write_predictions
 from minitune.eval.scoring import predict_scores
+from minitune.experiments.generative import predict_generative
+from minitune.experiments.instruct import GENERATIVE_FILE
 
 
 def model_dir_of(path: Path) -> Path:
@@ -60,6 +62,24 @@ def predict_file(
     """Label every row of `input_path` with the model at `model_path` (a model/ directory or the run directory
     holding it); write the CSV; return (its path, rows)."""
     model_dir = model_dir_of(Path(model_path))
+    rows = read_rows(Path(input_path), Columns(text=text_col, label=None, pair=pair_col))
+    torch_device = resolve_device(device)
+    if (model_dir / GENERATIVE_FILE).is_file():  # a --head generative run's model: it answers in its chat
+        examples = [Example(text=r.text, pair=r.pair) for r in rows]
+        names, multi, scores = predict_generative(model_dir, examples, batch_size, max_length, torch_device)
+    else:
+        names, multi, scores = _head_scores(model_dir, model_path, rows, batch_size, max_length, torch_device)
+    labels = label_predictions(scores, names, thresholds_for(model_dir, names, threshold) if multi else None)
+    write_predictions(
+        Path(output_path), [r.fields for r in rows], labels, scores, names, "labels" if multi else "label"
+    )
+    return Path(output_path), len(rows)
+
+
+def _head_scores(
+    model_dir: Path, model_path, rows, batch_size: int, max_length: int, device
+) -> tuple[list[str], bool, np.ndarray]:
+    """A classification head's probabilities for the rows: (label names, whether multi-label, scores (N, C))."""
     model = load_model(model_dir)
     if not model.head_trained:
         raise ConfigError(
@@ -69,16 +89,9 @@ def predict_file(
     tokenizer = load_tokenizer(model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.set_pad_to_eos()
-    rows = read_rows(Path(input_path), Columns(text=text_col, label=None, pair=pair_col))
     multi = model.hf_config.get("problem_type") == "multi_label_classification"
     kind = MULTI_LABEL if multi else SINGLE_LABEL
     features = tokenize([Example(text=r.text, pair=r.pair) for r in rows], tokenizer, kind, max_length)
-    torch_device = resolve_device(device)
     collate_fn = make_collate("dynamic", max_length, tokenizer.pad_token_id)
-    scores = predict_scores(model.to(torch_device), features, collate_fn, kind, batch_size, torch_device)
-    names = model.label_names
-    labels = label_predictions(scores, names, thresholds_for(model_dir, names, threshold) if multi else None)
-    write_predictions(
-        Path(output_path), [r.fields for r in rows], labels, scores, names, "labels" if multi else "label"
-    )
-    return Path(output_path), len(rows)
+    scores = predict_scores(model.to(device), features, collate_fn, kind, batch_size, device)
+    return model.label_names, multi, scores

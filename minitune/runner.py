@@ -47,6 +47,7 @@ from minitune.eval.report import format_report, write_results
 from minitune.eval.scoring import task_report
 from minitune.eval.thresholds import choose_thresholds
 from minitune.experiments.folds import run_folds
+from minitune.experiments.generative import run_generative
 from minitune.experiments.trial import build_loss, score, train_once
 from minitune.models import family_for
 from minitune.models.decoder import MODEL_TYPES as DECODER_TYPES
@@ -106,7 +107,9 @@ def _train(cfg: RunConfig, inputs: RunInputs, device: torch.device) -> dict:
         atomic_write_text(out / "config.json", dump(cfg) + "\n")
     t0 = time.perf_counter()
     try:
-        if inputs.task.kind == MULTIPLE_CHOICE and inputs.task.folds:
+        if cfg.head == "generative":
+            results = run_generative(cfg, inputs.task, inputs.tokenizer, inputs.test, out, device)
+        elif inputs.task.kind == MULTIPLE_CHOICE and inputs.task.folds:
             results = run_folds(cfg, inputs.task, inputs.tokenizer, inputs.test, out, device)
         else:
             results = run_holdout(cfg, inputs, out, device)

@@ -38,7 +38,7 @@ DTYPES = {
     "fp16": torch.float16,
     "float16": torch.float16,
 }
-HEADS = ("sequence", "multiple_choice")
+HEADS = ("sequence", "multiple_choice", "causal_lm")  # causal_lm: decoders, for generation
 
 
 def resolve_dtype(dtype) -> torch.dtype:

@@ -227,6 +227,12 @@ class Tokenizer:
         # transformers encodes a single example with an empty pair as a single text; keep that.
         return self._encode([text], [pair] if pair else None, max_length, None)[0].ids
 
+    def encode_text(self, text: str) -> list[int]:
+        """Ids of text as written, without the special tokens the post-processor would add (a rendered chat
+        template, a label after a prompt) and without truncation."""
+        self._set_truncation(None)
+        return self._tok.encode(text, add_special_tokens=False).ids
+
     def encode_batch(
         self, texts: Sequence[str], pairs: Sequence[str] | None = None, max_length: int | None = None
     ) -> list[dict[str, list[int]]]:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from minitune.errors import ConfigError
+from minitune.eval.generations import format_generation_notes
 
 KIND_NAMES = {"single_label": "single-label", "multi_label": "multi-label", "multiple_choice": "multiple choice"}
 RULE = "=" * 72
@@ -246,6 +247,8 @@ def _split_section(name: str, rep: dict) -> list[str]:
         lines += ["", *_confusion(rep)]
     if "by_group" in rep:
         lines += ["", *_groups(rep["by_group"])]
+    if "generation" in rep:  # --head generative: answers that name no label
+        lines += ["", *format_generation_notes(rep["generation"])]
     notes = _notes(name, rep)
     return lines + ([""] + notes if notes else [])
 

@@ -15,6 +15,11 @@ What must match the reference (tested in tests/test_decoder.py against transform
 - Qwen2 has bias on q/k/v but not on o; Gemma takes head_dim from its config and uses tanh-GELU.
 Where we differ on purpose: the classifier reads the last real token from the attention mask (the reference uses
 the last token that is not the pad id, which is wrong when pad == eos).
+
+Generation (models/generate.py) uses `DecoderForCausalLM` and a `KVCache`: each layer appends its new keys and
+values to the cache and attends over all of them; the mask then covers the cached keys too (queries are the last
+t of S positions). Tested in tests/test_generate.py: cached logits equal uncached ones, greedy tokens equal the
+reference's generate().
 """
 
 from __future__ import annotations
@@ -242,17 +247,21 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor | None,
         dead: torch.Tensor | None,
+        kv: LayerKV | None = None,
     ) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = self.v_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv is not None:
+            k, v = kv.update(k, v)  # (B, Hkv, S, D): the cached keys and values, then these
         p = self.dropout if self.training else 0.0
         scale = self.head_dim**-0.5
         if mask is None:  # no padding: the causal flag lets SDPA pick its fastest kernel, GQA without copies
+            # One new query after a cache sees every key; is_causal would align it with the first key instead.
             y = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=p, is_causal=True, scale=scale, enable_gqa=self.groups > 1
+                q, k, v, dropout_p=p, is_causal=t > 1, scale=scale, enable_gqa=self.groups > 1
             )
         else:  # masked GQA would fall back to the slow math kernel on GPU; repeat kv instead
             k, v = _repeat_kv(k, self.groups), _repeat_kv(v, self.groups)
@@ -294,30 +303,63 @@ class DecoderLayer(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor | None,
         dead: torch.Tensor | None,
+        kv: LayerKV | None = None,
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, dead)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, dead, kv)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
 def attention_masks(attention_mask: torch.Tensor | None, t: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(B, T) 1/0 padding mask -> ((B, 1, T, T) boolean SDPA mask, (B, T) "dead query" flags), or (None, None)
-    when nothing is padded so attention can use is_causal.
+    """(B, S) 1/0 padding mask over all keys, the queries being the last t of them (S > t after a KV cache) ->
+    ((B, 1, t, S) boolean SDPA mask, (B, t) "dead query" flags), or (None, None) when nothing is padded and
+    attention can use is_causal (t == S) or needs no mask (t == 1).
 
     A left-pad query has no real key at or before it. SDPA gives 0 for such a fully masked row on PyTorch's CPU
     kernel, but finiteness is not promised on every backend, and a NaN there would reach real tokens through
     0 * NaN in the next layer's value product. So such rows attend to themselves, and their output is zeroed
     afterwards, which equals the reference.
     """
-    if attention_mask is None or bool(attention_mask.all()):
+    s = t if attention_mask is None else attention_mask.shape[1]
+    if attention_mask is None or (bool(attention_mask.all()) and (t == s or t == 1)):
         return None, None
     keep = attention_mask.bool()
     # Built from index comparisons and an integer cumsum: the same masks as tril / eye / a bool cumsum, in operations
     # that ONNX Runtime also runs (minitune export traces this function).
-    pos = torch.arange(t, device=keep.device)
-    causal, diagonal = pos[None, :] <= pos[:, None], pos[None, :] == pos[:, None]  # (T, T) key vs query
-    dead = keep.long().cumsum(-1) == 0  # (B, T)
-    mask = (causal & keep[:, None, :]) | (dead[:, :, None] & diagonal)
-    return mask[:, None], dead  # (B, 1, T, T), (B, T)
+    key = torch.arange(s, device=keep.device)
+    query = key[s - t :]  # query i sits at key position s - t + i
+    causal, itself = key[None, :] <= query[:, None], key[None, :] == query[:, None]  # (t, S) key vs query
+    dead = (keep.long().cumsum(-1) == 0)[:, s - t :]  # (B, t)
+    mask = (causal & keep[:, None, :]) | (dead[:, :, None] & itself)
+    return mask[:, None], dead  # (B, 1, t, S), (B, t)
+
+
+class LayerKV:
+    """One layer's cached keys and values, (B, Hkv, S, D) each."""
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k = k if self.k is None else torch.cat((self.k, k), dim=2)
+        self.v = v if self.v is None else torch.cat((self.v, v), dim=2)
+        return self.k, self.v
+
+
+class KVCache:
+    """Every layer's keys and values so far: a prefill fills it, each decoding step appends one position."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.layers = [LayerKV() for _ in range(n_layers)]
+
+    def __len__(self) -> int:
+        k = self.layers[0].k
+        return 0 if k is None else k.shape[2]
+
+    def take(self, rows: torch.Tensor) -> None:
+        """Re-form the batch from these rows (repeated rows: one prompt shared by several continuations)."""
+        for kv in self.layers:
+            kv.k, kv.v = kv.k[rows], kv.v[rows]
 
 
 class DecoderModel(nn.Module):
@@ -345,20 +387,26 @@ class DecoderModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
+        """With a cache, attention_mask covers the cached positions and these (B, S); position_ids are then due
+        (generate.py counts them from the mask, as the reference's generate does)."""
         t = input_ids.shape[1]
         x = self.embed(input_ids)
         if position_ids is None:  # arange even with left padding, like the reference (RoPE is relative anyway)
             position_ids = torch.arange(t, device=x.device)[None]  # (1, T)
         cos, sin = self.rotary_emb(x, position_ids)
         cos, sin = cos[:, None], sin[:, None]  # (B|1, 1, T, D), broadcast over heads
+        if cache is not None and attention_mask is None and len(cache):
+            attention_mask = torch.ones(x.shape[0], len(cache) + t, dtype=torch.long, device=x.device)
         mask, dead = attention_masks(attention_mask, t)
         ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            kv = cache.layers[i] if cache is not None else None
             if ckpt:
-                x = checkpoint(layer, x, cos, sin, mask, dead, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, mask, dead, kv, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, mask, dead)
+                x = layer(x, cos, sin, mask, dead, kv)
         return self.norm(x)
 
 
@@ -418,18 +466,47 @@ class DecoderForSequenceClassification(Classifier):
         return self.score(hidden[torch.arange(b, device=hidden.device), idx])  # (B, num_labels)
 
 
-def build(cfg: DecoderConfig, head: str, num_labels: int) -> DecoderForSequenceClassification:
-    if head != "sequence":
-        raise ConfigError(f"head={head!r} is not supported for {cfg.model_type} (decoder) models; use head='sequence'")
-    return DecoderForSequenceClassification(cfg, num_labels)
+class DecoderForCausalLM(nn.Module):
+    """forward(input_ids, attention_mask, position_ids, cache) -> next-token logits (B, T, V) in fp32 (or of the
+    last `keep_last` positions only). A tied checkpoint has no lm_head weight: the embedding matrix serves."""
+
+    base_prefix = "model"
+
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = DecoderModel(cfg)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def forward(self, *inputs, keep_last: int | None = None) -> torch.Tensor:
+        """inputs: those of DecoderModel.forward (input_ids, attention_mask, position_ids, cache)."""
+        hidden = self.model(*inputs)  # (B, T, H)
+        if keep_last is not None:
+            hidden = hidden[:, -keep_last:]
+        weight = self.model.embed_tokens.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
+        return F.linear(hidden, weight).float()  # (B, T, V)
+
+
+HEADS = ("sequence", "causal_lm")
+
+
+def build(cfg: DecoderConfig, head: str, num_labels: int) -> nn.Module:
+    if head not in HEADS:
+        raise ConfigError(
+            f"head={head!r} is not supported for {cfg.model_type} (decoder) models; use one of {', '.join(HEADS)}"
+        )
+    return DecoderForCausalLM(cfg) if head == "causal_lm" else DecoderForSequenceClassification(cfg, num_labels)
 
 
 def hf_architecture(model_type: str, head: str) -> str:
     if model_type not in _ARCH_NAMES:
         raise ConfigError(f"model_type {model_type!r} is not a decoder family; use one of {', '.join(MODEL_TYPES)}")
-    if head != "sequence":
-        raise ConfigError(f"head={head!r} is not supported for {model_type} (decoder) models; use head='sequence'")
-    return _ARCH_NAMES[model_type] + "ForSequenceClassification"
+    if head not in HEADS:
+        raise ConfigError(
+            f"head={head!r} is not supported for {model_type} (decoder) models; use one of {', '.join(HEADS)}"
+        )
+    return _ARCH_NAMES[model_type] + ("ForCausalLM" if head == "causal_lm" else "ForSequenceClassification")
 
 
 def usable_positions(hf: dict) -> int | None:
