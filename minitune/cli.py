@@ -120,7 +120,9 @@ def predict_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-col", default="text", help="column holding the text")
     p.add_argument("--pair-col", default=None, help="column holding the second segment, if the model used one")
     p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass")
-    p.add_argument("--max-length", type=int, default=128, help="truncate inputs to this many tokens")
+    p.add_argument(
+        "--max-length", type=int, default=None, help="truncate inputs to this many tokens (default: as the run trained)"
+    )
     p.add_argument(
         "--threshold",
         type=float,
@@ -134,7 +136,7 @@ def predict_parser() -> argparse.ArgumentParser:
 
 def run_predict(argv: list[str]) -> Path:
     args = predict_parser().parse_args(argv)
-    if args.batch_size < 1 or args.max_length < 1:
+    if args.batch_size < 1 or (args.max_length is not None and args.max_length < 1):
         raise ConfigError("--batch-size and --max-length must be positive integers")
     path, n = predict_file(
         Path(args.model),
@@ -229,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e.render(lambda param: flag_for(param, flags))}", file=sys.stderr)
         return 2
     except (TrainingInterrupted, KeyboardInterrupt):
-        print(interrupted_message(cfg), file=sys.stderr)
+        if is_main():
+            print(interrupted_message(cfg), file=sys.stderr)
         return 130
     return 0
 

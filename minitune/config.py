@@ -20,7 +20,7 @@ import torch
 from minitune.data.batching import check_batch_size
 from minitune.data.tasks import TASKS
 from minitune.errors import ConfigError
-from minitune.train.optim import check_optimizer_args
+from minitune.train.optim import check_optimizer_args, check_warmup_steps
 from minitune.train.tensorboard import check_available
 
 
@@ -63,7 +63,9 @@ class RunConfig:
     warmup_ratio: float = opt(0.1, "share of steps spent in linear warmup")
     warmup_steps: int = opt(None, "optimizer steps of linear warmup (instead of --warmup-ratio)")
     scheduler: str = opt("cosine", "schedule after warmup", ("cosine", "linear", "constant", "plateau"))
-    llrd: float = opt(None, "layer-wise LR decay: head at lr, each lower layer x llrd, embeddings lowest (0 or 1: off)")
+    llrd: float = opt(
+        None, "layer-wise LR decay in (0, 1]: head at lr, each lower layer x llrd, embeddings lowest (unset: off)"
+    )
     clip_grad: float = opt(1.0, "clip the gradient norm to this (0 = off)")
     max_length: int = opt(128, "truncate inputs to this many tokens")
     max_train_samples: int = opt(None, "use only the first N training examples (after a seeded shuffle)")
@@ -284,12 +286,11 @@ def validate(cfg: RunConfig) -> RunConfig:
     ):
         value = getattr(cfg, name)
         _check(value is None or value >= 1, f"`{name}` must be a positive integer, got {value!r}")
-    _check(cfg.warmup_steps is None or cfg.warmup_steps >= 0, f"`warmup_steps` must be >= 0, got {cfg.warmup_steps}")
+    if cfg.warmup_steps is not None:
+        check_warmup_steps(cfg.warmup_steps)
     _check(0 <= cfg.warmup_ratio < 1, f"`warmup_ratio` must be in [0, 1), got {cfg.warmup_ratio}")
     _check(0 <= cfg.lora_dropout < 1, f"`lora_dropout` must be in [0, 1), got {cfg.lora_dropout}")
     _check(0 < cfg.threshold < 1, f"`threshold` must be in (0, 1), got {cfg.threshold}")
-    if cfg.llrd in (0, 1):
-        cfg.llrd = None  # one lr for every layer
     check_optimizer_args(cfg.lr, cfg.weight_decay, cfg.llrd)
     _check(cfg.lora_r >= 0, f"`lora_r` must be >= 0, got {cfg.lora_r}")
     _check(
@@ -314,7 +315,12 @@ def validate(cfg: RunConfig) -> RunConfig:
         "`fsdp` shards trainable weights; NF4 bases are not shardable here: drop `quantize` or `fsdp`",
     )
     _check(not cfg.fsdp_cpu_offload or bool(cfg.fsdp), "`fsdp_cpu_offload` needs `fsdp` full or grad-op")
-    _check(cfg.resume is None or cfg.checkpoint, "`resume` needs checkpoints: drop --no-checkpoint")
+    _check(cfg.resume is None or cfg.checkpoint, "`resume` needs checkpoints: leave `checkpoint` on")
+    _check(
+        not (cfg.fsdp and cfg.keep_checkpoints > 1),
+        "`keep_checkpoints` above 1 is not kept under `fsdp` "
+        "(sharded checkpoints keep the newest only): drop one of them",
+    )
     if cfg.metric is None:
         cfg.metric = "accuracy" if cfg.task == "recipe-mpr" else "macro_f1"
     if cfg.resume:
@@ -416,7 +422,8 @@ def used_settings(cfg: RunConfig) -> dict:
     }
 
 
-def print_config(cfg: RunConfig, stream=sys.stdout) -> None:
+def print_config(cfg: RunConfig, stream=None) -> None:
+    stream = stream or sys.stdout  # looked up at call time: a redirected stdout is used
     print(f"settings (every one is saved in {Path(cfg.output_dir) / 'config.json'}):", file=stream)
     for k, v in used_settings(cfg).items():
         print(f"  {k:20s} {v}", file=stream)

@@ -76,6 +76,13 @@ def onnx_metadata(model: nn.Module, model_dir: Path) -> dict[str, str]:
     return meta
 
 
+# Families whose traced graph would only hold for the traced length, with why.
+NOT_EXPORTABLE = {
+    "deberta-v2": "DeBERTa's relative-position rows are chosen from the batch's length while tracing, so the ONNX "
+    "graph would only run at that length; export BERT, RoBERTa, XLM-R, DistilBERT or decoder models",
+}
+
+
 def export_onnx(model_dir: Path, output: Path, opset: int = 17) -> Path:
     """Write the classifier in `model_dir` to `output` as ONNX; return the path."""
     if importlib.util.find_spec("onnx") is None:
@@ -88,6 +95,8 @@ def export_onnx(model_dir: Path, output: Path, opset: int = 17) -> Path:
             f"`model` {model_dir}: no trained sequence-classification head there (a base checkpoint or a "
             "multiple-choice model); pass the model/ directory of a classification run"
         )
+    if model.hf_config.get("model_type") in NOT_EXPORTABLE:
+        raise ConfigError(f"`model` {model_dir}: {NOT_EXPORTABLE[model.hf_config['model_type']]}")
     model.eval()
     model.set_unpadded(False)
     multi = model.hf_config.get("problem_type") == "multi_label_classification"

@@ -34,6 +34,14 @@ def model_dir_of(path: Path) -> Path:
     return path / "model" if (path / "model" / "config.json").is_file() else path
 
 
+def trained_max_length(model_dir: Path, default: int = 128) -> int:
+    """The max_length the run trained with (its config.json beside model/), else `default`."""
+    try:
+        return int(json.loads((model_dir.parent / "config.json").read_text(encoding="utf-8"))["max_length"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
+
+
 def thresholds_for(model_dir: Path, names: list[str], override: float | None) -> np.ndarray:
     """`override`, else what the training run chose on dev (tuned per label, or its fixed threshold), else 0.5."""
     if override is not None:
@@ -55,13 +63,14 @@ def predict_file(
     text_col: str = "text",
     pair_col: str | None = None,
     batch_size: int = 64,
-    max_length: int = 128,
+    max_length: int | None = None,
     threshold: float | None = None,
     device: str = "auto",
 ) -> tuple[Path, int]:
     """Label every row of `input_path` with the model at `model_path` (a model/ directory or the run directory
-    holding it); write the CSV; return (its path, rows)."""
+    holding it); write the CSV; return (its path, rows). `max_length` defaults to what the run trained with."""
     model_dir = model_dir_of(Path(model_path))
+    max_length = max_length or trained_max_length(model_dir)
     rows = read_rows(Path(input_path), Columns(text=text_col, label=None, pair=pair_col))
     torch_device = resolve_device(device)
     if (model_dir / GENERATIVE_FILE).is_file():  # a --head generative run's model: it answers in its chat

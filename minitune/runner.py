@@ -27,7 +27,7 @@ from minitune.checkpoints.hub import resolve_model
 from minitune.checkpoints.load import load_tokenizer, read_config
 from minitune.checkpoints.save import save_model_dir
 from minitune.config import RunConfig, dump, make_config, print_config, resolve_device, resume_signature, used_settings
-from minitune.data.custom import DELIMITERS_BY_NAME, Columns, read_rows
+from minitune.data.custom import DELIMITERS_BY_NAME, Columns, Row, read_rows
 from minitune.data.features import tokenize
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE
 from minitune.data.splits import holdout_examples, subsample
@@ -64,6 +64,7 @@ class RunInputs:
     task: TaskData
     tokenizer: Tokenizer
     test: list[Example] | None  # --test-file's examples
+    unlabelled: list[Row] | None = None  # --predict-file's rows
 
 
 @dataclass
@@ -134,7 +135,8 @@ def _train(cfg: RunConfig, inputs: RunInputs, device: torch.device) -> dict:
     text = format_report(results)
     atomic_write_text(out / "report.txt", text)
     report_html = write_html_report(out)
-    print(text + f"report with figures: {report_html}\n" + saved_note(cfg, out))
+    # The settings were printed when the run began: the console report leaves them out (report.txt keeps them).
+    print(format_report(results, settings=False) + f"report with figures: {report_html}\n" + saved_note(cfg, out))
     return results
 
 
@@ -170,19 +172,17 @@ def run_holdout(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.devi
     if main:
         write_example_predictions(out / "dev_predictions.csv", task, dev_ex, trial.dev_scores, use)
         write_prediction_records(out, "dev", dev_ex, label_array(task, dev_ex), trial.dev_scores)
-    if cfg.predict_file:
-        predict_unlabelled(cfg, task, trial, tokenizer, use, out, device)
     model = consolidated(trial.model)  # FSDP: the whole model, gathered onto rank 0
     if main:
         save_model_dir(out, model, tokenizer, task.kind, task.label_names, thresholds)
         (out / "best.safetensors").unlink(missing_ok=True)  # model/ holds the best weights now: one copy, not two
+    if inputs.unlabelled is not None:
+        predict_unlabelled(cfg, task, trial, tokenizer, inputs.unlabelled, use, out, device)
     return results
 
 
-def predict_unlabelled(cfg: RunConfig, task: TaskData, trial, tokenizer, thresholds, out: Path, device) -> None:
+def predict_unlabelled(cfg: RunConfig, task: TaskData, trial, tokenizer, rows, thresholds, out: Path, device) -> None:
     """--predict-file: an unlabelled file labelled by the selected model, joined to its input (predictions.csv)."""
-    columns = Columns(text=TEXT_COLUMNS.get(cfg.task, cfg.text_col), label=None, pair=cfg.pair_col)
-    rows = read_rows(Path(cfg.predict_file), columns, DELIMITERS_BY_NAME.get(cfg.delimiter))
     features = tokenize([Example(text=r.text, pair=r.pair) for r in rows], tokenizer, task.kind, cfg.max_length)
     scores = score(cfg, task, trial.model, features, trial.collate, device)
     multi = task.kind == MULTI_LABEL
@@ -241,7 +241,7 @@ def saved_note(cfg: RunConfig, out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-# Text columns of the tasks' own unlabelled files (--predict-file), where it is not "text".
+# Text columns of the tasks' own unlabelled files (--predict-file), where it is not "text" (--text-col wins).
 TEXT_COLUMNS = {"semeval": "Tweet"}
 
 
@@ -279,6 +279,7 @@ def resolve_inputs(cfg: RunConfig) -> RunInputs:
             "the longest example; raise `max_tokens` or lower `max_length`"
         )
     test = load_eval_file(task, cfg.test_file) if cfg.test_file else None
+    unlabelled = read_unlabelled(cfg, task) if cfg.predict_file else None
     name = "minilm" if cfg.model == "ffnn" else cfg.model  # the baseline borrows MiniLM's tokenizer
     path = resolve_model(name)
     family = "llama" if path.suffix.lower() == ".gguf" else None
@@ -297,7 +298,23 @@ def resolve_inputs(cfg: RunConfig) -> RunInputs:
     if tokenizer.pad_token_id is None:
         log.warning("%s has no pad token: using its eos token for padding", cfg.model)
         tokenizer.set_pad_to_eos()
-    return RunInputs(task, tokenizer, test)
+    return RunInputs(task, tokenizer, test, unlabelled)
+
+
+def read_unlabelled(cfg: RunConfig, task: TaskData) -> list[Row]:
+    """--predict-file's rows, read before training so a wrong path or column costs seconds, not a run."""
+    if cfg.head == "generative":
+        raise ConfigError(
+            "`predict_file` goes with the classifier head; label a file with a generative run's model "
+            "through minitune predict"
+        )
+    if task.kind == MULTIPLE_CHOICE:
+        raise ConfigError(
+            "`predict_file` labels texts for classification tasks; score multiple-choice items with `test_file`"
+        )
+    text_col = cfg.text_col if cfg.text_col != "text" else TEXT_COLUMNS.get(cfg.task, "text")
+    columns = Columns(text=text_col, label=None, pair=cfg.pair_col)
+    return read_rows(Path(cfg.predict_file), columns, DELIMITERS_BY_NAME.get(cfg.delimiter))
 
 
 def check_max_length(cfg: RunConfig, usable: int | None) -> None:

@@ -41,18 +41,6 @@ SLOW = {
 }
 
 
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers",
-        "slow: long tests (full training runs, subprocesses, real checkpoints); the fast tier is -m 'not slow'",
-    )
-    config.addinivalue_line(
-        "markers",
-        "data: needs the real data in ../shared/data or $MINITUNE_TEST_DATA; "
-        "skipped without it, except under CI, where it fails",
-    )
-
-
 def pytest_report_header(config):
     found = "found" if DATA_DIR.is_dir() else ("MISSING: data tests fail (CI)" if IN_CI else "missing: data tests skip")
     return f"minitune test data: {DATA_DIR} ({found})"

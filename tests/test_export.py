@@ -114,3 +114,16 @@ def test_export_of_a_base_checkpoint_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]  # after the load's log line
     assert err.startswith(f"error: --model {tmp_path / 'base'}: no trained sequence-classification head")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_deberta_export_is_refused_in_one_line_not_written_broken(tmp_path, capsys):
+    from test_deberta import TINY as DEBERTA_TINY
+    from test_deberta import VARIANTS
+
+    cfg = transformers.DebertaV2Config(**{**DEBERTA_TINY, **VARIANTS["v3"]})
+    cfg.id2label, cfg.label2id = dict(enumerate(LABELS)), {n: i for i, n in enumerate(LABELS)}
+    transformers.DebertaV2ForSequenceClassification(cfg).save_pretrained(tmp_path / "deberta")
+    assert main(["export", "--model", str(tmp_path / "deberta"), "--output", str(tmp_path / "d.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: --model {tmp_path / 'deberta'}: DeBERTa's relative-position rows")
+    assert not (tmp_path / "d.onnx").exists()

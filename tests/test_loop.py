@@ -297,7 +297,13 @@ class SignalAt(list):
         return super().__getitem__(i)
 
 
-@pytest.mark.parametrize("at, sig", [(5, "SIGINT"), (29, "SIGTERM")])
+def rising():
+    """An evaluate whose score rises at every call, across the processes of one run: the last evaluation is best."""
+    calls = iter(range(1, 100))
+    return lambda m: {"score": next(calls) / 100}
+
+
+@pytest.mark.parametrize("at, sig", [(5, "SIGINT"), (29, "SIGTERM"), (45, "SIGINT")])
 def test_interrupt_finishes_the_step_checkpoints_and_resumes_exactly(tmp_path, at, sig):
     import signal
 
@@ -306,17 +312,18 @@ def test_interrupt_finishes_the_step_checkpoints_and_resumes_exactly(tmp_path, a
 
     feats = ragged_features(24)
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    straight, _ = run_fit(tmp_path, "a", feats, loop_cfg())
-    # Inside the first epoch (access 5: step 1) or the second (access 29: step 4): neither is an epoch end, where
-    # checkpoints were written before; the step under way finishes and is checkpointed.
+    straight, done = run_fit(tmp_path, "a", feats, loop_cfg(), evaluate=rising())
+    # Inside the first epoch (access 5: step 1), the second (access 29: step 4), or on the very last step (access
+    # 45: step 6, whose evaluation the stop skips): the step under way finishes and is checkpointed.
+    evaluate = rising()  # one run in two processes: its scores go on rising across the interruption
     with pytest.raises(TrainingInterrupted) as stopped:
-        run_fit(tmp_path, "b", SignalAt(feats, at, getattr(signal, sig)), loop_cfg())
+        run_fit(tmp_path, "b", SignalAt(feats, at, getattr(signal, sig)), loop_cfg(), evaluate=evaluate)
     step = stopped.value.step
-    assert step == (1 if at == 5 else 4) and stopped.value.checkpoint == str(tmp_path / "b" / "checkpoint")
-    assert read_progress(tmp_path / "b" / "checkpoint") == {"step": step, "epoch": at // 24, "finished": False}
+    assert step == {5: 1, 29: 4, 45: 6}[at] and stopped.value.checkpoint == str(tmp_path / "b" / "checkpoint")
+    assert read_progress(tmp_path / "b" / "checkpoint") == {"step": step, "epoch": at // 24, "finished": at == 45}
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
-    resumed, state = run_fit(tmp_path, "b", feats, loop_cfg(resume=True))
-    assert state.step == 6 and state.epoch == 2
+    resumed, state = run_fit(tmp_path, "b", feats, loop_cfg(resume=True), evaluate=evaluate)
+    assert state.step == 6 and state.best_step == done.best_step == 6
     for (n, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), n
 

@@ -56,6 +56,15 @@ def test_run_writes_dev_predictions_and_labels_its_predict_file(humor_ffnn):
     assert (humor_ffnn / "model" / "model.safetensors").is_file() and not (humor_ffnn / "best.safetensors").exists()
 
 
+def test_predict_file_is_checked_before_training(tmp_path, data_dir, capsys):
+    out = tmp_path / "never"
+    args = ["--task", "humor", *TINY, "--data-dir", str(data_dir), "--output-dir", str(out)]
+    assert main([*args, "--predict-file", str(tmp_path / "missing.csv")]) == 2
+    assert "missing.csv: file not found" in capsys.readouterr().err and not out.exists()
+    assert main([*args[:1], "recipe-mpr", *args[2:], "--predict-file", str(tmp_path / "x.csv")]) == 2
+    assert "--predict-file labels texts for classification tasks" in capsys.readouterr().err
+
+
 def test_predict_takes_the_run_folder_and_the_official_tab_separated_txt(humor_ffnn, tmp_path):
     official = tmp_path / "2018-E-c-En-test.txt"  # SemEval's official layout: tab-separated, ID and Tweet columns
     official.write_text("ID\tTweet\textra\n2018-En-1\tI am so happy today!\tx\n2018-En-2\tThis is awful.\ty\n")
@@ -153,3 +162,18 @@ def test_interruption_message_says_what_is_on_disk(tmp_path):
     assert f"checkpoint at step 17 in {ckpt}" in message and f"minitune --resume {tmp_path / 'run'}" in message
     assert "--no-checkpoint" in interrupted_message(make_config(task="humor", output_dir=str(tmp_path / "x"),
                                                                 checkpoint=False))  # fmt: skip
+
+
+def test_settings_printed_once_and_the_console_report_ends_with_what_was_saved(tmp_path, data_dir, capsys):
+    out = tmp_path / "run"
+    assert main(["--task", "humor", *TINY, "--data-dir", str(data_dir), "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("settings (every one is saved in") == 1 and "settings:" not in printed
+    assert "settings:" in (out / "report.txt").read_text()  # the file keeps them with the results
+    assert f"minitune predict --model {out} --input FILE.csv" in printed
+
+
+def test_predict_truncates_as_the_run_trained(humor_ffnn):
+    from minitune.predict import model_dir_of, trained_max_length
+
+    assert trained_max_length(model_dir_of(humor_ffnn)) == 32  # TINY's --max-length, not predict's old 128

@@ -158,7 +158,7 @@ def fetch(
             f"missing data file {dest}: download from {url} failed ({exc}); put {remote.path} there{public} "
             f"or point `data_dir` / $MINITUNE_DATA_DIR at a folder that has it"
         ) from None
-    except DataError:
+    except BaseException:  # a checksum mismatch, or Ctrl-C in the middle of a download
         _remove_empty(made)
         raise
     return dest

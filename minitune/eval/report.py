@@ -85,7 +85,7 @@ def _table(header: list[str], rows: list[list[str]], left: int = 1) -> list[str]
     return out
 
 
-def _header(results: dict, splits: list[tuple[str, dict]]) -> list[str]:
+def _header(results: dict, splits: list[tuple[str, dict]], settings: bool = True) -> list[str]:
     first = splits[0][1]
     kind = KIND_NAMES.get(first["kind"], first["kind"])
     lines = [
@@ -93,7 +93,7 @@ def _header(results: dict, splits: list[tuple[str, dict]]) -> list[str]:
         f"task: {results.get('task', '?')}  ({kind}, {len(first['label_names'])} labels)",
         f"model: {results.get('model', '?')}",
     ]
-    if isinstance(results.get("settings"), dict) and results["settings"]:
+    if settings and isinstance(results.get("settings"), dict) and results["settings"]:
         lines += _mapping("settings", results["settings"])  # what the run uses; config.json holds them all
     train = results.get("train")
     if isinstance(train, dict) and train:
@@ -253,12 +253,12 @@ def _split_section(name: str, rep: dict) -> list[str]:
     return lines + ([""] + notes if notes else [])
 
 
-def format_report(results: dict) -> str:
+def format_report(results: dict, settings: bool = True) -> str:
     """Plain-text report of a results dict (shape in the module docstring), ending with a newline."""
     splits = _splits(results)
     if not splits:
         raise ValueError("results hold no split report (a dict from metrics.classification_report)")
-    lines = _header(results, splits)
+    lines = _header(results, splits, settings)
     for name, rep in splits:
         lines += _split_section(name, rep)
     return "\n".join(lines + [RULE]) + "\n"

@@ -98,6 +98,7 @@ class LoopState:
     tokens: int = 0
     stopped_early: bool = False
     total_steps: int = 0  # optimizer steps the run plans
+    last_eval_step: int = -1  # the step the last evaluation saw
 
 
 @dataclass
@@ -178,7 +179,8 @@ class Loop:
             )
         self.state.total_steps = self.total
         resume_step = self.state.step if cfg.resume else None
-        sink = TensorBoardSink(self.out_dir / "tensorboard", resume_step) if cfg.report_to == "tensorboard" else None
+        tensorboard = cfg.report_to == "tensorboard" and is_main()  # distributed: rank 0 alone writes events
+        sink = TensorBoardSink(self.out_dir / "tensorboard", resume_step) if tensorboard else None
         self.log = MetricsLog(self.out_dir / "metrics.jsonl", resume_step, sink) if is_main() else Silent()
         self.bar = tqdm(
             total=self.total,
@@ -255,6 +257,7 @@ class Loop:
         """Evaluate; keep the weights if they are the best so far; count toward early stopping."""
         state, metric = self.state, self.cfg.metric
         metrics = self.evaluate(self.model)
+        state.last_eval_step = state.step
         value = metrics[metric]
         improved = state.best is None or value > state.best
         if improved:
@@ -363,8 +366,8 @@ def fit(
                 loop.checkpoint()
                 if any_rank(stop.requested):
                     loop.stop()
-            if state.best is None or (cfg.eval_every and state.step % cfg.eval_every):
-                loop.evaluate_and_keep()  # the last steps were not evaluated yet
+            if state.best is None or state.last_eval_step != state.step:
+                loop.evaluate_and_keep()  # the last steps were not evaluated yet (eval_every, or a stop there)
         finally:
             loop.close()
     barrier()  # distributed: rank 0 has written best.safetensors

@@ -273,6 +273,11 @@ class PlateauSchedule(LRSchedule):
         super().load_state_dict(state)
 
 
+def check_warmup_steps(warmup_steps: int) -> None:
+    if not warmup_steps >= 0:
+        raise ParameterError(f"`warmup_steps` must be >= 0, got {warmup_steps}")
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
     name: str,
@@ -283,8 +288,7 @@ def build_scheduler(
     """A schedule over the optimizer's groups (each keeps its own base lr, so LLRD ratios survive)."""
     if name not in SCHEDULERS:
         raise ParameterError(f"`scheduler` {name!r} is not a schedule: use one of {', '.join(SCHEDULERS)}")
-    if warmup_steps < 0:
-        raise ParameterError(f"`warmup_steps` {warmup_steps} must be >= 0")
+    check_warmup_steps(warmup_steps)
     if name == "plateau":
         return PlateauSchedule(optimizer, warmup_steps, plateau or PlateauConfig())
     if name != "constant" and warmup_steps > total_steps:
