@@ -307,6 +307,7 @@ def test_goemotions_recipe_config_parses_and_names_the_missing_model(tmp_path, d
     assert (cfg.model, cfg.lr, cfg.batch_size, cfg.grad_accum) == ("deberta-v3-large", 3e-5, 4, 4)
     assert (cfg.scheduler, cfg.warmup_ratio, cfg.weight_decay, cfg.precision) == ("cosine", 0.15, 0.01, "fp16")
     assert (cfg.max_length, cfg.loss, cfg.threshold, cfg.oversample_rare) == (256, "asl:0.5+focal:0.5", 0.2, 100)
+    assert cfg.class_weights == "balanced"  # the inputs' checks build this loss before they look for the model
     # An empty cache, offline: the checkpoint is surely absent.
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)

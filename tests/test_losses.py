@@ -218,7 +218,9 @@ def test_build_loss_defaults_and_kinds():
     combo = build_loss("bce:0.5+asl:0.5", "multi_label", 3, pos_weight=[1.0, 2.0, 3.0])
     assert isinstance(combo, CombinedLoss) and combo.weights == [0.5, 0.5]
     x, y = t(LOGITS), t(MULTI)
-    expect = 0.5 * hand_bce(LOGITS, MULTI, [1.0, 2.0, 3.0]) + 0.5 * hand_asl(LOGITS, MULTI, 4.0, 1.0, 0.05) / 3
+    # pos_weight reaches every multi-label term: BCE's by hand, ASL's as its per-element loss times the weight
+    asl_weighted = AsymmetricLoss(reduction="none", pos_weight=t([1.0, 2.0, 3.0]))(t(LOGITS), t(MULTI)).sum().item()
+    expect = 0.5 * hand_bce(LOGITS, MULTI, [1.0, 2.0, 3.0]) + 0.5 * asl_weighted / 3
     assert combo(x, y).item() == pytest.approx(expect, rel=1e-6)
     ce = build_loss("ce", "single_label", 3, class_weights=WEIGHTS, label_smoothing=0.1)
     assert ce(x, t(CLASSES, torch.int64)).item() == pytest.approx(hand_ce(LOGITS, CLASSES, WEIGHTS, 0.1), rel=1e-6)
@@ -231,8 +233,8 @@ def test_build_loss_errors():
         build_loss("ce", "multi_label", 3)
     with pytest.raises(ConfigError, match="^loss asl"):
         build_loss("asl", "single_label", 3)
-    with pytest.raises(ConfigError, match="pos_weight applies to bce"):
-        build_loss("asl", "multi_label", 3, pos_weight=[1.0, 1.0, 1.0])
+    with pytest.raises(ConfigError, match="pos_weight applies to multi-label bce, focal or asl"):
+        build_loss("ce", "single_label", 3, pos_weight=[1.0, 1.0, 1.0])
     with pytest.raises(ConfigError, match="^class_weights apply"):
         build_loss("bce", "multi_label", 3, class_weights=[1.0, 1.0, 1.0])
     with pytest.raises(ConfigError, match="^label_smoothing"):
@@ -262,3 +264,19 @@ def test_balanced_pos_weight_real_semeval(data_dir):
     assert w[0].item() == pytest.approx((6838 - 2544) / 2544, rel=1e-6)
     edge = balanced_pos_weight(np.array([[0, 1, 1], [0, 0, 1]]))
     assert edge.tolist() == [1.0, 1.0, 1.0]  # no positives; 1 vs 1; no negatives
+
+
+def test_pos_weight_in_focal_and_asl_weighs_positives_as_bce_does():
+    """The GoEmotions recipe's class weights on its ASL + focal mix: with gamma 0 (and clip 0) both are exactly
+    torch's BCE with that pos_weight; with focusing on, only the positive elements are scaled."""
+    pw = t([3.0, 1.0, 0.5])
+    x, y = t(LOGITS), t(MULTI)
+    bce = F.binary_cross_entropy_with_logits(x, y, pos_weight=pw, reduction="none")
+    assert torch.allclose(SigmoidFocalLoss(0.0, pos_weight=pw)(x, y), bce.mean(), rtol=1e-6, atol=0)
+    asl0 = AsymmetricLoss(0.0, 0.0, clip=0.0, reduction="none", pos_weight=pw)
+    assert torch.allclose(asl0(x, y), bce, rtol=1e-5, atol=1e-7)
+    plain, weighted = AsymmetricLoss(reduction="none"), AsymmetricLoss(reduction="none", pos_weight=pw)
+    assert torch.equal(weighted(x, y), plain(x, y) * (1 + (pw - 1) * y))
+    combo = build_loss("asl:0.5+focal:0.5", "multi_label", 3, pos_weight=pw)
+    expect = 0.5 * weighted(x, y).sum() / len(x) + 0.5 * SigmoidFocalLoss(2.0, pos_weight=pw)(x, y)
+    assert combo(x, y).item() == pytest.approx(expect.item(), rel=1e-6)

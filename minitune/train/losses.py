@@ -16,7 +16,9 @@ References and what must match:
   implementation Alibaba-MIIL/ASL `AsymmetricLoss`: probability shifting p_m = max(p - clip, 0) for negatives,
   separate focusing exponents gamma_pos / gamma_neg, eps clamping inside the logs, summed.
 - Class balancing: `balanced_class_weights` is sklearn's "balanced" rule n / (C * count);
-  `balanced_pos_weight` is the per-label neg/pos ratio that BCE's pos_weight expects.
+  `balanced_pos_weight` is the per-label neg/pos ratio that BCE's pos_weight expects. The multi-label focal and
+  asymmetric losses take the same pos_weight the way BCE does: each positive element's loss times its label's
+  weight, so with gamma = 0 (and clip = 0 for ASL) they equal BCE with that pos_weight.
 """
 
 from __future__ import annotations
@@ -99,7 +101,9 @@ class SigmoidFocalLoss(nn.Module):
     (the paper's alpha-balanced form). alpha=None means no balancing, so gamma = 0 gives plain BCE.
     """
 
-    def __init__(self, gamma: float = 2.0, alpha: float | None = None):
+    def __init__(
+        self, gamma: float = 2.0, alpha: float | None = None, pos_weight: torch.Tensor | Sequence[float] | None = None
+    ):
         super().__init__()
         if gamma < 0:
             raise ParameterError(f"`gamma` must be >= 0, got {gamma} (2.0 is the paper's value)")
@@ -107,6 +111,7 @@ class SigmoidFocalLoss(nn.Module):
             raise ValueError(f"focal alpha {alpha} must be in [0, 1]")
         self.gamma = float(gamma)
         self.alpha = alpha
+        _optional_buffer(self, "pos_weight", pos_weight)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         x, y = logits.float(), targets.float()
@@ -117,7 +122,7 @@ class SigmoidFocalLoss(nn.Module):
         loss = (1.0 - p_t).clamp(min=0.0) ** self.gamma * ce
         if self.alpha is not None:
             loss = loss * (self.alpha * y + (1.0 - self.alpha) * (1.0 - y))
-        return loss.mean()
+        return _weigh_positives(loss, y, self.pos_weight).mean()
 
 
 class AsymmetricLoss(nn.Module):
@@ -149,6 +154,7 @@ class AsymmetricLoss(nn.Module):
         eps: float = 1e-8,
         reduction: str = "sum",
         detach_focus: bool = True,
+        pos_weight: torch.Tensor | Sequence[float] | None = None,
     ):
         super().__init__()
         if gamma_neg < 0 or gamma_pos < 0:
@@ -160,6 +166,7 @@ class AsymmetricLoss(nn.Module):
         self.gamma_neg, self.gamma_pos, self.clip, self.eps = float(gamma_neg), float(gamma_pos), float(clip), eps
         self.reduction = reduction
         self.detach_focus = detach_focus
+        _optional_buffer(self, "pos_weight", pos_weight)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         x, y = logits.float(), targets.float()
@@ -170,12 +177,17 @@ class AsymmetricLoss(nn.Module):
             p_t = p * y + p_neg * (1.0 - y)
             weight = torch.pow(1.0 - p_t, self.gamma_pos * y + self.gamma_neg * (1.0 - y))
             log_lik = log_lik * (weight.detach() if self.detach_focus else weight)
-        loss = -log_lik  # (B, L)
+        loss = _weigh_positives(-log_lik, y, self.pos_weight)  # (B, L)
         if self.reduction == "sum":
             return loss.sum()
         if self.reduction == "mean":
             return loss.sum() / loss.shape[0]
         return loss
+
+
+def _weigh_positives(loss: torch.Tensor, y: torch.Tensor, pos_weight: torch.Tensor | None) -> torch.Tensor:
+    """Each positive element's loss times its label's pos_weight (L,), as BCE's pos_weight does."""
+    return loss if pos_weight is None else loss * (1.0 + (pos_weight - 1.0) * y)
 
 
 class CombinedLoss(nn.Module):
@@ -259,7 +271,8 @@ def build_loss(
 
     Defaults: "ce" for single-label and multiple choice, "bce" for multi-label. "ce" is single-label only;
     "bce" and "asl" are multi-label only; "focal" picks its softmax or sigmoid form from the kind.
-    `class_weights` (C,) go to "ce" and to softmax "focal" (as alpha); `pos_weight` (L,) to "bce";
+    `class_weights` (C,) go to "ce" and to softmax "focal" (as alpha); `pos_weight` (L,) to multi-label "bce",
+    "focal" and "asl";
     `label_smoothing` to "ce"; `gamma` to "focal"; `gamma_neg`, `gamma_pos`, `clip` to "asl". A setting that no
     chosen loss uses is a ParameterError.
     A single term returns the bare loss module; several return a CombinedLoss.
@@ -280,8 +293,8 @@ def build_loss(
         raise ParameterError(
             f"`class_weights` apply to ce or single-label focal, not `loss` {spec} on a {kind} task; leave them out"
         )
-    if pos_weight is not None and "bce" not in used:
-        raise ParameterError(f"`pos_weight` applies to bce only, not `loss` {spec}; leave it out or add bce to `loss`")
+    if pos_weight is not None and not (used & {"bce", "focal", "asl"} and multi):
+        raise ParameterError(f"`pos_weight` applies to multi-label bce, focal or asl, not `loss` {spec}; leave it out")
     if label_smoothing and "ce" not in used:
         raise ParameterError(f"`label_smoothing` applies to ce only, not `loss` {spec}; set it to 0")
 
@@ -291,8 +304,8 @@ def build_loss(
         if loss_name == "bce":
             return BCEWithLogitsLoss(pos_weight)
         if loss_name == "focal":
-            return SigmoidFocalLoss(gamma) if multi else SoftmaxFocalLoss(gamma, class_weights)
-        return AsymmetricLoss(gamma_neg, gamma_pos, clip, reduction="mean")
+            return SigmoidFocalLoss(gamma, pos_weight=pos_weight) if multi else SoftmaxFocalLoss(gamma, class_weights)
+        return AsymmetricLoss(gamma_neg, gamma_pos, clip, reduction="mean", pos_weight=pos_weight)
 
     if len(terms) == 1:
         return make(terms[0][0])
