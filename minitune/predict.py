@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from minitune.checkpoints.load import load_model, load_tokenizer
 from minitune.config import resolve_device
@@ -71,13 +72,15 @@ def predict_file(
     holding it); write the CSV; return (its path, rows). `max_length` defaults to what the run trained with."""
     model_dir = model_dir_of(Path(model_path))
     max_length = max_length or trained_max_length(model_dir)
+    generative = (model_dir / GENERATIVE_FILE).is_file()  # a --head generative run's model: it answers in its chat
+    model = None if generative else head_model(model_dir, model_path)  # a wrong model is said before the input
     rows = read_rows(Path(input_path), Columns(text=text_col, label=None, pair=pair_col))
     torch_device = resolve_device(device)
-    if (model_dir / GENERATIVE_FILE).is_file():  # a --head generative run's model: it answers in its chat
+    if generative:
         examples = [Example(text=r.text, pair=r.pair) for r in rows]
         names, multi, scores = predict_generative(model_dir, examples, batch_size, max_length, torch_device)
     else:
-        names, multi, scores = _head_scores(model_dir, model_path, rows, batch_size, max_length, torch_device)
+        names, multi, scores = _head_scores(model, model_dir, rows, batch_size, max_length, torch_device)
     labels = label_predictions(scores, names, thresholds_for(model_dir, names, threshold) if multi else None)
     write_predictions(
         Path(output_path), [r.fields for r in rows], labels, scores, names, "labels" if multi else "label"
@@ -85,16 +88,21 @@ def predict_file(
     return Path(output_path), len(rows)
 
 
-def _head_scores(
-    model_dir: Path, model_path, rows, batch_size: int, max_length: int, device
-) -> tuple[list[str], bool, np.ndarray]:
-    """A classification head's probabilities for the rows: (label names, whether multi-label, scores (N, C))."""
+def head_model(model_dir: Path, model_path) -> nn.Module:
+    """The classifier in `model_dir`, refused in one line when it carries no trained sequence head."""
     model = load_model(model_dir)
     if not model.head_trained:
         raise ConfigError(
             f"`model` {model_path}: no trained sequence-classification head there (a base checkpoint "
             "or a multiple-choice model); pass the output directory of a classification run"
         )
+    return model
+
+
+def _head_scores(
+    model: nn.Module, model_dir: Path, rows, batch_size: int, max_length: int, device
+) -> tuple[list[str], bool, np.ndarray]:
+    """A classification head's probabilities for the rows: (label names, whether multi-label, scores (N, C))."""
     tokenizer = load_tokenizer(model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.set_pad_to_eos()
