@@ -257,7 +257,26 @@ def _check(ok: bool, message: str) -> None:
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    """Every check that needs no file: a bad setting fails here, before any output is written."""
+    """Every check that needs no file: a bad setting fails here, before any output is written. Fills the settings
+    whose default depends on others (metric, output_dir)."""
+    _check_values(cfg)
+    _check_combinations(cfg)
+    if cfg.metric is None:
+        cfg.metric = "accuracy" if cfg.task == "recipe-mpr" else "macro_f1"
+    if cfg.resume:
+        _check(
+            cfg.output_dir in (None, cfg.resume),
+            f"`resume` {cfg.resume} continues in that directory: drop `output_dir` {cfg.output_dir} or make it the "
+            "same",
+        )
+        cfg.output_dir = cfg.resume
+    if cfg.output_dir is None:
+        cfg.output_dir = str(Path("runs") / f"{cfg.task}-{Path(cfg.model).name}")
+    return cfg
+
+
+def _check_values(cfg: RunConfig) -> None:
+    """Each setting on its own: a choice among its choices, a number within its bounds."""
     for f in fields(RunConfig):
         value, choices = getattr(cfg, f.name), f.metadata["choices"]
         _check(
@@ -293,6 +312,15 @@ def validate(cfg: RunConfig) -> RunConfig:
     _check(0 < cfg.threshold < 1, f"`threshold` must be in (0, 1), got {cfg.threshold}")
     check_optimizer_args(cfg.lr, cfg.weight_decay, cfg.llrd)
     _check(cfg.lora_r >= 0, f"`lora_r` must be >= 0, got {cfg.lora_r}")
+    _check(cfg.dist_timeout >= 1, f"`dist_timeout` must be a positive number of seconds, got {cfg.dist_timeout}")
+    _check(
+        cfg.device in ("auto", "cpu") or cfg.device.startswith("cuda"),
+        f"`device` {cfg.device!r}: use cpu, cuda (or cuda:N), or auto",
+    )
+
+
+def _check_combinations(cfg: RunConfig) -> None:
+    """Settings that do not go together, or that need another."""
     _check(
         cfg.task != "custom" or bool(cfg.train_file),
         "`task` custom needs `train_file` (and `dev_file`, else 10% of train is held out)",
@@ -306,11 +334,6 @@ def validate(cfg: RunConfig) -> RunConfig:
         "`model` ffnn is trained in full from scratch: drop `lora_r`, `quantize` and `grad_checkpointing`",
     )
     _check(
-        cfg.device in ("auto", "cpu") or cfg.device.startswith("cuda"),
-        f"`device` {cfg.device!r}: use cpu, cuda (or cuda:N), or auto",
-    )
-    _check(cfg.dist_timeout >= 1, f"`dist_timeout` must be a positive number of seconds, got {cfg.dist_timeout}")
-    _check(
         not (cfg.fsdp and cfg.quantize),
         "`fsdp` shards trainable weights; NF4 bases are not shardable here: drop `quantize` or `fsdp`",
     )
@@ -321,18 +344,6 @@ def validate(cfg: RunConfig) -> RunConfig:
         "`keep_checkpoints` above 1 is not kept under `fsdp` "
         "(sharded checkpoints keep the newest only): drop one of them",
     )
-    if cfg.metric is None:
-        cfg.metric = "accuracy" if cfg.task == "recipe-mpr" else "macro_f1"
-    if cfg.resume:
-        _check(
-            cfg.output_dir in (None, cfg.resume),
-            f"`resume` {cfg.resume} continues in that directory: drop `output_dir` {cfg.output_dir} or make it the "
-            "same",
-        )
-        cfg.output_dir = cfg.resume
-    if cfg.output_dir is None:
-        cfg.output_dir = str(Path("runs") / f"{cfg.task}-{Path(cfg.model).name}")
-    return cfg
 
 
 # What a resumed run must share with the run it continues: anything that shapes the model, data or schedule.
