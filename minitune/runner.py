@@ -208,6 +208,8 @@ def finished_run(cfg: RunConfig, task: TaskData) -> bool:
 
 def report_finished(out: Path) -> dict:
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    if not distributed.is_main():
+        return results
     print(f"{out}: this run already finished; its report (nothing was trained again):")
     print((out / "report.txt").read_text(encoding="utf-8") if (out / "report.txt").is_file() else "")
     return results

@@ -14,6 +14,7 @@ from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE
 from minitune.data.tasks import Example, TaskData, label_array
 from minitune.eval.metrics import classification_report
 from minitune.train.amp import autocast_context
+from minitune.train.distributed import is_main
 
 
 @torch.no_grad()
@@ -31,7 +32,9 @@ def predict_logits(
     order = sorted(range(len(features)), key=lambda i: length_of(features[i]))
     out = [None] * len(features)
     starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=len(starts) < 2):
+    for start in tqdm(
+        starts, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=len(starts) < 2 or not is_main()
+    ):
         idx = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in collate_fn([features[i] for i in idx]).items()}
         with autocast_context(precision, device.type):
