@@ -22,6 +22,7 @@ from pathlib import Path
 from minitune.config import FIELDS, RunConfig, choices_of, did_you_mean, field_type, flag, make_config
 from minitune.errors import ConfigError, MinituneError
 from minitune.eval.html import write_html_report
+from minitune.experiments.distill import make_teacher, run_distill
 from minitune.export import export_onnx
 from minitune.predict import predict_file
 from minitune.runner import run_train
@@ -44,7 +45,12 @@ COMMANDS_HELP = """commands:
   minitune [train] --task T ...      fine-tune a model (the default command; its flags are below)
   minitune predict --model DIR ...   label a file with a trained model (minitune predict --help)
   minitune report RUN_DIR            redraw a run's figures and report.html (no model needed)
-  minitune export --model DIR ...    export a trained classifier to ONNX (minitune export --help)"""
+  minitune export --model DIR ...    export a trained classifier to ONNX (minitune export --help)
+  minitune cv --task T --folds K ... k-fold cross-validation with out-of-fold predictions (training flags)
+  minitune sweep FILE.toml           a multi-phase search with a leaderboard (minitune sweep --help)
+  minitune distill --teacher DIR ... train a student on a teacher's probabilities (minitune distill --help)
+  minitune compare RUN_DIR ...       one table of finished runs, sorted by the task's metric
+  --seeds 42 123 456 on train or cv: one model per seed and their ensemble"""
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -74,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         kw = dict(help=_help(f), default=argparse.SUPPRESS, dest=f.name)
         if typ is bool:
             p.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
+        elif typ is list:  # --seeds 42 123 456
+            p.add_argument(flag(f.name), type=int, nargs="+", metavar="N", **kw)
         else:
             p.add_argument(flag(f.name), type=typ, metavar=f.name.upper(), **kw)
     return p
@@ -206,11 +214,53 @@ def run_export(argv: list[str]) -> Path:
     return path
 
 
+def cv_parser() -> argparse.ArgumentParser:
+    p = build_parser()
+    p.prog, p.usage = "minitune cv", "minitune cv --task TASK --folds K [training options]"
+    p.description = (
+        "k-fold cross-validation: one model per fold, out-of-fold predictions (oof.csv) for every training "
+        "example,\nper-fold and mean ± std scores, thresholds tuned on the out-of-fold predictions, and the fold "
+        "models'\nmean probabilities on dev and --test-file. --resume continues in the fold that was stopped."
+    )
+    return p
+
+
+def run_cv_command(argv: list[str]) -> dict:
+    cfg = make_config(**vars(cv_parser().parse_args(argv)))
+    return run_train(cfg, "cv")
+
+
+def distill_parser() -> argparse.ArgumentParser:
+    p = build_parser()
+    p.prog, p.usage = "minitune distill", "minitune distill --teacher DIR [DIR ...] --task TASK --model STUDENT [...]"
+    p.description = (
+        "Train a student on a teacher's probabilities (a run, --seeds or cv directory) plus the gold labels, and "
+        "report it beside\nthe teacher and the same student trained alone, with the predict-time speed ratio."
+    )
+    p.add_argument("--teacher", nargs="+", required=True, metavar="DIR", help="teacher run, ensemble or cv dirs")
+    p.add_argument("--distill-alpha", type=float, default=0.5, help="weight of the teacher term (default: 0.5)")
+    p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature (default: 2.0)")
+    p.add_argument(
+        "--alone", default=None, help="an existing run of the same student on gold labels (default: train one)"
+    )
+    return p
+
+
+def run_distill_command(argv: list[str]) -> dict:
+    args = vars(distill_parser().parse_args(argv))
+    teachers, alpha, temperature, alone = (args.pop(k) for k in ("teacher", "distill_alpha", "temperature", "alone"))
+    cfg = make_config(**args)
+    teacher = make_teacher(teachers, alpha, temperature, Path(cfg.output_dir), cfg.batch_size * 2)
+    return run_distill(cfg, teacher, alone, run_train)
+
+
 # Every command but training (the default): its function and its parser, whose flags errors are rendered with.
 COMMANDS = {
     "predict": (run_predict, predict_parser),
     "report": (run_report, report_parser),
     "export": (run_export, export_parser),
+    "cv": (run_cv_command, cv_parser),
+    "distill": (run_distill_command, distill_parser),
 }
 
 
