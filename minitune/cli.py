@@ -22,7 +22,9 @@ from pathlib import Path
 from minitune.config import FIELDS, RunConfig, choices_of, did_you_mean, field_type, flag, make_config
 from minitune.errors import ConfigError, MinituneError
 from minitune.eval.html import write_html_report
+from minitune.experiments.compare import compare, markdown_table, write_comparison
 from minitune.experiments.distill import make_teacher, run_distill
+from minitune.experiments.sweep import read_sweep, run_sweep
 from minitune.export import export_onnx
 from minitune.predict import predict_file
 from minitune.runner import run_train
@@ -254,6 +256,46 @@ def run_distill_command(argv: list[str]) -> dict:
     return run_distill(cfg, teacher, alone, run_train)
 
 
+def sweep_parser() -> argparse.ArgumentParser:
+    p = CommandParser(
+        prog="minitune sweep",
+        allow_abbrev=False,
+        description="Train the trials of a sweep file (a base config, a list or grid of variations, phases with "
+        "their own budgets and how many trials advance); finished trials are skipped on a rerun, and "
+        "leaderboard.md/.json is rewritten after every trial. The file's format: minitune/experiments/sweep.py "
+        "and configs/goemotions-loss-sweep.toml.",
+    )
+    p.add_argument("file", help="the sweep's TOML file")
+    return p
+
+
+def run_sweep_command(argv: list[str]) -> list[dict]:
+    sweep = read_sweep(sweep_parser().parse_args(argv).file)
+    rows = run_sweep(sweep, run_train)
+    print(f"leaderboard of {len(rows)} trials: {sweep.output_dir / 'leaderboard.md'}")
+    return rows
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    p = CommandParser(
+        prog="minitune compare",
+        allow_abbrev=False,
+        description="One table of finished runs (task, model, parameters, dev/out-of-fold/test scores, thresholds, "
+        "training time), sorted by each task's metric; printed and written as Markdown and JSON.",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="output directories of finished runs")
+    p.add_argument("--output", default="comparison", help="writes OUTPUT.md and OUTPUT.json (default: comparison)")
+    return p
+
+
+def run_compare(argv: list[str]) -> list[dict]:
+    args = compare_parser().parse_args(argv)
+    rows = compare([Path(d) for d in args.run_dirs])
+    md, js = write_comparison(rows, Path(args.output))
+    print(markdown_table(rows) + f"wrote {md} and {js}")
+    return rows
+
+
 # Every command but training (the default): its function and its parser, whose flags errors are rendered with.
 COMMANDS = {
     "predict": (run_predict, predict_parser),
@@ -261,6 +303,8 @@ COMMANDS = {
     "export": (run_export, export_parser),
     "cv": (run_cv_command, cv_parser),
     "distill": (run_distill_command, distill_parser),
+    "sweep": (run_sweep_command, sweep_parser),
+    "compare": (run_compare, compare_parser),
 }
 
 
