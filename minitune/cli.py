@@ -163,19 +163,23 @@ def run_predict(argv: list[str]) -> Path:
     return path
 
 
-def interrupted_message(cfg: RunConfig | None) -> str:
+def interrupted_message(cfg: RunConfig | None, command: str = "") -> str:
     """What an interruption left behind, said truthfully: the newest checkpoint on disk, or none to resume."""
     if cfg is None:
         return "interrupted"
     out = Path(cfg.output_dir)
     found = [
-        (p["step"], d) for d in [out / "checkpoint", *sorted(out.glob("fold*/checkpoint"))] if (p := read_progress(d))
+        (p["step"], d) for d in [out / "checkpoint", *sorted(out.glob("*/**/checkpoint"))] if (p := read_progress(d))
     ]
     if not found:
         why = " (--no-checkpoint)" if not cfg.checkpoint else ""
         return f"interrupted before any checkpoint was written{why}: nothing to resume; start the run again"
-    step, where = found[-1]
-    return f"interrupted: checkpoint at step {step} in {where}; continue with: minitune --resume {out} (same settings)"
+    step, where = max(found, key=lambda f: f[1].stat().st_mtime_ns)  # the newest written
+    command = f"{command} " if command else ""
+    return (
+        f"interrupted: checkpoint at step {step} in {where}; continue with: minitune {command}--resume {out} "
+        "(same settings)"
+    )
 
 
 def report_parser() -> argparse.ArgumentParser:
@@ -227,9 +231,12 @@ def cv_parser() -> argparse.ArgumentParser:
     return p
 
 
+def cv_config(argv: list[str]) -> RunConfig:
+    return make_config(**vars(cv_parser().parse_args(argv)))
+
+
 def run_cv_command(argv: list[str]) -> dict:
-    cfg = make_config(**vars(cv_parser().parse_args(argv)))
-    return run_train(cfg, "cv")
+    return run_train(cv_config(argv), "cv")
 
 
 def distill_parser() -> argparse.ArgumentParser:
@@ -248,10 +255,15 @@ def distill_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_distill_command(argv: list[str]) -> dict:
+def distill_config(argv: list[str]) -> tuple[RunConfig, list[str], float, float, str | None]:
+    """The student's training config, then --teacher, --distill-alpha, --temperature and --alone."""
     args = vars(distill_parser().parse_args(argv))
     teachers, alpha, temperature, alone = (args.pop(k) for k in ("teacher", "distill_alpha", "temperature", "alone"))
-    cfg = make_config(**args)
+    return make_config(**args), teachers, alpha, temperature, alone
+
+
+def run_distill_command(argv: list[str]) -> dict:
+    cfg, teachers, alpha, temperature, alone = distill_config(argv)
     teacher = make_teacher(teachers, alpha, temperature, Path(cfg.output_dir), cfg.batch_size * 2)
     return run_distill(cfg, teacher, alone, run_train)
 
@@ -306,6 +318,8 @@ COMMANDS = {
     "sweep": (run_sweep_command, sweep_parser),
     "compare": (run_compare, compare_parser),
 }
+# The commands that train, and how to read their run's config (for the message when they are interrupted).
+TRAINING_CONFIGS = {"cv": cv_config, "distill": lambda argv: distill_config(argv)[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,8 +339,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e.render(lambda param: flag_for(param, flags))}", file=sys.stderr)
         return 2
     except (TrainingInterrupted, KeyboardInterrupt):
+        name = argv[0] if argv and argv[0] in TRAINING_CONFIGS else ""
+        if cfg is None and name:
+            cfg = TRAINING_CONFIGS[name](argv[1:])
         if is_main():
-            print(interrupted_message(cfg), file=sys.stderr)
+            print(interrupted_message(cfg, name), file=sys.stderr)
         return 130
     return 0
 
