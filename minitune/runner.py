@@ -122,7 +122,7 @@ def _train(cfg: RunConfig, inputs: RunInputs, device: torch.device, command: str
         elif cfg.head == "generative":
             results = run_generative(cfg, inputs.task, inputs.tokenizer, inputs.test, out, device)
         elif inputs.task.kind == MULTIPLE_CHOICE and inputs.task.folds:
-            results = run_folds(cfg, inputs.task, inputs.tokenizer, inputs.test, out, device)
+            results = run_folds(cfg, inputs.task, inputs.tokenizer, inputs.test, out, device, inputs.teacher)
         else:
             results = run_holdout(cfg, inputs, out, device)
     except (MinituneError, TrainingInterrupted, KeyboardInterrupt):

@@ -51,6 +51,8 @@ DATA_SEED = 42
 def cv_folds(cfg: RunConfig, task: TaskData) -> tuple[np.ndarray, list[tuple]]:
     """(indices into task.train of the examples cross-validated, (train, validation, held-out) triples into them)."""
     k = cfg.folds or DEFAULT_FOLDS
+    if k < 2:
+        raise ConfigError(f"`folds` {k}: cross-validation needs at least 2 folds, e.g. 5")
     if task.folds and k == len(task.folds) and not cfg.max_train_samples:
         return np.arange(len(task.train)), [(tr, va, te) for tr, va, te in task.folds]  # the published folds
     index = np.arange(len(task.train))

@@ -129,8 +129,14 @@ def run_distill(
     return compare_distillation(cfg, teacher, out, alone_dir, distilled)
 
 
-def dev_examples(run_dir: Path) -> list[Example]:
-    records = read_prediction_records(run_dir, "dev") or []
+def scored_split(results: dict) -> str:
+    """The split a run is judged on: dev, or for Recipe-MPR's folds their held-out test parts."""
+    return "dev" if "dev" in results else "test"
+
+
+def split_examples(run_dir: Path, split: str) -> list[Example]:
+    """The examples a run scored on `split`, from its predictions records, in its order."""
+    records = read_prediction_records(run_dir, split) or []
     return [Example(r["text"], r.get("pair"), r["gold"], r.get("choices")) for r in records]
 
 
@@ -142,23 +148,25 @@ def timed_scores(model_dirs: list[Path], examples, kind: str, device, repeats: i
 
 
 def compare_distillation(cfg: RunConfig, teacher: Teacher, out: Path, alone_dir: Path, distilled: dict) -> dict:
-    kind = distilled["dev"]["kind"]
-    examples = dev_examples(out)
+    split = scored_split(distilled)
+    kind = distilled[split]["kind"]
+    examples = split_examples(out, split)
     device = resolve_device(cfg.device)
     t_scores, t_time = timed_scores(teacher.model_dirs, examples, kind, device)
     _, s_time = timed_scores([out / "model"], examples, kind, device)
     alone = json.loads((alone_dir / "results.json").read_text(encoding="utf-8"))
     rows = {
         "teacher": {"dirs": [str(d) for d in teacher.model_dirs], "predict_seconds": round(t_time, 3)},
-        "student_alone": headline(kind, alone["dev"], _tuned(alone)),
-        "student_distilled": headline(kind, distilled["dev"], _tuned(distilled)),
+        "student_alone": headline(kind, alone[split], _tuned(alone)),
+        "student_distilled": headline(kind, distilled[split], _tuned(distilled)),
     }
-    rows["teacher"] |= teacher_dev_scores(kind, distilled, examples, t_scores)
+    rows["teacher"] |= teacher_scores(kind, distilled[split], distilled["config"]["threshold"], examples, t_scores)
     rows["student_distilled"]["predict_seconds"] = round(s_time, 3)
     summary = {
         "alpha": teacher.alpha,
         "temperature": teacher.temperature,
-        "dev_examples": len(examples),
+        "split": split,
+        "examples": len(examples),
         "speed_ratio_teacher_over_student": round(t_time / max(s_time, 1e-9), 2),
         "rows": rows,
     }
@@ -173,11 +181,12 @@ def _tuned(results: dict) -> bool:
     return results.get("thresholds", {}).get("use") == "tuned"
 
 
-def teacher_dev_scores(kind: str, distilled: dict, examples: list[Example], scores: np.ndarray) -> dict:
-    names = list(distilled["dev"]["per_class"])
+def teacher_scores(kind: str, report: dict, threshold: float, examples: list[Example], scores: np.ndarray) -> dict:
+    """The teacher's scores on the student's examples (multi-label: at the student's fixed threshold)."""
     gold = np.array([ex.label for ex in examples])
-    teacher = classification_report(kind, gold, scores, names, threshold=distilled["config"]["threshold"])
-    return headline(kind, teacher, False)
+    return headline(
+        kind, classification_report(kind, gold, scores, list(report["per_class"]), threshold=threshold), False
+    )
 
 
 def distill_markdown(summary: dict) -> str:
@@ -185,7 +194,7 @@ def distill_markdown(summary: dict) -> str:
     keys = [k for k in rows["student_alone"] if k != "predict_seconds"]
     lines = [
         f"# Distillation (alpha {summary['alpha']}, temperature {summary['temperature']}, "
-        f"{summary['dev_examples']} dev examples)",
+        f"{summary['examples']} {summary['split']} examples)",
         "",
         "| model | " + " | ".join(keys) + " | predict s |",
         "|---|" + "---:|" * (len(keys) + 1),

@@ -26,7 +26,7 @@ from minitune.checkpoints.load import load_model, load_tokenizer
 from minitune.config import RunConfig
 from minitune.data.batching import make_collate
 from minitune.data.features import tokenize
-from minitune.data.kinds import MULTI_LABEL
+from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE
 from minitune.data.splits import subsample
 from minitune.data.tasks import Example, TaskData, label_array
 from minitune.errors import ConfigError
@@ -88,7 +88,8 @@ def model_scores(
     model_dir: Path, examples: list[Example], kind: str, batch_size: int, device, max_length: int | None = None
 ) -> tuple[np.ndarray, list[str] | None]:
     """One saved model's probabilities on examples (its own tokenizer, its run's max_length): (N, C), label names."""
-    model = load_model(model_dir).to(device)
+    head = "multiple_choice" if kind == MULTIPLE_CHOICE else "sequence"
+    model = load_model(model_dir, head=head).to(device)
     tokenizer = load_tokenizer(model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.set_pad_to_eos()

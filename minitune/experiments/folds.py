@@ -102,8 +102,10 @@ def train_folds(
     out: Path,
     device: torch.device,
     extra_sets: dict[str, list[Example]],
+    teacher=None,
 ) -> list[FoldOutcome]:
-    """One model per (train, validation, held-out) index triple into `examples`; see the module docstring."""
+    """One model per (train, validation, held-out) index triple into `examples`; see the module docstring.
+    `teacher`: distillation (experiments/distill.py), as in train_once."""
     if not cfg.resume:
         remove_stale_folds(out, len(folds))
     tokenized = dict(zip(map(id, examples), tokenize(examples, tokenizer, task.kind, cfg.max_length)))
@@ -123,7 +125,7 @@ def train_folds(
         # On --resume, a fold that never started begins afresh; one stopped part-way continues from its checkpoint.
         fold_cfg = dataclasses.replace(cfg, resume=cfg.resume if (fold_dir / "checkpoint").is_dir() else None)
         (fold_dir / FOLD_SCORES).unlink(missing_ok=True)
-        trial = train_once(fold_cfg, task, fold_train, fold_val, tokenizer, fold_dir, device, tokenized)
+        trial = train_once(fold_cfg, task, fold_train, fold_val, tokenizer, fold_dir, device, tokenized, teacher)
         held = [tokenized[id(examples[i])] for i in te]
         outcome = FoldOutcome(
             np.asarray(te),
@@ -141,13 +143,18 @@ def train_folds(
 
 
 def run_folds(
-    cfg: RunConfig, task: TaskData, tokenizer, test_ex: list[Example] | None, out: Path, device: torch.device
+    cfg: RunConfig,
+    task: TaskData,
+    tokenizer,
+    test_ex: list[Example] | None,
+    out: Path,
+    device: torch.device,
+    teacher=None,
 ) -> dict:
     """Recipe-MPR's published folds (the first --folds of them)."""
     folds = task.folds[: cfg.folds] if cfg.folds else task.folds
-    outcomes = train_folds(
-        cfg, task, task.train, folds, tokenizer, out, device, {"test_file": test_ex} if test_ex else {}
-    )
+    extra = {"test_file": test_ex} if test_ex else {}
+    outcomes = train_folds(cfg, task, task.train, folds, tokenizer, out, device, extra, teacher)
     per_fold, fold_ex = [], []
     for k, o in enumerate(outcomes):
         ex = [task.train[i] for i in o.held_out]

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Issue 15's measurements (README "Experiments"): MiniLM on CPU, one thread, on subsets of humor and semeval.
+# Usage: OUT=runs/exp bash benchmarks/experiments.sh [humor|semeval|distill]  (each part resumes: finished runs are read)
+set -euo pipefail
+export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 MINITUNE_DATA_DIR=${MINITUNE_DATA_DIR:-../shared/data}
+OUT=${OUT:-runs/exp}
+H="--task humor --model minilm --max-train-samples 1000 --max-eval-samples 500 --epochs 2 --max-length 64 --device cpu"
+S="--task semeval --model minilm --max-train-samples 1000 --epochs 2 --max-length 64 --lr 5e-5 --device cpu"
+run() { local dir=$1; shift; [ -f "$dir/results.json" ] || nice -n 5 python run.py "$@" --output-dir "$dir"; }
+case ${1:-humor} in
+  humor)
+    run "$OUT/humor-single" $H
+    run "$OUT/humor-seeds" $H --seeds 42 123 456
+    run "$OUT/humor-cv5" cv $H --folds 5
+    python run.py compare "$OUT/humor-single" "$OUT/humor-seeds" "$OUT/humor-cv5" --output "$OUT/humor-compare" ;;
+  semeval)
+    run "$OUT/semeval-single" $S
+    run "$OUT/semeval-cv5" cv $S --folds 5
+    python run.py compare "$OUT/semeval-single" "$OUT/semeval-cv5" --output "$OUT/semeval-compare" ;;
+  distill)
+    run "$OUT/distill-minilm" distill --teacher "$OUT/humor-seeds" $H --alone "$OUT/humor-single"
+    run "$OUT/distill-ffnn" distill --teacher "$OUT/humor-seeds" ${H/minilm/ffnn} --epochs 10 ;;
+esac
