@@ -320,15 +320,16 @@ def resolve_inputs(cfg: RunConfig, command: str = "train") -> RunInputs:
 
 
 def check_resume(cfg: RunConfig, task: TaskData, command: str) -> None:
-    """The checkpoints a --resume continues from exist and were made with these settings. A cv or seeds run may
-    have none yet (stopped before its first); its members' seeds are checked as each member loads."""
+    """The checkpoints a --resume continues from exist and were made with these settings. A cv, folds or seeds run
+    may have none yet (stopped before its first); the members of `seeds` are checked as each one loads (their
+    checkpoints hold their own seed)."""
     out = Path(cfg.output_dir)
-    several = task.folds or command == "cv" or cfg.seeds
-    dirs = sorted(c.parent for c in out.glob("**/checkpoint") if c.is_dir()) if several else [out]
-    if cfg.seeds:
-        dirs = []
-    if several and not out.is_dir():
+    if not (task.folds or command == "cv" or cfg.seeds):
+        dirs = [out]
+    elif not out.is_dir():
         raise ConfigError(f"`resume` {out}: no such run; start without `resume`")
+    else:
+        dirs = [] if cfg.seeds else sorted(c.parent for c in out.glob("**/checkpoint") if c.is_dir())
     for d in dirs:
         distributed.check_world_size(d / "checkpoint" / "signature.json")
         check_resumable(d / "checkpoint", distributed.world_signature(resume_signature(cfg)))

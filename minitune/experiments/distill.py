@@ -9,7 +9,8 @@ plus (1 - alpha) * the task loss on gold labels.
 
 The report (distill.md and distill.json, also printed) puts the distilled student beside the teacher and beside the
 same student trained alone on gold labels (in alone/, or an existing run given with --alone), all on the same dev
-examples, and gives the predict-time speed ratio teacher / student on those examples.
+examples (Recipe-MPR: its folds' test parts), and gives the predict-time speed ratio teacher / student on them (one
+pass each, after the models are loaded; the teacher's time is all its members').
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from minitune.data.tasks import Example, TaskData
 from minitune.errors import ConfigError
 from minitune.eval.metrics import classification_report
 from minitune.eval.predictions import read_prediction_records
-from minitune.experiments.ensemble import ensemble_scores, headline, member_model_dirs
+from minitune.experiments.ensemble import ensemble_scores, headline, load_member, member_model_dirs, member_scores
 from minitune.train.losses import check_distill_args
 
 CACHE = "teacher_probs.npz"
@@ -140,11 +141,12 @@ def split_examples(run_dir: Path, split: str) -> list[Example]:
     return [Example(r["text"], r.get("pair"), r["gold"], r.get("choices")) for r in records]
 
 
-def timed_scores(model_dirs: list[Path], examples, kind: str, device, repeats: int = 1):
+def timed_scores(model_dirs: list[Path], examples, kind: str, device) -> tuple[np.ndarray, float]:
+    """The models' mean probabilities on examples, and the seconds scoring took once they were loaded."""
+    members = [load_member(d, kind, device) for d in model_dirs]
     t0 = time.perf_counter()
-    for _ in range(repeats):
-        scores, _ = ensemble_scores(model_dirs, examples, kind, 64, device)
-    return scores, (time.perf_counter() - t0) / repeats
+    scores = np.mean([member_scores(m, examples, kind, 64, device) for m in members], axis=0)
+    return scores, time.perf_counter() - t0
 
 
 def compare_distillation(cfg: RunConfig, teacher: Teacher, out: Path, alone_dir: Path, distilled: dict) -> dict:

@@ -16,9 +16,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 from tqdm.auto import tqdm
 
 from minitune.checkpoints.atomic import atomic_write, atomic_write_text
@@ -34,6 +36,7 @@ from minitune.eval.metrics import SELECTION_METRICS
 from minitune.eval.predictions import write_example_predictions
 from minitune.eval.scoring import predict_scores, task_report
 from minitune.eval.thresholds import choose_thresholds
+from minitune.train.distributed import is_main
 
 SCORES, MEMBERS, THRESHOLDS = "scores.npz", "members.json", "thresholds.json"
 OOF_INDEX = "oof_index.npy"  # cv: which training examples (indices into the task's train) oof.csv's rows are
@@ -84,19 +87,28 @@ def trained_max_length(model_dir: Path, default: int = 128) -> int:
         return default
 
 
-def model_scores(
-    model_dir: Path, examples: list[Example], kind: str, batch_size: int, device, max_length: int | None = None
-) -> tuple[np.ndarray, list[str] | None]:
-    """One saved model's probabilities on examples (its own tokenizer, its run's max_length): (N, C), label names."""
+@dataclass
+class Member:
+    """A saved model ready to score: the model, its tokenizer and the max_length its run trained with."""
+
+    model: nn.Module
+    tokenizer: object
+    max_length: int
+
+
+def load_member(model_dir: Path, kind: str, device, max_length: int | None = None) -> Member:
     head = "multiple_choice" if kind == MULTIPLE_CHOICE else "sequence"
-    model = load_model(model_dir, head=head).to(device)
     tokenizer = load_tokenizer(model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.set_pad_to_eos()
-    max_length = max_length or trained_max_length(model_dir)
-    features = tokenize(examples, tokenizer, kind, max_length)
-    collate_fn = make_collate("dynamic", max_length, tokenizer.pad_token_id)
-    return predict_scores(model, features, collate_fn, kind, batch_size, device), model.label_names
+    return Member(load_model(model_dir, head=head).to(device), tokenizer, max_length or trained_max_length(model_dir))
+
+
+def member_scores(member: Member, examples: list[Example], kind: str, batch_size: int, device) -> np.ndarray:
+    """One model's probabilities (N, C) on examples, with its own tokenizer and max_length."""
+    features = tokenize(examples, member.tokenizer, kind, member.max_length)
+    collate_fn = make_collate("dynamic", member.max_length, member.tokenizer.pad_token_id)
+    return predict_scores(member.model, features, collate_fn, kind, batch_size, device)
 
 
 def ensemble_scores(
@@ -105,8 +117,9 @@ def ensemble_scores(
     """The mean probabilities of the models (an ensemble's or cv run's members), with a progress bar per member."""
     scores, names = [], None
     for d in tqdm(model_dirs, desc="members", disable=len(model_dirs) < 2, leave=False):
-        s, names = model_scores(d, examples, kind, batch_size, device, max_length)
-        scores.append(s)
+        member = load_member(d, kind, device, max_length)  # one at a time: an ensemble need not fit in memory
+        scores.append(member_scores(member, examples, kind, batch_size, device))
+        names = member.model.label_names
     return np.mean(scores, axis=0), names
 
 
@@ -168,6 +181,8 @@ def run_seeds(
         results = train_member(member_cfg)
         names.append(member_dir.name)
         rows.append({"seed": seed, "seconds": results["train"].get("wall_seconds")})
+    if not is_main():  # torchrun: rank 0 wrote the members' files and alone averages and writes them
+        return {"train": {}}
     write_members(out, "seeds", names)
     return ensemble_results(cfg, task, test, out, names, rows)
 
