@@ -220,15 +220,21 @@ def run_export(argv: list[str]) -> Path:
     return path
 
 
-def cv_parser() -> argparse.ArgumentParser:
+def training_parser(prog: str, usage: str, description: str) -> argparse.ArgumentParser:
+    """The training flags under another command's name (cv, distill)."""
     p = build_parser()
-    p.prog, p.usage = "minitune cv", "minitune cv --task TASK --folds K [training options]"
-    p.description = (
+    p.prog, p.usage, p.description = prog, usage, description
+    return p
+
+
+def cv_parser() -> argparse.ArgumentParser:
+    return training_parser(
+        "minitune cv",
+        "minitune cv --task TASK --folds K [training options]",
         "k-fold cross-validation: one model per fold, out-of-fold predictions (oof.csv) for every training "
         "example,\nper-fold and mean ± std scores, thresholds tuned on the out-of-fold predictions, and the fold "
-        "models'\nmean probabilities on dev and --test-file. --resume continues in the fold that was stopped."
+        "models'\nmean probabilities on dev and --test-file. --resume continues in the fold that was stopped.",
     )
-    return p
 
 
 def cv_config(argv: list[str]) -> RunConfig:
@@ -240,11 +246,11 @@ def run_cv_command(argv: list[str]) -> dict:
 
 
 def distill_parser() -> argparse.ArgumentParser:
-    p = build_parser()
-    p.prog, p.usage = "minitune distill", "minitune distill --teacher DIR [DIR ...] --task TASK --model STUDENT [...]"
-    p.description = (
+    p = training_parser(
+        "minitune distill",
+        "minitune distill --teacher DIR [DIR ...] --task TASK --model STUDENT [...]",
         "Train a student on a teacher's probabilities (a run, --seeds or cv directory) plus the gold labels, and "
-        "report it beside\nthe teacher and the same student trained alone, with the predict-time speed ratio."
+        "report it beside\nthe teacher and the same student trained alone, with the predict-time speed ratio.",
     )
     p.add_argument("--teacher", nargs="+", required=True, metavar="DIR", help="teacher run, ensemble or cv dirs")
     p.add_argument("--distill-alpha", type=float, default=0.5, help="weight of the teacher term (default: 0.5)")

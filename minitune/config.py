@@ -210,24 +210,34 @@ def _coerce(where: str, key: str, value):
     )
 
 
+def parse_toml(path: str, prefix: str) -> dict:
+    """A TOML file as a dict; a missing or malformed file is one error line starting with `prefix`."""
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{prefix}file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{prefix}not valid TOML ({e})") from None
+
+
+def checked_keys(prefix: str, table: dict, allowed, where: str = "") -> dict:
+    """A table's settings under RunConfig's names (dashes or underscores); an unknown key is one error line."""
+    out = {}
+    for k, v in table.items():
+        key = k.replace("-", "_")
+        if key not in allowed:
+            raise ConfigError(
+                f"{prefix}unknown key {k!r}{where}{did_you_mean(key, allowed)}; keys are the flags' names, e.g. "
+                "batch_size"
+            )
+        out[key] = v
+    return out
+
+
 def read_toml(path: str) -> dict:
     """A TOML file's settings under RunConfig's names (dashes or underscores)."""
-    try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"`config` {path}: file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"`config` {path}: not valid TOML ({e})") from None
-    out = {}
-    for k, v in raw.items():
-        key = k.replace("-", "_")
-        if key not in FIELDS:
-            raise ConfigError(
-                f"`config` {path}: unknown key {k!r}{did_you_mean(key, FIELDS)}; keys are the "
-                "flags' names, e.g. batch_size"
-            )
-        out[key] = _coerce(f"`config` {path}: ", key, v)
-    return out
+    prefix = f"`config` {path}: "
+    return {k: _coerce(prefix, k, v) for k, v in checked_keys(prefix, parse_toml(path, prefix), FIELDS).items()}
 
 
 def make_config(config: str | None = None, **options) -> RunConfig:

@@ -29,14 +29,13 @@ import dataclasses
 import itertools
 import json
 import re
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from minitune.checkpoints.atomic import atomic_write_text
-from minitune.config import FIELDS, RunConfig, did_you_mean, make_config
+from minitune.config import FIELDS, RunConfig, checked_keys, make_config, parse_toml
 from minitune.errors import ConfigError
 from minitune.experiments.compare import markdown_table, ranking_score, read_results, split_score
 
@@ -58,16 +57,7 @@ def _keys(path: Path, where: str, table: dict, allowed: set[str]) -> dict:
     """A table's keys under RunConfig's names (dashes or underscores), each one checked."""
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: {where} must be a table of settings, got {table!r}")
-    out = {}
-    for k, v in table.items():
-        key = k.replace("-", "_")
-        if key not in allowed:
-            raise ConfigError(
-                f"{path}: unknown key {k!r} in {where}{did_you_mean(key, allowed)}; keys are the training "
-                "flags' names (e.g. batch_size)"
-            )
-        out[key] = v
-    return out
+    return checked_keys(f"{path}: ", table, allowed, f" in {where}")
 
 
 def describe(settings: dict) -> str:
@@ -81,12 +71,7 @@ def safe_name(text: str) -> str:
 
 def read_sweep(path: str) -> Sweep:
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: sweep file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    raw = parse_toml(path, f"sweep file {path}: ")
     _keys(p, "the top level", raw, TOP_KEYS)
     base = _keys(p, "[base]", raw.get("base", {}), FIELDS | {"config"})
     if "config" in base:
