@@ -33,7 +33,7 @@ from minitune.data.splits import subsample
 from minitune.data.tasks import Example, TaskData, label_array
 from minitune.errors import ConfigError
 from minitune.eval.metrics import SELECTION_METRICS
-from minitune.eval.predictions import write_example_predictions
+from minitune.eval.predictions import write_example_predictions, write_prediction_records
 from minitune.eval.scoring import predict_scores, task_report
 from minitune.eval.thresholds import choose_thresholds
 from minitune.train.distributed import is_main
@@ -170,8 +170,8 @@ def run_seeds(
     probabilities."""
     if not task.dev and not cv:
         raise ConfigError(
-            "`seeds` averages the members' dev probabilities: the task needs a dev set (`dev_file`), else each "
-            "seed would hold out different examples"
+            "`seeds` averages the members' dev probabilities: the task needs a dev set (custom: `dev_file`), else "
+            "each seed would hold out different examples; without one, use minitune cv with `seeds`"
         )
     names, rows = [], []
     for seed in cfg.seeds:
@@ -214,7 +214,10 @@ def ensemble_results(
         atomic_write_text(out / THRESHOLDS, json.dumps(thresholds, indent=2) + "\n")
     save_scores(out, **mean)
     use = tuned if use_tuned else np.full(task.num_labels, cfg.threshold)
-    write_example_predictions(out / f"{main_split}_predictions.csv", task, examples[main_split], mean[main_split], use)
+    name = "oof.csv" if from_cv else "dev_predictions.csv"
+    write_example_predictions(out / name, task, examples[main_split], mean[main_split], use)
+    gold = label_array(task, examples[main_split])
+    write_prediction_records(out, main_split, examples[main_split], gold, mean[main_split])  # for report.html
     return results
 
 
