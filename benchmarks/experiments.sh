@@ -7,7 +7,7 @@ set -euo pipefail
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 MINITUNE_DATA_DIR=${MINITUNE_DATA_DIR:-../shared/data}
 OUT=${OUT:-runs/exp}
 H="--task humor --model minilm --max-train-samples 1000 --max-eval-samples 300 --epochs 2 --max-length 64 --lr 5e-5 --device cpu"
-S="--task semeval --model minilm --max-train-samples 1000 --max-eval-samples 300 --epochs 2 --max-length 64 --lr 5e-5 --device cpu"
+S="--task semeval --model minilm --max-train-samples 1000 --max-eval-samples 300 --epochs 4 --max-length 64 --lr 1e-4 --device cpu"
 run() { local dir=$1; shift; [ -f "$dir/results.json" ] || nice -n 5 python run.py "$@" --output-dir "$dir"; }
 case ${1:-humor} in
   humor)
