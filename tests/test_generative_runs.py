@@ -159,9 +159,10 @@ TUNE = ["--task", "semeval", "--lora-r", "4", "--lora-dropout", "0", "--max-trai
 TUNE += ["--patience", "100"]  # the tiny model's dev metric hardly moves: no early stop
 
 
-def losses(out):
+def losses(out) -> dict[int, float]:
+    """The training loss logged at each step."""
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["loss"]) for r in rows if r["type"] == "train"]
+    return {r["step"]: r["loss"] for r in rows if r["type"] == "train"}
 
 
 def test_qlora_instruction_tuning_trains_saves_and_predicts(tmp_path, data_dir, tiny_instruct):  # noqa: F811
@@ -169,7 +170,7 @@ def test_qlora_instruction_tuning_trains_saves_and_predicts(tmp_path, data_dir, 
                       "--log-every", "1")  # fmt: skip
     assert code == 0
     steps = losses(out)
-    assert len(steps) == 12 and steps[-1][1] < steps[0][1]
+    assert len(steps) == 12 and steps[12] < steps[1]
     merged = load_file(str(out / "model" / "model.safetensors"))
     assert merged["model.layers.0.self_attn.q_proj.weight"].dtype == torch.float32  # NF4 dequantized, merged
     code, rows = predict(tmp_path, out, ["I am so happy today!"])

@@ -49,6 +49,7 @@ from minitune.eval.predictions import write_example_predictions
 from minitune.eval.scoring import task_report
 from minitune.eval.thresholds import choose_thresholds
 from minitune.experiments.instruct import GENERATIVE_FILE, add_adapters, instruction_tune, save_generative
+from minitune.experiments.trial import seed_everything
 from minitune.models.constrained import LabelConstraint, continuation, score_labels
 from minitune.models.decoder import MODEL_TYPES as DECODER_TYPES
 from minitune.models.generate import GenerationConfig, generate
@@ -184,6 +185,7 @@ def check_decoder(cfg: RunConfig) -> None:
 def causal_lm(cfg: RunConfig, device: torch.device):
     """The checkpoint as a causal LM (NF4 base with --quantize), with the run's LoRA adapters, on `device`."""
     model = load_model(cfg.model, head="causal_lm", quantize=cfg.quantize)
+    seed_everything(cfg.seed)  # the adapters' initial weights: the same in every run (and fold) with this seed
     add_adapters(cfg, model)
     return model.to(device)
 
