@@ -1,7 +1,8 @@
 """`--head generative` beyond one holdout run: `predict` on a plain instruct checkpoint, Recipe-MPR's five folds,
 QLoRA, `--resume`, and torchrun (2 gloo ranks equal one process). A tiny random Llama carrying SmolLM2's tokenizer
 and chat template (tests/test_generative_cli.py's fixture) stands in for the real checkpoint, except in the one
-test marked for SmolLM2 itself. Every test loads models in a run: the slow tier."""
+test on SmolLM2 itself. The tests that load a model are in the slow tier; the refusals, found before any model
+loads, are fast."""
 
 from __future__ import annotations
 
@@ -17,8 +18,6 @@ from safetensors.torch import load_file
 
 from minitune.cli import main
 from test_generative_cli import tiny_instruct  # noqa: F401  (the module-scoped fixture)
-
-pytestmark = pytest.mark.slow
 
 
 def train(tmp_path, data_dir, model, name, *args):
@@ -48,6 +47,7 @@ def predict(tmp_path, model, texts, *args):
 
 
 @pytest.mark.parametrize("task, mode", [("humor", "score"), ("semeval", "constrained")])
+@pytest.mark.slow
 def test_predict_on_a_plain_checkpoint_answers_as_the_zero_shot_run(tmp_path, data_dir, tiny_instruct, task, mode):  # noqa: F811
     """`predict --head generative --task T` asks the checkpoint as `train --epochs 0` asks it on dev: the same
     prompts, label set and answers, so the probabilities written for the dev texts are the run's."""
@@ -65,7 +65,8 @@ def test_predict_on_a_plain_checkpoint_answers_as_the_zero_shot_run(tmp_path, da
         assert all(set(map(float, p)) <= {0.0, 1.0} and sum(p) >= 1 for p in probs(rows))
 
 
-def test_predict_with_a_label_list_and_shots(tmp_path, data_dir, tiny_instruct):  # noqa: F811
+@pytest.mark.slow
+def test_predict_with_a_label_list_and_shots(tmp_path, data_dir, tiny_instruct, capsys):  # noqa: F811
     code, rows = predict(
         tmp_path, tiny_instruct, ["great stuff", "so sad", "meh"], "--head", "generative",
         "--labels", "good,bad,neutral",
@@ -81,22 +82,27 @@ def test_predict_with_a_label_list_and_shots(tmp_path, data_dir, tiny_instruct):
         "--data-dir", str(data_dir),
     )  # fmt: skip
     assert code == 0 and rows[0]["label"] in ("not_humor", "humor")
+    # without --head generative a plain checkpoint has no trained head: the error says how to ask it instead
+    assert "--head generative and --task" in predict_error(tmp_path, capsys, tiny_instruct)
 
 
-def test_predict_says_in_one_line_when_the_label_set_cannot_be_known(tmp_path, data_dir, tiny_instruct, capsys):  # noqa: F811
-    def error(*args):
-        code, _ = predict(tmp_path, tiny_instruct, ["x"], *args)
-        lines = capsys.readouterr().err.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and not (tmp_path / "preds.csv").exists(), lines
-        return lines[0]
+def predict_error(tmp_path, capsys, model, *args) -> str:
+    code, _ = predict(tmp_path, model, ["x"], *args)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and not (tmp_path / "preds.csv").exists(), lines
+    return lines[0]
 
+
+def test_predict_says_in_one_line_when_the_label_set_cannot_be_known(tmp_path, data_dir, capsys):
+    """Found before the model loads (the model named here does not exist), with the flag that fixes it."""
+    error = lambda *args: predict_error(tmp_path, capsys, tmp_path / "instruct", *args)  # noqa: E731
     assert "carries no label set" in error("--head", "generative") and "--task" in error("--head", "generative")
     assert "pass --task instead of --labels" in error("--head", "generative", "--labels", "a,b", "--shots", "2")
     assert "two or more distinct labels" in error("--head", "generative", "--labels", "a,a")
     assert "add --head generative" in error("--task", "semeval")
-    assert "--head generative and --task" in error()  # a plain checkpoint without --head: no trained head there
     assert "--task custom takes its label set from --train-file" in error("--head", "generative", "--task", "custom")
     assert "multiple-choice" in error("--head", "generative", "--task", "recipe-mpr", "--data-dir", str(data_dir))
+    assert "fixes its own kind" in error("--head", "generative", "--task", "humor", "--multi-label")
 
 
 @pytest.mark.slow
@@ -126,8 +132,11 @@ def tiny_recipe(tmp_path, data_dir):
     return root
 
 
+@pytest.mark.slow
 def test_recipe_mpr_zero_shot_answers_every_folds_test_part(tmp_path, tiny_recipe, tiny_instruct):  # noqa: F811
-    code, out = train(tmp_path, tiny_recipe, tiny_instruct, "zs", "--task", "recipe-mpr", "--epochs", "0", "--shots", "1")
+    code, out = train(
+        tmp_path, tiny_recipe, tiny_instruct, "zs", "--task", "recipe-mpr", "--epochs", "0", "--shots", "1"
+    )
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert [f["fold"] for f in results["train"]["folds"]] == [0, 1, 2, 3, 4]
@@ -140,6 +149,7 @@ def test_recipe_mpr_zero_shot_answers_every_folds_test_part(tmp_path, tiny_recip
     assert not (out / "model").exists()  # nothing trained
 
 
+@pytest.mark.slow
 def test_recipe_mpr_lora_tunes_one_adapter_per_fold(tmp_path, tiny_recipe, tiny_instruct):  # noqa: F811
     code, out = train(
         tmp_path, tiny_recipe, tiny_instruct, "lora", "--task", "recipe-mpr", "--epochs", "1", "--lora-r", "4",
@@ -165,6 +175,7 @@ def losses(out) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if r["type"] == "train"}
 
 
+@pytest.mark.slow
 def test_qlora_instruction_tuning_trains_saves_and_predicts(tmp_path, data_dir, tiny_instruct):  # noqa: F811
     code, out = train(tmp_path, data_dir, tiny_instruct, "q", *TUNE, "--quantize", "nf4", "--epochs", "3",
                       "--log-every", "1")  # fmt: skip
@@ -177,6 +188,7 @@ def test_qlora_instruction_tuning_trains_saves_and_predicts(tmp_path, data_dir, 
     assert code == 0 and rows[0]["labels"]
 
 
+@pytest.mark.slow
 def test_resume_of_an_interrupted_generative_run_equals_the_uninterrupted_run(
     tmp_path,
     data_dir,
@@ -213,6 +225,7 @@ def test_resume_of_an_interrupted_generative_run_equals_the_uninterrupted_run(
 # ----------------------------------------------------------------------------------------------- torchrun
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_tune_the_adapter_of_one_process(tmp_path, data_dir, tiny_instruct):  # noqa: F811
     """DDP LoRA instruction tuning, each global batch of 4 split 2 + 2 and accumulated over 2 micro-batches,
     equals one process with the same global batch; dev answers are gathered, so both report the same."""
@@ -243,3 +256,11 @@ def test_two_gloo_ranks_tune_the_adapter_of_one_process(tmp_path, data_dir, tiny
     dev = [json.loads((d / "results.json").read_text())["dev"] for d in (one, two)]
     assert dev[0]["n_examples"] == dev[1]["n_examples"] == 6
     assert read_csv(one / "dev_predictions.csv") == read_csv(two / "dev_predictions.csv")
+
+
+def test_fsdp_is_refused_for_the_generative_head():
+    from minitune.config import make_config
+    from minitune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"drop fsdp \(torchrun without it trains the generative head with DDP\)"):
+        make_config(task="humor", model="smollm2", head="generative", fsdp="full")
