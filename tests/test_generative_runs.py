@@ -87,6 +87,7 @@ def test_predict_with_a_label_list_and_shots(tmp_path, data_dir, tiny_instruct, 
 
 
 def predict_error(tmp_path, capsys, model, *args) -> str:
+    (tmp_path / "preds.csv").unlink(missing_ok=True)
     code, _ = predict(tmp_path, model, ["x"], *args)
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and not (tmp_path / "preds.csv").exists(), lines
