@@ -32,7 +32,7 @@ from minitune.eval.metrics import SELECTION_METRICS
 from minitune.eval.scoring import task_report
 from minitune.experiments.trial import loop_config, seed_everything
 from minitune.models.constrained import continuation
-from minitune.train.distributed import shard_sampler
+from minitune.train.distributed import is_main, shard_sampler
 from minitune.train.loop import TrainData, fit
 
 IGNORE = -100
@@ -76,7 +76,8 @@ def add_adapters(cfg: RunConfig, model: nn.Module) -> None:
         return
     targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()] if cfg.lora_targets else None
     names, trainable, total = apply_adapters(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets)
-    print(f"LoRA r={cfg.lora_r} on {len(names)} layers: {trainable:,} trainable of {total:,} parameters")
+    if is_main():  # torchrun: said once
+        print(f"LoRA r={cfg.lora_r} on {len(names)} layers: {trainable:,} trainable of {total:,} parameters")
 
 
 def instruction_tune(
