@@ -82,6 +82,13 @@ def test_predict_with_a_label_list_and_shots(tmp_path, data_dir, tiny_instruct, 
         "--data-dir", str(data_dir),
     )  # fmt: skip
     assert code == 0 and rows[0]["label"] in ("not_humor", "humor")
+    custom = tmp_path / "pets.csv"
+    custom.write_text("words,kind\nmeow,cats\nwoof,dogs\npurr,cats\n")
+    code, rows = predict(
+        tmp_path, tiny_instruct, ["bark"], "--head", "generative", "--task", "custom", "--train-file", str(custom),
+        "--label-col", "kind",
+    )  # fmt: skip
+    assert code == 0 and [k for k in rows[0] if k.startswith("prob_")] == ["prob_cats", "prob_dogs"]
     # without --head generative a plain checkpoint has no trained head: the error says how to ask it instead
     assert "--head generative and --task" in predict_error(tmp_path, capsys, tiny_instruct)
 
@@ -104,6 +111,7 @@ def test_predict_says_in_one_line_when_the_label_set_cannot_be_known(tmp_path, d
     assert "--task custom takes its label set from --train-file" in error("--head", "generative", "--task", "custom")
     assert "multiple-choice" in error("--head", "generative", "--task", "recipe-mpr", "--data-dir", str(data_dir))
     assert "fixes its own kind" in error("--head", "generative", "--task", "humor", "--multi-label")
+    assert "pass --task or --labels, not both" in error("--head", "generative", "--task", "humor", "--labels", "a,b")
 
 
 @pytest.mark.slow

@@ -59,6 +59,8 @@ def label_task(ask: PlainAsk, model: str, text_col: str) -> TaskData:
     if ask.multi_label:
         raise ConfigError(f"`multi_label` goes with `labels`; `task` {ask.task} fixes its own kind: drop it")
     custom = ask.task == "custom"
+    if ask.labels and not custom:
+        raise ConfigError(f"`task` {ask.task} has its own label set: pass `task` or `labels`, not both")
     if custom and not ask.train_file:
         raise ConfigError("`task` custom takes its label set from `train_file`: pass it (or `labels` instead)")
     task = load_task(
