@@ -83,7 +83,7 @@ def test_predict_with_a_label_list_and_shots(tmp_path, data_dir, tiny_instruct, 
     )  # fmt: skip
     assert code == 0 and rows[0]["label"] in ("not_humor", "humor")
     custom = tmp_path / "pets.csv"
-    custom.write_text("words,kind\nmeow,cats\nwoof,dogs\npurr,cats\n")
+    custom.write_text("text,kind\nmeow,cats\nwoof,dogs\npurr,cats\n")
     code, rows = predict(
         tmp_path, tiny_instruct, ["bark"], "--head", "generative", "--task", "custom", "--train-file", str(custom),
         "--label-col", "kind",
