@@ -3,8 +3,8 @@
 Output directory: config.json (resolved config), metrics.jsonl, results.json, report.txt, checkpoint/ (for
 --resume), best.safetensors, and model/ in the Hub layout (config.json, model.safetensors, tokenizer files,
 thresholds.json for multi-label) that minitune.load_model and transformers both load. Recipe-MPR runs its five
-folds in fold0/ .. fold4/ (experiments/folds.py) and reports test accuracy over all folds; model/ holds fold 0's
-model.
+folds in fold0/ .. fold4/ (experiments/folds.py; --head generative: experiments/generative_folds.py) and reports
+test accuracy over all folds; model/ holds fold 0's model.
 
 Everything a user can get wrong (flags, files, model name, metric) is checked in `resolve_inputs`, before the
 output directory is written to, so a mistake costs seconds and leaves nothing behind.
@@ -50,6 +50,7 @@ from minitune.experiments.cv import run_cv
 from minitune.experiments.ensemble import MEMBERS, run_seeds, save_scores
 from minitune.experiments.folds import run_folds
 from minitune.experiments.generative import run_generative
+from minitune.experiments.generative_folds import run_generative_folds
 from minitune.experiments.trial import build_loss, score, train_once
 from minitune.models import family_for
 from minitune.models.decoder import MODEL_TYPES as DECODER_TYPES
@@ -91,6 +92,11 @@ def train(**options) -> TrainResult:
 def run_train(cfg: RunConfig, command: str = "train", teacher=None) -> dict:
     """`command`: train (one model, or one per `seeds`) or cv (k-fold cross-validation, experiments/cv.py).
     `teacher` (experiments/distill.Teacher): the model also learns the teacher's probabilities."""
+    if cfg.head == "generative" and (command == "cv" or cfg.seeds or teacher is not None):
+        raise ConfigError(
+            "`head` generative answers in text: cv, `seeds` and distill average or learn a classifier head's "
+            "probabilities; use `head` classifier"
+        )
     device = resolve_device(cfg.device)
     distributed.check_launch(cfg.fsdp, cfg.fsdp_cpu_offload, device)
     inputs = resolve_inputs(cfg, command)
@@ -120,7 +126,8 @@ def _train(cfg: RunConfig, inputs: RunInputs, device: torch.device, command: str
         elif command == "cv":
             results = run_cv(cfg, inputs.task, inputs.tokenizer, inputs.test, out, device)
         elif cfg.head == "generative":
-            results = run_generative(cfg, inputs.task, inputs.tokenizer, inputs.test, out, device)
+            generative = run_generative_folds if inputs.task.folds else run_generative
+            results = generative(cfg, inputs.task, inputs.tokenizer, inputs.test, out, device)
         elif inputs.task.kind == MULTIPLE_CHOICE and inputs.task.folds:
             results = run_folds(cfg, inputs.task, inputs.tokenizer, inputs.test, out, device, inputs.teacher)
         else:
