@@ -23,7 +23,10 @@ from pathlib import Path
 from minitune.config import FIELDS, RunConfig, choices_of, did_you_mean, field_type, flag, make_config
 from minitune.errors import ConfigError, MinituneError
 from minitune.eval.html import write_html_report
+from minitune.experiments.compare import compare, markdown_table, write_comparison
+from minitune.experiments.distill import make_teacher, run_distill
 from minitune.experiments.generative_predict import PlainAsk
+from minitune.experiments.sweep import read_sweep, run_sweep
 from minitune.export import export_onnx
 from minitune.predict import predict_file
 from minitune.runner import run_train
@@ -46,7 +49,12 @@ COMMANDS_HELP = """commands:
   minitune [train] --task T ...      fine-tune a model (the default command; its flags are below)
   minitune predict --model DIR ...   label a file with a trained model (minitune predict --help)
   minitune report RUN_DIR            redraw a run's figures and report.html (no model needed)
-  minitune export --model DIR ...    export a trained classifier to ONNX (minitune export --help)"""
+  minitune export --model DIR ...    export a trained classifier to ONNX (minitune export --help)
+  minitune cv --task T --folds K ... k-fold cross-validation with out-of-fold predictions (training flags)
+  minitune sweep FILE.toml           a multi-phase search with a leaderboard (minitune sweep --help)
+  minitune distill --teacher DIR ... train a student on a teacher's probabilities (minitune distill --help)
+  minitune compare RUN_DIR ...       one table of finished runs, sorted by the task's metric
+  --seeds 42 123 456 on train or cv: one model per seed and their ensemble"""
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -76,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         kw = dict(help=_help(f), default=argparse.SUPPRESS, dest=f.name)
         if typ is bool:
             p.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
+        elif typ is list:  # --seeds 42 123 456
+            p.add_argument(flag(f.name), type=int, nargs="+", metavar="N", **kw)
         else:
             p.add_argument(flag(f.name), type=typ, metavar=f.name.upper(), **kw)
     return p
@@ -182,19 +192,23 @@ def run_predict(argv: list[str]) -> Path:
     return path
 
 
-def interrupted_message(cfg: RunConfig | None) -> str:
+def interrupted_message(cfg: RunConfig | None, command: str = "") -> str:
     """What an interruption left behind, said truthfully: the newest checkpoint on disk, or none to resume."""
     if cfg is None:
         return "interrupted"
     out = Path(cfg.output_dir)
     found = [
-        (p["step"], d) for d in [out / "checkpoint", *sorted(out.glob("fold*/checkpoint"))] if (p := read_progress(d))
+        (p["step"], d) for d in [out / "checkpoint", *sorted(out.glob("*/**/checkpoint"))] if (p := read_progress(d))
     ]
     if not found:
         why = " (--no-checkpoint)" if not cfg.checkpoint else ""
         return f"interrupted before any checkpoint was written{why}: nothing to resume; start the run again"
-    step, where = found[-1]
-    return f"interrupted: checkpoint at step {step} in {where}; continue with: minitune --resume {out} (same settings)"
+    step, where = max(found, key=lambda f: f[1].stat().st_mtime_ns)  # the newest written
+    command = f"{command} " if command else ""
+    return (
+        f"interrupted: checkpoint at step {step} in {where}; continue with: minitune {command}--resume {out} "
+        "(same settings)"
+    )
 
 
 def report_parser() -> argparse.ArgumentParser:
@@ -235,12 +249,112 @@ def run_export(argv: list[str]) -> Path:
     return path
 
 
+def training_parser(prog: str, usage: str, description: str) -> argparse.ArgumentParser:
+    """The training flags under another command's name (cv, distill)."""
+    p = build_parser()
+    p.prog, p.usage, p.description = prog, usage, description
+    return p
+
+
+def cv_parser() -> argparse.ArgumentParser:
+    return training_parser(
+        "minitune cv",
+        "minitune cv --task TASK --folds K [training options]",
+        "k-fold cross-validation: one model per fold, out-of-fold predictions (oof.csv) for every training "
+        "example,\nper-fold and mean ± std scores, thresholds tuned on the out-of-fold predictions, and the fold "
+        "models'\nmean probabilities on dev and --test-file. --resume continues in the fold that was stopped.",
+    )
+
+
+def cv_config(argv: list[str]) -> RunConfig:
+    return make_config(**vars(cv_parser().parse_args(argv)))
+
+
+def run_cv_command(argv: list[str]) -> dict:
+    return run_train(cv_config(argv), "cv")
+
+
+def distill_parser() -> argparse.ArgumentParser:
+    p = training_parser(
+        "minitune distill",
+        "minitune distill --teacher DIR [DIR ...] --task TASK --model STUDENT [...]",
+        "Train a student on a teacher's probabilities (a run, --seeds or cv directory) plus the gold labels, and "
+        "report it beside\nthe teacher and the same student trained alone, with the predict-time speed ratio.",
+    )
+    p.add_argument("--teacher", nargs="+", required=True, metavar="DIR", help="teacher run, ensemble or cv dirs")
+    p.add_argument("--distill-alpha", type=float, default=0.5, help="weight of the teacher term (default: 0.5)")
+    p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature (default: 2.0)")
+    p.add_argument(
+        "--alone", default=None, help="an existing run of the same student on gold labels (default: train one)"
+    )
+    return p
+
+
+def distill_config(argv: list[str]) -> tuple[RunConfig, list[str], float, float, str | None]:
+    """The student's training config, then --teacher, --distill-alpha, --temperature and --alone."""
+    args = vars(distill_parser().parse_args(argv))
+    teachers, alpha, temperature, alone = (args.pop(k) for k in ("teacher", "distill_alpha", "temperature", "alone"))
+    return make_config(**args), teachers, alpha, temperature, alone
+
+
+def run_distill_command(argv: list[str]) -> dict:
+    cfg, teachers, alpha, temperature, alone = distill_config(argv)
+    teacher = make_teacher(teachers, alpha, temperature, Path(cfg.output_dir), cfg.batch_size * 2)
+    return run_distill(cfg, teacher, alone, run_train)
+
+
+def sweep_parser() -> argparse.ArgumentParser:
+    p = CommandParser(
+        prog="minitune sweep",
+        allow_abbrev=False,
+        description="Train the trials of a sweep file (a base config, a list or grid of variations, phases with "
+        "their own budgets and how many trials advance); finished trials are skipped on a rerun, and "
+        "leaderboard.md/.json is rewritten after every trial. The file's format: minitune/experiments/sweep.py "
+        "and configs/goemotions-loss-sweep.toml.",
+    )
+    p.add_argument("file", help="the sweep's TOML file")
+    return p
+
+
+def run_sweep_command(argv: list[str]) -> list[dict]:
+    sweep = read_sweep(sweep_parser().parse_args(argv).file)
+    rows = run_sweep(sweep, run_train)
+    print(f"leaderboard of {len(rows)} trials: {sweep.output_dir / 'leaderboard.md'}")
+    return rows
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    p = CommandParser(
+        prog="minitune compare",
+        allow_abbrev=False,
+        description="One table of finished runs (task, model, parameters, dev/out-of-fold/test scores, thresholds, "
+        "training time), sorted by each task's metric; printed and written as Markdown and JSON.",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="output directories of finished runs")
+    p.add_argument("--output", default="comparison", help="writes OUTPUT.md and OUTPUT.json (default: comparison)")
+    return p
+
+
+def run_compare(argv: list[str]) -> list[dict]:
+    args = compare_parser().parse_args(argv)
+    rows = compare([Path(d) for d in args.run_dirs])
+    md, js = write_comparison(rows, Path(args.output))
+    print(markdown_table(rows) + f"wrote {md} and {js}")
+    return rows
+
+
 # Every command but training (the default): its function and its parser, whose flags errors are rendered with.
 COMMANDS = {
     "predict": (run_predict, predict_parser),
     "report": (run_report, report_parser),
     "export": (run_export, export_parser),
+    "cv": (run_cv_command, cv_parser),
+    "distill": (run_distill_command, distill_parser),
+    "sweep": (run_sweep_command, sweep_parser),
+    "compare": (run_compare, compare_parser),
 }
+# The commands that train, and how to read their run's config (for the message when they are interrupted).
+TRAINING_CONFIGS = {"cv": cv_config, "distill": lambda argv: distill_config(argv)[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,8 +374,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e.render(lambda param: flag_for(param, flags))}", file=sys.stderr)
         return 2
     except (TrainingInterrupted, KeyboardInterrupt):
+        name = argv[0] if argv and argv[0] in TRAINING_CONFIGS else ""
+        if cfg is None and name:
+            cfg = TRAINING_CONFIGS[name](argv[1:])
         if is_main():
-            print(interrupted_message(cfg), file=sys.stderr)
+            print(interrupted_message(cfg, name), file=sys.stderr)
         return 130
     return 0
 

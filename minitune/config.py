@@ -106,7 +106,14 @@ class RunConfig:
         (None, "tensorboard"),
     )
     threshold: float = opt(0.5, "multi-label decision threshold reported beside the tuned per-class thresholds")
-    folds: int = opt(None, "recipe-mpr: run only the first N of the 5 folds")
+    folds: int = opt(
+        None, "minitune cv: the number of folds K (default 5); recipe-mpr training: only the first N of its 5"
+    )
+    seeds: list = opt(
+        None,
+        "train and cv: one model per seed (e.g. --seeds 42 123 456), reported each, as mean ± std and as the "
+        "ensemble of their mean probabilities",
+    )
     grad_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
     resume: str = opt(None, "resume from this output directory's last checkpoint")
     checkpoint: bool = opt(True, "write resumable checkpoints (--no-checkpoint: a throwaway run, nothing to resume)")
@@ -203,24 +210,34 @@ def _coerce(where: str, key: str, value):
     )
 
 
+def parse_toml(path: str, prefix: str) -> dict:
+    """A TOML file as a dict; a missing or malformed file is one error line starting with `prefix`."""
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{prefix}file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{prefix}not valid TOML ({e})") from None
+
+
+def checked_keys(prefix: str, table: dict, allowed, where: str = "") -> dict:
+    """A table's settings under RunConfig's names (dashes or underscores); an unknown key is one error line."""
+    out = {}
+    for k, v in table.items():
+        key = k.replace("-", "_")
+        if key not in allowed:
+            raise ConfigError(
+                f"{prefix}unknown key {k!r}{where}{did_you_mean(key, allowed)}; keys are the flags' names, e.g. "
+                "batch_size"
+            )
+        out[key] = v
+    return out
+
+
 def read_toml(path: str) -> dict:
     """A TOML file's settings under RunConfig's names (dashes or underscores)."""
-    try:
-        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"`config` {path}: file not found") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"`config` {path}: not valid TOML ({e})") from None
-    out = {}
-    for k, v in raw.items():
-        key = k.replace("-", "_")
-        if key not in FIELDS:
-            raise ConfigError(
-                f"`config` {path}: unknown key {k!r}{did_you_mean(key, FIELDS)}; keys are the "
-                "flags' names, e.g. batch_size"
-            )
-        out[key] = _coerce(f"`config` {path}: ", key, v)
-    return out
+    prefix = f"`config` {path}: "
+    return {k: _coerce(prefix, k, v) for k, v in checked_keys(prefix, parse_toml(path, prefix), FIELDS).items()}
 
 
 def make_config(config: str | None = None, **options) -> RunConfig:
@@ -293,6 +310,12 @@ def _check_values(cfg: RunConfig) -> None:
     for name in ("grad_accum", "max_length", "log_every", "keep_checkpoints", "max_new_tokens"):
         value = getattr(cfg, name)
         _check(isinstance(value, int) and value >= 1, f"`{name}` must be a positive integer, got {value!r}")
+    _check(
+        cfg.seeds is None
+        or (bool(cfg.seeds) and all(isinstance(s, int) and not isinstance(s, bool) for s in cfg.seeds))
+        and len(set(cfg.seeds)) == len(cfg.seeds),
+        f"`seeds` must be distinct integers, e.g. 42 123 456; got {cfg.seeds!r}",
+    )
     for name in (
         "max_steps",
         "max_tokens",
@@ -429,7 +452,7 @@ def used_settings(cfg: RunConfig) -> dict:
         unused |= {"lora_alpha", "lora_dropout", "lora_targets"}
     if cfg.task != "custom":
         unused |= {"label_col", "label_names", "delimiter"}
-    if cfg.task != "recipe-mpr":
+    if cfg.task != "recipe-mpr" and not cfg.folds:
         unused.add("folds")
     return {
         k: v

@@ -27,6 +27,7 @@ from minitune.data.tasks import Example
 from minitune.errors import ConfigError
 from minitune.eval.predictions import label_predictions, write_predictions
 from minitune.eval.scoring import predict_scores
+from minitune.experiments.ensemble import MEMBERS, ensemble_scores, member_model_dirs, trained_max_length
 from minitune.experiments.generative import predict_generative
 from minitune.experiments.generative_predict import PlainAsk, label_task, predict_plain
 from minitune.experiments.instruct import GENERATIVE_FILE
@@ -35,14 +36,6 @@ from minitune.experiments.instruct import GENERATIVE_FILE
 def model_dir_of(path: Path) -> Path:
     """A model directory, or a run's output directory (its model/ inside; the run's own config.json is not one)."""
     return path / "model" if (path / "model" / "config.json").is_file() else path
-
-
-def trained_max_length(model_dir: Path, default: int = 128) -> int:
-    """The max_length the run trained with (its config.json beside model/), else `default`."""
-    try:
-        return int(json.loads((model_dir.parent / "config.json").read_text(encoding="utf-8"))["max_length"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return default
 
 
 def thresholds_for(model_dir: Path, names: list[str], override: float | None) -> np.ndarray:
@@ -74,6 +67,10 @@ def predict_file(
     """Label every row of `input_path` with the model at `model_path` (a model/ directory or the run directory
     holding it); write the CSV; return (its path, rows). `max_length` defaults to what the run trained with.
     `ask`: `model_path` is a plain instruct checkpoint (a directory or an alias) that answers as `ask` says."""
+    if ask is None and (Path(model_path) / MEMBERS).is_file():  # a --seeds or cv run: its members' mean
+        return predict_ensemble(
+            Path(model_path), input_path, output_path, text_col, pair_col, batch_size, max_length, threshold, device
+        )
     model_dir = model_dir_of(Path(model_path))
     generative = (model_dir / GENERATIVE_FILE).is_file()  # a --head generative run's model: it answers in its chat
     if ask is not None and generative and (ask.task or ask.labels):
@@ -97,6 +94,25 @@ def predict_file(
     else:
         names, multi, scores = _head_scores(model, model_dir, rows, batch_size, max_length, torch_device)
     labels = label_predictions(scores, names, thresholds_for(model_dir, names, threshold) if multi else None)
+    write_predictions(
+        Path(output_path), [r.fields for r in rows], labels, scores, names, "labels" if multi else "label"
+    )
+    return Path(output_path), len(rows)
+
+
+def predict_ensemble(
+    run_dir: Path, input_path, output_path, text_col, pair_col, batch_size, max_length, threshold, device
+) -> tuple[Path, int]:
+    """predict_file for an ensemble or cv directory: every member model scores the rows, their mean is used, with
+    the thresholds the ensemble tuned (its thresholds.json)."""
+    dirs = member_model_dirs(run_dir)
+    first = head_model(dirs[0], run_dir)  # refused in one line before the input is read
+    multi = first.hf_config.get("problem_type") == "multi_label_classification"
+    rows = read_rows(Path(input_path), Columns(text=text_col, label=None, pair=pair_col))
+    examples = [Example(text=r.text, pair=r.pair) for r in rows]
+    kind = MULTI_LABEL if multi else SINGLE_LABEL
+    scores, names = ensemble_scores(dirs, examples, kind, batch_size, resolve_device(device), max_length)
+    labels = label_predictions(scores, names, thresholds_for(run_dir, names, threshold) if multi else None)
     write_predictions(
         Path(output_path), [r.fields for r in rows], labels, scores, names, "labels" if multi else "label"
     )

@@ -46,6 +46,8 @@ from minitune.eval.predictions import (
 from minitune.eval.report import format_report, write_results
 from minitune.eval.scoring import task_report
 from minitune.eval.thresholds import choose_thresholds
+from minitune.experiments.cv import run_cv
+from minitune.experiments.ensemble import MEMBERS, run_seeds, save_scores
 from minitune.experiments.folds import run_folds
 from minitune.experiments.generative import run_generative
 from minitune.experiments.generative_folds import run_generative_folds
@@ -66,6 +68,7 @@ class RunInputs:
     tokenizer: Tokenizer
     test: list[Example] | None  # --test-file's examples
     unlabelled: list[Row] | None = None  # --predict-file's rows
+    teacher: object = None  # distillation: experiments/distill.Teacher
 
 
 @dataclass
@@ -86,18 +89,26 @@ def train(**options) -> TrainResult:
     return TrainResult(results, Path(cfg.output_dir), Path(cfg.output_dir) / "model")
 
 
-def run_train(cfg: RunConfig) -> dict:
+def run_train(cfg: RunConfig, command: str = "train", teacher=None) -> dict:
+    """`command`: train (one model, or one per `seeds`) or cv (k-fold cross-validation, experiments/cv.py).
+    `teacher` (experiments/distill.Teacher): the model also learns the teacher's probabilities."""
+    if cfg.head == "generative" and (command == "cv" or cfg.seeds or teacher is not None):
+        raise ConfigError(
+            "`head` generative answers in text: cv, `seeds` and distill average or learn a classifier head's "
+            "probabilities; use `head` classifier"
+        )
     device = resolve_device(cfg.device)
     distributed.check_launch(cfg.fsdp, cfg.fsdp_cpu_offload, device)
-    inputs = resolve_inputs(cfg)
+    inputs = resolve_inputs(cfg, command)
+    inputs.teacher = teacher
     device = distributed.setup(device, cfg.dist_timeout).device  # torchrun: join the group after the checks
     try:
-        return _train(cfg, inputs, device)
+        return _train(cfg, inputs, device, command)
     finally:
         distributed.teardown()
 
 
-def _train(cfg: RunConfig, inputs: RunInputs, device: torch.device) -> dict:
+def _train(cfg: RunConfig, inputs: RunInputs, device: torch.device, command: str = "train") -> dict:
     main = distributed.is_main()  # rank 0 alone writes and prints
     out = Path(cfg.output_dir)
     if cfg.resume and finished_run(cfg, inputs.task):
@@ -109,11 +120,16 @@ def _train(cfg: RunConfig, inputs: RunInputs, device: torch.device) -> dict:
         atomic_write_text(out / "config.json", dump(cfg) + "\n")
     t0 = time.perf_counter()
     try:
-        if cfg.head == "generative":
+        if cfg.seeds:
+            member = lambda member_cfg: _train(member_cfg, inputs, device, command)  # noqa: E731
+            results = run_seeds(cfg, inputs.task, inputs.test, out, member, cv=command == "cv")
+        elif command == "cv":
+            results = run_cv(cfg, inputs.task, inputs.tokenizer, inputs.test, out, device)
+        elif cfg.head == "generative":
             generative = run_generative_folds if inputs.task.folds else run_generative
             results = generative(cfg, inputs.task, inputs.tokenizer, inputs.test, out, device)
         elif inputs.task.kind == MULTIPLE_CHOICE and inputs.task.folds:
-            results = run_folds(cfg, inputs.task, inputs.tokenizer, inputs.test, out, device)
+            results = run_folds(cfg, inputs.task, inputs.tokenizer, inputs.test, out, device, inputs.teacher)
         else:
             results = run_holdout(cfg, inputs, out, device)
     except (MinituneError, TrainingInterrupted, KeyboardInterrupt):
@@ -138,7 +154,9 @@ def _train(cfg: RunConfig, inputs: RunInputs, device: torch.device) -> dict:
     atomic_write_text(out / "report.txt", text)
     report_html = write_html_report(out)
     # The settings were printed when the run began: the console report leaves them out (report.txt keeps them).
-    print(format_report(results, settings=False) + f"report with figures: {report_html}\n" + saved_note(cfg, out))
+    print(
+        format_report(results, settings=False) + f"report with figures: {report_html}\n" + saved_note(cfg, out, command)
+    )
     return results
 
 
@@ -150,8 +168,8 @@ def run_holdout(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.devi
     if not dev_ex:  # no dev file: hold out 10% of train, stratified, to select on
         train_ex, dev_ex = holdout_examples(train_ex, label_array(task, train_ex), 0.1, cfg.seed)
         log.info("no dev file: holding out %d of %d training examples for selection", len(dev_ex), len(train_ex))
-    trial = train_once(cfg, task, train_ex, dev_ex, tokenizer, out, device)
-    thresholds = tuned = None
+    trial = train_once(cfg, task, train_ex, dev_ex, tokenizer, out, device, teacher=inputs.teacher)
+    thresholds = tuned = test_scores = None
     dev = task_report(task, dev_ex, trial.dev_scores, cfg.threshold)
     if task.kind == MULTI_LABEL:
         y = label_array(task, dev_ex)
@@ -172,6 +190,7 @@ def run_holdout(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.devi
     use = tuned if thresholds and thresholds["use"] == "tuned" else np.full(task.num_labels, cfg.threshold)
     main = distributed.is_main()  # rank 0 alone writes; scoring is collective
     if main:
+        save_scores(out, dev=trial.dev_scores, test=test_scores)  # for ensembles and distillation teachers
         write_example_predictions(out / "dev_predictions.csv", task, dev_ex, trial.dev_scores, use)
         write_prediction_records(out, "dev", dev_ex, label_array(task, dev_ex), trial.dev_scores)
     model = consolidated(trial.model)  # FSDP: the whole model, gathered onto rank 0
@@ -231,17 +250,22 @@ def loss_at_best(metrics_path: Path, best_step: int | None) -> dict:
     return {"train": train, "dev": dev}
 
 
-def saved_note(cfg: RunConfig, out: Path) -> str:
+def saved_note(cfg: RunConfig, out: Path, command: str = "train") -> str:
     """Where the run went and the command that uses it."""
     preds = "test_predictions.csv" if (out / "test_predictions.csv").is_file() else "dev_predictions.csv"
-    lines = [f"saved to {out}/ (model/, report.txt, results.json, metrics.jsonl, {preds})"]
-    if (out / "model" / "config.json").is_file() and not (Path(cfg.output_dir) / "fold0").is_dir():
+    ensemble = (out / MEMBERS).is_file()  # seeds or cv: predict averages the members
+    kept = "model/, report.txt, results.json, metrics.jsonl"
+    if ensemble:
+        kept, preds = f"{MEMBERS}, report.txt, results.json", "oof.csv" if (out / "oof.csv").is_file() else preds
+    lines = [f"saved to {out}/ ({kept}, {preds})"]
+    if (out / "model" / "config.json").is_file() and not (out / "fold0").is_dir() or ensemble:
         col = "" if cfg.text_col == "text" else f" --text-col {cfg.text_col}"
         lines.append(
             f"label a file with it: minitune predict --model {out} --input FILE.csv --output predictions.csv{col}"
         )
     if cfg.checkpoint:
-        lines.append(f"continue or re-report it: minitune --resume {out} (with the same settings)")
+        cmd = "" if command == "train" else f"{command} "
+        lines.append(f"continue or re-report it: minitune {cmd}--resume {out} (with the same settings)")
     return "\n".join(lines) + "\n"
 
 
@@ -249,7 +273,7 @@ def saved_note(cfg: RunConfig, out: Path) -> str:
 TEXT_COLUMNS = {"semeval": "Tweet"}
 
 
-def resolve_inputs(cfg: RunConfig) -> RunInputs:
+def resolve_inputs(cfg: RunConfig, command: str = "train") -> RunInputs:
     """Load and check everything that can be wrong before anything is written: the task's files, the metric, the
     loss, the model's config and tokenizer, --test-file, --max-length, a checkpoint to resume. Sets the padding
     default of the model's family (cfg.padding)."""
@@ -294,15 +318,28 @@ def resolve_inputs(cfg: RunConfig) -> RunInputs:
     if cfg.padding is None:  # encoders unpad padding-heavy batches; decoders have no such path
         cfg.padding = "bucketed" if family in DECODER_TYPES else "dynamic"
     if cfg.resume:
-        fold_dirs = sorted(Path(cfg.output_dir).glob("fold*")) if task.folds else [Path(cfg.output_dir)]
-        for d in [d for d in fold_dirs if (d / "checkpoint").is_dir()] or [Path(cfg.output_dir)]:
-            distributed.check_world_size(d / "checkpoint" / "signature.json")
-            check_resumable(d / "checkpoint", distributed.world_signature(resume_signature(cfg)))
+        check_resume(cfg, task, command)
     tokenizer = load_tokenizer(name)
     if tokenizer.pad_token_id is None:
         log.warning("%s has no pad token: using its eos token for padding", cfg.model)
         tokenizer.set_pad_to_eos()
     return RunInputs(task, tokenizer, test, unlabelled)
+
+
+def check_resume(cfg: RunConfig, task: TaskData, command: str) -> None:
+    """The checkpoints a --resume continues from exist and were made with these settings. A cv, folds or seeds run
+    may have none yet (stopped before its first); the members of `seeds` are checked as each one loads (their
+    checkpoints hold their own seed)."""
+    out = Path(cfg.output_dir)
+    if not (task.folds or command == "cv" or cfg.seeds):
+        dirs = [out]
+    elif not out.is_dir():
+        raise ConfigError(f"`resume` {out}: no such run; start without `resume`")
+    else:
+        dirs = [] if cfg.seeds else sorted(c.parent for c in out.glob("**/checkpoint") if c.is_dir())
+    for d in dirs:
+        distributed.check_world_size(d / "checkpoint" / "signature.json")
+        check_resumable(d / "checkpoint", distributed.world_signature(resume_signature(cfg)))
 
 
 def read_unlabelled(cfg: RunConfig, task: TaskData) -> list[Row]:

@@ -280,3 +280,54 @@ def test_pos_weight_in_focal_and_asl_weighs_positives_as_bce_does():
     combo = build_loss("asl:0.5+focal:0.5", "multi_label", 3, pos_weight=pw)
     expect = 0.5 * weighted(x, y).sum() / len(x) + 0.5 * SigmoidFocalLoss(2.0, pos_weight=pw)(x, y)
     assert combo(x, y).item() == pytest.approx(expect.item(), rel=1e-6)
+
+
+def test_distill_loss_single_label_equals_hand_kl_times_t_squared_plus_task_loss():
+    from minitune.train.losses import DistillLoss, with_soft_targets
+
+    teacher = [[0.7, 0.2, 0.1], [0.05, 0.05, 0.9], [0.3, 0.4, 0.3]]
+    alpha, t = 0.3, 2.5
+    targets = torch.tensor([with_soft_targets(c, p) for c, p in zip(CLASSES, teacher)])
+    got = DistillLoss(CrossEntropyLoss(), False, alpha, t)(torch.tensor(LOGITS), targets)
+    kl = 0.0  # element by element: KL(softened teacher || softened student), mean over the batch
+    for z, p in zip(LOGITS, teacher):
+        soft_t = [math.exp(math.log(v) / t) for v in p]
+        soft_t = [v / sum(soft_t) for v in soft_t]
+        log_s = [v / t - math.log(sum(math.exp(u / t) for u in z)) for v in z]
+        kl += sum(q * (math.log(q) - s) for q, s in zip(soft_t, log_s)) / len(LOGITS)
+    ce = float(F.cross_entropy(torch.tensor(LOGITS), torch.tensor(CLASSES)))
+    assert float(got) == pytest.approx(alpha * kl * t * t + (1 - alpha) * ce, rel=1e-6)
+    # alpha 0 is the task loss alone, alpha 1 the teacher term alone.
+    assert float(DistillLoss(CrossEntropyLoss(), False, 0.0, t)(torch.tensor(LOGITS), targets)) == pytest.approx(ce)
+
+
+def test_distill_loss_multi_label_is_binary_kl_with_the_gradient_of_soft_bce():
+    from minitune.train.losses import DistillLoss, with_soft_targets
+
+    teacher = [[0.9, 0.1, 0.6], [0.2, 0.0, 1.0], [0.5, 0.7, 0.3]]
+    targets = torch.tensor([with_soft_targets(g, p) for g, p in zip(MULTI, teacher)])
+    logits = torch.tensor(LOGITS, requires_grad=True)
+    loss = DistillLoss(BCEWithLogitsLoss(), True, 1.0, 4.0)(logits, targets)
+    hand = 0.0  # sum over elements of p log(p/q) + (1-p) log((1-p)/(1-q)), then the mean
+    for z_row, p_row in zip(LOGITS, teacher):
+        for z, p in zip(z_row, p_row):
+            q = 1 / (1 + math.exp(-z))
+            hand += (p * math.log(p / q) if p else 0.0) + ((1 - p) * math.log((1 - p) / (1 - q)) if p < 1 else 0.0)
+    assert float(loss) == pytest.approx(hand / 9, rel=1e-6)
+    loss.backward()
+    ref = torch.tensor(LOGITS, requires_grad=True)
+    F.binary_cross_entropy_with_logits(ref, torch.tensor(teacher)).backward()
+    torch.testing.assert_close(logits.grad, ref.grad)
+    # A teacher that is the student itself: nothing left to learn from it.
+    same = torch.sigmoid(torch.tensor(LOGITS))
+    zero = DistillLoss(BCEWithLogitsLoss(), True, 1.0, 1.0).soft_loss(torch.tensor(LOGITS), same)
+    assert abs(float(zero)) < 1e-6
+
+
+def test_distill_arguments_are_checked():
+    from minitune.train.losses import DistillLoss
+
+    with pytest.raises(ConfigError, match="distill_alpha.? must be in"):
+        DistillLoss(CrossEntropyLoss(), False, 1.5, 2.0)
+    with pytest.raises(ConfigError, match="temperature.? must be positive"):
+        DistillLoss(CrossEntropyLoss(), False, 0.5, 0.0)

@@ -251,8 +251,11 @@ def draw_groups(by_group: dict[str, dict], n_options: int, split: str) -> Figure
 
 
 def main_split(results: dict) -> str:
-    """The split the figures describe: dev (selection), else the pooled fold test parts (Recipe-MPR)."""
-    return "dev" if isinstance(results.get("dev"), dict) else "test"
+    """The split the figures describe: dev (selection), else cv's out-of-fold predictions, else the pooled fold test
+    parts (Recipe-MPR)."""
+    if isinstance(results.get("dev"), dict):
+        return "dev"
+    return "oof" if isinstance(results.get("oof"), dict) else "test"
 
 
 def read_metrics(run_dir: Path) -> dict[str, list[dict]]:

@@ -31,7 +31,7 @@ from minitune.eval.scoring import predict_logits, predict_scores, probabilities,
 from minitune.models.ffnn import build_ffnn
 from minitune.train.distributed import gathered_scores, shard_sampler, world_signature
 from minitune.train.loop import LoopConfig, TrainData, fit
-from minitune.train.losses import task_loss
+from minitune.train.losses import DistillLoss, task_loss, with_soft_targets
 from minitune.train.parallel import is_sharded
 
 log = logging.getLogger("minitune")
@@ -125,9 +125,11 @@ def train_once(
     out_dir: Path,
     device: torch.device,
     tokenized: dict | None = None,
+    teacher=None,
 ) -> Trial:
     """Fine-tune one model on train_ex, selecting on dev_ex. `tokenized` (id(example) -> features) lets the folds
-    of one run share a single tokenization."""
+    of one run share a single tokenization. `teacher` (experiments/distill.Teacher): train on its probabilities
+    too (train.losses.DistillLoss); dev is still scored with the task loss."""
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     t0 = time.perf_counter()
@@ -138,6 +140,9 @@ def train_once(
         return tokenize(examples, tokenizer, task.kind, cfg.max_length)
 
     train_f, dev_f = features(train_ex), features(dev_ex)
+    if teacher is not None:  # before oversampling, which repeats features by index
+        soft = teacher.targets_for(task, train_ex, device)
+        train_f = [f | {"label": with_soft_targets(f["label"], p)} for f, p in zip(train_f, soft)]
     if cfg.oversample_rare and task.kind == MULTI_LABEL:
         train_f = [train_f[i] for i in oversample_rare(label_array(task, train_ex), cfg.oversample_rare, cfg.seed)]
     log.info("features for %d train / %d dev examples in %.1fs", len(train_f), len(dev_f), time.perf_counter() - t0)
@@ -163,9 +168,12 @@ def train_once(
             loss = float(loss_fn(torch.as_tensor(logits, device=device), dev_labels))
         return {k: rep[k] for k in SELECTION_METRICS[task.kind] if k in rep} | {"loss": loss}
 
+    train_loss = loss_fn
+    if teacher is not None:
+        train_loss = DistillLoss(loss_fn, task.kind == MULTI_LABEL, teacher.alpha, teacher.temperature).to(device)
     sampler = make_sampler([length_of(f) for f in train_f], cfg.batch_size, cfg.padding, cfg.max_tokens, cfg.seed)
     sampler = shard_sampler(sampler)  # distributed: this rank's shard of each global batch
-    state = fit(model, loss_fn, TrainData(train_f, sampler, collate_fn), evaluate, loop_config(cfg), out_dir, device)
+    state = fit(model, train_loss, TrainData(train_f, sampler, collate_fn), evaluate, loop_config(cfg), out_dir, device)
     if "scores" in best and not cfg.resume:
         scores = best["scores"]  # the best evaluation already scored the weights fit() restored
     else:  # resumed: the best evaluation may have happened in an earlier process

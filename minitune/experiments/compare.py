@@ -1,0 +1,130 @@
+"""`minitune compare RUN_DIR...`: one table of finished runs (task, model, parameters, dev and test scores,
+thresholds used, training time), sorted by each task's selection metric, printed and written as Markdown and
+JSON (the rows, for the plots of the reports).
+
+Any run directory with a results.json is read: a single run, a `--seeds` ensemble, a cv run (its out-of-fold
+score beside dev), Recipe-MPR's folds (test accuracy over all folds), a sweep's trials, a distilled student.
+The score of a split is taken where the run predicts (tuned multi-label thresholds when it chose them); a run's
+parameters are counted from its model files' headers (every member of an ensemble or cv run).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors import safe_open
+
+from minitune.checkpoints.atomic import atomic_write_text
+from minitune.errors import ConfigError
+from minitune.experiments.ensemble import MEMBERS, member_model_dirs
+
+SPLITS = ("dev", "oof", "test")
+
+
+def read_results(run_dir: Path) -> dict:
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no results.json; pass the output directory of a finished run")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def split_score(results: dict, split: str, metric: str) -> float | None:
+    """`metric` on a split, where the run predicts: at the tuned thresholds when the run chose them."""
+    rep = results.get(split)
+    if not isinstance(rep, dict) or "kind" not in rep:
+        return None
+    if results.get("thresholds", {}).get("use") == "tuned" and "tuned" in rep:
+        rep = rep["tuned"]
+    value = rep.get(metric)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def ranking_score(results: dict, metric: str) -> float | None:
+    """The score a run is ranked by: dev, else out-of-fold (cv), else test (Recipe-MPR's folds)."""
+    return next((v for s in SPLITS if (v := split_score(results, s, metric)) is not None), None)
+
+
+def count_parameters(run_dir: Path) -> int | None:
+    """Parameters in the run's model files (all members of an ensemble), from the safetensors headers."""
+    try:
+        dirs = member_model_dirs(run_dir)
+    except ConfigError:
+        return None
+    total = 0
+    for d in dirs:
+        for f in d.glob("*.safetensors"):
+            with safe_open(f, "pt") as st:
+                for k in st.keys():  # noqa: SIM118 (safe_open is not iterable)
+                    n = 1
+                    for size in st.get_slice(k).get_shape():
+                        n *= size
+                    total += n
+    return total
+
+
+def thresholds_used(results: dict) -> str:
+    t = results.get("thresholds")
+    if not t:
+        return "argmax"
+    if t.get("use") == "tuned":
+        return f"tuned ({t.get('tuned_labels')} labels)"
+    return f"fixed {t.get('threshold')}"
+
+
+def run_kind(run_dir: Path, results: dict) -> str:
+    if (run_dir / MEMBERS).is_file():
+        return json.loads((run_dir / MEMBERS).read_text(encoding="utf-8"))["kind"]
+    return "folds" if "folds" in results.get("train", {}) else "run"
+
+
+def compare_row(run_dir: Path) -> dict:
+    results = read_results(run_dir)
+    metric = results.get("config", {}).get("metric") or "macro_f1"
+    row = {
+        "run": str(run_dir),
+        "task": results.get("task"),
+        "model": results.get("model"),
+        "kind": run_kind(Path(run_dir), results),
+        "params": count_parameters(Path(run_dir)),
+        "metric": metric,
+        "score": ranking_score(results, metric),
+    }
+    for s in SPLITS:  # the task's metric on each split the run has
+        row[s] = split_score(results, s, metric)
+    row["dev_accuracy"], row["dev_macro_f1"] = (split_score(results, "dev", m) for m in ("accuracy", "macro_f1"))
+    row["thresholds"] = thresholds_used(results)
+    row["train_seconds"] = results.get("train", {}).get("wall_seconds")
+    return row
+
+
+def compare(run_dirs: list[Path]) -> list[dict]:
+    """Rows sorted by task, then by the task's metric (best first; runs without a score last)."""
+    rows = [compare_row(Path(d)) for d in run_dirs]
+    return sorted(rows, key=lambda r: (r["task"] or "", r["score"] is None, -(r["score"] or 0.0)))
+
+
+def _cell(column: str, v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float) and column.endswith("seconds"):
+        return f"{v:.1f}"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if isinstance(v, int) and v >= 10_000:
+        return f"{v / 1e6:.1f}M"
+    return str(v)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    columns = list(dict.fromkeys(c for r in rows for c in r if any(x.get(c) is not None for x in rows)))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(c, r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(rows: list[dict], output: Path) -> tuple[Path, Path]:
+    md, js = output.with_suffix(".md"), output.with_suffix(".json")
+    atomic_write_text(md, markdown_table(rows))
+    atomic_write_text(js, json.dumps(rows, indent=2) + "\n")
+    return md, js

@@ -1,0 +1,263 @@
+"""Experiments as commands (issue 15) on small real subsets with the bag-of-embeddings baseline: cv's out-of-fold
+predictions and folds, seed ensembles and predict on them, a resumed cv against an uninterrupted one, a sweep run
+twice, distillation (alpha 0, a teacher that is the student), compare over every task kind, and one-line errors."""
+
+import csv
+import itertools
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from minitune.cli import main
+from minitune.data.splits import kfold
+from minitune.eval.thresholds import choose_thresholds
+
+TINY = ["--model", "ffnn", "--epochs", "2", "--max-eval-samples", "40", "--max-length", "32", "--batch-size", "16"]
+
+
+def args(data_dir, out, task="humor", n=150, *extra):
+    return [
+        "--task",
+        task,
+        *TINY,
+        "--max-train-samples",
+        str(n),
+        "--data-dir",
+        str(data_dir),
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
+
+
+def scores(run_dir):
+    with np.load(run_dir / "scores.npz") as s:
+        return dict(s)
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def humor_cv(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("cv") / "humor"
+    assert main(["cv", *args(data_dir, out), "--folds", "3"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def humor_seeds(tmp_path_factory, data_dir):
+    out = tmp_path_factory.mktemp("seeds") / "humor"
+    assert main([*args(data_dir, out, "humor", 100), "--seeds", "1", "2"]) == 0
+    return out
+
+
+def test_oof_scores_every_training_example_exactly_once(humor_cv):
+    index = np.load(humor_cv / "oof_index.npy")
+    assert len(index) == 150 and len(np.unique(index)) == 150  # the 150-example subset, each example once
+    held = [np.load(humor_cv / f"fold{k}" / "fold_scores.npz")["held_out"] for k in range(3)]
+    assert sorted(np.concatenate(held).tolist()) == list(range(150))  # the held-out parts partition it
+    rows = read_csv(humor_cv / "oof.csv")
+    assert len(rows) == 150 and len({r["line"] for r in rows}) == 150
+    results = json.loads((humor_cv / "results.json").read_text())
+    assert results["oof"]["n_examples"] == 150 and len(results["train"]["folds"]) == 3
+    # Each OOF row is the fold model's probability on an example it did not train on: oof.csv = fold scores.
+    oof = scores(humor_cv)["oof"]
+    for k in range(3):
+        fold = np.load(humor_cv / f"fold{k}" / "fold_scores.npz")
+        np.testing.assert_allclose(
+            oof[np.searchsorted(np.sort(np.concatenate(held)), fold["held_out"])], fold["scores"]
+        )
+    # The dev score is the mean of the three fold models' dev probabilities.
+    dev = np.mean([np.load(humor_cv / f"fold{k}" / "fold_scores.npz")["dev"] for k in range(3)], axis=0)
+    np.testing.assert_allclose(scores(humor_cv)["dev"], dev)
+    mean = results["train"]["fold_mean_std"][0]
+    assert mean["macro_f1"] == pytest.approx(np.mean([f["macro_f1"] for f in results["train"]["folds"]]), abs=1e-4)
+
+
+def test_cv_folds_keep_label_proportions_as_the_splitter_promises(humor_cv):
+    rows = read_csv(humor_cv / "oof.csv")
+    gold = np.array([r["gold"] == "humor" for r in rows], dtype=int)  # oof.csv is in training order
+    held = [np.load(humor_cv / f"fold{k}" / "fold_scores.npz")["held_out"] for k in range(3)]
+    # kfold promises per-class and total fold sizes within one of each other (single-label, stratified).
+    assert max(map(len, held)) - min(map(len, held)) <= 1
+    for c in (0, 1):
+        per_fold = [(gold[h] == c).sum() for h in held]
+        assert max(per_fold) - min(per_fold) <= 1, per_fold
+    # And they are the splitter's folds for these labels and --seed.
+    expected = [val for _, val in kfold(gold, 3, seed=42)]
+    assert [h.tolist() for h in held] == [e.tolist() for e in expected]
+
+
+def test_multi_label_cv_tunes_thresholds_on_the_out_of_fold_predictions(tmp_path, data_dir):
+    out = tmp_path / "semeval"
+    assert main(["cv", *args(data_dir, out, "semeval", 120), "--folds", "2", "--epochs", "1"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    rows = read_csv(out / "oof.csv")
+    names = results["thresholds"]["per_label"].keys()
+    y = np.array([[n in r["gold"].split(",") for n in names] for r in rows], dtype=np.uint8)
+    again = choose_thresholds(y, scores(out)["oof"], list(names), results["config"]["threshold"], "jaccard")
+    assert again["per_label"] == pytest.approx(results["thresholds"]["per_label"])
+    assert "out-of-fold" in results["thresholds"]["notes"][0]
+    # Iterative stratification: fold sizes within 1% (test_splits), every positive of the rarest label split evenly.
+    held = [np.load(out / f"fold{k}" / "fold_scores.npz")["held_out"] for k in range(2)]
+    assert abs(len(held[0]) - len(held[1])) <= 2
+    rare = int(np.argmin(np.where(y.sum(0) > 0, y.sum(0), 10**9)))
+    assert abs(int(y[held[0], rare].sum()) - int(y[held[1], rare].sum())) <= 1
+
+
+def test_ensemble_is_the_mean_of_its_members_and_predict_averages_them(humor_seeds, tmp_path):
+    members = [humor_seeds / "seed1", humor_seeds / "seed2"]
+    np.testing.assert_allclose(scores(humor_seeds)["dev"], np.mean([scores(m)["dev"] for m in members], axis=0))
+    results = json.loads((humor_seeds / "results.json").read_text())
+    rows = results["train"]["members"]
+    assert [r["seed"] for r in rows] == [1, 2]
+    for row, m in zip(rows, members):  # each member as its own run reported it
+        assert row["dev_macro_f1"] == pytest.approx(json.loads((m / "results.json").read_text())["dev"]["macro_f1"])
+    src = tmp_path / "in.csv"
+    src.write_text("text\nA pun a day keeps the doctor away.\nThe bus is late again.\nWhy did the chicken cross?\n")
+    probs = []
+    for run in [humor_seeds, *members]:
+        assert main(["predict", "--model", str(run), "--input", str(src), "--output", str(tmp_path / "p.csv")]) == 0
+        probs.append([[float(r["prob_not_humor"]), float(r["prob_humor"])] for r in read_csv(tmp_path / "p.csv")])
+    np.testing.assert_allclose(probs[0], np.mean(probs[1:], axis=0), atol=2e-6)
+
+
+def test_resumed_cv_equals_an_uninterrupted_one(humor_cv, data_dir, tmp_path, monkeypatch, capsys):
+    from minitune.experiments import trial
+    from minitune.train.loop import TrainData
+
+    real_fit = trial.fit
+
+    def fit_stopped_in_fold1(model, loss_fn, data, evaluate, cfg, out_dir, device):
+        if out_dir.name == "fold1" and not cfg.resume:  # Ctrl-C while the 2nd batch of fold 1 is prepared
+            calls, collate = itertools.count(), data.collate
+
+            def collate_then_stop(features):
+                if next(calls) == 1:
+                    os.kill(os.getpid(), signal.SIGINT)
+                return collate(features)
+
+            data = TrainData(data.features, data.sampler, collate_then_stop)
+        return real_fit(model, loss_fn, data, evaluate, cfg, out_dir, device)
+
+    monkeypatch.setattr(trial, "fit", fit_stopped_in_fold1)
+    out = tmp_path / "stopped"
+    assert main(["cv", *args(data_dir, out), "--folds", "3"]) == 130
+    assert "fold1/checkpoint" in capsys.readouterr().err
+    assert (out / "fold0" / "fold_scores.npz").is_file() and not (out / "fold1" / "fold_scores.npz").exists()
+    assert main(["cv", *args(data_dir, out), "--folds", "3", "--resume", str(out)]) == 0
+    for split in ("oof", "dev"):
+        np.testing.assert_allclose(scores(out)[split], scores(humor_cv)[split], atol=1e-6)
+    for k in range(3):
+        a, b = (load_file(d / f"fold{k}" / "model" / "model.safetensors") for d in (out, humor_cv))
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], msg=f"fold{k} {name}")
+
+
+@pytest.mark.slow  # several training runs through the CLI, each drawing its report
+def test_sweep_second_invocation_trains_nothing(tmp_path, data_dir, capsys):
+    from minitune.experiments.sweep import read_sweep, run_sweep
+
+    path = tmp_path / "sweep.toml"
+    path.write_text(
+        f'output_dir = "{tmp_path / "sweep"}"\n[base]\ntask = "humor"\nmodel = "ffnn"\ndata_dir = "{data_dir}"\n'
+        'max_eval_samples = 40\nmax_length = 32\n[[variations]]\nname = "ce"\n[[variations]]\nlabel_smoothing = 0.1\n'
+        "[grid]\nlr = [1e-3, 3e-3]\n[[phases]]\nmax_train_samples = 60\nepochs = 1\nadvance = 1\n"
+        "[[phases]]\nmax_train_samples = 100\nepochs = 1\n"
+    )
+    assert main(["sweep", str(path)]) == 0
+    board = json.loads((tmp_path / "sweep" / "leaderboard.json").read_text())
+    assert [r["phase"] for r in board] == [2, 1, 1, 1, 1] and all(r["status"] == "trained" for r in board)
+    phase1 = [r for r in board if r["phase"] == 1]
+    assert board[0]["trial"] == phase1[0]["trial"]  # the best of phase 1 went on
+    assert (tmp_path / "sweep" / "leaderboard.md").read_text().count("\n| ") == 5 + 1
+
+    def no_training(cfg):
+        raise AssertionError(f"trained {cfg.output_dir} again")
+
+    rows = run_sweep(read_sweep(str(path)), no_training)
+    assert [r["status"] for r in rows] == ["read"] * 5
+    assert sorted(r["score"] for r in rows) == sorted(r["score"] for r in board)
+
+
+def test_sweep_file_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[base]\ntask = "humor"\n[[variations]]\nlrr = 1e-3\n')
+    assert main(["sweep", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown key 'lrr' in [[variations]] (did you mean 'lr'?)" in err
+    bad.write_text('[base]\ntask = "humor"\n[[phases]]\nepochs = 1\n[[phases]]\nepochs = 2\n')
+    assert main(["sweep", str(bad)]) == 2
+    assert "needs advance = N" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # several training runs through the CLI, each drawing its report
+def test_distillation_alpha_zero_is_ordinary_training_and_teacher_files_are_checked(
+    humor_seeds, data_dir, tmp_path, capsys
+):
+    out = tmp_path / "student"
+    a = args(data_dir, out, "humor", 100)
+    assert main(["distill", "--teacher", str(humor_seeds), *a, "--distill-alpha", "0"]) == 0
+    # alpha 0: the same weights as the same student trained alone on gold labels (alone/).
+    distilled, alone = (load_file(d / "model" / "model.safetensors") for d in (out, out / "alone"))
+    for name in distilled:
+        assert torch.equal(distilled[name], alone[name]), name
+    summary = json.loads((out / "distill.json").read_text())
+    assert set(summary["rows"]) == {"teacher", "student_alone", "student_distilled"}
+    assert summary["speed_ratio_teacher_over_student"] > 0 and (out / "teacher_probs.npz").is_file()
+    assert main(["distill", "--teacher", str(tmp_path), *a]) == 2
+    assert "not a training run, ensemble or cv directory" in capsys.readouterr().err
+
+
+def test_teacher_that_is_the_student_gives_near_zero_kl_and_is_cached(humor_seeds, data_dir, tmp_path, monkeypatch):
+    from minitune.checkpoints.load import load_model, load_tokenizer
+    from minitune.data.batching import make_collate
+    from minitune.data.features import tokenize
+    from minitune.data.tasks import load_task
+    from minitune.eval.scoring import predict_logits
+    from minitune.experiments import distill
+    from minitune.train.losses import DistillLoss, task_loss
+
+    student = humor_seeds / "seed1"
+    task = load_task("humor", data_dir)
+    examples = task.train[:64]
+    teacher = distill.make_teacher([str(student)], 1.0, 2.0, tmp_path, 32)
+    probs = teacher.targets_for(task, examples, torch.device("cpu"))
+    model, tok = load_model(student / "model"), load_tokenizer(student / "model")
+    feats = tokenize(examples, tok, task.kind, 32)
+    logits = predict_logits(model, feats, make_collate("dynamic", 32, tok.pad_token_id), 16, torch.device("cpu"))
+    loss = DistillLoss(task_loss(task.kind, 2, None), False, 1.0, 2.0)
+    assert float(loss.soft_loss(torch.tensor(logits), torch.tensor(probs))) < 1e-6
+    # Cached: a new teacher object reads the probabilities back instead of scoring again.
+    monkeypatch.setattr(distill, "ensemble_scores", lambda *a, **k: pytest.fail("scored the training data again"))
+    again = distill.make_teacher([str(student)], 1.0, 2.0, tmp_path, 32).targets_for(
+        task, examples, torch.device("cpu")
+    )
+    np.testing.assert_array_equal(again, probs)
+
+
+@pytest.mark.slow  # several training runs through the CLI, each drawing its report
+def test_compare_reads_runs_of_every_task_kind(humor_cv, humor_seeds, data_dir, tmp_path, capsys):
+    semeval, mpr = tmp_path / "semeval", tmp_path / "mpr"
+    assert main(args(data_dir, semeval, "semeval", 80)) == 0
+    assert main([*args(data_dir, mpr, "recipe-mpr", 60), "--folds", "1"]) == 0
+    runs = [humor_cv, humor_seeds, humor_seeds / "seed1", semeval, mpr]
+    assert main(["compare", *map(str, runs), "--output", str(tmp_path / "cmp")]) == 0
+    rows = json.loads((tmp_path / "cmp.json").read_text())
+    assert [r["task"] for r in rows] == ["humor"] * 3 + ["recipe-mpr", "semeval"]
+    humor = [r["score"] for r in rows[:3]]
+    assert humor == sorted(humor, reverse=True)  # sorted by the task's metric
+    by_run = {r["run"]: r for r in rows}
+    assert by_run[str(humor_cv)]["kind"] == "cv" and by_run[str(humor_cv)]["oof"] is not None
+    assert by_run[str(humor_seeds)]["params"] == 2 * by_run[str(humor_seeds / "seed1")]["params"]
+    assert by_run[str(mpr)]["metric"] == "accuracy" and by_run[str(mpr)]["test"] is not None
+    assert by_run[str(semeval)]["metric"] == "jaccard" and by_run[str(semeval)]["thresholds"] != "argmax"
+    assert "| run | task | model |" in (tmp_path / "cmp.md").read_text() and "| run | task |" in capsys.readouterr().out
