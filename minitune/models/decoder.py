@@ -33,6 +33,8 @@ from torch.utils.checkpoint import checkpoint
 
 from minitune.errors import ConfigError
 from minitune.models.activations import ACTIVATIONS
+from minitune.models.attention import Packing, choose_packing, packed_attention
+from minitune.models.bert import UNPAD_MIN_SHARE
 from minitune.models.heads import Classifier
 from minitune.models.rope import RotaryEmbedding, apply_rope
 
@@ -248,7 +250,10 @@ class Attention(nn.Module):
         mask: torch.Tensor | None,
         dead: torch.Tensor | None,
         kv: LayerKV | None = None,
+        pack: Packing | None = None,
     ) -> torch.Tensor:
+        if pack is not None:
+            return self.packed(x, cos, sin, pack)
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
@@ -270,6 +275,17 @@ class Attention(nn.Module):
         if dead is not None:  # left-pad queries see no key; the reference's SDPA returns 0 for them
             y = y.masked_fill(dead[..., None], 0.0)
         return self.o_proj(y)
+
+    def packed(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pack: Packing) -> torch.Tensor:
+        """The unpadded path: x (N, H) real tokens, cos/sin (N, 1, D) at each token's padded column."""
+        n = x.shape[0]
+        q = self.q_proj(x).view(n, -1, self.head_dim)  # (N, H, D)
+        k = self.k_proj(x).view(n, -1, self.head_dim)  # (N, Hkv, D)
+        v = self.v_proj(x).view(n, -1, self.head_dim)  # (N, Hkv, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        p = self.dropout if self.training else 0.0
+        y = packed_attention(q, k, v, pack, causal=True, dropout_p=p, scale=self.head_dim**-0.5)  # (N, H, D)
+        return self.o_proj(y.reshape(n, -1))
 
 
 class MLP(nn.Module):
@@ -304,8 +320,9 @@ class DecoderLayer(nn.Module):
         mask: torch.Tensor | None,
         dead: torch.Tensor | None,
         kv: LayerKV | None = None,
+        pack: Packing | None = None,
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, dead, kv)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, dead, kv, pack)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -373,6 +390,7 @@ class DecoderModel(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_plus_one)
         self.rotary_emb = RotaryEmbedding(cfg)
         self.gradient_checkpointing = False
+        self.unpad_min_share = UNPAD_MIN_SHARE  # Classifier.set_unpadded sets it
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.embed_tokens(input_ids)  # (B, T, H)
@@ -388,11 +406,18 @@ class DecoderModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        unpad: bool = False,
     ) -> torch.Tensor:
         """With a cache, attention_mask covers the cached positions and these (B, S); position_ids are then due
-        (generate.py counts them from the mask, as the reference's generate does)."""
+        (generate.py counts them from the mask, as the reference's generate does).
+
+        `unpad` (the sequence classifier; no cache, default positions): when enough of the batch is padding, the
+        blocks run on the real tokens only and the result comes back padded, zeros at pads (`forward_packed`)."""
         t = input_ids.shape[1]
         x = self.embed(input_ids)
+        pack = choose_packing(attention_mask, self.unpad_min_share) if unpad and cache is None else None
+        if pack is not None and position_ids is None and pack.min_len > 0:  # an empty row reads a pad
+            return self.forward_packed(x, pack)
         if position_ids is None:  # arange even with left padding, like the reference (RoPE is relative anyway)
             position_ids = torch.arange(t, device=x.device)[None]  # (1, T)
         cos, sin = self.rotary_emb(x, position_ids)
@@ -408,6 +433,19 @@ class DecoderModel(nn.Module):
             else:
                 x = layer(x, cos, sin, mask, dead, kv)
         return self.norm(x)
+
+    def forward_packed(self, x: torch.Tensor, pack: Packing) -> torch.Tensor:
+        """x (B, T, H) embeddings -> (B, T, H) normed hidden states, every block on the (N, H) real tokens. Each
+        token keeps its padded column as position id, so RoPE sees the padded path's positions (left or right
+        padding) and the outputs equal it up to rounding."""
+        x = pack.unpad(x)  # (N, H)
+        cos, sin = self.rotary_emb(x, pack.columns[None])  # (1, N, D)
+        cos, sin = cos[0, :, None], sin[0, :, None]  # (N, 1, D), broadcast over heads
+        ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        for layer in self.layers:
+            args = (x, cos, sin, None, None, None, pack)
+            x = checkpoint(layer, *args, use_reentrant=False) if ckpt else layer(*args)
+        return pack.pad(self.norm(x))  # (B, T, H)
 
 
 # ---------------------------------------------------------------------------------------------- heads
@@ -459,7 +497,7 @@ class DecoderForSequenceClassification(Classifier):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """token_type_ids is accepted for a call shared with the encoders and ignored (decoders have none)."""
-        hidden = self.model(input_ids, attention_mask)  # (B, T, H)
+        hidden = self.model(input_ids, attention_mask, unpad=True)  # (B, T, H)
         idx = last_token_index(input_ids, attention_mask)
         b = input_ids.shape[0]
         # Pool first, then score: the reference scores every token, then picks one; equal up to matmul rounding.
