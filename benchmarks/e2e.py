@@ -153,10 +153,18 @@ def phase_split(record: dict, out_dir: Path) -> dict:
     path = out_dir / "phases.json"
     if not path.exists():
         return {}
-    timed = json.loads(path.read_text(encoding="utf-8"))["seconds"]
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    return {
+        "wall": _split(doc["seconds"], record["wall_to_results_s"]),
+        "cpu": _split(doc.get("cpu_seconds", {}), record["cpu_s"]) if "cpu_seconds" in doc else None,
+    }
+
+
+def _split(timed: dict, total: float) -> dict:
+    """Phase seconds with start-up as the rest of `total`; load (model and data) is inside start-up."""
     split = {k: timed.get(k, 0.0) for k in ("tokenize", "train", "evaluate", "save")}
+    split["startup"] = round(total - sum(split.values()), 2)
     split["load"] = timed.get("load", 0.0)
-    split["startup"] = round(record["wall_to_results_s"] - sum(split.values()) + split["load"], 2)
     return {k: split[k] for k in (*PHASE_ORDER, "load")}
 
 
@@ -231,12 +239,15 @@ def summarize_seeds(per_seed: dict) -> dict:
                 "cpu_ratio_median": round(statistics.median(cpu), 3),
             }
         phases = {
-            st: {
-                ph: round(statistics.fmean(e["runs"][st]["phases_s"].get(ph, 0.0) for e in entries), 2)
-                for ph in PHASE_ORDER
+            clock: {
+                st: {
+                    ph: round(statistics.fmean(e["runs"][st]["phases_s"][clock][ph] for e in entries), 2)
+                    for ph in PHASE_ORDER
+                }
+                for st in stacks
+                if all((e["runs"][st].get("phases_s") or {}).get(clock) for e in entries)
             }
-            for st in stacks
-            if all(e["runs"][st].get("phases_s") for e in entries)
+            for clock in ("wall", "cpu")
         }
         summary[task] = {"seeds": len(entries), "vs": per_stack, "phases_mean_s": phases}
     return summary
@@ -261,7 +272,8 @@ def print_seed_summary(summary: dict) -> None:
                 f"| {STACK_NAMES[other]} | Trainer / minitune wall, median | {vs['wall_ratio_median']:.2f}x "
                 f"| CPU {vs['cpu_ratio_median']:.2f}x | {vs['wall_ratios']} |"
             )
-        print_phases(entry["phases_mean_s"], "mean over seeds")
+        for clock, phases in entry["phases_mean_s"].items():
+            print_phases(phases, f"{clock} seconds, mean over seeds")
 
 
 def print_phases(phases: dict, note: str) -> None:
@@ -334,7 +346,9 @@ def print_compare(section: dict) -> None:
         for key, ratio in entry.items():
             if key.startswith("wall_ratio"):
                 print(f"| {task} | {key} | {ratio:.2f}x | | | | | |")
-        print_phases({k: r["phases_s"] for k, r in entry["runs"].items() if r.get("phases_s")}, task)
+        for clock in ("wall", "cpu"):
+            phases = {k: r["phases_s"][clock] for k, r in entry["runs"].items() if (r.get("phases_s") or {}).get(clock)}
+            print_phases(phases, f"{task}, {clock} seconds")
 
 
 def print_minitune_only(name: str, r: dict) -> None:
@@ -414,7 +428,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def resummarize(path: Path) -> None:
+    """Re-read every run's phases.json (beside its log) into a finished compare_seeds section and re-summarise."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    section = doc["compare_seeds"]
+    for tasks in section["per_seed"].values():
+        for entry in tasks.values():
+            for record in entry["runs"].values():
+                record["phases_s"] = phase_split(record, Path(record["log"]).parent)
+    section["summary"] = summarize_seeds(section["per_seed"])
+    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    print_seed_summary(section["summary"])
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] == ["--resummarize"] or (argv or [])[:1] == ["--resummarize"]:
+        resummarize(Path((argv or sys.argv[1:])[1]))
+        return 0
     args = parse_args(argv)
     doc = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {}
     settings = {

@@ -12,7 +12,9 @@ timed calls inside it), so nested work counts once, in the innermost phase:
 - save: checkpoints, the best weights kept and restored, the final model folder;
 - load: the model's weights and the data files read.
 What no phase claims (interpreter start, imports, building the stack, the report) is start-up; e2e.py computes it as
-the process's wall time to results.json minus the phases, so it is counted the same way for both stacks.
+the process's wall time to results.json minus the phases, so it is counted the same way for both stacks. Each phase
+is also timed in CPU seconds of the process (time.process_time), which a machine shared with other jobs does not
+inflate; start-up in CPU seconds is then the process's CPU time (os.wait4) minus the CPU phases.
 The split is written to OUTPUT_DIR/phases.json when the stack returns.
 """
 
@@ -65,23 +67,26 @@ class PhaseClock:
     """Exclusive time per phase: each timed call adds its own time less that of the timed calls inside it."""
 
     def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}  # wall
+        self.cpu_seconds: dict[str, float] = {}  # this process's CPU time: what a loaded machine does not inflate
         self.calls: dict[str, int] = {}
-        self._inner: list[float] = []  # per open timed call: seconds spent in timed calls inside it
+        self._inner: list[tuple[float, float]] = []  # per open timed call: (wall, CPU) of timed calls inside it
 
     def wrap(self, phase: str, fn):
         def timed(*args, **kwargs):
-            self._inner.append(0.0)
-            t0 = time.perf_counter()
+            self._inner.append((0.0, 0.0))
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 return fn(*args, **kwargs)
             finally:
-                took = time.perf_counter() - t0
-                inner = self._inner.pop()
+                took, cpu = time.perf_counter() - t0, time.process_time() - c0
+                inner, inner_cpu = self._inner.pop()
                 self.seconds[phase] = self.seconds.get(phase, 0.0) + took - inner
+                self.cpu_seconds[phase] = self.cpu_seconds.get(phase, 0.0) + cpu - inner_cpu
                 self.calls[phase] = self.calls.get(phase, 0) + 1
                 if self._inner:
-                    self._inner[-1] += took
+                    w, c = self._inner[-1]
+                    self._inner[-1] = (w + took, c + cpu)
 
         timed.__wrapped__ = fn
         return timed
@@ -119,6 +124,7 @@ def main(argv: list[str]) -> int:
     doc = {
         "stack": stack,
         "seconds": {k: round(v, 2) for k, v in clock.seconds.items()},
+        "cpu_seconds": {k: round(v, 2) for k, v in clock.cpu_seconds.items()},
         "calls": clock.calls,
         "process_seconds_after_start": round(time.perf_counter() - t_start, 2),
     }
