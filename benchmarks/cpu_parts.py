@@ -186,6 +186,7 @@ def part_compile(args, model, tok, train_f) -> dict:
             t0 = time.perf_counter()
             F.cross_entropy(m(b["input_ids"], b["attention_mask"], b.get("token_type_ids")), b["labels"]).backward()
             times.append(time.perf_counter() - t0)
+            print(f"compile part: {name} step {len(times)}: {times[-1]:.2f} s", flush=True)  # survives a timeout
         out[name] = {
             "first_s": round(times[0], 3),
             "rest_median_s": round(statistics.median(times[1:]), 4),
