@@ -126,6 +126,21 @@ def test_varlen_dispatch_calls_the_kernel_with_the_packing(monkeypatch):
     assert calls[1]["window"] == (-1, -1) and calls[1]["gqa"] is False
 
 
+def test_under_autocast_the_kernel_gets_the_autocast_dtype(monkeypatch):
+    """The decoders' RoPE tables are fp32, so q and k reach attention in fp32 under autocast; SDPA would cast them to
+    the autocast dtype, and the kernel must be asked about (and given) that dtype, not refused for fp32."""
+    asked, got = [], []
+    monkeypatch.setattr(att, "varlen_refusal", lambda device, dtype, *a: asked.append(dtype))
+    monkeypatch.setattr(att, "varlen_attn", lambda q, k, v, *a, **kw: got.append((q.dtype, k.dtype, v.dtype)) or q)
+    pack = att.Packing(mask_of([3, 2], 3))
+    q = torch.randn(5, 2, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        att.packed_attention(q, q, q, pack, causal=True, dropout_p=0.0)
+    att.packed_attention(q, q, q, pack, causal=True, dropout_p=0.0)
+    assert asked == [torch.bfloat16, torch.float32]
+    assert got == [(torch.bfloat16,) * 3, (torch.float32,) * 3]
+
+
 def _decoder_grads(model, ids, mask):
     model.zero_grad()
     logits = model(ids, mask)

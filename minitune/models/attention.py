@@ -135,6 +135,14 @@ def _flash_capable(index: int) -> bool:
     return torch.cuda.get_device_capability(index) >= (8, 0)
 
 
+def _autocast_dtype(q: torch.Tensor) -> torch.dtype:
+    """The dtype attention computes in: autocast's where it is on (SDPA is on its low-precision list, so fp32 q, k, v
+    after the decoders' fp32 RoPE tables are cast there too), else q's own."""
+    if q.dtype == torch.float32 and torch.is_autocast_enabled(q.device.type):
+        return torch.get_autocast_dtype(q.device.type)
+    return q.dtype
+
+
 def _masked_block_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -177,7 +185,9 @@ def packed_attention(
     one SDPA call per sequence on its own tokens (`pack.lengths`, CPU); one masked call on the re-padded block.
     """
     groups = q.shape[1] // k.shape[1]
-    if varlen_refusal(q.device, q.dtype, q.shape[-1], dropout_p) is None:
+    dtype = _autocast_dtype(q)
+    if varlen_refusal(q.device, dtype, q.shape[-1], dropout_p) is None:
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)  # what SDPA's autocast does on the padded path
         window = (-1, 0) if causal else (-1, -1)
         cu, m = pack.cu_seqlens, pack.max_len
         return varlen_attn(q, k, v, cu, cu, m, m, scale=scale, window_size=window, enable_gqa=groups > 1)
