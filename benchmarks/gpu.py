@@ -40,6 +40,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.adapters import SHAPES as ADAPTER_SHAPES  # noqa: E402
+
 LENGTHS = ROOT / "benchmarks" / "lengths.json"
 # Dense bf16 tensor-core peaks, FLOP/s; NVIDIA quotes the sparse (2:4) figure first, twice these.
 PEAK_BF16 = {
@@ -89,18 +91,12 @@ DEBERTA_V3_LARGE = dict(
     attention_probs_dropout_prob=0.1,
 )
 TINY = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+# The 1B decoder of benchmarks/adapters.py, as a config.json.
 LLAMA_1B = dict(
     model_type="llama",
-    vocab_size=128256,
-    hidden_size=2048,
-    intermediate_size=8192,
-    num_hidden_layers=16,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    head_dim=64,
+    **ADAPTER_SHAPES["llama-3.2-1b"][1],
     max_position_embeddings=4096,
     rope_theta=500000.0,
-    tie_word_embeddings=True,
     pad_token_id=0,
 )
 TASK_LABELS = {"humor": (2, "single"), "goemotions": (28, "multi")}
