@@ -115,7 +115,7 @@ def test_varlen_dispatch_calls_the_kernel_with_the_packing(monkeypatch):
         calls.append(dict(cu=cu_q.tolist(), same=cu_q is cu_k, max=(max_q, max_k), window=window_size, gqa=enable_gqa))
         return torch.full_like(q, 7.0)
 
-    monkeypatch.setattr(att, "varlen_attn", fake_kernel)
+    monkeypatch.setattr(att, "varlen_kernel", lambda: fake_kernel)
     monkeypatch.setattr(att, "varlen_refusal", lambda *a: None)
     pack = att.Packing(mask_of([3, 1, 4], 4), per_sequence=True)
     q, kv = torch.randn(8, 4, 8), torch.randn(8, 2, 8)
@@ -131,7 +131,9 @@ def test_under_autocast_the_kernel_gets_the_autocast_dtype(monkeypatch):
     the autocast dtype, and the kernel must be asked about (and given) that dtype, not refused for fp32."""
     asked, got = [], []
     monkeypatch.setattr(att, "varlen_refusal", lambda device, dtype, *a: asked.append(dtype))
-    monkeypatch.setattr(att, "varlen_attn", lambda q, k, v, *a, **kw: got.append((q.dtype, k.dtype, v.dtype)) or q)
+    monkeypatch.setattr(
+        att, "varlen_kernel", lambda: lambda q, k, v, *a, **kw: got.append((q.dtype, k.dtype, v.dtype)) or q
+    )
     pack = att.Packing(mask_of([3, 2], 3))
     q = torch.randn(5, 2, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -227,9 +229,9 @@ def test_gpu_varlen_kernel_equals_padded_path(family, dtype):
     ids, mask = batch([37, 5, 64, 12, 1, 50], 64, seed=1)
     ids, mask = ids.cuda(), mask.cuda()
     calls = []
-    kernel = att.varlen_attn
+    kernel = att.varlen_kernel()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(att, "varlen_attn", lambda *a, **k: calls.append(1) or kernel(*a, **k))
+        mp.setattr(att, "varlen_kernel", lambda: lambda *a, **k: calls.append(1) or kernel(*a, **k))
         logits, grads = _grads(model, ids, mask, unpadded=True)
     assert calls, "the variable-length kernel did not run"
     ref_logits, ref_grads = _grads(model, ids, mask, unpadded=False)

@@ -20,11 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-try:  # torch >= 2.10; absent, every packed call takes the fallbacks below
-    from torch.nn.attention.varlen import varlen_attn
-except ImportError:  # pragma: no cover - depends on the installed torch
-    varlen_attn = None
-
 
 def attention_bias(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     """(B, T) 1/0 mask -> (B, 1, 1, T) boolean mask for scaled_dot_product_attention (True = attend).
@@ -113,12 +108,23 @@ def self_attention(
     return packed_attention(qs, ks, vs, pack, causal=False, dropout_p=dropout_p).reshape(n, h)
 
 
+@lru_cache(maxsize=1)
+def varlen_kernel():
+    """torch.nn.attention.varlen.varlen_attn (torch >= 2.10), or None. Imported on first CUDA use only: its module
+    pulls in torch._dynamo, which adds about 2 s to every start-up (measured with python -X importtime)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # pragma: no cover - depends on the installed torch
+        return None
+    return varlen_attn
+
+
 def varlen_refusal(device: torch.device, dtype: torch.dtype, head_dim: int, dropout_p: float) -> str | None:
     """Why FlashAttention's variable-length kernel cannot run this attention, or None when it can."""
-    if varlen_attn is None:
-        return "this torch has no torch.nn.attention.varlen"
     if device.type != "cuda":
         return f"the kernel runs on CUDA only, not {device.type}"
+    if varlen_kernel() is None:
+        return "this torch has no torch.nn.attention.varlen"
     if dtype not in (torch.float16, torch.bfloat16):
         return f"the kernel takes fp16 or bf16, not {dtype}"
     if dropout_p > 0:
@@ -190,7 +196,7 @@ def packed_attention(
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)  # what SDPA's autocast does on the padded path
         window = (-1, 0) if causal else (-1, -1)
         cu, m = pack.cu_seqlens, pack.max_len
-        return varlen_attn(q, k, v, cu, cu, m, m, scale=scale, window_size=window, enable_gqa=groups > 1)
+        return varlen_kernel()(q, k, v, cu, cu, m, m, scale=scale, window_size=window, enable_gqa=groups > 1)
     if pack.lengths is not None:
         runs = zip(q.split(pack.lengths), k.split(pack.lengths), v.split(pack.lengths))
         out = []
