@@ -33,8 +33,9 @@ from torch.utils.checkpoint import checkpoint
 
 from minitune.errors import ConfigError
 from minitune.models.activations import ACTIVATIONS
-from minitune.models.attention import Packing, choose_packing, packed_attention
+from minitune.models.attention import Packing, choose_packing
 from minitune.models.bert import UNPAD_MIN_SHARE
+from minitune.models.decoder_unpadded import packed_self_attention, run_blocks_unpadded
 from minitune.models.heads import Classifier
 from minitune.models.rope import RotaryEmbedding, apply_rope
 
@@ -253,7 +254,7 @@ class Attention(nn.Module):
         pack: Packing | None = None,
     ) -> torch.Tensor:
         if pack is not None:
-            return self.packed(x, cos, sin, pack)
+            return packed_self_attention(self, x, cos, sin, pack)
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
@@ -275,17 +276,6 @@ class Attention(nn.Module):
         if dead is not None:  # left-pad queries see no key; the reference's SDPA returns 0 for them
             y = y.masked_fill(dead[..., None], 0.0)
         return self.o_proj(y)
-
-    def packed(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pack: Packing) -> torch.Tensor:
-        """The unpadded path: x (N, H) real tokens, cos/sin (N, 1, D) at each token's padded column."""
-        n = x.shape[0]
-        q = self.q_proj(x).view(n, -1, self.head_dim)  # (N, H, D)
-        k = self.k_proj(x).view(n, -1, self.head_dim)  # (N, Hkv, D)
-        v = self.v_proj(x).view(n, -1, self.head_dim)  # (N, Hkv, D)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        p = self.dropout if self.training else 0.0
-        y = packed_attention(q, k, v, pack, causal=True, dropout_p=p, scale=self.head_dim**-0.5)  # (N, H, D)
-        return self.o_proj(y.reshape(n, -1))
 
 
 class MLP(nn.Module):
@@ -412,12 +402,13 @@ class DecoderModel(nn.Module):
         (generate.py counts them from the mask, as the reference's generate does).
 
         `unpad` (the sequence classifier; no cache, default positions): when enough of the batch is padding, the
-        blocks run on the real tokens only and the result comes back padded, zeros at pads (`forward_packed`)."""
+        blocks run on the real tokens only and the result comes back padded, zeros at pads
+        (models/decoder_unpadded.py)."""
         t = input_ids.shape[1]
         x = self.embed(input_ids)
         pack = choose_packing(attention_mask, self.unpad_min_share) if unpad and cache is None else None
         if pack is not None and position_ids is None and pack.min_len > 0:  # an empty row reads a pad
-            return self.forward_packed(x, pack)
+            return run_blocks_unpadded(self, x, pack)
         if position_ids is None:  # arange even with left padding, like the reference (RoPE is relative anyway)
             position_ids = torch.arange(t, device=x.device)[None]  # (1, T)
         cos, sin = self.rotary_emb(x, position_ids)
@@ -433,19 +424,6 @@ class DecoderModel(nn.Module):
             else:
                 x = layer(x, cos, sin, mask, dead, kv)
         return self.norm(x)
-
-    def forward_packed(self, x: torch.Tensor, pack: Packing) -> torch.Tensor:
-        """x (B, T, H) embeddings -> (B, T, H) normed hidden states, every block on the (N, H) real tokens. Each
-        token keeps its padded column as position id, so RoPE sees the padded path's positions (left or right
-        padding) and the outputs equal it up to rounding."""
-        x = pack.unpad(x)  # (N, H)
-        cos, sin = self.rotary_emb(x, pack.columns[None])  # (1, N, D)
-        cos, sin = cos[0, :, None], sin[0, :, None]  # (N, 1, D), broadcast over heads
-        ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for layer in self.layers:
-            args = (x, cos, sin, None, None, None, pack)
-            x = checkpoint(layer, *args, use_reentrant=False) if ckpt else layer(*args)
-        return pack.pad(self.norm(x))  # (B, T, H)
 
 
 # ---------------------------------------------------------------------------------------------- heads
