@@ -108,9 +108,7 @@ class RunConfig:
     threshold: float = opt(0.5, "multi-label decision threshold reported beside the tuned per-class thresholds")
     folds: int = opt(None, "recipe-mpr: run only the first N of the 5 folds")
     grad_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
-    compile: bool = opt(
-        False, "torch.compile the model, dynamic shapes (measured with compile time: benchmarks/E2E.md)"
-    )
+    compile: bool = opt(False, "torch.compile the model (on CPU it lost, compile time included: benchmarks/README.md)")
     resume: str = opt(None, "resume from this output directory's last checkpoint")
     checkpoint: bool = opt(True, "write resumable checkpoints (--no-checkpoint: a throwaway run, nothing to resume)")
     save_every: int = opt(None, "also checkpoint every N optimizer steps (default: at each evaluation)")
