@@ -213,7 +213,7 @@ def summarize_seeds(per_seed: dict) -> dict:
         entries = [tasks[task] for tasks in per_seed.values()]
         stacks = list(entries[0]["runs"])
         per_stack = {}
-        for other in (s for s in stacks if s != "minitune"):
+        for other in (s for s in stacks if s != "minitune" and "minitune" in stacks):  # pairs need minitune
             scores = {}
             for key in HEADLINES[task]:
                 values = {st: [e["runs"][st]["dev"][key] for e in entries] for st in ("minitune", other)}
