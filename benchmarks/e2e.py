@@ -34,7 +34,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-STACKS = {"minitune": [str(ROOT / "run.py")], "hf_trainer": [str(ROOT / "benchmarks" / "hf_trainer_baseline.py")]}
+# Every stack runs under benchmarks/phases.py, which splits its time into phases the same way for all of them.
+PHASES = str(ROOT / "benchmarks" / "phases.py")
+STACKS = {
+    "minitune": [PHASES, "minitune", "--"],
+    "hf_trainer": [PHASES, "hf_trainer", "--"],
+    "hf_trainer_gbl": [PHASES, "hf_trainer", "--", "--group-by-length"],
+}
+STACK_NAMES = {"minitune": "minitune", "hf_trainer": "Trainer", "hf_trainer_gbl": "Trainer group_by_length"}
+PHASE_ORDER = ("startup", "tokenize", "train", "evaluate", "save")
 HEADLINES = {
     "humor": ("accuracy", "binary_f1", "macro_f1"),
     "semeval": ("jaccard", "macro_f1", "micro_f1", "tuned.jaccard", "tuned.macro_f1"),
@@ -139,13 +147,35 @@ def selected_step(train: dict) -> int | None:
     return int(name.rsplit("-", 1)[1]) if "-" in name else None
 
 
-def compare_task(args: argparse.Namespace, task: str, minitune_first: bool) -> dict:
-    order = ["minitune", "hf_trainer"] if minitune_first else ["hf_trainer", "minitune"]
+def phase_split(record: dict, out_dir: Path) -> dict:
+    """Seconds per phase from the run's phases.json (benchmarks/phases.py); start-up is the process's wall time to
+    results.json less every timed phase (interpreter start, imports, model and data load, the report)."""
+    path = out_dir / "phases.json"
+    if not path.exists():
+        return {}
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    return {
+        "wall": _split(doc["seconds"], record["wall_to_results_s"]),
+        "cpu": _split(doc.get("cpu_seconds", {}), record["cpu_s"]) if "cpu_seconds" in doc else None,
+    }
+
+
+def _split(timed: dict, total: float) -> dict:
+    """Phase seconds with start-up as the rest of `total`; load (model and data) is inside start-up."""
+    split = {k: timed.get(k, 0.0) for k in ("tokenize", "train", "evaluate", "save")}
+    split["startup"] = round(total - sum(split.values()), 2)
+    split["load"] = timed.get("load", 0.0)
+    return {k: split[k] for k in (*PHASE_ORDER, "load")}
+
+
+def compare_task(args: argparse.Namespace, task: str, rotation: int) -> dict:
+    """Every stack of args.stacks on one task, back to back; `rotation` shifts which goes first."""
+    order = args.stacks[rotation % len(args.stacks) :] + args.stacks[: rotation % len(args.stacks)]
     runs = {}
     for stack in order:
         out_dir = args.work_dir / f"{task}-{stack}"
         cmd = [PYTHON, *STACKS[stack], *common_flags(args, task, out_dir)]
-        if stack == "hf_trainer" and args.no_llrd:
+        if stack != "minitune" and args.no_llrd:
             cmd.append("--no-llrd")
         elif stack == "minitune" and args.no_llrd:
             cmd += ["--llrd", "1"]
@@ -156,68 +186,102 @@ def compare_task(args: argparse.Namespace, task: str, minitune_first: bool) -> d
         record["train"] = {k: v for k, v in res["train"].items() if k not in ("folds",)}
         record["n_dev"] = res["dev"].get("n_examples")
         record["selected_step"] = selected_step(res["train"])
+        record["phases_s"] = phase_split(record, out_dir)
         runs[stack] = record
         print(
             f"    wall {record['wall_to_results_s']:.1f}s  cpu {record['cpu_s']:.1f}s  "
-            f"rss {record['peak_rss_mb']:.0f} MB  dev {record['dev']}",
+            f"rss {record['peak_rss_mb']:.0f} MB  phases {record['phases_s']}  dev {record['dev']}",
             flush=True,
         )
-    ratio = runs["hf_trainer"]["wall_to_results_s"] / runs["minitune"]["wall_to_results_s"]
-    return {
-        "epochs": args.epochs or COMPARE_EPOCHS.get(task),
-        "order": order,
-        "runs": runs,
-        "wall_ratio_hf_over_minitune": round(ratio, 3),
-    }
+    entry = {"epochs": args.epochs or COMPARE_EPOCHS.get(task), "order": order, "runs": runs}
+    if "minitune" in runs:
+        for stack in runs:
+            if stack != "minitune":  # kept under its old name for the default Trainer
+                key = "wall_ratio_hf_over_minitune" + ("" if stack == "hf_trainer" else f"_{stack}")
+                entry[key] = round(runs[stack]["wall_to_results_s"] / runs["minitune"]["wall_to_results_s"], 3)
+    return entry
 
 
 def summarize_seeds(per_seed: dict) -> dict:
-    """Per task: each stack's mean and sample std of every dev score over the seeds, the paired difference
-    (minitune - Trainer, same seed and so the same training subset) and the median wall ratio."""
+    """Per task and per Trainer setting: each stack's mean and sample std of every dev score over the seeds, the
+    paired difference (minitune - Trainer, same seed and so the same training subset), the median wall ratio and
+    the mean seconds of each phase."""
     import statistics
 
     summary = {}
     for task in next(iter(per_seed.values())):
         entries = [tasks[task] for tasks in per_seed.values()]
-        scores = {}
-        for key in HEADLINES[task]:
-            values = {stack: [e["runs"][stack]["dev"][key] for e in entries] for stack in ("minitune", "hf_trainer")}
-            diffs = [a - b for a, b in zip(values["minitune"], values["hf_trainer"])]
-            scores[key] = {
-                **{
-                    stack: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
-                    for stack, v in values.items()
-                },
-                "diff_mean": statistics.fmean(diffs),
-                "diff_min": min(diffs),
-                "diff_max": max(diffs),
+        stacks = list(entries[0]["runs"])
+        per_stack = {}
+        for other in (s for s in stacks if s != "minitune" and "minitune" in stacks):  # pairs need minitune
+            scores = {}
+            for key in HEADLINES[task]:
+                values = {st: [e["runs"][st]["dev"][key] for e in entries] for st in ("minitune", other)}
+                diffs = [a - b for a, b in zip(values["minitune"], values[other])]
+                scores[key] = {
+                    **{
+                        st: {"mean": statistics.fmean(v), "std": statistics.stdev(v) if len(v) > 1 else 0.0}
+                        for st, v in values.items()
+                    },
+                    "diff_mean": statistics.fmean(diffs),
+                    "diff_se": statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None,
+                    "diff_min": min(diffs),
+                    "diff_max": max(diffs),
+                }
+            ratios = [
+                e["runs"][other]["wall_to_results_s"] / e["runs"]["minitune"]["wall_to_results_s"] for e in entries
+            ]
+            cpu = [e["runs"][other]["cpu_s"] / e["runs"]["minitune"]["cpu_s"] for e in entries]
+            per_stack[other] = {
+                "scores": scores,
+                "wall_ratio_median": round(statistics.median(ratios), 3),
+                "wall_ratios": [round(r, 3) for r in ratios],
+                "cpu_ratio_median": round(statistics.median(cpu), 3),
             }
-        ratios = [e["wall_ratio_hf_over_minitune"] for e in entries]
-        cpu = [e["runs"]["hf_trainer"]["cpu_s"] / e["runs"]["minitune"]["cpu_s"] for e in entries]
-        summary[task] = {
-            "seeds": len(entries),
-            "scores": scores,
-            "wall_ratio_median": statistics.median(ratios),
-            "wall_ratios": ratios,
-            "cpu_ratio_median": round(statistics.median(cpu), 3),
+        phases = {
+            clock: {
+                st: {
+                    ph: round(statistics.fmean(e["runs"][st]["phases_s"][clock][ph] for e in entries), 2)
+                    for ph in PHASE_ORDER
+                }
+                for st in stacks
+                if all((e["runs"][st].get("phases_s") or {}).get(clock) for e in entries)
+            }
+            for clock in ("wall", "cpu")
         }
+        summary[task] = {"seeds": len(entries), "vs": per_stack, "phases_mean_s": phases}
     return summary
 
 
 def print_seed_summary(summary: dict) -> None:
-    print("\n| task | dev score | minitune mean ± std | Trainer mean ± std | minitune - Trainer: mean (min, max) |")
-    print("|---|---|---|---|---|")
     for task, entry in summary.items():
-        for key, s in entry["scores"].items():
-            m, h = s["minitune"], s["hf_trainer"]
-            print(
-                f"| {task} | {key} | {m['mean']:.4f} ± {m['std']:.4f} | {h['mean']:.4f} ± {h['std']:.4f} "
-                f"| {s['diff_mean']:+.4f} ({s['diff_min']:+.4f}, {s['diff_max']:+.4f}) |"
-            )
+        print(f"\n{task}, {entry['seeds']} seeds: minitune - Trainer, paired over seeds")
         print(
-            f"| {task} | Trainer / minitune wall, median of {entry['seeds']} | {entry['wall_ratio_median']:.2f}x "
-            f"| CPU {entry['cpu_ratio_median']:.2f}x | {entry['wall_ratios']} |"
+            "| Trainer setting | dev score | minitune mean ± std | Trainer mean ± std | paired diff ± se (min, max) |"
         )
+        print("|---|---|---|---|---|")
+        for other, vs in entry["vs"].items():
+            for key, s in vs["scores"].items():
+                m, h = s["minitune"], s[other]
+                se = "-" if s["diff_se"] is None else f"{s['diff_se']:.4f}"
+                print(
+                    f"| {STACK_NAMES[other]} | {key} | {m['mean']:.4f} ± {m['std']:.4f} | {h['mean']:.4f} ± "
+                    f"{h['std']:.4f} | {s['diff_mean']:+.4f} ± {se} ({s['diff_min']:+.4f}, {s['diff_max']:+.4f}) |"
+                )
+            print(
+                f"| {STACK_NAMES[other]} | Trainer / minitune wall, median | {vs['wall_ratio_median']:.2f}x "
+                f"| CPU {vs['cpu_ratio_median']:.2f}x | {vs['wall_ratios']} |"
+            )
+        for clock, phases in entry["phases_mean_s"].items():
+            print_phases(phases, f"{clock} seconds, mean over seeds")
+
+
+def print_phases(phases: dict, note: str) -> None:
+    print(f"\n| stack ({note}) | " + " | ".join(f"{p} (s)" for p in PHASE_ORDER) + " | total (s) |")
+    print("|---|" + "---:|" * (len(PHASE_ORDER) + 1))
+    for stack, split in phases.items():
+        cells = " | ".join(f"{split.get(p, 0.0):.1f}" for p in PHASE_ORDER)
+        print(f"| {STACK_NAMES[stack]} | {cells} | {sum(split.get(p, 0.0) for p in PHASE_ORDER):.1f} |")
 
 
 def minitune_only(args: argparse.Namespace, task: str, flags: list[str]) -> dict:
@@ -273,14 +337,18 @@ def print_compare(section: dict) -> None:
     )
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for task, entry in section["tasks"].items():
-        for stack in ("minitune", "hf_trainer"):
-            r = entry["runs"][stack]
+        for stack, r in entry["runs"].items():
             scores = "  ".join(f"{k} {fmt(v)}" for k, v in r["dev"].items())
             print(
                 f"| {task} | {stack} | {r['wall_to_results_s']:.1f} | {r['wall_to_exit_s']:.1f} | {r['cpu_s']:.1f} "
                 f"| {r['peak_rss_mb']:.0f} | {r['train'].get('step')} ({r['selected_step']}) | {scores} |"
             )
-        print(f"| {task} | Trainer / minitune wall | {entry['wall_ratio_hf_over_minitune']:.2f}x | | | | | |")
+        for key, ratio in entry.items():
+            if key.startswith("wall_ratio"):
+                print(f"| {task} | {key} | {ratio:.2f}x | | | | | |")
+        for clock in ("wall", "cpu"):
+            phases = {k: r["phases_s"][clock] for k, r in entry["runs"].items() if (r.get("phases_s") or {}).get(clock)}
+            print_phases(phases, f"{task}, {clock} seconds")
 
 
 def print_minitune_only(name: str, r: dict) -> None:
@@ -325,12 +393,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--seed, which also picks the training subset) and summarise mean, std and paired differences "
         "into the 'compare_seeds' section",
     )
+    p.add_argument(
+        "--stacks",
+        nargs="+",
+        default=list(STACKS),
+        choices=list(STACKS),
+        help="compare: which stacks (hf_trainer_gbl: the Trainer with train_sampling_strategy='group_by_length')",
+    )
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for every subprocess")
     p.add_argument(
         "--order",
         choices=["ab", "ba", "abba"],
         default="abba",
-        help="ab: minitune first on every task; ba: Trainer first; abba: alternate per task",
+        help="ab: the stacks in --stacks order on every task; ba: rotated by one; abba: rotated by one more per "
+        "task (and per seed), so each stack goes first equally often",
     )
     p.add_argument(
         "--no-llrd",
@@ -352,7 +428,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def resummarize(path: Path) -> None:
+    """Re-read every run's phases.json (beside its log) into a finished compare_seeds section and re-summarise."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    section = doc["compare_seeds"]
+    for tasks in section["per_seed"].values():
+        for entry in tasks.values():
+            for record in entry["runs"].values():
+                record["phases_s"] = phase_split(record, Path(record["log"]).parent)
+    section["summary"] = summarize_seeds(section["per_seed"])
+    path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    print_seed_summary(section["summary"])
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] == ["--resummarize"] or (argv or [])[:1] == ["--resummarize"]:
+        resummarize(Path((argv or sys.argv[1:])[1]))
+        return 0
     args = parse_args(argv)
     doc = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {}
     settings = {
@@ -363,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "model": args.model,
         "no_llrd": args.no_llrd,
+        "stacks": args.stacks,
         "extra_flags": list(args.extra),
         "cpu_count": os.cpu_count(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -373,9 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         for n, seed in enumerate(args.seeds):
             args.extra, args.work_dir = [*base_extra, "--seed", str(seed)], base_work / f"seed{seed}"
             # abba across seeds too: each stack goes first equally often on each task
-            per_seed[str(seed)] = {
-                task: compare_task(args, task, (i + n) % 2 == 0) for i, task in enumerate(args.tasks)
-            }
+            per_seed[str(seed)] = {task: compare_task(args, task, i + n) for i, task in enumerate(args.tasks)}
             doc["compare_seeds"] = {
                 "settings": {**settings, "seeds": args.seeds},
                 "per_seed": per_seed,
@@ -387,8 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     elif "compare" in args.mode:
         tasks = {}
         for i, task in enumerate(args.tasks):
-            first = {"ab": True, "ba": False, "abba": i % 2 == 0}[args.order]
-            tasks[task] = compare_task(args, task, first)
+            rotation = {"ab": 0, "ba": 1, "abba": i}[args.order]
+            tasks[task] = compare_task(args, task, rotation)
         if "compare" in doc:  # keep earlier measurements: the latest is "compare", older ones "compare_history"
             doc.setdefault("compare_history", []).append(doc["compare"])
         doc["compare"] = {"settings": {**settings, "order": args.order}, "tasks": tasks}

@@ -159,7 +159,7 @@ def total_steps(cfg: RunConfig, n_train: int) -> int:
     return cfg.max_steps or cfg.epochs * per_epoch
 
 
-def training_arguments(cfg: RunConfig, out: Path, n_train: int):
+def training_arguments(cfg: RunConfig, out: Path, n_train: int, sampling: str = "random"):
     from transformers import TrainingArguments
 
     total = total_steps(cfg, n_train)
@@ -189,6 +189,7 @@ def training_arguments(cfg: RunConfig, out: Path, n_train: int):
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        train_sampling_strategy=sampling,  # "group_by_length": LengthGroupedSampler, the Trainer's padding cure
         bf16=cfg.precision == "bf16",  # autocast, as run.py's --precision bf16
     ), total
 
@@ -213,7 +214,7 @@ def build_model(cfg: RunConfig, task: TaskData, model_dir: Path):
     )
 
 
-def train(cfg: RunConfig, out: Path, check_tokens: bool) -> dict:
+def train(cfg: RunConfig, out: Path, check_tokens: bool, sampling: str = "random") -> dict:
     from transformers import AutoTokenizer, DataCollatorWithPadding, EarlyStoppingCallback, set_seed
 
     model_dir = resolve_model(cfg.model)
@@ -225,7 +226,7 @@ def train(cfg: RunConfig, out: Path, check_tokens: bool) -> dict:
         compare_tokens(cfg, task, train_ex + dev_ex, train_rows + dev_rows)
     set_seed(cfg.seed)  # before the head is initialised
     model = build_model(cfg, task, model_dir)
-    args, total = training_arguments(cfg, out, len(train_rows))
+    args, total = training_arguments(cfg, out, len(train_rows), sampling)
     dev_labels = label_array(task, dev_ex)
     trainer = make_trainer_class()(
         model=model,
@@ -258,6 +259,7 @@ def train(cfg: RunConfig, out: Path, check_tokens: bool) -> dict:
             "total_steps": total,
             "warmup_steps": args.get_warmup_steps(total),
             "llrd": cfg.llrd,
+            "train_sampling_strategy": sampling,
             "optimizer": type(getattr(trainer.optimizer, "optimizer", trainer.optimizer)).__name__,
             "param_groups_initial_lr": [g["initial_lr"] for g in trainer.optimizer.param_groups],
             "seconds": round(seconds, 1),
@@ -297,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="train without layer-wise LR decay even if the task default sets it (pass --llrd 1 to run.py to match)",
     )
+    own.add_argument(
+        "--group-by-length",
+        action="store_true",
+        help="train_sampling_strategy='group_by_length' (batches of similar lengths) instead of random batches",
+    )
     extra, rest = own.parse_known_args(argv)
     cfg = parse_config(rest)
     if extra.no_llrd:
@@ -306,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     check_supported(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results = train(cfg, out, extra.check_tokens)
+    results = train(cfg, out, extra.check_tokens, "group_by_length" if extra.group_by_length else "random")
     results["train"]["wall_seconds"] = round(time.perf_counter() - T_START, 1)
     results = {"task": cfg.task, "model": cfg.model, "stack": "transformers.Trainer", "config": asdict(cfg), **results}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

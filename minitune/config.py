@@ -115,6 +115,7 @@ class RunConfig:
         "ensemble of their mean probabilities",
     )
     grad_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
+    compile: bool = opt(False, "torch.compile the model (on CPU it lost, compile time included: benchmarks/README.md)")
     resume: str = opt(None, "resume from this output directory's last checkpoint")
     checkpoint: bool = opt(True, "write resumable checkpoints (--no-checkpoint: a throwaway run, nothing to resume)")
     save_every: int = opt(None, "also checkpoint every N optimizer steps (default: at each evaluation)")

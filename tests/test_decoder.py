@@ -306,11 +306,14 @@ def _capture_positions(module: torch.nn.Module, seen: list) -> torch.utils.hooks
     return module.register_forward_pre_hook(hook, with_kwargs=True)
 
 
+@pytest.mark.parametrize("unpadded", [False, True])
 @pytest.mark.parametrize("name", ["llama3_tied", "gemma"])
-def test_position_ids_are_arange_under_left_padding(name):
+def test_position_ids_are_arange_under_left_padding(name, unpadded):
     """The reference's classifier passes no position ids, so positions are arange(T) even for left-padded rows
-    (the first real token of a 3-token row in a 9-wide batch sits at position 6). Pin both to that."""
+    (the first real token of a 3-token row in a 9-wide batch sits at position 6). Pin both to that; the unpadded
+    path gives each real token of the (N,) stack its column."""
     ref, ours = pair(name)
+    ours.set_unpadded(unpadded)
     ids, mask = batch([9, 3], "left", 9, seed=5)
     seen_ref, seen_ours = [], []
     handles = [_capture_positions(ref.model.rotary_emb, seen_ref), _capture_positions(ours.model.rotary_emb, seen_ours)]
@@ -323,7 +326,10 @@ def test_position_ids_are_arange_under_left_padding(name):
             h.remove()
     arange = torch.arange(9).expand(2, 9)
     assert torch.equal(seen_ref[0].expand(2, 9), arange)
-    assert torch.equal(seen_ours[0].expand(2, 9), arange)
+    if unpadded:
+        assert torch.equal(seen_ours[0], arange[mask.bool()][None])  # (1, N): 0..8, then 6, 7, 8
+    else:
+        assert torch.equal(seen_ours[0].expand(2, 9), arange)
 
 
 def test_mask_gives_every_query_a_key():

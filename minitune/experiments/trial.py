@@ -93,6 +93,8 @@ def build_model(cfg: RunConfig, task: TaskData, tokenizer) -> nn.Module:
         for m in model.modules():
             if hasattr(m, "gradient_checkpointing"):
                 m.gradient_checkpointing = True
+    if cfg.compile:  # in place: the module and its state_dict keys stay as they are (no `_orig_mod.` prefix)
+        model.compile(dynamic=True)
     if cfg.lora_r:
         targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()] if cfg.lora_targets else None
         names, trainable, total = apply_adapters(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets)

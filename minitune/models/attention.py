@@ -1,12 +1,20 @@
-"""Bidirectional attention for the encoder families, on padded or packed (unpadded) tokens.
+"""Attention over padded or packed (unpadded) tokens: bidirectional for the encoders, causal for the decoders.
 
 The padding mask for scaled_dot_product_attention; `Packing`, which takes the pads out of a batch so per-token layers
-run on real tokens only; `self_attention` over either layout; and `run_layers`, the block stack that decides when
-unpadding pays and when the last block may compute the first token only. The DeBERTa and decoder families have their
-own attention (relative positions, causal masks with RoPE) and use none of this.
+run on real tokens only; `packed_attention`, attention over the packed stack (FlashAttention's variable-length kernel
+on CUDA, one call per sequence on CPU, else one masked call on the re-padded block); `self_attention` over either
+layout for the encoders; and `run_layers`, the encoder block stack that decides when unpadding pays and when the last
+block may compute the first token only. DeBERTa has its own attention (relative positions); the decoders use
+`Packing` and `packed_attention` for their unpadded path.
+
+Reference for the kernel: torch.nn.attention.varlen.varlen_attn (torch 2.13): q, k, v (N, heads, D) with the
+cumulative sequence lengths (B + 1,) int32 and the longest length; window (-1, 0) is causal. It has no dropout, runs
+fp16/bf16 on CUDA only (FlashAttention 2: sm80+), and must give the masked SDPA's output on real tokens.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +50,13 @@ class Packing:
             per_sequence = attention_mask.device.type == "cpu"
         n = attention_mask.sum(1)
         self.lengths = n.tolist() if per_sequence else None
-        self.starts = n.cumsum(0) - n  # (B,) row of each sequence's first token in the stack (right padding)
+        ends = n.cumsum(0)
+        self.starts = ends - n  # (B,) row of each sequence's first token in the stack (right padding)
+        # What the variable-length kernel reads: (B + 1,) offsets of each sequence in the stack, and the longest.
+        self.cu_seqlens = F.pad(ends, (1, 0)).to(torch.int32)
+        self.min_len, self.max_len = torch.stack(n.aminmax()).tolist()  # one device sync for both
+        # Each real token's column in the padded batch: the position ids a padded run gives it (decoders' RoPE).
+        self.columns = self.keep % self.T  # (N,)
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(self.B * self.T, -1).index_select(0, self.keep)  # (N, H)
@@ -87,10 +101,120 @@ def self_attention(
         return _sdpa(q[:, None], *kv, n_heads, bias, dropout_p)[:, 0]  # (B, H)
     if pack is None:
         return _sdpa(q, k, v, n_heads, bias, dropout_p)
-    if pack.lengths is None:
+    n, h = q.shape
+    if pack.lengths is None and varlen_refusal(q.device, q.dtype, h // n_heads, dropout_p) is not None:
         return pack.unpad(_sdpa(pack.pad(q), pack.pad(k), pack.pad(v), n_heads, bias, dropout_p))
-    runs = zip(q.split(pack.lengths), k.split(pack.lengths), v.split(pack.lengths))
-    return torch.cat([_sdpa(qs[None], ks[None], vs[None], n_heads, None, dropout_p)[0] for qs, ks, vs in runs])
+    qs, ks, vs = (t.view(n, n_heads, h // n_heads) for t in (q, k, v))  # (N, nh, hd)
+    return packed_attention(qs, ks, vs, pack, causal=False, dropout_p=dropout_p).reshape(n, h)
+
+
+@lru_cache(maxsize=1)
+def varlen_kernel():
+    """torch.nn.attention.varlen.varlen_attn (torch >= 2.10), or None. Imported on first CUDA use only: its module
+    pulls in torch._dynamo, which adds about 2 s to every start-up (measured with python -X importtime)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:  # pragma: no cover - depends on the installed torch
+        return None
+    return varlen_attn
+
+
+def varlen_refusal(device: torch.device, dtype: torch.dtype, head_dim: int, dropout_p: float) -> str | None:
+    """Why FlashAttention's variable-length kernel cannot run this attention, or None when it can."""
+    if device.type != "cuda":
+        return f"the kernel runs on CUDA only, not {device.type}"
+    if varlen_kernel() is None:
+        return "this torch has no torch.nn.attention.varlen"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"the kernel takes fp16 or bf16, not {dtype}"
+    if dropout_p > 0:
+        return "the kernel has no attention dropout"
+    if head_dim % 8 or head_dim > 256:
+        return f"head dim {head_dim}: the kernel takes multiples of 8 up to 256"
+    if not _flash_capable(device.index if device.index is not None else torch.cuda.current_device()):
+        return "FlashAttention 2 needs compute capability 8.0 or newer"
+    return None
+
+
+@lru_cache(maxsize=8)
+def _flash_capable(index: int) -> bool:
+    return torch.cuda.get_device_capability(index) >= (8, 0)
+
+
+def _autocast_dtype(q: torch.Tensor) -> torch.dtype:
+    """The dtype attention computes in: autocast's where it is on (SDPA is on its low-precision list, so fp32 q, k, v
+    after the decoders' fp32 RoPE tables are cast there too), else q's own."""
+    if q.dtype == torch.float32 and torch.is_autocast_enabled(q.device.type):
+        return torch.get_autocast_dtype(q.device.type)
+    return q.dtype
+
+
+def _masked_block_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pack: Packing,
+    causal: bool,
+    dropout_p: float,
+    scale: float | None,
+) -> torch.Tensor:
+    """Fallback: re-pad (N, h, D) to (B, h, T, D), one masked SDPA call, unpad. A pad query attends to itself only
+    (its output is dropped), so no row is fully masked and no backend can put a NaN there."""
+    keep = pack.keep.new_zeros(pack.B * pack.T, dtype=torch.bool).index_fill(0, pack.keep, True).view(pack.B, pack.T)
+    allowed = keep[:, None, :].expand(pack.B, pack.T, pack.T)  # (B, Tq, Tk)
+    if causal:
+        allowed = allowed & torch.ones(pack.T, pack.T, dtype=torch.bool, device=q.device).tril()
+    allowed = allowed | (torch.eye(pack.T, dtype=torch.bool, device=q.device) & ~keep[:, :, None])
+
+    def block(t: torch.Tensor) -> torch.Tensor:
+        return pack.pad(t.flatten(1)).view(pack.B, pack.T, t.shape[1], -1).transpose(1, 2)  # (B, h, T, D)
+
+    y = F.scaled_dot_product_attention(
+        block(q), block(k), block(v), attn_mask=allowed[:, None], dropout_p=dropout_p, scale=scale
+    )  # (B, h, T, D)
+    return pack.unpad(y.transpose(1, 2).reshape(pack.B, pack.T, -1)).view_as(q)  # (N, h, D)
+
+
+def packed_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pack: Packing,
+    causal: bool,
+    dropout_p: float,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Attention within each sequence of the packed stack: q (N, h, D), k and v (N, h_kv, D) -> (N, h, D).
+
+    Key/value heads fewer than query heads (grouped-query) are shared by consecutive query heads. The kernel, in
+    order of preference: FlashAttention's variable-length kernel (CUDA, fp16/bf16, no dropout: `varlen_refusal`);
+    one SDPA call per sequence on its own tokens (`pack.lengths`, CPU); one masked call on the re-padded block.
+    """
+    groups = q.shape[1] // k.shape[1]
+    dtype = _autocast_dtype(q)
+    if varlen_refusal(q.device, dtype, q.shape[-1], dropout_p) is None:
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)  # what SDPA's autocast does on the padded path
+        window = (-1, 0) if causal else (-1, -1)
+        cu, m = pack.cu_seqlens, pack.max_len
+        return varlen_kernel()(q, k, v, cu, cu, m, m, scale=scale, window_size=window, enable_gqa=groups > 1)
+    if pack.lengths is not None:
+        runs = zip(q.split(pack.lengths), k.split(pack.lengths), v.split(pack.lengths))
+        out = []
+        for qs, ks, vs in runs:  # (n, h, D) each
+            y = F.scaled_dot_product_attention(
+                qs.transpose(0, 1),
+                ks.transpose(0, 1),
+                vs.transpose(0, 1),
+                dropout_p=dropout_p,
+                is_causal=causal,
+                scale=scale,
+                enable_gqa=groups > 1,
+            )  # (h, n, D)
+            out.append(y.transpose(0, 1))
+        return torch.cat(out)
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)  # (N, h, D)
+    return _masked_block_attention(q, k, v, pack, causal, dropout_p, scale)
 
 
 def first_tokens(x: torch.Tensor, pack: Packing | None) -> torch.Tensor:

@@ -33,6 +33,9 @@ from torch.utils.checkpoint import checkpoint
 
 from minitune.errors import ConfigError
 from minitune.models.activations import ACTIVATIONS
+from minitune.models.attention import Packing, choose_packing
+from minitune.models.bert import UNPAD_MIN_SHARE
+from minitune.models.decoder_unpadded import packed_self_attention, run_blocks_unpadded
 from minitune.models.heads import Classifier
 from minitune.models.rope import RotaryEmbedding, apply_rope
 
@@ -248,7 +251,10 @@ class Attention(nn.Module):
         mask: torch.Tensor | None,
         dead: torch.Tensor | None,
         kv: LayerKV | None = None,
+        pack: Packing | None = None,
     ) -> torch.Tensor:
+        if pack is not None:
+            return packed_self_attention(self, x, cos, sin, pack)
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
@@ -304,8 +310,9 @@ class DecoderLayer(nn.Module):
         mask: torch.Tensor | None,
         dead: torch.Tensor | None,
         kv: LayerKV | None = None,
+        pack: Packing | None = None,
     ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, dead, kv)
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, dead, kv, pack)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -373,6 +380,7 @@ class DecoderModel(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_plus_one)
         self.rotary_emb = RotaryEmbedding(cfg)
         self.gradient_checkpointing = False
+        self.unpad_min_share = UNPAD_MIN_SHARE  # Classifier.set_unpadded sets it
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.embed_tokens(input_ids)  # (B, T, H)
@@ -388,11 +396,19 @@ class DecoderModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        unpad: bool = False,
     ) -> torch.Tensor:
         """With a cache, attention_mask covers the cached positions and these (B, S); position_ids are then due
-        (generate.py counts them from the mask, as the reference's generate does)."""
+        (generate.py counts them from the mask, as the reference's generate does).
+
+        `unpad` (the sequence classifier; no cache, default positions): when enough of the batch is padding, the
+        blocks run on the real tokens only and the result comes back padded, zeros at pads
+        (models/decoder_unpadded.py)."""
         t = input_ids.shape[1]
         x = self.embed(input_ids)
+        pack = choose_packing(attention_mask, self.unpad_min_share) if unpad and cache is None else None
+        if pack is not None and position_ids is None and pack.min_len > 0:  # an empty row reads a pad
+            return run_blocks_unpadded(self, x, pack)
         if position_ids is None:  # arange even with left padding, like the reference (RoPE is relative anyway)
             position_ids = torch.arange(t, device=x.device)[None]  # (1, T)
         cos, sin = self.rotary_emb(x, position_ids)
@@ -459,7 +475,7 @@ class DecoderForSequenceClassification(Classifier):
         token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """token_type_ids is accepted for a call shared with the encoders and ignored (decoders have none)."""
-        hidden = self.model(input_ids, attention_mask)  # (B, T, H)
+        hidden = self.model(input_ids, attention_mask, unpad=True)  # (B, T, H)
         idx = last_token_index(input_ids, attention_mask)
         b = input_ids.shape[0]
         # Pool first, then score: the reference scores every token, then picks one; equal up to matmul rounding.

@@ -20,21 +20,13 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 from safetensors.torch import load_file
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_state_dict,
-    set_model_state_dict,
-    set_state_dict,
-)
-from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
 from minitune.errors import CheckpointError, ConfigError
 from minitune.train.checkpoint import (
@@ -49,11 +41,19 @@ from minitune.train.checkpoint import (
 from minitune.train.distributed import barrier, is_main, world_size
 
 SHARDS = "shards"
-FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, on rank 0's CPU only
+# torch.distributed.fsdp and torch.distributed.checkpoint are imported where they are used: together they cost
+# about 1.3 s at every start-up (python -X importtime), and only --fsdp runs need them.
+
+
+def _whole_on_rank0():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)  # whole tensors, on rank 0's CPU only
 
 
 def is_sharded(model: nn.Module) -> bool:
-    return isinstance(model, FSDPModule)
+    fsdp = sys.modules.get("torch.distributed.fsdp")  # not imported yet: nothing can have been sharded
+    return fsdp is not None and isinstance(model, fsdp.FSDPModule)
 
 
 def wrap_model(
@@ -75,6 +75,8 @@ def blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def shard_model(model: nn.Module, mode: str, device: torch.device, precision: str, cpu_offload: bool) -> nn.Module:
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
     if cpu_offload and device.type != "cuda":  # the runner checks it first; here for callers of fit
         raise ConfigError("`fsdp_cpu_offload` moves GPU memory to the CPU: it needs `device` cuda")
     if is_main():  # the unsharded copy rank 0 fills with the gathered weights to save model/ (not a submodule)
@@ -115,14 +117,18 @@ def full_trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """trainable_state; under FSDP gathered from every rank (call it on all of them) and whole on rank 0 only."""
     if not is_sharded(model):
         return trainable_state(model)
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
     names = {n for n, p in model.named_parameters() if p.requires_grad}
-    return {k: v for k, v in get_model_state_dict(model, options=FULL).items() if k in names}
+    return {k: v for k, v in get_model_state_dict(model, options=_whole_on_rank0()).items() if k in names}
 
 
 def load_full_state(model: nn.Module, path: Path) -> None:
     """Load whole tensors (best.safetensors) into a model, sharded or not."""
     state = load_file(str(path))
     if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
         set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
         return
     own = model.state_dict()
@@ -136,7 +142,9 @@ def consolidated(model: nn.Module) -> nn.Module:
     (call it on every rank; only rank 0's result is whole)."""
     if not is_sharded(model):
         return model
-    full = get_model_state_dict(model, options=FULL)
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    full = get_model_state_dict(model, options=_whole_on_rank0())
     target = model.__dict__.get("consolidation_target")
     if target is not None:
         target.load_state_dict(full)
@@ -151,6 +159,9 @@ def save_sharded_checkpoint(directory, model, optimizer, scheduler, scaler, samp
     torch.distributed.checkpoint, the rest from rank 0. Written beside the target and swapped in by rank 0, so a
     crash mid-write keeps the last good checkpoint. Only the newest is kept (`keep` above 1 is not implemented for
     sharded checkpoints)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
     finished, rank_rngs = opts.get("finished", False), opts.get("rank_rngs")
     directory = Path(directory)
     tmp, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
@@ -179,6 +190,9 @@ def load_sharded_checkpoint(
     directory: Path, model, optimizer, scheduler, scaler, sampler, signature: dict, rank: int
 ) -> dict:
     """load_checkpoint for FSDP (on every rank): each rank reads its shards back; returns the loop state."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
     directory = Path(directory)
     check_resumable(directory, signature)
     if not (directory / SHARDS).is_dir():
