@@ -54,7 +54,7 @@ from minitune.checkpoints.hub import resolve_model
 from minitune.cli import parse_config
 from minitune.config import RunConfig
 from minitune.data.splits import subsample
-from minitune.data.tasks import MULTI_LABEL, SINGLE_LABEL, TaskData, label_array, load_task, resolve_data_dir
+from minitune.data.tasks import MULTI_LABEL, SINGLE_LABEL, TaskData, load_task, resolve_data_dir
 from minitune.eval.metrics import classification_report
 from minitune.eval.thresholds import tune_thresholds
 
@@ -140,13 +140,21 @@ def probabilities(logits: np.ndarray, kind: str) -> np.ndarray:
     return (torch.sigmoid(t) if kind == MULTI_LABEL else torch.softmax(t, dim=-1)).numpy()
 
 
-def metrics_fn(task: TaskData, dev_labels: np.ndarray, threshold: float):
+def gold_labels(label_ids: np.ndarray, kind: str) -> np.ndarray:
+    """The Trainer's gathered labels in minitune's label_array layout. They must be used, not the dev set's own
+    order: under group_by_length, transformers 5 also orders *evaluation* batches by length, so its predictions
+    come back permuted and only its gathered label_ids follow them."""
+    return np.asarray(label_ids).astype(np.uint8 if kind == MULTI_LABEL else np.int64)
+
+
+def metrics_fn(task: TaskData, threshold: float):
     """compute_metrics for the Trainer: minitune's report on the dev probabilities, numeric entries only."""
 
     def compute(eval_pred) -> dict:
         logits = eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        labels = gold_labels(eval_pred.label_ids, task.kind)
         report = classification_report(
-            task.kind, dev_labels, probabilities(logits, task.kind), task.label_names, threshold=threshold
+            task.kind, labels, probabilities(logits, task.kind), task.label_names, threshold=threshold
         )
         return {k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
@@ -227,20 +235,21 @@ def train(cfg: RunConfig, out: Path, check_tokens: bool, sampling: str = "random
     set_seed(cfg.seed)  # before the head is initialised
     model = build_model(cfg, task, model_dir)
     args, total = training_arguments(cfg, out, len(train_rows), sampling)
-    dev_labels = label_array(task, dev_ex)
     trainer = make_trainer_class()(
         model=model,
         args=args,
         train_dataset=train_rows,
         eval_dataset=dev_rows,
         data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=metrics_fn(task, dev_labels, cfg.threshold),
+        compute_metrics=metrics_fn(task, cfg.threshold),
         callbacks=[EarlyStoppingCallback(early_stopping_patience=cfg.patience)] if cfg.patience else None,
         llrd=cfg.llrd,
     )
     t0 = time.perf_counter()
     trainer.train()
-    probs = probabilities(trainer.predict(dev_rows).predictions, task.kind)
+    predicted = trainer.predict(dev_rows)
+    probs = probabilities(predicted.predictions, task.kind)
+    dev_labels = gold_labels(predicted.label_ids, task.kind)
     seconds = time.perf_counter() - t0
     thresholds = tune_thresholds(dev_labels, probs) if task.kind == MULTI_LABEL else None
     dev = classification_report(
