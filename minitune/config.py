@@ -132,6 +132,18 @@ class RunConfig:
     )
     fsdp_cpu_offload: bool = opt(False, "with --fsdp: keep parameter shards, gradients and optimizer state on CPU")
     dist_timeout: int = opt(600, "under torchrun: seconds a rank waits for the others before the run fails")
+    pooling: str = opt(
+        "auto",
+        "what the classification head reads: auto (as the checkpoint declares in its sentence-transformers files, "
+        "else the family's reference head), cls (the reference head), mean or max of the real tokens",
+        ("auto", "cls", "mean", "max"),
+    )
+    choice_scorer: str = opt(
+        "auto",
+        "multiple choice: cross (encode each (query, option) pair), bi (scaled cosine similarity of separate "
+        "embeddings); auto: bi when the checkpoint declares a sentence-embedding pooling",
+        ("auto", "cross", "bi"),
+    )
     head: str = opt(
         "classifier",
         "classifier: a classification head on the model; generative: an instruct decoder answers in its chat "
@@ -355,6 +367,8 @@ RESUME_KEYS = (
     "lora_alpha",
     "lora_targets",
     "quantize",
+    "pooling",
+    "choice_scorer",
     "lr",
     "llrd",
     "batch_size",

@@ -40,6 +40,11 @@ def save_pretrained(
     cfg["architectures"] = [family.hf_architecture(cfg["model_type"], model.head)]
     if problem_type:
         cfg["problem_type"] = problem_type
+    for key, value, reference in (("pooling", getattr(model, "pooling", "cls"), "cls"),
+                                  ("choice_scorer", getattr(model, "choice_scorer", None), None)):
+        cfg.pop(f"minitune_{key}", None)
+        if value not in (reference, "cross"):
+            cfg[f"minitune_{key}"] = value  # what load_model reads back: the head was trained on this
     state = export_state_dict(model)  # plain Hub names: LoRA merged, NF4 dequantized
     dtypes = {v.dtype for v in state.values() if v.is_floating_point()} or {torch.float32}
     cfg["dtype"] = str(dtypes.pop()).removeprefix("torch.") if len(dtypes) == 1 else "float32"

@@ -82,7 +82,9 @@ def build_model(cfg: RunConfig, task: TaskData, tokenizer) -> nn.Module:
     num_labels = None if head == "multiple_choice" else task.num_labels
     if cfg.model == "ffnn":
         return build_ffnn(len(tokenizer), num_labels or 1, head, tokenizer.pad_token_id)
-    model = load_model(cfg.model, num_labels=num_labels, head=head, quantize=cfg.quantize)
+    model = load_model(
+        cfg.model, num_labels, head, quantize=cfg.quantize, pooling=cfg.pooling, choice_scorer=cfg.choice_scorer
+    )
     if model.hf_config.get("pad_token_id") is None and tokenizer.pad_token_id is not None:
         # Saved with the model so transformers, which pools at the last non-pad token, reads the same pad id.
         log.warning(
