@@ -48,7 +48,7 @@ from minitune.eval.scoring import task_report
 from minitune.eval.thresholds import choose_thresholds
 from minitune.experiments.folds import run_folds
 from minitune.experiments.generative import run_generative
-from minitune.experiments.trial import build_loss, score, train_once
+from minitune.experiments.trial import bi_encoder, build_loss, score, train_once
 from minitune.models import family_for
 from minitune.models.decoder import MODEL_TYPES as DECODER_TYPES
 from minitune.train import distributed
@@ -164,7 +164,7 @@ def run_holdout(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.devi
     if thresholds is not None:
         results["thresholds"] = thresholds
     if inputs.test is not None:
-        test_f = tokenize(inputs.test, tokenizer, task.kind, cfg.max_length)
+        test_f = tokenize(inputs.test, tokenizer, task.kind, cfg.max_length, bi_encoder(cfg, task))
         test_scores = score(cfg, task, trial.model, test_f, trial.collate, device)
         results["test"] = task_report(task, inputs.test, test_scores, cfg.threshold, tuned)
     use = tuned if thresholds and thresholds["use"] == "tuned" else np.full(task.num_labels, cfg.threshold)
@@ -183,7 +183,9 @@ def run_holdout(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.devi
 
 def predict_unlabelled(cfg: RunConfig, task: TaskData, trial, tokenizer, rows, thresholds, out: Path, device) -> None:
     """--predict-file: an unlabelled file labelled by the selected model, joined to its input (predictions.csv)."""
-    features = tokenize([Example(text=r.text, pair=r.pair) for r in rows], tokenizer, task.kind, cfg.max_length)
+    features = tokenize(
+        [Example(text=r.text, pair=r.pair) for r in rows], tokenizer, task.kind, cfg.max_length, bi_encoder(cfg, task)
+    )
     scores = score(cfg, task, trial.model, features, trial.collate, device)
     multi = task.kind == MULTI_LABEL
     labels = label_predictions(scores, task.label_names, thresholds if multi else None)

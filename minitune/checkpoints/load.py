@@ -120,6 +120,14 @@ def load_model(
     return model.eval()
 
 
+def choice_scorer_for(name_or_path, choice_scorer: str = "auto") -> str:
+    """cross or bi: how load_model will score a multiple-choice head of this checkpoint (read from its files)."""
+    path = resolve_model(str(name_or_path))
+    hf = gguf_to_hf_config(read_gguf(path)) if path.suffix.lower() == ".gguf" else read_config(path)
+    family = family_for(hf.get("model_type"), path)
+    return resolve_pooling(family, hf, declared_pooling(path), "auto", "multiple_choice", choice_scorer)[1]
+
+
 def resolve_pooling(family, hf: dict, declared, pooling: str, head: str, choice_scorer: str) -> tuple[str, str]:
     """(pooling mode, choice scorer) for this checkpoint and request; see load_model."""
     if pooling not in POOLINGS:

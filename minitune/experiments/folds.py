@@ -24,7 +24,7 @@ from minitune.data.splits import holdout_examples, subsample
 from minitune.data.tasks import Example, TaskData, label_array
 from minitune.eval.predictions import write_example_predictions, write_prediction_records
 from minitune.eval.scoring import task_report
-from minitune.experiments.trial import score, train_once
+from minitune.experiments.trial import bi_encoder, score, train_once
 from minitune.train.distributed import is_main
 from minitune.train.parallel import consolidated
 
@@ -56,8 +56,9 @@ def run_folds(
     if not cfg.resume:
         remove_stale_folds(out, len(folds))
     fold_ex, test_scores, per_fold, file_scores = [], [], [], []
-    tokenized = dict(zip(map(id, task.train), tokenize(task.train, tokenizer, task.kind, cfg.max_length)))
-    file_f = tokenize(test_ex, tokenizer, task.kind, cfg.max_length) if test_ex else None
+    bi = bi_encoder(cfg, task)
+    tokenized = dict(zip(map(id, task.train), tokenize(task.train, tokenizer, task.kind, cfg.max_length, bi)))
+    file_f = tokenize(test_ex, tokenizer, task.kind, cfg.max_length, bi) if test_ex else None
     for k, (tr, va, te) in enumerate(folds):
         fold_train, fold_val = fold_split(cfg, task, tr, va)
         log.info(
@@ -76,7 +77,10 @@ def run_folds(
         ex = [task.train[i] for i in te]
         scores = score(cfg, task, trial.model, [tokenized[id(e)] for e in ex], trial.collate, device)
         accuracy = float((scores.argmax(1) == label_array(task, ex)).mean())
-        per_fold.append({"fold": k, **trial.summary, "test_accuracy": accuracy})
+        summary = dict(trial.summary)
+        start = summary.pop("start", None) or {}  # flat, so the report prints one row per fold
+        summary[f"start_{cfg.metric}"] = start.get(cfg.metric)
+        per_fold.append({"fold": k, **summary, "test_accuracy": accuracy})
         fold_ex += ex
         test_scores.append(scores)
         if file_f is not None:

@@ -82,11 +82,15 @@ def instruction_tune(
     feats = answer_features(answerer, train_ex)
     sampler = make_sampler([len(f["input_ids"]) for f in feats], cfg.batch_size, "bucketed", cfg.max_tokens, cfg.seed)
     best: dict = {}
+    # fit's first call in a fresh run is the zero-shot score before training: reported, never kept as the best
+    before_training = [not cfg.resume]
 
     def evaluate(m) -> dict:
         scores, gen = answerer(dev_ex)
         rep = task_report(task, dev_ex, scores, cfg.threshold)
-        if not best or rep[cfg.metric] > best["value"]:
+        if before_training and before_training.pop():
+            pass
+        elif not best or rep[cfg.metric] > best["value"]:
             best.update(value=rep[cfg.metric], scores=scores, generation=gen)
         return {k: rep[k] for k in SELECTION_METRICS[task.kind] if k in rep}
 
@@ -95,7 +99,7 @@ def instruction_tune(
     if "scores" not in best or cfg.resume:
         scores, gen = answerer(dev_ex)
         best.update(scores=scores, generation=gen)
-    summary = dataclasses.asdict(state) | {"seconds": round(time.perf_counter() - t0, 1)}
+    summary = dataclasses.asdict(state) | {"seconds": round(time.perf_counter() - t0, 1), "start_is_chance": False}
     return summary, best
 
 

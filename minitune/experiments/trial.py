@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from minitune.adapters.lora import apply_adapters
-from minitune.checkpoints.load import load_model
+from minitune.checkpoints.load import choice_scorer_for, load_model
 from minitune.config import RunConfig, resume_signature
 from minitune.data.batching import length_of, make_collate, make_sampler
 from minitune.data.features import oversample_rare, tokenize
@@ -56,7 +56,7 @@ def seed_everything(seed: int) -> None:
 
 def loop_config(cfg: RunConfig) -> LoopConfig:
     """The training loop's settings, taken from the run's."""
-    names = {f.name for f in dataclasses.fields(LoopConfig)} - {"resume", "signature"}
+    names = {f.name for f in dataclasses.fields(LoopConfig)} - {"resume", "signature", "evaluate_start"}
     signature = world_signature(resume_signature(cfg))  # distributed: with the world size
     return LoopConfig(**{n: getattr(cfg, n) for n in names}, resume=bool(cfg.resume), signature=signature)
 
@@ -75,6 +75,11 @@ def build_loss(cfg: RunConfig, task: TaskData, train_ex: list[Example]) -> nn.Mo
         gamma_pos=cfg.asl_gamma_pos,
         clip=cfg.asl_clip,
     )
+
+
+def bi_encoder(cfg: RunConfig, task: TaskData) -> bool:
+    """Whether this run scores multiple choice with a bi-encoder (its features then hold each text alone)."""
+    return task.kind == MULTIPLE_CHOICE and cfg.model != "ffnn" and choice_scorer_for(cfg.model, cfg.choice_scorer) == "bi"
 
 
 def build_model(cfg: RunConfig, task: TaskData, tokenizer) -> nn.Module:
@@ -137,19 +142,23 @@ def train_once(
     def features(examples):
         if tokenized is not None:
             return [tokenized[id(ex)] for ex in examples]
-        return tokenize(examples, tokenizer, task.kind, cfg.max_length)
+        return tokenize(examples, tokenizer, task.kind, cfg.max_length, bi_encoder(cfg, task))
 
     train_f, dev_f = features(train_ex), features(dev_ex)
     if cfg.oversample_rare and task.kind == MULTI_LABEL:
         train_f = [train_f[i] for i in oversample_rare(label_array(task, train_ex), cfg.oversample_rare, cfg.seed)]
     log.info("features for %d train / %d dev examples in %.1fs", len(train_f), len(dev_f), time.perf_counter() - t0)
     model = build_model(cfg, task, tokenizer).to(device)
+    fresh_head = not getattr(model, "head_trained", False)  # its before-training score is chance level
     collate_fn = make_collate(cfg.padding, cfg.max_length, tokenizer.pad_token_id)
     loss_fn = build_loss(cfg, task, train_ex).to(device)
     best: dict = {}
 
     label_dtype = torch.float32 if task.kind == MULTI_LABEL else torch.long
     dev_labels = torch.as_tensor(label_array(task, dev_ex), dtype=label_dtype, device=device)
+
+    # fit's first call in a fresh run scores the untrained model: reported as the start, never kept as the best
+    before_training = [not cfg.resume and (cfg.epochs > 0 or bool(cfg.max_steps))]
 
     def evaluate(m) -> dict:
         logits = gathered_scores(  # distributed: each rank a shard, every rank all of them
@@ -159,7 +168,9 @@ def train_once(
         )
         scores = probabilities(logits, task.kind)
         rep = task_report(task, dev_ex, scores, cfg.threshold)
-        if not best or rep[cfg.metric] > best["value"]:  # the loop keeps these weights: keep their scores too
+        if before_training and before_training.pop():
+            pass
+        elif not best or rep[cfg.metric] > best["value"]:  # the loop keeps these weights: keep their scores too
             best.update(value=rep[cfg.metric], scores=scores)
         with torch.no_grad():
             loss = float(loss_fn(torch.as_tensor(logits, device=device), dev_labels))
@@ -173,5 +184,6 @@ def train_once(
     else:  # resumed: the best evaluation may have happened in an earlier process
         scores = score(cfg, task, model, dev_f, collate_fn, device)
     summary = dataclasses.asdict(state) | {"metric": cfg.metric, "patience": cfg.patience}
+    summary["start_is_chance"] = fresh_head
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     return Trial(model, summary, scores, collate_fn)
