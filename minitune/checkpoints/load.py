@@ -22,7 +22,7 @@ from minitune.adapters.nf4 import NF4Linear, quantize_model_
 from minitune.checkpoints.gguf import read_gguf
 from minitune.checkpoints.gguf_llama import gguf_hub_tensors, gguf_to_hf_config, gguf_tokenizer
 from minitune.checkpoints.hub import resolve_model
-from minitune.checkpoints.sentence_layout import declared_pooling
+from minitune.checkpoints.sentence_layout import declared_pooling, head_tensors
 from minitune.checkpoints.weights import _BUFFER_SUFFIXES, CheckpointIndex, describe_keys, index_checkpoint, set_tensor
 from minitune.data.tokenizer import Tokenizer
 from minitune.errors import CheckpointError, ParameterError
@@ -65,8 +65,12 @@ def _checkpoint_head(hf: dict, family, head: str) -> tuple[bool, list[str] | Non
     """(whether the checkpoint was saved with a head for this task, its label names if it names them)."""
     if family.hf_architecture(hf["model_type"], head) not in (hf.get("architectures") or []):
         return False, None
+    return True, _labels(hf, head)
+
+
+def _labels(hf: dict, head: str) -> list[str] | None:
     id2label = hf.get("id2label") or {}
-    return True, [id2label[k] for k in sorted(id2label, key=int)] if id2label and head == "sequence" else None
+    return [id2label[k] for k in sorted(id2label, key=int)] if id2label and head == "sequence" else None
 
 
 def load_model(
@@ -106,6 +110,12 @@ def load_model(
     mode, scorer = resolve_pooling(family, hf, declared, pooling, head, choice_scorer)
     has_head, ckpt_labels = _checkpoint_head(hf, family, head)
     has_head = has_head and hf.get("minitune_pooling", "cls") == mode  # a head trained on another pooled vector
+    pooled_head = head_tensors(path) if hf.get("minitune_pooling", "cls") == mode and mode != "cls" else {}
+    if pooled_head:  # a pooled head minitune saved beside the encoder (sentence-transformers' Dense module)
+        index = index or index_checkpoint(path)
+        for name, (shape, reader) in pooled_head.items():
+            index.add(name, shape, reader)
+        has_head, ckpt_labels = True, _labels(hf, head)
     if num_labels is None:
         num_labels = len(ckpt_labels) if ckpt_labels else 2
     with torch.device("meta"):
