@@ -106,6 +106,11 @@ class RunConfig:
         (None, "tensorboard"),
     )
     threshold: float = opt(0.5, "multi-label decision threshold reported beside the tuned per-class thresholds")
+    threshold_split: float = opt(
+        None,
+        "multi-label: tune the per-label thresholds on a stratified fraction F of train held out from training "
+        "(an honest dev score) instead of on dev itself (optimistic: tuned and scored on the same examples)",
+    )
     folds: int = opt(None, "recipe-mpr: run only the first N of the 5 folds")
     grad_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
     resume: str = opt(None, "resume from this output directory's last checkpoint")
@@ -322,6 +327,10 @@ def _check_values(cfg: RunConfig) -> None:
     _check(0 <= cfg.warmup_ratio < 1, f"`warmup_ratio` must be in [0, 1), got {cfg.warmup_ratio}")
     _check(0 <= cfg.lora_dropout < 1, f"`lora_dropout` must be in [0, 1), got {cfg.lora_dropout}")
     _check(0 < cfg.threshold < 1, f"`threshold` must be in (0, 1), got {cfg.threshold}")
+    _check(
+        cfg.threshold_split is None or 0 < cfg.threshold_split < 1,
+        f"`threshold_split` must be a fraction in (0, 1), e.g. 0.1, got {cfg.threshold_split}",
+    )
     check_optimizer_args(cfg.lr, cfg.weight_decay, cfg.llrd)
     _check(cfg.lora_r >= 0, f"`lora_r` must be >= 0, got {cfg.lora_r}")
     _check(cfg.dist_timeout >= 1, f"`dist_timeout` must be a positive number of seconds, got {cfg.dist_timeout}")
@@ -379,6 +388,7 @@ RESUME_KEYS = (
     "max_steps",
     "max_length",
     "max_train_samples",
+    "threshold_split",
     "seed",
     "scheduler",
     "warmup_ratio",

@@ -148,12 +148,18 @@ def run_holdout(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.devi
     if not dev_ex:  # no dev file: hold out 10% of train, stratified, to select on
         train_ex, dev_ex = holdout_examples(train_ex, label_array(task, train_ex), 0.1, cfg.seed)
         log.info("no dev file: holding out %d of %d training examples for selection", len(dev_ex), len(train_ex))
+    tune_ex = []
+    if cfg.threshold_split and task.kind == MULTI_LABEL:  # thresholds tuned on train held out, not on dev
+        train_ex, tune_ex = holdout_examples(train_ex, label_array(task, train_ex), cfg.threshold_split, cfg.seed)
     trial = train_once(cfg, task, train_ex, dev_ex, tokenizer, out, device)
     thresholds = tuned = None
     dev = task_report(task, dev_ex, trial.dev_scores, cfg.threshold)
     if task.kind == MULTI_LABEL:
-        y = label_array(task, dev_ex)
-        thresholds = choose_thresholds(y, trial.dev_scores, task.label_names, cfg.threshold, cfg.metric)
+        y, scores = label_array(task, dev_ex), trial.dev_scores
+        if tune_ex:
+            y, features = label_array(task, tune_ex), tokenize(tune_ex, tokenizer, task.kind, cfg.max_length)
+            scores = score(cfg, task, trial.model, features, trial.collate, device)
+        thresholds = choose_thresholds(y, scores, task.label_names, cfg.threshold, cfg.metric, cfg.threshold_split)
         tuned = np.array(list(thresholds["per_label"].values()))
         dev = task_report(task, dev_ex, trial.dev_scores, cfg.threshold, tuned) | {
             "threshold_notes": thresholds["notes"]

@@ -47,6 +47,7 @@ SLOW = {
     "test_pooling.py::test_minilm_embedding_equals_sentence_transformers_encode": 0,  # 6.5 s
     "test_pooling.py::test_pooled_head_saves_in_the_sentence_transformers_layout_and_reloads_exactly": 0,
     "test_before_training.py::test_every_run_records_its_start_in_metrics_results_and_report": 0,  # a CLI run
+    "test_threshold_split.py::test_thresholds_tuned_on_held_out_train_not_on_dev": 0,  # a CLI run
 }
 
 
