@@ -355,6 +355,10 @@ def _check_combinations(cfg: RunConfig) -> None:
         "`model` ffnn is trained in full from scratch: drop `lora_r`, `quantize` and `grad_checkpointing`",
     )
     _check(
+        cfg.model != "ffnn" or (cfg.pooling == "auto" and cfg.choice_scorer != "bi"),
+        "`model` ffnn averages its word vectors itself: drop `pooling` and `choice_scorer` bi",
+    )
+    _check(
         not (cfg.fsdp and cfg.quantize),
         "`fsdp` shards trainable weights; NF4 bases are not shardable here: drop `quantize` or `fsdp`",
     )
