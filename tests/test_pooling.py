@@ -208,3 +208,25 @@ def test_bi_encoder_saves_reloads_and_cross_stays_available(tmp_path, minilm):
     assert cross.choice_scorer == "cross" and cross.classifier.out_features == 1
     with pytest.raises(ParameterError, match="choice_scorer 'dual' is not supported"):
         minitune.load_model("minilm", head="multiple_choice", choice_scorer="dual")
+
+
+def test_mean_pooled_run_saves_and_predicts_with_its_head(tmp_path, data_dir):
+    from minitune.cli import main
+    from minitune.predict import predict_file
+
+    out = tmp_path / "run"
+    small = ["--max-train-samples", "32", "--max-eval-samples", "16", "--epochs", "1", "--max-length", "32"]
+    assert main(["--task", "humor", "--data-dir", str(data_dir), "--output-dir", str(out), *small]) == 0
+    assert json.loads((out / "model" / "config.json").read_text())["minitune_pooling"] == "mean"
+    assert (out / "model" / "modules.json").is_file() and (out / "model" / "2_Dense" / "model.safetensors").is_file()
+    texts = tmp_path / "texts.csv"
+    texts.write_text("id,text\n1,What do you call a fish with no eyes? A fsh.\n2,The meeting is at noon.\n")
+    predict_file(out, texts, tmp_path / "p.csv")
+    model, tok = minitune.load_model(out / "model"), minitune.load_tokenizer(out / "model")
+    enc = tok(["What do you call a fish with no eyes? A fsh.", "The meeting is at noon."])
+    with torch.no_grad():
+        probs = torch.softmax(model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]), -1)
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert rows[0].startswith("id,text,label,prob_")
+    got = [float(v) for v in rows[1].split(",")[-2:]]
+    assert torch.allclose(torch.tensor(got), probs[0], atol=1e-4)
