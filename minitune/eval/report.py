@@ -127,7 +127,8 @@ def start_lines(t: dict) -> list[str]:
     """"before training: X, best: Y at epoch k", and plain words when training did not beat its start."""
     metric, start, best = t.get("metric", "score"), (t.get("start") or {}), t.get("best")
     before = start.get(metric)
-    where = f" at epoch {t['best_epoch']} (step {t.get('best_step', '?')})" if t.get("best_epoch") else ""
+    where = f" at step {t['best_step']}" if t.get("best_step") is not None else ""
+    where = f" at epoch {t['best_epoch']} (step {t.get('best_step', '?')})" if t.get("best_epoch") else where
     if before is None:
         return [f"best {metric}: {_f(best)}{where}"] if best is not None else []
     label = " (chance level: a fresh, untrained head)" if t.get("start_is_chance") else ""
