@@ -32,7 +32,9 @@ def test_every_run_records_its_start_in_metrics_results_and_report(tmp_path, dat
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     start = rows[0]
     assert start["type"] == "eval" and start["step"] == 0 and start["before_training"] is True
-    assert [r["step"] for r in rows if r["type"] == "eval"][0] == 0 and sum(r.get("before_training", 0) for r in rows) == 1
+    assert [r["step"] for r in rows if r["type"] == "eval"][0] == 0 and sum(
+        r.get("before_training", 0) for r in rows
+    ) == 1
     train = json.loads((out / "results.json").read_text())["train"]
     assert train["start"]["macro_f1"] == start["macro_f1"] and train["start_is_chance"] is True
     assert train["best_epoch"] == 1 and train["best_step"] > 0  # the start is never the selected weights

@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 import transformers
-from tolerance import assert_close_scaled
 
 import minitune
 from minitune.checkpoints.sentence_layout import declared_pooling
@@ -15,6 +14,7 @@ from minitune.data.kinds import MULTIPLE_CHOICE
 from minitune.data.tasks import Example
 from minitune.errors import CheckpointError, ParameterError
 from minitune.models.pooling import BI_SCALE, pool
+from tolerance import assert_close_scaled
 
 TEXTS = [
     "A short one.",
@@ -91,7 +91,9 @@ def tiny_encoder(tmp_path, model_type="bert"):
 
 
 def batch(pad_id=0):
-    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, pad_id, pad_id, pad_id, pad_id], [13, 14, 15, pad_id, pad_id, pad_id]])
+    ids = torch.tensor(
+        [[5, 6, 7, 8, 9, 10], [11, 12, pad_id, pad_id, pad_id, pad_id], [13, 14, 15, pad_id, pad_id, pad_id]]
+    )
     return ids, (ids != pad_id).long()
 
 
@@ -162,8 +164,12 @@ def test_pooled_head_saves_in_the_sentence_transformers_layout_and_reloads_exact
 
 def choice_examples():
     return [
-        Example(text="a quick vegetarian pasta", choices=("beef stew", "tomato pasta with basil", "fish tacos"), label=1),
-        Example(text="something sweet for dessert", choices=("chocolate cake", "garlic bread", "caesar salad"), label=0),
+        Example(
+            text="a quick vegetarian pasta", choices=("beef stew", "tomato pasta with basil", "fish tacos"), label=1
+        ),
+        Example(
+            text="something sweet for dessert", choices=("chocolate cake", "garlic bread", "caesar salad"), label=0
+        ),
     ]
 
 

@@ -151,7 +151,12 @@ def resolve_pooling(family, hf: dict, declared, pooling: str, head: str, choice_
     scorer = scorer if head == "multiple_choice" else "cross"
     supported = getattr(family, "POOLINGS", ("cls",))
     if pooling == "auto" and mode not in supported:  # declared, but this family builds its reference head only
-        log.warning("%s declares %s pooling; model_type %r has its reference head only", hf.get("_name_or_path", "the checkpoint"), mode, hf.get("model_type"))
+        log.warning(
+            "%s declares %s pooling; model_type %r has its reference head only",
+            hf.get("_name_or_path", "the checkpoint"),
+            mode,
+            hf.get("model_type"),
+        )
         mode = "cls"
         scorer = "cross" if choice_scorer == "auto" else scorer
     if mode not in supported or (scorer == "bi" and len(supported) == 1):

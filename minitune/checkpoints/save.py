@@ -49,7 +49,9 @@ def save_pretrained(
         if getattr(model, key, None) is not None:
             cfg[f"minitune_{key}"] = getattr(model, key)
     state = export_state_dict(model)  # plain Hub names: LoRA merged, NF4 dequantized
-    if pooled:  # no transformers class pools this way: the sentence-transformers layout (checkpoints/sentence_layout.py)
+    if (
+        pooled
+    ):  # no transformers class pools this way: the sentence-transformers layout (checkpoints/sentence_layout.py)
         cfg["architectures"] = [bare_architecture(cfg["architectures"][0])]
         head = {k.removeprefix("classifier."): v for k, v in state.items() if k.startswith("classifier.")}
         state = {k: v for k, v in state.items() if k.startswith(model.base_prefix + ".")}

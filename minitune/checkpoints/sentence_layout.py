@@ -113,7 +113,7 @@ def head_tensors(model_dir: Path) -> dict:
     if not (model_dir / "modules.json").is_file() or not path.is_file():
         return {}
     with safe_open(str(path), framework="pt") as f:
-        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (safe_open is no dict)
 
     def reader(key: str):
         def read():

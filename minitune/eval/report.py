@@ -124,7 +124,7 @@ def _training(t: dict) -> list[str]:
 
 
 def start_lines(t: dict) -> list[str]:
-    """"before training: X, best: Y at epoch k", and plain words when training did not beat its start."""
+    """ "before training: X, best: Y at epoch k", and plain words when training did not beat its start."""
     metric, start, best = t.get("metric", "score"), (t.get("start") or {}), t.get("best")
     before = start.get(metric)
     where = f" at step {t['best_step']}" if t.get("best_step") is not None else ""

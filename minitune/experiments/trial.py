@@ -79,7 +79,9 @@ def build_loss(cfg: RunConfig, task: TaskData, train_ex: list[Example]) -> nn.Mo
 
 def bi_encoder(cfg: RunConfig, task: TaskData) -> bool:
     """Whether this run scores multiple choice with a bi-encoder (its features then hold each text alone)."""
-    return task.kind == MULTIPLE_CHOICE and cfg.model != "ffnn" and choice_scorer_for(cfg.model, cfg.choice_scorer) == "bi"
+    return (
+        task.kind == MULTIPLE_CHOICE and cfg.model != "ffnn" and choice_scorer_for(cfg.model, cfg.choice_scorer) == "bi"
+    )
 
 
 def build_model(cfg: RunConfig, task: TaskData, tokenizer) -> nn.Module:
