@@ -14,6 +14,7 @@ from minitune.data.kinds import MULTIPLE_CHOICE
 from minitune.data.tasks import Example
 from minitune.errors import CheckpointError, ParameterError
 from minitune.models.pooling import BI_SCALE, pool
+from test_encoders import CONFIGS
 from tolerance import assert_close_scaled
 
 TEXTS = [
@@ -73,20 +74,8 @@ def test_minilm_embedding_equals_sentence_transformers_encode(minilm):
 
 def tiny_encoder(tmp_path, model_type="bert"):
     torch.manual_seed(0)
-    cls = {"bert": transformers.BertConfig, "roberta": transformers.RobertaConfig}[model_type]
-    cfg = cls(
-        vocab_size=99,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=64,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        pad_token_id=1 if model_type == "roberta" else 0,
-    )
     path = tmp_path / model_type
-    transformers.AutoModel.from_config(cfg).save_pretrained(path)
+    transformers.AutoModel.from_config(CONFIGS[model_type]()).save_pretrained(path)
     return path
 
 
@@ -97,11 +86,11 @@ def batch(pad_id=0):
     return ids, (ids != pad_id).long()
 
 
-@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "xlm-roberta"])
 @pytest.mark.parametrize("mode", ["mean", "max"])
 def test_pooled_head_reads_the_pooled_vector_padded_and_unpadded_alike(tmp_path, model_type, mode):
     model = minitune.load_model(tiny_encoder(tmp_path, model_type), num_labels=3, pooling=mode)
-    ids, mask = batch(1 if model_type == "roberta" else 0)
+    ids, mask = batch(0 if model_type == "bert" else 1)
     hidden = model.base(ids, mask)  # (B, T, H), padded layout
     keep = mask.bool().unsqueeze(-1)
     if mode == "mean":
