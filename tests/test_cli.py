@@ -178,6 +178,7 @@ def test_semeval_thresholds_saved_and_used(tmp_path, data_dir):
     assert not (out / "model" / "thresholds.json").exists() and not (out / "adapter").exists()
     assert sorted(p.name for p in (out / "model").iterdir()) == sorted(
         ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+        + ["modules.json", "1_Pooling", "2_Dense"]  # minilm's mean-pooled head: the sentence-transformers layout
     )
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary directories left
 
@@ -471,7 +472,18 @@ def test_resume_continues_in_its_directory_and_refuses_changed_settings(tmp_path
 
 
 def test_multiple_choice_model_reloads_with_its_trained_head(tmp_path, data_dir):
-    args = ("--task", "recipe-mpr", "--folds", "1", "--max-length", "32", "--choice-scorer", "cross")
+    args = (
+        "--task",
+        "recipe-mpr",
+        "--folds",
+        "1",
+        "--max-length",
+        "32",
+        "--choice-scorer",
+        "cross",
+        "--pooling",
+        "cls",
+    )
     out = train(tmp_path, data_dir, "mc", *args)
     from safetensors.torch import load_file
 

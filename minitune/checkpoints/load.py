@@ -11,6 +11,7 @@ buffers (`position_ids`) are dropped with a logged note, as the reference does.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -107,8 +108,10 @@ def load_model(
     family = family_for(hf.get("model_type"), path)
     cfg = family.config_from_hf(hf)
     declared = declared_pooling(path)
-    mode, scorer = resolve_pooling(family, hf, declared, pooling, head, choice_scorer)
     has_head, ckpt_labels = _checkpoint_head(hf, family, head)
+    if has_head and "minitune_pooling" not in hf:  # a transformers head trained for this task reads its reference
+        declared = dataclasses.replace(declared, mode=None)
+    mode, scorer = resolve_pooling(family, hf, declared, pooling, head, choice_scorer)
     has_head = has_head and hf.get("minitune_pooling", "cls") == mode  # a head trained on another pooled vector
     pooled_head = head_tensors(path) if hf.get("minitune_pooling", "cls") == mode and mode != "cls" else {}
     if pooled_head:  # a pooled head minitune saved beside the encoder (sentence-transformers' Dense module)
