@@ -109,8 +109,9 @@ def fold_results(
     first[:, 0] = 1.0  # the always-pick-the-first-option baseline, after the seeded option shuffle
     starts = [f[f"start_{cfg.metric}"] for f in per_fold if f.get(f"start_{cfg.metric}") is not None]
     train: dict = {"folds": per_fold, "metric": cfg.metric}
+    bests = [f["best"] for f in per_fold if f.get("best") is not None]
     if starts:  # "before training: X, best: Y" over the folds' selection splits (eval/report.start_lines)
-        train |= {"start": {cfg.metric: float(np.mean(starts))}, "best": float(np.mean([f["best"] for f in per_fold]))}
+        train |= {"start": {cfg.metric: float(np.mean(starts))}, "best": float(np.mean(bests)) if bests else None}
         train["start_is_chance"] = per_fold[0].get("start_is_chance", False)
     results = {
         "train": train,

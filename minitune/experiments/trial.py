@@ -187,5 +187,7 @@ def train_once(
         scores = score(cfg, task, model, dev_f, collate_fn, device)
     summary = dataclasses.asdict(state) | {"metric": cfg.metric, "patience": cfg.patience}
     summary["start_is_chance"] = fresh_head
+    if state.total_steps == 0:  # --epochs 0: its one evaluation is the score before (and without) training
+        summary |= {"start": {cfg.metric: state.best}, "best": None, "best_epoch": 0}
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     return Trial(model, summary, scores, collate_fn)
