@@ -40,3 +40,9 @@ def test_every_run_records_its_start_in_metrics_results_and_report(tmp_path, dat
     assert train["best_epoch"] == 1 and train["best_step"] > 0  # the start is never the selected weights
     report = (out / "report.txt").read_text()
     assert f"before training: macro_f1 {start['macro_f1']:.4f} (chance level: a fresh, untrained head)" in report
+    # --epochs 0: the one evaluation is the score before training, and nothing claims a best epoch.
+    zero = tmp_path / "zero"
+    assert main([*args[: -len(SMALL)], *SMALL, "--output-dir", str(zero), "--epochs", "0"]) == 0
+    train = json.loads((zero / "results.json").read_text())["train"]
+    assert train["best"] is None and train["start"]["macro_f1"] is not None
+    assert "(nothing trained: this is the run's score)" in (zero / "report.txt").read_text()
