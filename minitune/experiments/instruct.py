@@ -88,9 +88,8 @@ def instruction_tune(
     def evaluate(m) -> dict:
         scores, gen = answerer(dev_ex)
         rep = task_report(task, dev_ex, scores, cfg.threshold)
-        if before_training and before_training.pop():
-            pass
-        elif not best or rep[cfg.metric] > best["value"]:
+        is_start = before_training.pop() if before_training else False  # reported as the start, never the best
+        if not is_start and (not best or rep[cfg.metric] > best["value"]):
             best.update(value=rep[cfg.metric], scores=scores, generation=gen)
         return {k: rep[k] for k in SELECTION_METRICS[task.kind] if k in rep}
 

@@ -170,9 +170,10 @@ def train_once(
         )
         scores = probabilities(logits, task.kind)
         rep = task_report(task, dev_ex, scores, cfg.threshold)
-        if before_training and before_training.pop():
-            pass
-        elif not best or rep[cfg.metric] > best["value"]:  # the loop keeps these weights: keep their scores too
+        is_start = before_training.pop() if before_training else False  # reported as the start, never the best
+        if not is_start and (
+            not best or rep[cfg.metric] > best["value"]
+        ):  # the loop keeps these weights: their scores too
             best.update(value=rep[cfg.metric], scores=scores)
         with torch.no_grad():
             loss = float(loss_fn(torch.as_tensor(logits, device=device), dev_labels))
