@@ -3,6 +3,7 @@
     minitune --task humor --model xlm-roberta-large            # train (the default command)
     minitune train --task semeval --model minilm --epochs 3    # the same, named
     minitune predict --model runs/humor-minilm/model --input texts.csv --output preds.csv
+    minitune predict --model smollm2 --head generative --task semeval --input tweets.csv --output preds.csv
     minitune report runs/humor-minilm                          # redraw figures/ and report.html, no model
     minitune export --model runs/humor-minilm/model --format onnx --output model.onnx
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from minitune.config import FIELDS, RunConfig, choices_of, did_you_mean, field_type, flag, make_config
 from minitune.errors import ConfigError, MinituneError
 from minitune.eval.html import write_html_report
+from minitune.experiments.generative_predict import PlainAsk
 from minitune.export import export_onnx
 from minitune.predict import predict_file
 from minitune.runner import run_train
@@ -131,13 +133,39 @@ def predict_parser() -> argparse.ArgumentParser:
         "(default: the tuned per-label thresholds saved with the model, else 0.5)",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    add_ask_flags(p)
     return p
+
+
+ASK_SETTINGS = ("answer_mode", "shots", "seed", "prompt_template", "max_new_tokens")  # RunConfig's, as train takes them
+
+
+def add_ask_flags(p: argparse.ArgumentParser) -> None:
+    """`predict --head generative`: ask a plain instruct checkpoint (experiments/generative_predict.py)."""
+    g = p.add_argument_group("a plain instruct checkpoint (--head generative; a tuned generative run needs none)")
+    g.add_argument("--head", choices=["classifier", "generative"], default=None, help="generative: the model answers")
+    g.add_argument("--task", default=None, help="the label set and instruction of this task (its training file)")
+    g.add_argument("--labels", default=None, help="the label set, comma-separated (instead of --task)")
+    g.add_argument("--multi-label", action="store_true", help="with --labels: several labels may apply")
+    g.add_argument("--data-dir", default=None, help="where --task's files are")
+    g.add_argument("--train-file", default=None, help="--task custom: the file whose labels are the label set")
+    g.add_argument("--label-col", default=None, help="--task custom: the label column (default: label)")
+    for f in fields(RunConfig):
+        if f.name in ASK_SETTINGS:
+            typ = field_type(f.name)
+            g.add_argument(flag(f.name), type=typ, default=f.default, choices=choices_of(f) or None, help=_help(f))
 
 
 def run_predict(argv: list[str]) -> Path:
     args = predict_parser().parse_args(argv)
     if args.batch_size < 1 or (args.max_length is not None and args.max_length < 1):
         raise ConfigError("--batch-size and --max-length must be positive integers")
+    if args.shots < 0 or args.max_new_tokens < 1:
+        raise ConfigError("--shots must be >= 0 and --max-new-tokens positive")
+    names = ("task", "labels", "multi_label", "data_dir", "train_file", "label_col")
+    if args.head != "generative" and any(getattr(args, n) for n in names):
+        raise ConfigError("--task, --labels and their flags ask a plain instruct checkpoint: add --head generative")
+    ask = PlainAsk(**{n: getattr(args, n) for n in [*names, *ASK_SETTINGS]}) if args.head == "generative" else None
     path, n = predict_file(
         Path(args.model),
         Path(args.input),
@@ -148,6 +176,7 @@ def run_predict(argv: list[str]) -> Path:
         max_length=args.max_length,
         threshold=args.threshold,
         device=args.device,
+        ask=ask,
     )
     print(f"wrote {n} predictions to {path}")
     return path

@@ -363,6 +363,11 @@ def _check_combinations(cfg: RunConfig) -> None:
         "`fsdp` shards trainable weights; NF4 bases are not shardable here: drop `quantize` or `fsdp`",
     )
     _check(not cfg.fsdp_cpu_offload or bool(cfg.fsdp), "`fsdp_cpu_offload` needs `fsdp` full or grad-op")
+    _check(
+        not (cfg.fsdp and cfg.head == "generative"),
+        "`head` generative decodes each rank's own prompts, which FSDP's collective forwards cannot do: drop "
+        "`fsdp` (torchrun without it trains the generative head with DDP)",
+    )
     _check(cfg.resume is None or cfg.checkpoint, "`resume` needs checkpoints: leave `checkpoint` on")
     _check(
         not (cfg.fsdp and cfg.keep_checkpoints > 1),

@@ -3,9 +3,10 @@
 Reads what the task readers read: .csv, .tsv, .txt (the separator sniffed from the header, so SemEval's official
 tab-separated .txt reads as it is) or .jsonl, with a text column (and, with `pair_col`, the second segment a pair
 model needs). The output keeps every input column (an `id` column first when there is one), then the predicted
-label(s) and one probability per label. Multi-label models apply the thresholds the training run chose on dev
-(model/thresholds.json), else 0.5. The output is written to a temporary file and renamed, so a failure leaves no
-half-written predictions.
+label(s) and one probability per label. A plain instruct checkpoint answers with `--head generative` and the
+label set of `--task` or `--labels` (experiments/generative_predict.py). Multi-label models apply the thresholds
+the training run chose on dev (model/thresholds.json), else 0.5. The output is written to a temporary file and
+renamed, so a failure leaves no half-written predictions.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from minitune.errors import ConfigError
 from minitune.eval.predictions import label_predictions, write_predictions
 from minitune.eval.scoring import predict_scores
 from minitune.experiments.generative import predict_generative
+from minitune.experiments.generative_predict import PlainAsk, label_task, predict_plain
 from minitune.experiments.instruct import GENERATIVE_FILE
 
 
@@ -67,18 +69,31 @@ def predict_file(
     max_length: int | None = None,
     threshold: float | None = None,
     device: str = "auto",
+    ask: PlainAsk | None = None,
 ) -> tuple[Path, int]:
     """Label every row of `input_path` with the model at `model_path` (a model/ directory or the run directory
-    holding it); write the CSV; return (its path, rows). `max_length` defaults to what the run trained with."""
+    holding it); write the CSV; return (its path, rows). `max_length` defaults to what the run trained with.
+    `ask`: `model_path` is a plain instruct checkpoint (a directory or an alias) that answers as `ask` says."""
     model_dir = model_dir_of(Path(model_path))
-    max_length = max_length or trained_max_length(model_dir)
     generative = (model_dir / GENERATIVE_FILE).is_file()  # a --head generative run's model: it answers in its chat
-    model = None if generative else head_model(model_dir, model_path)  # a wrong model is said before the input
+    if ask is not None and generative and (ask.task or ask.labels):
+        raise ConfigError(
+            f"`model` {model_path} was tuned by a --head generative run, which saved its labels: drop `task`/`labels`"
+        )
+    plain = ask is not None and not generative
+    if not plain:
+        max_length = max_length or trained_max_length(model_dir)
+    model = None if generative or plain else head_model(model_dir, model_path)  # a wrong model: before the input
+    task = label_task(ask, str(model_path), text_col) if plain else None  # so is a missing label set
     rows = read_rows(Path(input_path), Columns(text=text_col, label=None, pair=pair_col))
     torch_device = resolve_device(device)
-    if generative:
+    if generative or plain:
         examples = [Example(text=r.text, pair=r.pair) for r in rows]
-        names, multi, scores = predict_generative(model_dir, examples, batch_size, max_length, torch_device)
+        if plain:
+            args = (str(model_path), ask, task, examples, batch_size, max_length, torch_device)
+            names, multi, scores = predict_plain(*args)
+        else:
+            names, multi, scores = predict_generative(model_dir, examples, batch_size, max_length, torch_device)
     else:
         names, multi, scores = _head_scores(model, model_dir, rows, batch_size, max_length, torch_device)
     labels = label_predictions(scores, names, thresholds_for(model_dir, names, threshold) if multi else None)
@@ -94,7 +109,8 @@ def head_model(model_dir: Path, model_path) -> nn.Module:
     if not model.head_trained:
         raise ConfigError(
             f"`model` {model_path}: no trained sequence-classification head there (a base checkpoint "
-            "or a multiple-choice model); pass the output directory of a classification run"
+            "or a multiple-choice model); pass the output directory of a classification run, or ask an instruct "
+            "decoder with `head` generative and `task` (or `labels`)"
         )
     return model
 

@@ -3,8 +3,8 @@
 Output directory: config.json (resolved config), metrics.jsonl, results.json, report.txt, checkpoint/ (for
 --resume), best.safetensors, and model/ in the Hub layout (config.json, model.safetensors, tokenizer files,
 thresholds.json for multi-label) that minitune.load_model and transformers both load. Recipe-MPR runs its five
-folds in fold0/ .. fold4/ (experiments/folds.py) and reports test accuracy over all folds; model/ holds fold 0's
-model.
+folds in fold0/ .. fold4/ (experiments/folds.py; --head generative: experiments/generative_folds.py) and reports
+test accuracy over all folds; model/ holds fold 0's model.
 
 Everything a user can get wrong (flags, files, model name, metric) is checked in `resolve_inputs`, before the
 output directory is written to, so a mistake costs seconds and leaves nothing behind.
@@ -48,6 +48,7 @@ from minitune.eval.scoring import task_report
 from minitune.eval.thresholds import choose_thresholds
 from minitune.experiments.folds import run_folds
 from minitune.experiments.generative import run_generative
+from minitune.experiments.generative_folds import run_generative_folds
 from minitune.experiments.trial import bi_encoder, build_loss, score, train_once
 from minitune.models import family_for
 from minitune.models.decoder import MODEL_TYPES as DECODER_TYPES
@@ -109,7 +110,8 @@ def _train(cfg: RunConfig, inputs: RunInputs, device: torch.device) -> dict:
     t0 = time.perf_counter()
     try:
         if cfg.head == "generative":
-            results = run_generative(cfg, inputs.task, inputs.tokenizer, inputs.test, out, device)
+            generative = run_generative_folds if inputs.task.folds else run_generative
+            results = generative(cfg, inputs.task, inputs.tokenizer, inputs.test, out, device)
         elif inputs.task.kind == MULTIPLE_CHOICE and inputs.task.folds:
             results = run_folds(cfg, inputs.task, inputs.tokenizer, inputs.test, out, device)
         else:

@@ -92,14 +92,17 @@ def test_continuation_splits_as_after_the_prompt():
 
 
 def test_answer_loss_is_the_reference_causal_lm_loss_on_answer_tokens():
+    """Per example, transformers' causal-LM loss on the answer tokens; over a padded batch, the mean of those (each
+    example weighs the same whatever its answer's length, so batches split across ranks add up exactly)."""
     from minitune.experiments.instruct import IGNORE, AnswerLoss, collate_answers
 
     ref, ours = pair("llama")
     feats = [
         {"input_ids": [5, 17, 33, 41, 6, EOS], "labels": [IGNORE] * 4 + [6, EOS]},
         {"input_ids": [9, 44, 3, 9, EOS], "labels": [IGNORE] * 3 + [9, EOS]},
+        {"input_ids": [9, 44, 12, 7, 8, 9, EOS], "labels": [IGNORE] * 2 + [12, 7, 8, 9, EOS]},  # a longer answer
     ]
     batch = collate_answers(feats, PAD)
     got = AnswerLoss()(ours(batch["input_ids"], batch["attention_mask"]), batch["labels"])
-    want = ref(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
-    assert_close_scaled(got, want, atol=1e-5, rtol=1e-5, name="answer loss")
+    rows = [ref(input_ids=torch.tensor([f["input_ids"]]), labels=torch.tensor([f["labels"]])).loss for f in feats]
+    assert_close_scaled(got, torch.stack(rows).mean(), atol=1e-5, rtol=1e-5, name="answer loss")

@@ -79,6 +79,12 @@ def adapter_base_name(name_or_path: str | None) -> str | None:
     return target
 
 
+def save_adapter_dir(path: Path, model: nn.Module) -> None:
+    """The model's LoRA adapter alone, in peft's layout, swapped in whole at `path`."""
+    base = adapter_base_name(getattr(model, "name_or_path", None))
+    atomic_dir(path, lambda target: save_adapter(model, target, base_model_name_or_path=base))
+
+
 def save_model_dir(
     out_dir: Path, model: nn.Module, tokenizer, kind: str, label_names: list[str] | None, thresholds: dict | None = None
 ) -> None:
@@ -97,7 +103,6 @@ def save_model_dir(
 
     atomic_dir(out_dir / "model", write_model)
     if lora_modules(model):
-        base = adapter_base_name(getattr(model, "name_or_path", None))
-        atomic_dir(out_dir / "adapter", lambda target: save_adapter(model, target, base_model_name_or_path=base))
+        save_adapter_dir(out_dir / "adapter", model)
     elif (out_dir / "adapter").is_dir():
         shutil.rmtree(out_dir / "adapter")  # an earlier LoRA run's adapter does not belong to these weights

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +48,12 @@ from minitune.eval.generations import generation_stats, one_hot, parse_answer
 from minitune.eval.predictions import write_example_predictions
 from minitune.eval.scoring import task_report
 from minitune.eval.thresholds import choose_thresholds
-from minitune.experiments.folds import fold_split
 from minitune.experiments.instruct import GENERATIVE_FILE, add_adapters, instruction_tune, save_generative
+from minitune.experiments.trial import seed_everything
 from minitune.models.constrained import LabelConstraint, continuation, score_labels
 from minitune.models.decoder import MODEL_TYPES as DECODER_TYPES
 from minitune.models.generate import GenerationConfig, generate
+from minitune.train.distributed import gathered_rows, is_main
 
 log = logging.getLogger("minitune")
 
@@ -94,6 +96,23 @@ class Answerer:
 
     def __call__(self, examples: list[Example]) -> tuple[np.ndarray, dict | None]:
         """Scores (N, C) in the examples' order and, for generated answers, their stats (None for score)."""
+        scores, texts = self.answers(examples)
+        return scores, self.stats(examples, scores, texts)
+
+    def answers(self, examples: list[Example]) -> tuple[np.ndarray, list[str]]:
+        """(scores (N, C), generated texts) in the examples' order. Under torchrun each rank answers a strided
+        shard and every rank gets all answers, so selection and thresholds agree across ranks."""
+        rows = gathered_rows(lambda shard: list(zip(*self._answers(shard))), examples)
+        return np.stack([s for s, _ in rows]), [t for _, t in rows]
+
+    def stats(self, examples: list[Example], scores: np.ndarray, texts: list[str]) -> dict | None:
+        if self.cfg.answer_mode == "score":
+            return None
+        chosen = [list(np.flatnonzero(s)) for s in scores]
+        gold = [answer_text(self.task, ex) if ex.label is not None else "" for ex in examples]
+        return generation_stats(texts, chosen, gold)
+
+    def _answers(self, examples: list[Example]) -> tuple[list[np.ndarray], list[str]]:
         prompts = self.prompts(examples)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         bs = max(1, self.cfg.batch_size)
@@ -104,12 +123,7 @@ class Answerer:
             batch = [prompts[i] for i in idx]
             for i, (s, t) in zip(idx, zip(*self._answer(batch))):
                 scores[i], texts[i] = s, t
-        out = np.stack(scores)
-        if self.cfg.answer_mode == "score":
-            return out, None
-        chosen = [list(np.flatnonzero(s)) for s in out]
-        gold = [answer_text(self.task, ex) if ex.label is not None else "" for ex in examples]
-        return out, generation_stats(texts, chosen, gold)
+        return scores, texts
 
     def _answer(self, batch: list[list[int]]) -> tuple[list[np.ndarray], list[str]]:
         n, multi = len(self.names), self.task.kind == MULTI_LABEL
@@ -145,18 +159,14 @@ def answer_tokens(model, tokenizer: Tokenizer, name: str) -> tuple[int, int]:
     return eos, pad
 
 
-def _splits(cfg: RunConfig, task: TaskData) -> tuple[list[Example], list[Example], list[Example] | None]:
-    """(train to draw shots from, dev, the fold's test part) as the classifier runs split them: train/dev (dev:
-    10% of train, stratified, when there is none); recipe-mpr: fold 0's train, validation and test parts."""
-    if task.folds:
-        tr, va, te = task.folds[0]
-        train, dev = fold_split(cfg, task, tr, va)
-        return train, dev, [task.train[i] for i in te]
+def holdout_splits(cfg: RunConfig, task: TaskData) -> tuple[list[Example], list[Example]]:
+    """(train to draw shots from and tune on, dev) as the classifier runs split them (dev: 10% of train,
+    stratified, when there is none)."""
     train, dev = task.train, subsample(task.dev, cfg.max_eval_samples, None)
     if not dev:
         train, dev = holdout_examples(train, label_array(task, train), 0.1, cfg.seed)
         dev = subsample(dev, cfg.max_eval_samples, None)
-    return train, dev, None
+    return train, dev
 
 
 def check_generative(cfg: RunConfig, model_type: str | None) -> None:
@@ -167,34 +177,71 @@ def check_generative(cfg: RunConfig, model_type: str | None) -> None:
         )
 
 
-def run_generative(
-    cfg: RunConfig, task: TaskData, tokenizer: Tokenizer, test: list[Example] | None, out: Path, device: torch.device
-) -> dict:
-    """Evaluate zero- or few-shot (--epochs 0), or instruction-tune first; dev, then --test-file or recipe-mpr's
-    fold-0 test part. A tuned model is saved as model/ (merged) and adapter/ (LoRA), with generative.json."""
-    t0 = time.perf_counter()
+def check_decoder(cfg: RunConfig) -> None:
     path = resolve_model(cfg.model)
     check_generative(cfg, "llama" if path.suffix.lower() == ".gguf" else read_config(path).get("model_type"))
-    template = PromptTemplate(cfg.prompt_template) if cfg.prompt_template else None
+
+
+def causal_lm(cfg: RunConfig, device: torch.device):
+    """The checkpoint as a causal LM (NF4 base with --quantize), with the run's LoRA adapters, on `device`."""
     model = load_model(cfg.model, head="causal_lm", quantize=cfg.quantize)
+    seed_everything(cfg.seed)  # the adapters' initial weights: the same in every run (and fold) with this seed
     add_adapters(cfg, model)
-    model.to(device)
+    return model.to(device)
+
+
+@dataclass
+class GenerativeTrial:
+    """One model asked (and, with epochs, tuned) on one train/dev split: the unit holdout and folds repeat."""
+
+    answer: Answerer
+    summary: dict
+    dev_scores: np.ndarray
+    dev_generation: dict | None
+    prompt_example: str
+
+
+def generative_trial(
+    cfg: RunConfig,
+    task: TaskData,
+    tokenizer: Tokenizer,
+    train_ex: list[Example],
+    dev_ex: list[Example],
+    out: Path,
+    device: torch.device,
+    model=None,
+) -> GenerativeTrial:
+    """Shots from train_ex; `--epochs 0`: dev answered as the model is (`model`: one already loaded, reused when
+    nothing trains); else instruction-tuned on train_ex, selected on dev_ex, checkpointed in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    template = PromptTemplate(cfg.prompt_template) if cfg.prompt_template else None
+    model = model if model is not None else causal_lm(cfg, device)
     chat = load_chat_template(cfg.model, tokenizer)
     log.info("chat template: %s", chat.where if chat else "none (plain-text prompts)")
-    train_ex, dev_ex, fold_test = _splits(cfg, task)
     shots = choose_shots(task, train_ex, cfg.shots, cfg.seed)
     answer = Answerer(cfg, task, model, tokenizer, chat, shots, template)
     example = tokenizer.decode(answer.prompts(dev_ex[:1])[0])
     log.info("first dev prompt:\n%s", example)
     summary = {"head": "generative", "answer_mode": cfg.answer_mode, "shots": len(shots)}
     if cfg.epochs > 0:
-        train_ex = subsample(train_ex, cfg.max_train_samples, cfg.seed)
+        train_ex = subsample(train_ex, cfg.max_train_samples, cfg.seed)  # shots come from the whole train split
         loop, best = instruction_tune(cfg, answer, train_ex, dev_ex, out, device)
-        summary |= loop
-        dev_scores, dev_gen = best["scores"], best["generation"]
-    else:
-        summary |= {"epochs": 0, "saved": "nothing trained: no model/ written"}
-        dev_scores, dev_gen = answer(dev_ex)
+        return GenerativeTrial(answer, summary | loop, best["scores"], best["generation"], example)
+    dev_scores, dev_gen = answer(dev_ex)
+    summary |= {"epochs": 0, "saved": "nothing trained: no model/ written"}
+    return GenerativeTrial(answer, summary, dev_scores, dev_gen, example)
+
+
+def run_generative(
+    cfg: RunConfig, task: TaskData, tokenizer: Tokenizer, test: list[Example] | None, out: Path, device: torch.device
+) -> dict:
+    """Evaluate zero- or few-shot (--epochs 0), or instruction-tune first; dev, then --test-file. A tuned model is
+    saved as model/ (merged) and adapter/ (LoRA), with generative.json. Recipe-MPR: generative_folds.py."""
+    t0 = time.perf_counter()
+    check_decoder(cfg)
+    train_ex, dev_ex = holdout_splits(cfg, task)
+    trial = generative_trial(cfg, task, tokenizer, train_ex, dev_ex, out, device)
+    summary, dev_scores = trial.summary, trial.dev_scores
     thresholds = tuned = None
     if task.kind == MULTI_LABEL:
         thresholds = choose_thresholds(
@@ -205,21 +252,21 @@ def run_generative(
     results = {"train": summary, "dev": task_report(task, dev_ex, dev_scores, cfg.threshold, tuned)}
     if cfg.epochs == 0:  # evaluated as the checkpoint is: this is the before-training score (instruct.py: step 0)
         summary |= {"metric": cfg.metric, "start": {cfg.metric: results["dev"][cfg.metric]}, "start_is_chance": False}
-    if dev_gen is not None:
-        results["dev"]["generation"] = dev_gen
+    if trial.dev_generation is not None:
+        results["dev"]["generation"] = trial.dev_generation
     if thresholds is not None:
         results["thresholds"] = thresholds
-    examples = test if test is not None else fold_test
-    if examples:
-        scores, gen = answer(examples)
-        results["test"] = task_report(task, examples, scores, cfg.threshold, tuned)
+    if test:
+        scores, gen = trial.answer(test)
+        results["test"] = task_report(task, test, scores, cfg.threshold, tuned)
         if gen is not None:
             results["test"]["generation"] = gen
-    (out / "prompt_example.txt").write_text(example, encoding="utf-8")
-    use = tuned if thresholds and thresholds["use"] == "tuned" else np.full(task.num_labels, cfg.threshold)
-    write_example_predictions(out / "dev_predictions.csv", task, dev_ex, dev_scores, use)
-    if cfg.epochs > 0:
-        save_generative(out, answer, thresholds)
+    if is_main():  # torchrun: rank 0 alone writes
+        (out / "prompt_example.txt").write_text(trial.prompt_example, encoding="utf-8")
+        use = tuned if thresholds and thresholds["use"] == "tuned" else np.full(task.num_labels, cfg.threshold)
+        write_example_predictions(out / "dev_predictions.csv", task, dev_ex, dev_scores, use)
+        if cfg.epochs > 0:
+            save_generative(out, trial.answer, thresholds)
     return results
 
 

@@ -2,9 +2,12 @@
 
 Each training example is the chat prompt (as evaluation builds it, shots included) followed by the answer text as
 the tokenizer splits it after the prompt, then the eos token that ends the turn. The loss is next-token
-cross-entropy on the answer tokens and that eos only (the prompt positions are ignored), averaged over them.
-Batches are length-bucketed (--padding bucketed) and right-padded, so position ids are plain aranges. The same
-training loop as the heads' runs it (train/loop.py fit), selecting on the dev metric of the generative answers.
+cross-entropy on the answer tokens and that eos only (the prompt positions are ignored), averaged over each
+example's answer, then over the examples: every example weighs the same whatever its answer's length, as in the
+heads' losses, so gradient accumulation and torchrun's sharded global batches (which weight micro-batches by their
+examples) give exactly the gradient of one large batch. Batches are length-bucketed (--padding bucketed) and
+right-padded, so position ids are plain aranges. The same training loop as the heads' runs it (train/loop.py fit;
+under torchrun each rank trains its shard of each global batch), selecting on the dev metric of the answers.
 """
 
 from __future__ import annotations
@@ -29,17 +32,21 @@ from minitune.eval.metrics import SELECTION_METRICS
 from minitune.eval.scoring import task_report
 from minitune.experiments.trial import loop_config, seed_everything
 from minitune.models.constrained import continuation
+from minitune.train.distributed import is_main, shard_sampler
 from minitune.train.loop import TrainData, fit
 
 IGNORE = -100
 
 
 class AnswerLoss(nn.Module):
-    """Mean cross-entropy of the next-token logits (B, T, V) on the labelled positions of labels (B, T)."""
+    """Cross-entropy of the next-token logits (B, T, V) on the labelled positions of labels (B, T): the mean over
+    each row's labelled positions, then the mean over rows."""
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        # Position t predicts token t + 1.
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
+        target = labels[:, 1:]  # position t predicts token t + 1
+        per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2), target, ignore_index=IGNORE, reduction="none")
+        answer = target != IGNORE  # (B, T - 1)
+        return ((per_token * answer).sum(1) / answer.sum(1).clamp(min=1)).mean()
 
 
 def answer_features(answerer, examples: list[Example]) -> list[dict]:
@@ -69,7 +76,8 @@ def add_adapters(cfg: RunConfig, model: nn.Module) -> None:
         return
     targets = [t.strip() for t in cfg.lora_targets.split(",") if t.strip()] if cfg.lora_targets else None
     names, trainable, total = apply_adapters(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, targets)
-    print(f"LoRA r={cfg.lora_r} on {len(names)} layers: {trainable:,} trainable of {total:,} parameters")
+    if is_main():  # torchrun: said once
+        print(f"LoRA r={cfg.lora_r} on {len(names)} layers: {trainable:,} trainable of {total:,} parameters")
 
 
 def instruction_tune(
@@ -81,6 +89,7 @@ def instruction_tune(
     task = answerer.task
     feats = answer_features(answerer, train_ex)
     sampler = make_sampler([len(f["input_ids"]) for f in feats], cfg.batch_size, "bucketed", cfg.max_tokens, cfg.seed)
+    sampler = shard_sampler(sampler)  # torchrun: this rank's shard of each global batch
     best: dict = {}
     # fit's first call in a fresh run is the zero-shot score before training: reported, never kept as the best
     before_training = [not cfg.resume]

@@ -210,6 +210,21 @@ def gathered_scores(score_fn, features: list, every_rank: bool = False) -> np.nd
     return out
 
 
+def gathered_rows(rows_fn, items: list) -> list:
+    """rows_fn(items) -> one result per item (any picklable object), computed over rank-strided shards and gathered
+    back into the items' order on every rank (generated answers: scores with their texts)."""
+    world = world_size()
+    if world == 1:
+        return rows_fn(items)
+    mine = rows_fn(items[rank() :: world]) if len(items) > rank() else []
+    parts: list = [None] * world
+    dist.all_gather_object(parts, mine)
+    out: list = [None] * len(items)
+    for r, p in enumerate(parts):
+        out[r::world] = p
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- checkpoints
 
 
