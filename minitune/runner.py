@@ -51,7 +51,7 @@ from minitune.experiments.ensemble import MEMBERS, run_seeds, save_scores
 from minitune.experiments.folds import run_folds
 from minitune.experiments.generative import run_generative
 from minitune.experiments.generative_folds import run_generative_folds
-from minitune.experiments.trial import build_loss, score, train_once
+from minitune.experiments.trial import bi_encoder, build_loss, score, train_once
 from minitune.models import family_for
 from minitune.models.decoder import MODEL_TYPES as DECODER_TYPES
 from minitune.train import distributed
@@ -168,12 +168,18 @@ def run_holdout(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.devi
     if not dev_ex:  # no dev file: hold out 10% of train, stratified, to select on
         train_ex, dev_ex = holdout_examples(train_ex, label_array(task, train_ex), 0.1, cfg.seed)
         log.info("no dev file: holding out %d of %d training examples for selection", len(dev_ex), len(train_ex))
+    tune_ex = []
+    if cfg.threshold_split and task.kind == MULTI_LABEL:  # thresholds tuned on train held out, not on dev
+        train_ex, tune_ex = holdout_examples(train_ex, label_array(task, train_ex), cfg.threshold_split, cfg.seed)
     trial = train_once(cfg, task, train_ex, dev_ex, tokenizer, out, device, teacher=inputs.teacher)
     thresholds = tuned = test_scores = None
     dev = task_report(task, dev_ex, trial.dev_scores, cfg.threshold)
     if task.kind == MULTI_LABEL:
-        y = label_array(task, dev_ex)
-        thresholds = choose_thresholds(y, trial.dev_scores, task.label_names, cfg.threshold, cfg.metric)
+        y, scores = label_array(task, dev_ex), trial.dev_scores
+        if tune_ex:
+            y, features = label_array(task, tune_ex), tokenize(tune_ex, tokenizer, task.kind, cfg.max_length)
+            scores = score(cfg, task, trial.model, features, trial.collate, device)
+        thresholds = choose_thresholds(y, scores, task.label_names, cfg.threshold, cfg.metric, cfg.threshold_split)
         tuned = np.array(list(thresholds["per_label"].values()))
         dev = task_report(task, dev_ex, trial.dev_scores, cfg.threshold, tuned) | {
             "threshold_notes": thresholds["notes"]
@@ -184,7 +190,7 @@ def run_holdout(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.devi
     if thresholds is not None:
         results["thresholds"] = thresholds
     if inputs.test is not None:
-        test_f = tokenize(inputs.test, tokenizer, task.kind, cfg.max_length)
+        test_f = tokenize(inputs.test, tokenizer, task.kind, cfg.max_length, bi_encoder(cfg, task))
         test_scores = score(cfg, task, trial.model, test_f, trial.collate, device)
         results["test"] = task_report(task, inputs.test, test_scores, cfg.threshold, tuned)
     use = tuned if thresholds and thresholds["use"] == "tuned" else np.full(task.num_labels, cfg.threshold)
@@ -204,7 +210,9 @@ def run_holdout(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.devi
 
 def predict_unlabelled(cfg: RunConfig, task: TaskData, trial, tokenizer, rows, thresholds, out: Path, device) -> None:
     """--predict-file: an unlabelled file labelled by the selected model, joined to its input (predictions.csv)."""
-    features = tokenize([Example(text=r.text, pair=r.pair) for r in rows], tokenizer, task.kind, cfg.max_length)
+    features = tokenize(
+        [Example(text=r.text, pair=r.pair) for r in rows], tokenizer, task.kind, cfg.max_length, bi_encoder(cfg, task)
+    )
     scores = score(cfg, task, trial.model, features, trial.collate, device)
     multi = task.kind == MULTI_LABEL
     labels = label_predictions(scores, task.label_names, thresholds if multi else None)

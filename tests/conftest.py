@@ -43,6 +43,12 @@ SLOW = {
     "test_figures.py::test_html_is_self_contained_and_embeds_every_figure": 1,  # 1.1-1.6 s each (drawing)
     "test_tensorboard.py::test_events_equal_metrics_jsonl": 0,  # 3.4-5.8 s: a run, and tensorboard imports itself
     "test_figures.py::test_training_run_writes_figures_and_report_redraws_them": 0,  # 3.1 s: a run, then a redraw
+    # Issue 14: sentence-transformers imports itself in about 5 s (the first test to use it pays it).
+    "test_pooling.py::test_minilm_embedding_equals_sentence_transformers_encode": 0,  # 6.5 s
+    "test_pooling.py::test_pooled_head_saves_in_the_sentence_transformers_layout_and_reloads_exactly": 0,
+    "test_before_training.py::test_every_run_records_its_start_in_metrics_results_and_report": 0,  # a CLI run
+    "test_threshold_split.py::test_thresholds_tuned_on_held_out_train_not_on_dev": 0,  # a CLI run
+    "test_pooling.py::test_mean_pooled_run_saves_and_predicts_with_its_head": 0,  # a CLI run
 }
 
 

@@ -44,7 +44,9 @@ def humor_run(tmp_path_factory, data_dir):
         rows = list(csv.reader(f))[:41]  # header + 40 rows of real dev data, as a further labelled file
     with (tmp / "further.csv").open("w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows(rows)
-    return train(tmp, data_dir, "humor", "--task", "humor", "--test-file", str(tmp / "further.csv"))
+    # The [CLS] head, so transformers' class loads the run's model as it is (mean pooling: tests/test_pooling.py).
+    args = ("--task", "humor", "--pooling", "cls", "--test-file", str(tmp / "further.csv"))
+    return train(tmp, data_dir, "humor", *args)
 
 
 def test_humor_run_writes_every_output(humor_run):
@@ -176,6 +178,7 @@ def test_semeval_thresholds_saved_and_used(tmp_path, data_dir):
     assert not (out / "model" / "thresholds.json").exists() and not (out / "adapter").exists()
     assert sorted(p.name for p in (out / "model").iterdir()) == sorted(
         ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+        + ["modules.json", "1_Pooling", "2_Dense"]  # minilm's mean-pooled head: the sentence-transformers layout
     )
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary directories left
 
@@ -469,7 +472,19 @@ def test_resume_continues_in_its_directory_and_refuses_changed_settings(tmp_path
 
 
 def test_multiple_choice_model_reloads_with_its_trained_head(tmp_path, data_dir):
-    out = train(tmp_path, data_dir, "mc", "--task", "recipe-mpr", "--folds", "1", "--max-length", "32")
+    args = (
+        "--task",
+        "recipe-mpr",
+        "--folds",
+        "1",
+        "--max-length",
+        "32",
+        "--choice-scorer",
+        "cross",
+        "--pooling",
+        "cls",
+    )
+    out = train(tmp_path, data_dir, "mc", *args)
     from safetensors.torch import load_file
 
     saved = load_file(str(out / "model" / "model.safetensors"))["classifier.weight"]

@@ -122,6 +122,11 @@ def test_lora_instruction_tuning_saves_and_predicts(tmp_path, data_dir, tiny_ins
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [s["loss"] for s in steps if s.get("type") == "train"]
     assert losses[-1] < losses[0]
+    # The zero-shot answers before the first step are the run's starting score (as `--epochs 0` would give).
+    assert steps[0]["type"] == "eval" and steps[0]["step"] == 0 and steps[0]["before_training"] is True
+    assert json.loads((out / "results.json").read_text())["train"]["start"] == {
+        k: v for k, v in steps[0].items() if k not in ("type", "step", "epoch", "before_training")
+    }
     model_dir = out / "model"
     for name in ("generative.json", "chat_template.jinja", "model.safetensors", "tokenizer.json"):
         assert (model_dir / name).is_file(), name
@@ -140,3 +145,4 @@ def test_epochs_zero_evaluates_a_classifier_head_without_training(tmp_path, data
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert results["train"]["step"] == 0 and results["dev"]["n_examples"] == 6
+    assert results["train"]["start"] == {"macro_f1": results["dev"]["macro_f1"]}  # its score is the starting one

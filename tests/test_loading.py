@@ -36,7 +36,7 @@ def test_real_minilm_hidden_states_match_transformers(data_dir):
     enc = tok(sentences, padding=True, truncation=True, max_length=128, return_tensors="pt")
     assert enc["attention_mask"].sum(1).min() < 20 and enc["input_ids"].shape[1] == 128  # ragged and capped
     ref = transformers.AutoModel.from_pretrained(MINILM).eval()
-    ours = minitune.load_model(MINILM, num_labels=3)
+    ours = minitune.load_model(MINILM, num_labels=3, pooling="cls")  # the reference head, with BERT's pooler
     with torch.no_grad():
         expected = ref(**enc).last_hidden_state
         got = ours.base(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
@@ -46,7 +46,8 @@ def test_real_minilm_hidden_states_match_transformers(data_dir):
 
 
 def test_saved_by_minitune_loads_in_transformers(tmp_path):
-    ours = minitune.load_model(MINILM, num_labels=3)
+    # The [CLS] head is transformers' own; a mean-pooled head is saved otherwise (tests/test_pooling.py).
+    ours = minitune.load_model(MINILM, num_labels=3, pooling="cls")
     with torch.no_grad():  # make the head non-trivial so a dropped head would show
         ours.classifier.weight.normal_(0, 1.0)
     minitune.save_pretrained(ours, tmp_path, label_names=["neg", "neu", "pos"])

@@ -156,7 +156,7 @@ def test_two_epochs_equal_one_epoch_then_resume(tmp_path):
     # Step 4 was trained twice; the log keeps it once, as if training had never stopped.
     logged = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if r["type"] == "train"] == [1, 2, 3, 4, 5, 6]
-    assert [r["step"] for r in logged if r["type"] == "eval"] == [3, 6]
+    assert [r["step"] for r in logged if r["type"] == "eval"] == [0, 3, 6]  # step 0: before training, once
 
 
 def test_token_budget_schedule_counts_every_epoch(tmp_path):
@@ -206,7 +206,8 @@ def test_non_finite_loss_skips_the_step_and_keeps_weights(tmp_path):
 
 def test_early_stopping_keeps_the_best_weights(tmp_path):
     feats = ragged_features(16)
-    scores = iter([0.5, 0.9, 0.4, 0.3, 0.2, 0.1])
+    # The first evaluation is before training: higher than any later one, and still never the best (not kept).
+    scores = iter([0.95, 0.5, 0.9, 0.4, 0.3, 0.2, 0.1])
     snapshots = []
 
     def evaluate(m):
@@ -215,11 +216,11 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
 
     (tmp_path / "c").mkdir()
     model, state = run_fit(tmp_path, "c", feats, loop_cfg(epochs=6, patience=2, grad_accum=1), evaluate)
-    assert state.stopped_early and state.epoch == 4 and state.best == 0.9
+    assert state.stopped_early and state.epoch == 4 and state.best == 0.9 and state.start == {"score": 0.95}
     for k, v in model.state_dict().items():  # the model holds epoch 2's weights, the best
-        assert torch.equal(v, snapshots[1][k]), k
+        assert torch.equal(v, snapshots[2][k]), k
     lines = (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()
-    assert sum('"type": "eval"' in line for line in lines) == 4
+    assert sum('"type": "eval"' in line for line in lines) == 5
 
 
 def test_eval_every_n_steps_and_once_more_at_the_end(tmp_path):
@@ -227,7 +228,7 @@ def test_eval_every_n_steps_and_once_more_at_the_end(tmp_path):
     (tmp_path / "e").mkdir()
     _, state = run_fit(tmp_path, "e", feats, loop_cfg(eval_every=4))
     logged = [json.loads(line) for line in (tmp_path / "e" / "metrics.jsonl").read_text().splitlines()]
-    assert state.step == 6 and [r["step"] for r in logged if r["type"] == "eval"] == [4, 6]
+    assert state.step == 6 and [r["step"] for r in logged if r["type"] == "eval"] == [0, 4, 6]
 
 
 @pytest.mark.parametrize("clip", [0.0, 1e-12])
@@ -349,6 +350,7 @@ def test_epochs_numbered_alike_in_train_and_eval_rows_and_eval_loss_logged(tmp_p
     rows = [json.loads(line) for line in (tmp_path / "e" / "metrics.jsonl").read_text().splitlines()]
     # Steps 1-3 are epoch 1 (3 steps of 8 examples), 4-6 epoch 2, in train rows and in the eval row ending each.
     assert [(r["type"], r["step"], r["epoch"]) for r in rows] == [
+        ("eval", 0, 0),
         ("train", 1, 1), ("train", 2, 1), ("train", 3, 1), ("eval", 3, 1),
         ("train", 4, 2), ("train", 5, 2), ("train", 6, 2), ("eval", 6, 2),
     ]  # fmt: skip
@@ -358,13 +360,13 @@ def test_epochs_numbered_alike_in_train_and_eval_rows_and_eval_loss_logged(tmp_p
 def test_early_stop_is_announced_and_only_when_steps_remain(tmp_path, capsys):
     feats = ragged_features(24)
     (tmp_path / "s").mkdir(), (tmp_path / "t").mkdir()
-    scores = iter([0.9, 0.1, 0.1, 0.1])
+    scores = iter([0.0, 0.9, 0.1, 0.1, 0.1])  # the first: before training
     _, state = run_fit(tmp_path, "s", feats, loop_cfg(eval_every=1, patience=2, grad_accum=1),
                        evaluate=lambda m: {"score": next(scores)})  # fmt: skip
     assert state.stopped_early and state.step == 3 and state.total_steps == 12
     printed = capsys.readouterr()
     assert "early stop at step 3 of 12: no improvement in 2 evaluations" in printed.out + printed.err
     # Patience reached at the very last evaluation is no early stop: nothing was left to train.
-    scores = iter([0.9, 0.1])
+    scores = iter([0.0, 0.9, 0.1])
     _, state = run_fit(tmp_path, "t", feats, loop_cfg(patience=1), evaluate=lambda m: {"score": next(scores)})
     assert not state.stopped_early and state.step == 6

@@ -274,7 +274,7 @@ def test_real_checkpoint_minitune_bert_and_peft_agree(tmp_path, monkeypatch):
     import minitune
 
     path = minilm_dir()
-    ours = minitune.load_model(str(path), num_labels=3)
+    ours = minitune.load_model(str(path), num_labels=3, pooling="cls")  # transformers' head: the pooler on [CLS]
     apply_lora(ours, r=4, alpha=8, dropout=0.1)
     perturb(ours)
     ours.eval()
@@ -285,6 +285,6 @@ def test_real_checkpoint_minitune_bert_and_peft_agree(tmp_path, monkeypatch):
     with torch.no_grad():
         assert torch.allclose(ours(x), theirs(input_ids=x).logits, atol=1e-4)
         theirs.save_pretrained(str(tmp_path / "theirs"))  # and back: peft's own files onto a fresh minitune model
-        fresh = minitune.load_model(str(path), num_labels=3)
+        fresh = minitune.load_model(str(path), num_labels=3, pooling="cls")
         load_adapter(fresh, tmp_path / "theirs")
         assert torch.allclose(fresh.eval()(x), ours(x), atol=1e-5)

@@ -11,6 +11,7 @@ buffers (`position_ids`) are dropped with a logged note, as the reference does.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -22,10 +23,12 @@ from minitune.adapters.nf4 import NF4Linear, quantize_model_
 from minitune.checkpoints.gguf import read_gguf
 from minitune.checkpoints.gguf_llama import gguf_hub_tensors, gguf_to_hf_config, gguf_tokenizer
 from minitune.checkpoints.hub import resolve_model
+from minitune.checkpoints.sentence_layout import declared_pooling, head_tensors
 from minitune.checkpoints.weights import _BUFFER_SUFFIXES, CheckpointIndex, describe_keys, index_checkpoint, set_tensor
 from minitune.data.tokenizer import Tokenizer
 from minitune.errors import CheckpointError, ParameterError
 from minitune.models import family_for
+from minitune.models.pooling import CHOICE_SCORERS, POOLINGS
 
 log = logging.getLogger("minitune")
 
@@ -63,17 +66,32 @@ def _checkpoint_head(hf: dict, family, head: str) -> tuple[bool, list[str] | Non
     """(whether the checkpoint was saved with a head for this task, its label names if it names them)."""
     if family.hf_architecture(hf["model_type"], head) not in (hf.get("architectures") or []):
         return False, None
+    return True, _labels(hf, head)
+
+
+def _labels(hf: dict, head: str) -> list[str] | None:
     id2label = hf.get("id2label") or {}
-    return True, [id2label[k] for k in sorted(id2label, key=int)] if id2label and head == "sequence" else None
+    return [id2label[k] for k in sorted(id2label, key=int)] if id2label and head == "sequence" else None
 
 
 def load_model(
-    name_or_path, num_labels: int | None = None, head: str = "sequence", dtype=None, quantize: str | None = None
+    name_or_path,
+    num_labels: int | None = None,
+    head: str = "sequence",
+    dtype=None,
+    quantize: str | None = None,
+    pooling: str = "auto",
+    choice_scorer: str = "auto",
 ) -> nn.Module:
     """A classifier of our own modules with the checkpoint's weights; `model(input_ids, attention_mask)` -> logits.
 
     quantize="nf4" stores every linear layer but the head in NF4 as it is read (QLoRA): each full-precision
     weight is quantized on arrival, so the full-precision model is never held whole.
+
+    pooling: auto reads the checkpoint's sentence-transformers files (checkpoints/sentence_layout.py) and falls back
+    to the family's reference head (cls); cls, mean or max choose. choice_scorer (multiple choice): bi scores options
+    by cosine similarity of embeddings, cross encodes (query, option) pairs; auto is bi when the checkpoint declares
+    a sentence-embedding pooling.
     """
     if quantize not in (None, "nf4"):
         raise ParameterError(f"`quantize` {quantize!r} is not supported; use nf4")
@@ -89,17 +107,70 @@ def load_model(
         hf, index = read_config(path), None
     family = family_for(hf.get("model_type"), path)
     cfg = family.config_from_hf(hf)
+    declared = declared_pooling(path)
     has_head, ckpt_labels = _checkpoint_head(hf, family, head)
+    if has_head and "minitune_pooling" not in hf:  # a transformers head trained for this task reads its reference
+        declared = dataclasses.replace(declared, mode=None)
+    mode, scorer = resolve_pooling(family, hf, declared, pooling, head, choice_scorer)
+    has_head = has_head and hf.get("minitune_pooling", "cls") == mode  # a head trained on another pooled vector
+    pooled_head = head_tensors(path) if hf.get("minitune_pooling", "cls") == mode and mode != "cls" else {}
+    if pooled_head:  # a pooled head minitune saved beside the encoder (sentence-transformers' Dense module)
+        index = index or index_checkpoint(path)
+        for name, (shape, reader) in pooled_head.items():
+            index.add(name, shape, reader)
+        has_head, ckpt_labels = True, _labels(hf, head)
     if num_labels is None:
         num_labels = len(ckpt_labels) if ckpt_labels else 2
     with torch.device("meta"):
-        model = family.build(cfg, head, num_labels)
+        model = family.build(cfg, head, num_labels, mode, scorer) if mode != "cls" or scorer == "bi" else None
+        model = model or family.build(cfg, head, num_labels)
+    model.normalize = declared.normalize
     index = index or index_checkpoint(path)
     head_loaded = _copy_weights(model, index, resolve_dtype(dtype), use_head=has_head, quantize=quantize)
     model.hf_config, model.head, model.name_or_path = hf, head, str(name_or_path)
     model.label_names = ckpt_labels if head_loaded else None
-    model.head_trained = head_loaded  # False: a fresh, untrained head
+    model.head_trained = head_loaded or scorer == "bi"  # False: a fresh, untrained head; bi has no head
     return model.eval()
+
+
+def choice_scorer_for(name_or_path, choice_scorer: str = "auto") -> str:
+    """cross or bi: how load_model will score a multiple-choice head of this checkpoint (read from its files)."""
+    path = resolve_model(str(name_or_path))
+    hf = gguf_to_hf_config(read_gguf(path)) if path.suffix.lower() == ".gguf" else read_config(path)
+    family = family_for(hf.get("model_type"), path)
+    return resolve_pooling(family, hf, declared_pooling(path), "auto", "multiple_choice", choice_scorer)[1]
+
+
+def resolve_pooling(family, hf: dict, declared, pooling: str, head: str, choice_scorer: str) -> tuple[str, str]:
+    """(pooling mode, choice scorer) for this checkpoint and request; see load_model."""
+    if pooling not in POOLINGS:
+        raise ParameterError(f"`pooling` {pooling!r} is not supported; use one of {', '.join(POOLINGS)}")
+    if choice_scorer not in CHOICE_SCORERS:
+        raise ParameterError(f"`choice_scorer` {choice_scorer!r} is not supported; use one of auto, cross, bi")
+    # A model minitune saved records the pooling it was trained with; else the sentence-transformers files speak.
+    mode = pooling if pooling != "auto" else hf.get("minitune_pooling") or declared.mode or "cls"
+    scorer = hf.get("minitune_choice_scorer") if choice_scorer == "auto" else choice_scorer
+    scorer = scorer or ("bi" if declared.mode else "cross")
+    scorer = scorer if head == "multiple_choice" else "cross"
+    supported = getattr(family, "POOLINGS", ("cls",))
+    if pooling == "auto" and mode not in supported:  # declared, but this family builds its reference head only
+        log.warning(
+            "%s declares %s pooling; model_type %r has its reference head only",
+            hf.get("_name_or_path", "the checkpoint"),
+            mode,
+            hf.get("model_type"),
+        )
+        mode = "cls"
+        scorer = "cross" if choice_scorer == "auto" else scorer
+    if mode not in supported or (scorer == "bi" and len(supported) == 1):
+        what = f"`pooling` {mode}" if mode not in supported else "`choice_scorer` bi"
+        raise ParameterError(
+            f"{what} is not available for model_type {hf.get('model_type')!r} (this family builds its reference "
+            "head only): use `pooling` cls / `choice_scorer` cross, or a BERT, RoBERTa or XLM-R checkpoint"
+        )
+    if scorer == "bi" and pooling == "auto" and mode == "cls" and declared.mode is None:
+        mode = "mean"  # no declared pooling: a bi-encoder of a plain encoder reads the mean of its tokens
+    return mode, scorer
 
 
 def _normalise_names(index: CheckpointIndex, prefix: str) -> dict[str, str]:

@@ -1,7 +1,9 @@
 """Saving in the Hub layout: `save_pretrained` for a model, `save_model_dir` for what a run leaves behind.
 
 A saved model is config.json (architectures, id2label, problem_type) and model.safetensors under the Hub's weight
-names, so minitune's load_model and transformers' AutoModelForSequenceClassification both load it. A model with
+names, so minitune's load_model and transformers' AutoModelForSequenceClassification both load it. A head on a
+mean- or max-pooled vector, or a bi-encoder, has no transformers class: it is saved in the sentence-transformers
+layout instead (checkpoints/sentence_layout.py), which sentence-transformers loads with the same pooling. A model with
 LoRA adapters or NF4 base weights is saved merged and dequantized (adapters/merge.py); its adapter goes beside it in
 peft's layout. Every file is written atomically: a crash leaves the old file or the new one, never half of one.
 """
@@ -21,6 +23,7 @@ from minitune.adapters.merge import export_state_dict
 from minitune.adapters.peft_format import save_adapter
 from minitune.checkpoints.atomic import atomic_dir, atomic_write, atomic_write_text
 from minitune.checkpoints.hub import ALIASES, resolve_model
+from minitune.checkpoints.sentence_layout import bare_architecture, write_sentence_modules
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE, SINGLE_LABEL
 from minitune.models import family_for
 
@@ -40,12 +43,32 @@ def save_pretrained(
     cfg["architectures"] = [family.hf_architecture(cfg["model_type"], model.head)]
     if problem_type:
         cfg["problem_type"] = problem_type
+    pooled = getattr(model, "pooling", "cls") != "cls" or getattr(model, "choice_scorer", None) == "bi"
+    for key in ("pooling", "choice_scorer"):  # what load_model reads back: the head was trained on this
+        cfg.pop(f"minitune_{key}", None)
+        if getattr(model, key, None) is not None:
+            cfg[f"minitune_{key}"] = getattr(model, key)
     state = export_state_dict(model)  # plain Hub names: LoRA merged, NF4 dequantized
+    if (
+        pooled
+    ):  # no transformers class pools this way: the sentence-transformers layout (checkpoints/sentence_layout.py)
+        cfg["architectures"] = [bare_architecture(cfg["architectures"][0])]
+        head = {k.removeprefix("classifier."): v for k, v in state.items() if k.startswith("classifier.")}
+        state = {k: v for k, v in state.items() if k.startswith(model.base_prefix + ".")}
+        write_sentence_modules(out, model.cfg.hidden_size, model.pooling, model.normalize, head or None, _write)
     dtypes = {v.dtype for v in state.values() if v.is_floating_point()} or {torch.float32}
     cfg["dtype"] = str(dtypes.pop()).removeprefix("torch.") if len(dtypes) == 1 else "float32"
     atomic_write(out / "model.safetensors", lambda p: save_file(state, p, metadata={"format": "pt"}))
     atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     model.label_names = names
+
+
+def _write(path: Path, content) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, str):
+        atomic_write_text(path, content)
+    else:
+        atomic_write(path, lambda p: save_file(content, p, metadata={"format": "pt"}))
 
 
 def adapter_base_name(name_or_path: str | None) -> str | None:

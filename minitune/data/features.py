@@ -1,7 +1,8 @@
 """Examples -> token features, once per run; and rare-label oversampling for multi-label training.
 
 A feature is what batching.collate pads: {"input_ids", "token_type_ids", "label"}; for multiple choice each key
-holds one list per choice, every choice encoded as the pair (query, option).
+holds one list per choice, every choice encoded as the pair (query, option), or for a bi-encoder the query alone
+followed by each option alone.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import numpy as np
 from minitune.data.tasks import MULTI_LABEL, MULTIPLE_CHOICE, Example
 
 
-def tokenize(examples: Sequence[Example], tokenizer, kind: str, max_length: int) -> list[dict]:
+def tokenize(examples: Sequence[Example], tokenizer, kind: str, max_length: int, bi: bool = False) -> list[dict]:
+    """`bi` (multiple choice for a bi-encoder): row 0 is the query alone and rows 1..C the options alone, so the
+    model embeds each text separately (models/pooling.bi_scores)."""
     if kind == MULTIPLE_CHOICE:
-        return [_choice_feature(ex, tokenizer, max_length) for ex in examples]
+        make = _bi_feature if bi else _choice_feature
+        return [make(ex, tokenizer, max_length) for ex in examples]
     pairs = [ex.pair for ex in examples] if examples and examples[0].pair is not None else None
     encoded = tokenizer.encode_batch([ex.text for ex in examples], pairs, max_length=max_length)
     features = []
@@ -25,6 +29,14 @@ def tokenize(examples: Sequence[Example], tokenizer, kind: str, max_length: int)
             f["label"] = [float(v) for v in ex.label] if kind == MULTI_LABEL else int(ex.label)
         features.append(f)
     return features
+
+
+def _bi_feature(ex: Example, tokenizer, max_length: int) -> dict:
+    enc = tokenizer.encode_batch([ex.text, *ex.choices], max_length=max_length)
+    f = {"input_ids": [e["input_ids"] for e in enc], "token_type_ids": [e["token_type_ids"] for e in enc]}
+    if ex.label is not None:
+        f["label"] = int(ex.label)
+    return f
 
 
 def _choice_feature(ex: Example, tokenizer, max_length: int) -> dict:

@@ -79,7 +79,7 @@ def draw_training_curves(runs: dict[str, list[dict]], metric: str) -> Figure:
     ax = axes[3]
     for run, records in runs.items():
         evals = [r for r in records if r.get("type") == "eval"]
-        skip = ("type", "step", "epoch", "improved", "loss")  # the dev loss is drawn beside the training loss
+        skip = ("type", "step", "epoch", "improved", "loss", "before_training")  # the dev loss: beside the train loss
         keys = [k for k in dict.fromkeys(k for r in evals for k in r) if k not in skip]
         if "accuracy" in keys and all(r.get("micro_f1") == r["accuracy"] for r in evals):
             keys.remove("micro_f1")  # single-label micro-F1 is accuracy: one line would hide the other
@@ -87,7 +87,8 @@ def draw_training_curves(runs: dict[str, list[dict]], metric: str) -> Figure:
             pts = [(r["step"], r[key]) for r in evals if isinstance(r.get(key), (int, float))]
             style = "-" if key == metric else ":"
             ax.plot(*zip(*pts), style, marker="o", label=f"{run} {key}".strip() if len(runs) > 1 else key)
-    ax.set(title=f"dev metrics at each evaluation (selection: {metric})", xlabel="optimizer step", ylim=(0, 1))
+    title = f"dev metrics at each evaluation (selection: {metric}; step 0: before training)"
+    ax.set(title=title, xlabel="optimizer step", ylim=(0, 1))
     for a in axes:
         if a.get_legend_handles_labels()[0]:
             a.legend(fontsize=8)

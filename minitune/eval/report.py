@@ -97,7 +97,7 @@ def _header(results: dict, splits: list[tuple[str, dict]], settings: bool = True
         lines += _mapping("settings", results["settings"])  # what the run uses; config.json holds them all
     train = results.get("train")
     if isinstance(train, dict) and train:
-        lines += _training(train) if "step" in train else _mapping("train", train)
+        lines += _training(train) if "step" in train else _mapping("train", train) + start_lines(train)
     return lines
 
 
@@ -108,8 +108,7 @@ def _training(t: dict) -> list[str]:
         f"training: {t['step']} of {total} optimizer steps, {t.get('epoch', 0)} epoch(s) completed"
         + (f", {t['seconds']} s" if "seconds" in t else "")
     ]
-    if t.get("best") is not None:
-        lines.append(f"best {t.get('metric', 'score')}: {_f(t['best'])} at step {t.get('best_step', '?')}")
+    lines += start_lines(t)
     if t.get("stopped_early"):
         lines.append(
             f"stopped early at step {t['step']} of {total}: no improvement in {t.get('patience')} "
@@ -121,6 +120,26 @@ def _training(t: dict) -> list[str]:
         lines.append("loss at the best step: " + ", ".join(parts))
     if t.get("skipped_steps"):
         lines.append(f"skipped steps (non-finite loss or gradient): {t['skipped_steps']}")
+    return lines
+
+
+def start_lines(t: dict) -> list[str]:
+    """ "before training: X, best: Y at epoch k", and plain words when training did not beat its start."""
+    metric, start, best = t.get("metric", "score"), (t.get("start") or {}), t.get("best")
+    before = start.get(metric)
+    where = f" at step {t['best_step']}" if t.get("best_step") is not None else ""
+    where = f" at epoch {t['best_epoch']} (step {t.get('best_step', '?')})" if t.get("best_epoch") else where
+    if before is None:
+        return [f"best {metric}: {_f(best)}{where}"] if best is not None else []
+    label = " (chance level: a fresh, untrained head)" if t.get("start_is_chance") else ""
+    if best is None:
+        return [f"before training: {metric} {_f(before)}{label} (nothing trained: this is the run's score)"]
+    lines = [f"before training: {metric} {_f(before)}{label}, best: {_f(best)}{where}"]
+    if best < before:
+        lines.append(
+            f"training made it worse: the best {metric} after training ({_f(best)}) is below the score before "
+            f"training ({_f(before)}); the untrained model is the better one here"
+        )
     return lines
 
 

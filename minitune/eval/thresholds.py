@@ -125,10 +125,13 @@ def guard_thresholds(y_true, probs, tuned, default: float) -> tuple[np.ndarray, 
     return np.where(keep, tuned, default), {k: np.flatnonzero(v & ~keep).tolist() for k, v in reasons.items()}
 
 
-def choose_thresholds(y_true, probs, label_names: list[str], threshold: float, metric: str) -> dict:
+def choose_thresholds(
+    y_true, probs, label_names: list[str], threshold: float, metric: str, held_out: float | None = None
+) -> dict:
     """Per-label thresholds tuned for each label's F1 on dev, guarded by `guard_thresholds`; used for prediction
     ("use": "tuned") only if they also do at least as well as the fixed `threshold` on `metric` over all labels and
-    some label kept its tuned value. Both are recorded either way, with notes saying what was rejected and why."""
+    some label kept its tuned value. Both are recorded either way, with notes saying what was rejected and why.
+    `held_out`: the examples are that fraction of train, held out from training (--threshold-split), not dev."""
     y, p = _check(y_true, probs)
     chosen, rejected = guard_thresholds(y, p, tune_thresholds(y, p, default=threshold), threshold)
     rep = classification_report(MULTI_LABEL, y, p, label_names, threshold=threshold, tuned_thresholds=chosen)
@@ -136,6 +139,11 @@ def choose_thresholds(y_true, probs, label_names: list[str], threshold: float, m
     use = "tuned" if kept and rep["tuned"][metric] >= rep[metric] else "fixed"
     names = lambda idx: ", ".join(label_names[i] for i in idx)  # noqa: E731
     notes = [f"tuned on the {len(y)} dev examples and scored on them: the tuned dev score is optimistic"]
+    if held_out:
+        notes = [
+            f"tuned on {len(y)} training examples held out from training ({held_out:g} of train, stratified; "
+            "--threshold-split), not on dev: the tuned dev score is an honest estimate"
+        ]
     if rejected["few_positives"]:
         notes.append(
             f"fewer than {MIN_POSITIVES} positives on dev, fixed threshold kept: {names(rejected['few_positives'])}"
@@ -157,5 +165,6 @@ def choose_thresholds(y_true, probs, label_names: list[str], threshold: float, m
         "use": use,
         "metric": metric,
         "tuned_labels": kept,
+        "tuned_on": f"held-out {held_out:g} of train" if held_out else "dev",
         "notes": notes,
     }

@@ -106,7 +106,8 @@ def load_member(model_dir: Path, kind: str, device, max_length: int | None = Non
 
 def member_scores(member: Member, examples: list[Example], kind: str, batch_size: int, device) -> np.ndarray:
     """One model's probabilities (N, C) on examples, with its own tokenizer and max_length."""
-    features = tokenize(examples, member.tokenizer, kind, member.max_length)
+    bi = getattr(member.model, "choice_scorer", None) == "bi"  # a bi-encoder embeds query and options alone
+    features = tokenize(examples, member.tokenizer, kind, member.max_length, bi)
     collate_fn = make_collate("dynamic", member.max_length, member.tokenizer.pad_token_id)
     return predict_scores(member.model, features, collate_fn, kind, batch_size, device)
 

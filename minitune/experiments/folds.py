@@ -33,7 +33,7 @@ from minitune.data.splits import holdout_examples, subsample
 from minitune.data.tasks import Example, TaskData, label_array
 from minitune.eval.predictions import write_example_predictions, write_prediction_records
 from minitune.eval.scoring import task_report
-from minitune.experiments.trial import score, train_once
+from minitune.experiments.trial import bi_encoder, score, train_once
 from minitune.train.distributed import is_main
 from minitune.train.parallel import consolidated
 
@@ -108,8 +108,9 @@ def train_folds(
     `teacher`: distillation (experiments/distill.py), as in train_once."""
     if not cfg.resume:
         remove_stale_folds(out, len(folds))
-    tokenized = dict(zip(map(id, examples), tokenize(examples, tokenizer, task.kind, cfg.max_length)))
-    extra_f = {name: tokenize(ex, tokenizer, task.kind, cfg.max_length) for name, ex in extra_sets.items()}
+    bi = bi_encoder(cfg, task)
+    tokenized = dict(zip(map(id, examples), tokenize(examples, tokenizer, task.kind, cfg.max_length, bi)))
+    extra_f = {name: tokenize(ex, tokenizer, task.kind, cfg.max_length, bi) for name, ex in extra_sets.items()}
     outcomes = []
     for k, (tr, va, te) in enumerate(folds):
         fold_dir = out / f"fold{k}"
@@ -159,7 +160,10 @@ def run_folds(
     for k, o in enumerate(outcomes):
         ex = [task.train[i] for i in o.held_out]
         accuracy = float((o.scores.argmax(1) == label_array(task, ex)).mean())
-        per_fold.append({"fold": k, **o.summary, "test_accuracy": accuracy})
+        summary = dict(o.summary)
+        start = summary.pop("start", None) or {}  # flat, so the report prints one row per fold
+        summary[f"start_{cfg.metric}"] = start.get(cfg.metric)
+        per_fold.append({"fold": k, **summary, "test_accuracy": accuracy})
         fold_ex += ex
     scores = np.concatenate([o.scores for o in outcomes])
     if is_main():
@@ -182,8 +186,14 @@ def fold_results(
 ) -> dict:
     first = np.zeros_like(scores)
     first[:, 0] = 1.0  # the always-pick-the-first-option baseline, after the seeded option shuffle
+    starts = [f[f"start_{cfg.metric}"] for f in per_fold if f.get(f"start_{cfg.metric}") is not None]
+    train: dict = {"folds": per_fold, "metric": cfg.metric}
+    bests = [f["best"] for f in per_fold if f.get("best") is not None]
+    if starts:  # "before training: X, best: Y" over the folds' selection splits (eval/report.start_lines)
+        train |= {"start": {cfg.metric: float(np.mean(starts))}, "best": float(np.mean(bests)) if bests else None}
+        train["start_is_chance"] = per_fold[0].get("start_is_chance", False)
     results = {
-        "train": {"folds": per_fold},
+        "train": train,
         "test": task_report(task, fold_ex, scores, cfg.threshold),
         "baseline_first_option": task_report(task, fold_ex, first, cfg.threshold),
     }

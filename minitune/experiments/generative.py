@@ -250,6 +250,8 @@ def run_generative(
         tuned = np.array(list(thresholds["per_label"].values()))
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     results = {"train": summary, "dev": task_report(task, dev_ex, dev_scores, cfg.threshold, tuned)}
+    if cfg.epochs == 0:  # evaluated as the checkpoint is: this is the before-training score (instruct.py: step 0)
+        summary |= {"metric": cfg.metric, "start": {cfg.metric: results["dev"][cfg.metric]}, "start_is_chance": False}
     if trial.dev_generation is not None:
         results["dev"]["generation"] = trial.dev_generation
     if thresholds is not None:

@@ -91,11 +91,14 @@ def instruction_tune(
     sampler = make_sampler([len(f["input_ids"]) for f in feats], cfg.batch_size, "bucketed", cfg.max_tokens, cfg.seed)
     sampler = shard_sampler(sampler)  # torchrun: this rank's shard of each global batch
     best: dict = {}
+    # fit's first call in a fresh run is the zero-shot score before training: reported, never kept as the best
+    before_training = [not cfg.resume]
 
     def evaluate(m) -> dict:
         scores, gen = answerer(dev_ex)
         rep = task_report(task, dev_ex, scores, cfg.threshold)
-        if not best or rep[cfg.metric] > best["value"]:
+        is_start = before_training.pop() if before_training else False  # reported as the start, never the best
+        if not is_start and (not best or rep[cfg.metric] > best["value"]):
             best.update(value=rep[cfg.metric], scores=scores, generation=gen)
         return {k: rep[k] for k in SELECTION_METRICS[task.kind] if k in rep}
 
@@ -104,7 +107,7 @@ def instruction_tune(
     if "scores" not in best or cfg.resume:
         scores, gen = answerer(dev_ex)
         best.update(scores=scores, generation=gen)
-    summary = dataclasses.asdict(state) | {"seconds": round(time.perf_counter() - t0, 1)}
+    summary = dataclasses.asdict(state) | {"seconds": round(time.perf_counter() - t0, 1), "start_is_chance": False}
     return summary, best
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from minitune.adapters.lora import apply_adapters
-from minitune.checkpoints.load import load_model
+from minitune.checkpoints.load import choice_scorer_for, load_model
 from minitune.config import RunConfig, resume_signature
 from minitune.data.batching import length_of, make_collate, make_sampler
 from minitune.data.features import oversample_rare, tokenize
@@ -56,7 +56,7 @@ def seed_everything(seed: int) -> None:
 
 def loop_config(cfg: RunConfig) -> LoopConfig:
     """The training loop's settings, taken from the run's."""
-    names = {f.name for f in dataclasses.fields(LoopConfig)} - {"resume", "signature"}
+    names = {f.name for f in dataclasses.fields(LoopConfig)} - {"resume", "signature", "evaluate_start"}
     signature = world_signature(resume_signature(cfg))  # distributed: with the world size
     return LoopConfig(**{n: getattr(cfg, n) for n in names}, resume=bool(cfg.resume), signature=signature)
 
@@ -77,12 +77,21 @@ def build_loss(cfg: RunConfig, task: TaskData, train_ex: list[Example]) -> nn.Mo
     )
 
 
+def bi_encoder(cfg: RunConfig, task: TaskData) -> bool:
+    """Whether this run scores multiple choice with a bi-encoder (its features then hold each text alone)."""
+    return (
+        task.kind == MULTIPLE_CHOICE and cfg.model != "ffnn" and choice_scorer_for(cfg.model, cfg.choice_scorer) == "bi"
+    )
+
+
 def build_model(cfg: RunConfig, task: TaskData, tokenizer) -> nn.Module:
     head = "multiple_choice" if task.kind == MULTIPLE_CHOICE else "sequence"
     num_labels = None if head == "multiple_choice" else task.num_labels
     if cfg.model == "ffnn":
         return build_ffnn(len(tokenizer), num_labels or 1, head, tokenizer.pad_token_id)
-    model = load_model(cfg.model, num_labels=num_labels, head=head, quantize=cfg.quantize)
+    model = load_model(
+        cfg.model, num_labels, head, quantize=cfg.quantize, pooling=cfg.pooling, choice_scorer=cfg.choice_scorer
+    )
     if model.hf_config.get("pad_token_id") is None and tokenizer.pad_token_id is not None:
         # Saved with the model so transformers, which pools at the last non-pad token, reads the same pad id.
         log.warning(
@@ -139,7 +148,7 @@ def train_once(
     def features(examples):
         if tokenized is not None:
             return [tokenized[id(ex)] for ex in examples]
-        return tokenize(examples, tokenizer, task.kind, cfg.max_length)
+        return tokenize(examples, tokenizer, task.kind, cfg.max_length, bi_encoder(cfg, task))
 
     train_f, dev_f = features(train_ex), features(dev_ex)
     if teacher is not None:  # before oversampling, which repeats features by index
@@ -149,12 +158,16 @@ def train_once(
         train_f = [train_f[i] for i in oversample_rare(label_array(task, train_ex), cfg.oversample_rare, cfg.seed)]
     log.info("features for %d train / %d dev examples in %.1fs", len(train_f), len(dev_f), time.perf_counter() - t0)
     model = build_model(cfg, task, tokenizer).to(device)
+    fresh_head = not getattr(model, "head_trained", False)  # its before-training score is chance level
     collate_fn = make_collate(cfg.padding, cfg.max_length, tokenizer.pad_token_id)
     loss_fn = build_loss(cfg, task, train_ex).to(device)
     best: dict = {}
 
     label_dtype = torch.float32 if task.kind == MULTI_LABEL else torch.long
     dev_labels = torch.as_tensor(label_array(task, dev_ex), dtype=label_dtype, device=device)
+
+    # fit's first call in a fresh run scores the untrained model: reported as the start, never kept as the best
+    before_training = [not cfg.resume and (cfg.epochs > 0 or bool(cfg.max_steps))]
 
     def evaluate(m) -> dict:
         logits = gathered_scores(  # distributed: each rank a shard, every rank all of them
@@ -164,7 +177,10 @@ def train_once(
         )
         scores = probabilities(logits, task.kind)
         rep = task_report(task, dev_ex, scores, cfg.threshold)
-        if not best or rep[cfg.metric] > best["value"]:  # the loop keeps these weights: keep their scores too
+        is_start = before_training.pop() if before_training else False  # reported as the start, never the best
+        if not is_start and (
+            not best or rep[cfg.metric] > best["value"]
+        ):  # the loop keeps these weights: their scores too
             best.update(value=rep[cfg.metric], scores=scores)
         with torch.no_grad():
             loss = float(loss_fn(torch.as_tensor(logits, device=device), dev_labels))
@@ -181,5 +197,8 @@ def train_once(
     else:  # resumed: the best evaluation may have happened in an earlier process
         scores = score(cfg, task, model, dev_f, collate_fn, device)
     summary = dataclasses.asdict(state) | {"metric": cfg.metric, "patience": cfg.patience}
+    summary["start_is_chance"] = fresh_head
+    if state.total_steps == 0:  # --epochs 0: its one evaluation is the score before (and without) training
+        summary |= {"start": {cfg.metric: state.best}, "best": None, "best_epoch": 0}
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     return Trial(model, summary, scores, collate_fn)

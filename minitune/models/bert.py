@@ -11,6 +11,9 @@ What must match the reference (tested in tests/test_encoders.py against transfor
 - post-LN blocks `LayerNorm(x + dropout(dense(h)))`, the config's activation and layer-norm eps;
 - heads: BERT seq-cls pooler -> tanh -> dropout -> classifier; RoBERTa seq-cls on <s>: dropout -> dense -> tanh ->
   dropout -> out_proj (no pooler); multiple choice for both: pooler -> dropout -> Linear(h, 1) over (B*C, T).
+  These are `pooling` cls. A checkpoint that declares sentence-embedding pooling (mean, max) gets a head on that
+  pooled vector instead, and `choice_scorer` bi scores options by cosine similarity (models/pooling.py); transformers
+  has no class for either, see checkpoints/save.py for how they are saved.
 
 Where we compute less than the reference, with the same logits and gradients (tests/test_encoders.py): pads
 leave after the embeddings when enough of a batch is padding (`choose_packing`), and since every head reads
@@ -22,14 +25,17 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from minitune.errors import ConfigError
 from minitune.models.activations import ACTIVATIONS
 from minitune.models.attention import Packing, first_tokens, run_layers, self_attention
 from minitune.models.heads import Classifier, flatten_choices, unflatten_choices
+from minitune.models.pooling import bi_scores, pool
 
 MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
+POOLINGS = ("cls", "mean", "max", "mean_sqrt_len")  # heads this family builds (models/pooling.py)
 # Unpad when at least this share of a batch is padding (see benchmarks/padding.py for where it pays).
 UNPAD_MIN_SHARE = 0.15
 
@@ -168,19 +174,29 @@ class Encoder(nn.Module):
 
 
 class BertClassifier(Classifier):
-    """Sequence classification (logits (B, num_labels)) or multiple choice (input (B, C, T), logits (B, C))."""
+    """Sequence classification (logits (B, num_labels)) or multiple choice (input (B, C, T), logits (B, C)).
 
-    def __init__(self, cfg: BertConfig, head: str, num_labels: int):
+    `pooling` cls is the reference head above; mean / max / mean_sqrt_len pool every real token's final state
+    (models/pooling.py) and the head is dropout -> Linear on that vector. `choice_scorer` bi: multiple choice as
+    scaled cosine similarity of the query's and each option's embedding (input (B, 1 + C, T)), with no head.
+    """
+
+    def __init__(self, cfg: BertConfig, head: str, num_labels: int, pooling: str = "cls", choice_scorer: str = "cross"):
         super().__init__()
         self.cfg, self.head, self.num_labels = cfg, head, num_labels
+        self.pooling, self.normalize = pooling, False
+        self.choice_scorer = choice_scorer if head == "multiple_choice" else None
         self.base_prefix = cfg.prefix
         p = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
         self.dropout = nn.Dropout(p)
-        roberta_seq = cfg.model_type != "bert" and head == "sequence"
-        # RoBERTa's sequence head has its own dense layer and no pooler; every other head reads the pooler.
-        self.add_module(cfg.prefix, Encoder(cfg, pooler=not roberta_seq))
+        reference = pooling == "cls"
+        roberta_seq = cfg.model_type != "bert" and head == "sequence" and reference
+        # RoBERTa's sequence head has its own dense layer and no pooler; every other reference head reads the pooler.
+        self.add_module(cfg.prefix, Encoder(cfg, pooler=reference and not roberta_seq and self.choice_scorer != "bi"))
         h = cfg.hidden_size
-        if roberta_seq:
+        if self.choice_scorer == "bi":
+            self.classifier = None
+        elif roberta_seq:
             self.classifier = nn.ModuleDict({"dense": nn.Linear(h, h), "out_proj": nn.Linear(h, num_labels)})
         else:
             self.classifier = nn.Linear(h, 1 if head == "multiple_choice" else num_labels)
@@ -189,9 +205,20 @@ class BertClassifier(Classifier):
     def base(self) -> Encoder:
         return getattr(self, self.cfg.prefix)
 
+    def embed(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """(N, T) -> (N, H) sentence embeddings as the checkpoint declares them (normalised if it says so)."""
+        v = pool(self.base(input_ids, attention_mask, token_type_ids), attention_mask, self.pooling)
+        return F.normalize(v, dim=-1) if self.normalize else v
+
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        if self.choice_scorer == "bi":
+            return bi_scores(self.embed, input_ids, attention_mask, token_type_ids)  # (B, C)
         shape = input_ids.shape
         input_ids, attention_mask, token_type_ids = flatten_choices(input_ids, attention_mask, token_type_ids)
+        if self.pooling != "cls":
+            hidden = self.base(input_ids, attention_mask, token_type_ids)  # (B, T, H)
+            logits = self.classifier(self.dropout(pool(hidden, attention_mask, self.pooling)))
+            return unflatten_choices(logits, shape)
         first = self.base(input_ids, attention_mask, token_type_ids, first_token_only=True)  # (B, H)
         if isinstance(self.classifier, nn.ModuleDict):
             x = self.dropout(first)
@@ -202,8 +229,10 @@ class BertClassifier(Classifier):
         return unflatten_choices(logits, shape)
 
 
-def build(cfg: BertConfig, head: str, num_labels: int) -> BertClassifier:
-    return BertClassifier(cfg, head, num_labels)
+def build(
+    cfg: BertConfig, head: str, num_labels: int, pooling: str = "cls", choice_scorer: str = "cross"
+) -> BertClassifier:
+    return BertClassifier(cfg, head, num_labels, pooling, choice_scorer)
 
 
 def hf_architecture(model_type: str, head: str) -> str:

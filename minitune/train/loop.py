@@ -85,6 +85,7 @@ class LoopConfig:
     signature: dict = field(default_factory=dict)  # settings a resumed run must share, stored with checkpoints
     fsdp: str | None = None  # torch.distributed: shard with FSDP2, "full" (ZeRO-3) or "grad-op" (ZeRO-2)
     fsdp_cpu_offload: bool = False
+    evaluate_start: bool = True  # evaluate the model before its first optimizer step (the run's starting score)
 
 
 @dataclass
@@ -99,6 +100,8 @@ class LoopState:
     stopped_early: bool = False
     total_steps: int = 0  # optimizer steps the run plans
     last_eval_step: int = -1  # the step the last evaluation saw
+    best_epoch: int = 0  # the epoch (from 1) under way at the best evaluation
+    start: dict | None = None  # evaluate()'s dict before the first step; saved with checkpoints, never re-evaluated
 
 
 @dataclass
@@ -261,7 +264,7 @@ class Loop:
         value = metrics[metric]
         improved = state.best is None or value > state.best
         if improved:
-            state.best, state.best_step, state.bad_evals = value, state.step, 0
+            state.best, state.best_step, state.best_epoch, state.bad_evals = value, state.step, self.epoch + 1, 0
             _save_best(self.model, self.out_dir)
         else:
             state.bad_evals += 1
@@ -277,6 +280,15 @@ class Loop:
                 f"early stop at step {state.step} of {self.total}: no improvement in {self.cfg.patience} evaluations "
                 f"(patience counts evaluations); best {metric}={state.best:.4f} at step {state.best_step}"
             )
+
+    def evaluate_start(self) -> None:
+        """The untrained model's score, recorded as step 0 (`before_training`); not a candidate for the best weights
+        (the evaluate function is told so by the loop calling it first, see experiments/trial.py)."""
+        metrics = self.evaluate(self.model)
+        self.state.start = metrics
+        self.log.write(type="eval", step=0, epoch=0, before_training=True, **metrics)
+        say = tqdm.write if is_main() else lambda _: None
+        say(f"before training: {self.cfg.metric}={metrics[self.cfg.metric]:.4f}")
 
     def checkpoint(self) -> None:
         if not self.cfg.checkpoint:
@@ -336,13 +348,17 @@ def fit(
 ) -> LoopState:
     """Train `model` in place; at the end it holds the best weights seen by `evaluate` (on cfg.metric).
 
-    Evaluation (and a resumable checkpoint) comes after every epoch, or every `cfg.eval_every` steps.
+    Evaluation (and a resumable checkpoint) comes after every epoch, or every `cfg.eval_every` steps, and once
+    before the first step (`cfg.evaluate_start`): that first call of `evaluate` is the starting score, kept in
+    state.start and in metrics.jsonl as step 0, never as the best. A resumed run reads it back instead.
     """
     loop = Loop(model, loss_fn, data, evaluate, cfg, out_dir, device)
     state = loop.state
     stop = StopRequest()
     with stop:
         try:
+            if cfg.evaluate_start and state.start is None and state.step == 0 and not cfg.resume and loop.total:
+                loop.evaluate_start()
             for epoch in range(state.epoch, loop.epochs):
                 if loop.done():
                     break
