@@ -97,6 +97,7 @@ def run_train(cfg: RunConfig, command: str = "train", teacher=None) -> dict:
             "`head` generative answers in text: cv, `seeds` and distill average or learn a classifier head's "
             "probabilities; use `head` classifier"
         )
+    check_command(cfg, command, teacher is not None)
     device = resolve_device(cfg.device)
     distributed.check_launch(cfg.fsdp, cfg.fsdp_cpu_offload, device)
     inputs = resolve_inputs(cfg, command)
@@ -106,6 +107,23 @@ def run_train(cfg: RunConfig, command: str = "train", teacher=None) -> dict:
         return _train(cfg, inputs, device, command)
     finally:
         distributed.teardown()
+
+
+def check_command(cfg: RunConfig, command: str, distill: bool) -> None:
+    """Settings that hold for one model but not for the protocols that train several (refused before any work)."""
+    several = command == "cv" or bool(cfg.seeds)
+    if cfg.threshold_split and (several or cfg.head == "generative"):
+        raise ConfigError(
+            "`threshold_split` tunes one classifier's thresholds on held-out training data; cv tunes them on its "
+            "out-of-fold predictions (honest already) and `seeds` on dev: drop `threshold_split`"
+        )
+    if cfg.predict_file and several:
+        raise ConfigError(
+            "`predict_file` labels rows with the one model of a run; for cv and `seeds` label them afterwards with "
+            "`minitune predict --model OUTPUT_DIR`, which averages the members: drop `predict_file`"
+        )
+    if distill and cfg.seeds:
+        raise ConfigError("distill trains one student: drop `seeds` (distil from a `seeds` run as the teacher instead)")
 
 
 def _train(cfg: RunConfig, inputs: RunInputs, device: torch.device, command: str = "train") -> dict:

@@ -201,7 +201,9 @@ def test_two_process_resume_equals_the_uninterrupted_run(tmp_path, tiny_model, f
     straight.mkdir(), resumed.mkdir()
     args = dict(model=str(tiny_model), sampler="bucketed", epochs=3, eval_every=2, fsdp=fsdp)
     procs = start(args | dict(out=str(straight)), 2)
-    run(args | dict(out=str(resumed), crash_at_eval=3), 2, expect_ok=False)  # dies after the step-4 checkpoint
+    run(
+        args | dict(out=str(resumed), crash_at_eval=4), 2, expect_ok=False
+    )  # dies after the step-4 checkpoint (eval 1 is step 0)
     for p in procs:
         assert p.wait(timeout=240) == 0, p.stdout.read().decode()[-3000:]
     state = torch.load(resumed / "checkpoint" / "trainer_state.pt", weights_only=True)

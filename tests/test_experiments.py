@@ -261,3 +261,43 @@ def test_compare_reads_runs_of_every_task_kind(humor_cv, humor_seeds, data_dir, 
     assert by_run[str(mpr)]["metric"] == "accuracy" and by_run[str(mpr)]["test"] is not None
     assert by_run[str(semeval)]["metric"] == "jaccard" and by_run[str(semeval)]["thresholds"] != "argmax"
     assert "| run | task | model |" in (tmp_path / "cmp.md").read_text() and "| run | task |" in capsys.readouterr().out
+
+
+def test_cv_members_predict_at_the_runs_max_length_and_reports_start(humor_cv, tmp_path):
+    """A cv fold's model/ has no run config beside it: predict must read the cv run's (max_length 32 here, not
+    the 128 fallback), so predict on the cv directory reproduces the run's own dev probabilities."""
+    from minitune.experiments.ensemble import trained_max_length
+
+    assert trained_max_length(humor_cv / "fold0" / "model") == 32
+    results = json.loads((humor_cv / "results.json").read_text())
+    folds = results["train"]["folds"]
+    assert all(f["start_macro_f1"] is not None for f in folds)  # every fold's score before training
+    assert results["train"]["start"]["macro_f1"] == pytest.approx(np.mean([f["start_macro_f1"] for f in folds]))
+    assert "before training: macro_f1" in (humor_cv / "report.txt").read_text()
+
+
+def test_a_checkpoints_own_config_is_not_a_run_config(tmp_path):
+    from minitune.experiments.ensemble import trained_max_length
+
+    model = tmp_path / "hf" / "model"
+    model.mkdir(parents=True)
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({"model_type": "bert", "max_length": 20}))
+    assert trained_max_length(model) == 128  # a generation default, not the length a run trained with
+
+
+@pytest.mark.parametrize(
+    "command, extra, flag",
+    [
+        ("cv", ["--threshold-split", "0.2"], "--threshold-split"),
+        ("train", ["--seeds", "1", "2", "--threshold-split", "0.2"], "--threshold-split"),
+        ("cv", ["--predict-file", "x.csv"], "--predict-file"),
+        ("train", ["--seeds", "1", "2", "--predict-file", "x.csv"], "--predict-file"),
+    ],
+)
+def test_single_model_settings_are_refused_by_protocols_of_several(tmp_path, data_dir, capsys, command, extra, flag):
+    out = tmp_path / "run"
+    cmd = ([command] if command == "cv" else []) + [*args(data_dir, out, "semeval", 50), *extra]
+    assert main(cmd) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flag in err[0] and "Traceback" not in err[0]
+    assert not out.exists()  # refused before anything was written

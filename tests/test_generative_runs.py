@@ -211,13 +211,13 @@ def test_resume_of_an_interrupted_generative_run_equals_the_uninterrupted_run(
 
     answers, calls = Answerer.answers, {"n": 0}
 
-    def stop_at_third_evaluation(self, examples):
+    def stop_at_step_3_evaluation(self, examples):
         calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt  # after step 3's training step, before its checkpoint
+        if calls["n"] == 4:  # the 1st is the before-training evaluation; the 4th follows step 3, before its checkpoint
+            raise KeyboardInterrupt
         return answers(self, examples)
 
-    monkeypatch.setattr(Answerer, "answers", stop_at_third_evaluation)
+    monkeypatch.setattr(Answerer, "answers", stop_at_step_3_evaluation)
     code, resumed = train(tmp_path, data_dir, tiny_instruct, "resumed", *args)
     assert code == 130 and json.loads((resumed / "checkpoint" / "progress.json").read_text())["step"] == 2
     monkeypatch.setattr(Answerer, "answers", answers)

@@ -42,6 +42,7 @@ from minitune.experiments.ensemble import (
     write_members,
 )
 from minitune.experiments.folds import train_folds
+from minitune.experiments.trial import mean_start, start_row
 from minitune.train.distributed import is_main
 
 DEFAULT_FOLDS = 5
@@ -84,9 +85,10 @@ def run_cv(cfg: RunConfig, task: TaskData, tokenizer, test: list[Example] | None
     for k, o in enumerate(outcomes):
         rep = task_report(task, [examples[i] for i in o.held_out], o.scores, cfg.threshold, tuned)
         summary = {key: o.summary.get(key) for key in ("n_train", "n_val", "n_held_out", "best_step", "seconds")}
-        rows.append({"fold": k, **summary, **headline(task.kind, rep, use_tuned)})
+        rows.append({"fold": k, **summary, **start_row(o.summary, cfg.metric), **headline(task.kind, rep, use_tuned)})
     results = {
-        "train": {"k": len(folds), "folds": rows, "fold_mean_std": mean_std(rows, "fold")},
+        "train": {"k": len(folds), "folds": rows, "fold_mean_std": mean_std(rows, "fold")}
+        | mean_start(rows, cfg.metric),
         "oof": task_report(task, oof_ex, oof, cfg.threshold, tuned),
     }
     mean = {name: np.mean([o.extra[name] for o in outcomes], axis=0) for name in extra}

@@ -36,6 +36,7 @@ from minitune.eval.metrics import SELECTION_METRICS
 from minitune.eval.predictions import write_example_predictions, write_prediction_records
 from minitune.eval.scoring import predict_scores, task_report
 from minitune.eval.thresholds import choose_thresholds
+from minitune.experiments.trial import mean_start, start_row
 from minitune.train.distributed import is_main
 
 SCORES, MEMBERS, THRESHOLDS = "scores.npz", "members.json", "thresholds.json"
@@ -80,11 +81,16 @@ def member_model_dirs(path: Path) -> list[Path]:
 
 
 def trained_max_length(model_dir: Path, default: int = 128) -> int:
-    """The max_length the run trained with (its config.json beside model/), else `default`."""
-    try:
-        return int(json.loads((Path(model_dir).parent / "config.json").read_text(encoding="utf-8"))["max_length"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return default
+    """The max_length the run trained with: the nearest run config.json above model/ (a cv fold's model sits in
+    fold{k}/, its run's config one or two levels up), else `default`."""
+    for run_dir in list(Path(model_dir).parents)[:4]:
+        try:
+            saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+            if "task" in saved:  # a run's config, not some checkpoint's (which may carry a generation max_length)
+                return int(saved["max_length"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return default
 
 
 @dataclass
@@ -137,7 +143,11 @@ def headline(kind: str, report: dict, use_tuned: bool) -> dict[str, float]:
 def mean_std(rows: list[dict], name: str) -> list[dict]:
     """Two rows, {name: "mean", ...} and {name: "std", ...} (sample std, ddof 1), over the numeric columns of rows
     (those that every row has): a table under the members' or folds' own."""
-    keys = [k for k in rows[0] if k != name and all(isinstance(r.get(k), (int, float)) for r in rows)]
+    keys = [
+        k
+        for k in rows[0]
+        if k != name and all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool) for r in rows)
+    ]
     values = {k: np.array([r[k] for r in rows], dtype=np.float64) for k in keys}
     std = {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()}
     return [
@@ -177,7 +187,10 @@ def run_seeds(
     names, rows = [], []
     for seed in cfg.seeds:
         member_dir = out / f"seed{seed}"
-        resume = str(member_dir) if cfg.resume and member_dir.is_dir() else None
+        started = (member_dir / "checkpoint").is_dir() or (member_dir / "results.json").is_file()
+        resume = (
+            str(member_dir) if cfg.resume and started else None
+        )  # a member killed before its first checkpoint starts afresh
         member_cfg = dataclasses.replace(cfg, seed=seed, seeds=None, output_dir=str(member_dir), resume=resume)
         results = train_member(member_cfg)
         names.append(member_dir.name)
@@ -204,10 +217,11 @@ def ensemble_results(
     thresholds, tuned = tuned_for(cfg, task, examples[main_split], mean[main_split], main_split)
     use_tuned = bool(thresholds and thresholds["use"] == "tuned")
     for row, res in zip(rows, member_results):
+        row |= start_row(res["train"], cfg.metric)
         for s in splits:
             if s in res:
                 row |= {f"{s}_{k}": v for k, v in headline(task.kind, res[s], _uses_tuned(res)).items()}
-    results = {"train": {"members": rows, "member_mean_std": mean_std(rows, "seed")}}
+    results = {"train": {"members": rows, "member_mean_std": mean_std(rows, "seed")} | mean_start(rows, cfg.metric)}
     for s in splits:
         results[s] = task_report(task, examples[s], mean[s], cfg.threshold, tuned)
     if thresholds is not None:

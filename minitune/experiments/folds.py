@@ -33,7 +33,7 @@ from minitune.data.splits import holdout_examples, subsample
 from minitune.data.tasks import Example, TaskData, label_array
 from minitune.eval.predictions import write_example_predictions, write_prediction_records
 from minitune.eval.scoring import task_report
-from minitune.experiments.trial import bi_encoder, score, train_once
+from minitune.experiments.trial import bi_encoder, mean_start, score, start_row, train_once
 from minitune.train.distributed import is_main
 from minitune.train.parallel import consolidated
 
@@ -115,6 +115,12 @@ def train_folds(
     for k, (tr, va, te) in enumerate(folds):
         fold_dir = out / f"fold{k}"
         done = read_finished_fold(fold_dir, te) if cfg.resume else None
+        sizes = {name: len(f) for name, f in extra_f.items()}
+        if done is not None and {name: len(v) for name, v in done.extra.items()} != sizes:
+            log.warning(
+                "fold %d/%d finished with other dev/test sets than this run's: trained again", k + 1, len(folds)
+            )
+            done = None
         if done is not None:
             log.info("fold %d/%d: finished before, its scores read from %s", k + 1, len(folds), fold_dir)
             outcomes.append(done)
@@ -160,10 +166,8 @@ def run_folds(
     for k, o in enumerate(outcomes):
         ex = [task.train[i] for i in o.held_out]
         accuracy = float((o.scores.argmax(1) == label_array(task, ex)).mean())
-        summary = dict(o.summary)
-        start = summary.pop("start", None) or {}  # flat, so the report prints one row per fold
-        summary[f"start_{cfg.metric}"] = start.get(cfg.metric)
-        per_fold.append({"fold": k, **summary, "test_accuracy": accuracy})
+        summary = {k: v for k, v in o.summary.items() if k != "start"} | start_row(o.summary, cfg.metric)
+        per_fold.append({"fold": k, **summary, "test_accuracy": accuracy})  # flat: the report prints a row per fold
         fold_ex += ex
     scores = np.concatenate([o.scores for o in outcomes])
     if is_main():
@@ -186,12 +190,8 @@ def fold_results(
 ) -> dict:
     first = np.zeros_like(scores)
     first[:, 0] = 1.0  # the always-pick-the-first-option baseline, after the seeded option shuffle
-    starts = [f[f"start_{cfg.metric}"] for f in per_fold if f.get(f"start_{cfg.metric}") is not None]
-    train: dict = {"folds": per_fold, "metric": cfg.metric}
-    bests = [f["best"] for f in per_fold if f.get("best") is not None]
-    if starts:  # "before training: X, best: Y" over the folds' selection splits (eval/report.start_lines)
-        train |= {"start": {cfg.metric: float(np.mean(starts))}, "best": float(np.mean(bests)) if bests else None}
-        train["start_is_chance"] = per_fold[0].get("start_is_chance", False)
+    # "before training: X, best: Y" over the folds' selection splits (eval/report.start_lines)
+    train: dict = {"folds": per_fold, "metric": cfg.metric} | mean_start(per_fold, cfg.metric)
     results = {
         "train": train,
         "test": task_report(task, fold_ex, scores, cfg.threshold),

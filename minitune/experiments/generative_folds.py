@@ -44,7 +44,7 @@ def run_generative_folds(
     fold_ex: list[Example] = []
     test_scores, texts, per_fold, file_scores = [], [], [], []
     for k, (tr, va, te) in enumerate(folds):
-        fold_train, fold_val = fold_split(cfg, task, tr, va)
+        fold_train, fold_val = fold_split(cfg, task, task.train, tr, va)
         log.info("fold %d/%d: %d train, %d val, %d test", k + 1, len(folds), len(fold_train), len(fold_val), len(te))
         fold_dir = out / f"fold{k}"
         # On --resume, folds that never started begin afresh; finished ones resume into "done" at once.

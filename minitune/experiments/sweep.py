@@ -107,7 +107,7 @@ def trial_config(sweep: Sweep, phase: int, name: str, settings: dict) -> RunConf
     budget = {k: v for k, v in sweep.phases[phase].items() if k not in PHASE_ONLY}
     out = sweep.output_dir / f"phase{phase + 1}-{name}"
     cfg = make_config(**(sweep.base | settings | budget | {"output_dir": str(out)}))
-    if (out / "checkpoint").is_dir() and not (out / "results.json").is_file():
+    if any(c.is_dir() for c in out.glob("**/checkpoint")) and not (out / "results.json").is_file():
         cfg = dataclasses.replace(cfg, resume=str(out))  # stopped part-way: continue it
     return cfg
 

@@ -202,3 +202,26 @@ def train_once(
         summary |= {"start": {cfg.metric: state.best}, "best": None, "best_epoch": 0}
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     return Trial(model, summary, scores, collate_fn)
+
+
+def start_row(summary: dict, metric: str) -> dict:
+    """One trained model's score before training and its best, flat for a fold's or member's table row."""
+    return {
+        f"start_{metric}": (summary.get("start") or {}).get(metric),
+        "best": summary.get("best"),
+        "start_is_chance": summary.get("start_is_chance", False),
+    }
+
+
+def mean_start(rows: list[dict], metric: str) -> dict:
+    """The models' mean score before training and mean best (eval/report.start_lines prints them), or {}."""
+    starts = [r[f"start_{metric}"] for r in rows if r.get(f"start_{metric}") is not None]
+    if not starts:
+        return {}
+    bests = [r["best"] for r in rows if r.get("best") is not None]
+    return {
+        "metric": metric,
+        "start": {metric: float(np.mean(starts))},
+        "best": float(np.mean(bests)) if bests else None,
+        "start_is_chance": rows[0].get("start_is_chance", False),
+    }
