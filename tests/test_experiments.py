@@ -301,3 +301,14 @@ def test_single_model_settings_are_refused_by_protocols_of_several(tmp_path, dat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and flag in err[0] and "Traceback" not in err[0]
     assert not out.exists()  # refused before anything was written
+
+
+def test_recipe_mpr_distillation_does_not_score_the_teacher_on_items_it_trained_on(data_dir, tmp_path):
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    assert main([*args(data_dir, teacher, "recipe-mpr", 60), "--folds", "1", "--epochs", "1"]) == 0
+    a = args(data_dir, student, "recipe-mpr", 60, "--folds", "1", "--epochs", "1")
+    assert main(["distill", "--teacher", str(teacher), *a]) == 0
+    summary = json.loads((student / "distill.json").read_text())
+    assert summary["split"] == "test" and "accuracy" not in summary["rows"]["teacher"]
+    assert "accuracy" in summary["rows"]["student_distilled"] and "accuracy" in summary["rows"]["student_alone"]
+    assert "no score here" in (student / "distill.md").read_text()
