@@ -225,3 +225,26 @@ def test_mean_pooled_run_saves_and_predicts_with_its_head(tmp_path, data_dir):
     assert rows[0].startswith("id,text,label,prob_")
     got = [float(v) for v in rows[1].split(",")[-2:]]
     assert torch.allclose(torch.tensor(got), probs[0], atol=1e-4)
+
+
+def test_a_transformers_choice_head_beside_declared_pooling_stays_a_cross_encoder(tmp_path):
+    """A checkpoint with a trained BertForMultipleChoice head and sentence-transformers files declaring mean
+    pooling: the features (choice_scorer_for) and the model (load_model) must agree on cross, the head's own way."""
+    from minitune.checkpoints.load import choice_scorer_for
+
+    torch.manual_seed(0)
+    path = tmp_path / "mc"
+    transformers.BertForMultipleChoice(CONFIGS["bert"]()).save_pretrained(path)
+    (path / "1_Pooling").mkdir()
+    modules = [{"path": "", "type": "x.Transformer"}, {"path": "1_Pooling", "type": "x.Pooling"}]
+    (path / "modules.json").write_text(json.dumps(modules))
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    assert declared_pooling(path).mode == "mean"
+    model = minitune.load_model(path, head="multiple_choice")
+    assert choice_scorer_for(path) == "cross" and model.choice_scorer != "bi" and model.head_trained
+    # Without the trained head, the declared pooling decides: both say bi.
+    bare = tmp_path / "bare"
+    transformers.BertModel(CONFIGS["bert"]()).save_pretrained(bare)
+    for f in ("modules.json", "1_Pooling"):
+        (bare / f).symlink_to(path / f)
+    assert choice_scorer_for(bare) == "bi" and minitune.load_model(bare, head="multiple_choice").choice_scorer == "bi"

@@ -107,10 +107,7 @@ def load_model(
         hf, index = read_config(path), None
     family = family_for(hf.get("model_type"), path)
     cfg = family.config_from_hf(hf)
-    declared = declared_pooling(path)
-    has_head, ckpt_labels = _checkpoint_head(hf, family, head)
-    if has_head and "minitune_pooling" not in hf:  # a transformers head trained for this task reads its reference
-        declared = dataclasses.replace(declared, mode=None)
+    declared, has_head, ckpt_labels = _declared_for_head(path, hf, family, head)
     mode, scorer = resolve_pooling(family, hf, declared, pooling, head, choice_scorer)
     has_head = has_head and hf.get("minitune_pooling", "cls") == mode  # a head trained on another pooled vector
     pooled_head = head_tensors(path) if hf.get("minitune_pooling", "cls") == mode and mode != "cls" else {}
@@ -138,7 +135,18 @@ def choice_scorer_for(name_or_path, choice_scorer: str = "auto") -> str:
     path = resolve_model(str(name_or_path))
     hf = gguf_to_hf_config(read_gguf(path)) if path.suffix.lower() == ".gguf" else read_config(path)
     family = family_for(hf.get("model_type"), path)
-    return resolve_pooling(family, hf, declared_pooling(path), "auto", "multiple_choice", choice_scorer)[1]
+    declared = _declared_for_head(path, hf, family, "multiple_choice")[0]  # decided as load_model decides it
+    return resolve_pooling(family, hf, declared, "auto", "multiple_choice", choice_scorer)[1]
+
+
+def _declared_for_head(path, hf: dict, family, head: str):
+    """(declared pooling, has a head for `head`, its labels). A transformers head trained for this task reads the
+    family's reference pooling, whatever sentence-transformers files sit beside it."""
+    declared = declared_pooling(path)
+    has_head, labels = _checkpoint_head(hf, family, head)
+    if has_head and "minitune_pooling" not in hf:
+        declared = dataclasses.replace(declared, mode=None)
+    return declared, has_head, labels
 
 
 def resolve_pooling(family, hf: dict, declared, pooling: str, head: str, choice_scorer: str) -> tuple[str, str]:
