@@ -312,3 +312,25 @@ def test_recipe_mpr_distillation_does_not_score_the_teacher_on_items_it_trained_
     assert summary["split"] == "test" and "accuracy" not in summary["rows"]["teacher"]
     assert "accuracy" in summary["rows"]["student_distilled"] and "accuracy" in summary["rows"]["student_alone"]
     assert "no score here" in (student / "distill.md").read_text()
+
+
+@pytest.mark.slow
+def test_bi_encoder_cv_and_seed_members_score_as_they_trained(tmp_path, data_dir):
+    """MiniLM declares mean pooling, so Recipe-MPR runs as a bi-encoder: each fold model, loaded back as an
+    ensemble member (predict, distillation teachers), must see the query and options alone as it trained."""
+    from minitune.data.tasks import load_task
+    from minitune.experiments.ensemble import load_member, member_scores
+
+    out = tmp_path / "cv"
+    base = ["--task", "recipe-mpr", "--model", "minilm", "--data-dir", str(data_dir), "--max-train-samples", "40"]
+    assert main(["cv", *base, "--folds", "2", "--epochs", "1", "--seeds", "1", "2", "--output-dir", str(out)]) == 0
+    members = [out / "seed1", out / "seed2"]
+    np.testing.assert_allclose(scores(out)["oof"], np.mean([scores(m)["oof"] for m in members], axis=0))
+    fold_dir = out / "seed1" / "fold0"
+    assert json.loads((fold_dir / "model" / "config.json").read_text())["minitune_choice_scorer"] == "bi"
+    task = load_task("recipe-mpr", data_dir)
+    index, fold = np.load(out / "seed1" / "oof_index.npy"), np.load(fold_dir / "fold_scores.npz")
+    held = [task.train[index[i]] for i in fold["held_out"]]
+    member = load_member(fold_dir / "model", "multiple_choice", torch.device("cpu"))
+    again = member_scores(member, held, "multiple_choice", 8, torch.device("cpu"))
+    np.testing.assert_allclose(again, fold["scores"], atol=1e-5)
