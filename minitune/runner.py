@@ -172,9 +172,8 @@ def _train(cfg: RunConfig, inputs: RunInputs, device: torch.device, command: str
     atomic_write_text(out / "report.txt", text)
     report_html = write_html_report(out)
     # The settings were printed when the run began: the console report leaves them out (report.txt keeps them).
-    print(
-        format_report(results, settings=False) + f"report with figures: {report_html}\n" + saved_note(cfg, out, command)
-    )
+    note = saved_note(cfg, out, command, inputs.task.kind)
+    print(format_report(results, settings=False) + f"report with figures: {report_html}\n" + note)
     return results
 
 
@@ -276,7 +275,7 @@ def loss_at_best(metrics_path: Path, best_step: int | None) -> dict:
     return {"train": train, "dev": dev}
 
 
-def saved_note(cfg: RunConfig, out: Path, command: str = "train") -> str:
+def saved_note(cfg: RunConfig, out: Path, command: str = "train", kind: str | None = None) -> str:
     """Where the run went and the command that uses it."""
     preds = "test_predictions.csv" if (out / "test_predictions.csv").is_file() else "dev_predictions.csv"
     ensemble = (out / MEMBERS).is_file()  # seeds or cv: predict averages the members
@@ -284,7 +283,8 @@ def saved_note(cfg: RunConfig, out: Path, command: str = "train") -> str:
     if ensemble:
         kept, preds = f"{MEMBERS}, report.txt, results.json", "oof.csv" if (out / "oof.csv").is_file() else preds
     lines = [f"saved to {out}/ ({kept}, {preds})"]
-    if (out / "model" / "config.json").is_file() and not (out / "fold0").is_dir() or ensemble:
+    labels_files = (out / "model" / "config.json").is_file() and not (out / "fold0").is_dir() or ensemble
+    if labels_files and kind != MULTIPLE_CHOICE:  # predict reads texts to label, not questions with options
         col = "" if cfg.text_col == "text" else f" --text-col {cfg.text_col}"
         lines.append(
             f"label a file with it: minitune predict --model {out} --input FILE.csv --output predictions.csv{col}"

@@ -315,7 +315,7 @@ def test_recipe_mpr_distillation_does_not_score_the_teacher_on_items_it_trained_
 
 
 @pytest.mark.slow
-def test_bi_encoder_cv_and_seed_members_score_as_they_trained(tmp_path, data_dir):
+def test_bi_encoder_cv_and_seed_members_score_as_they_trained(tmp_path, data_dir, capsys):
     """MiniLM declares mean pooling, so Recipe-MPR runs as a bi-encoder: each fold model, loaded back as an
     ensemble member (predict, distillation teachers), must see the query and options alone as it trained."""
     from minitune.data.tasks import load_task
@@ -324,6 +324,8 @@ def test_bi_encoder_cv_and_seed_members_score_as_they_trained(tmp_path, data_dir
     out = tmp_path / "cv"
     base = ["--task", "recipe-mpr", "--model", "minilm", "--data-dir", str(data_dir), "--max-train-samples", "40"]
     assert main(["cv", *base, "--folds", "2", "--epochs", "1", "--seeds", "1", "2", "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "minitune cv --resume" in printed and "minitune predict" not in printed  # predict takes no options
     members = [out / "seed1", out / "seed2"]
     np.testing.assert_allclose(scores(out)["oof"], np.mean([scores(m)["oof"] for m in members], axis=0))
     fold_dir = out / "seed1" / "fold0"
