@@ -224,7 +224,8 @@ def test_teacher_that_is_the_student_gives_near_zero_kl_and_is_cached(humor_seed
     from minitune.data.tasks import load_task
     from minitune.eval.scoring import predict_logits
     from minitune.experiments import distill
-    from minitune.train.losses import DistillLoss, task_loss
+    from minitune.train.distill_loss import DistillLoss
+    from minitune.train.losses import task_loss
 
     student = humor_seeds / "seed1"
     task = load_task("humor", data_dir)

@@ -283,7 +283,7 @@ def test_pos_weight_in_focal_and_asl_weighs_positives_as_bce_does():
 
 
 def test_distill_loss_single_label_equals_hand_kl_times_t_squared_plus_task_loss():
-    from minitune.train.losses import DistillLoss, with_soft_targets
+    from minitune.train.distill_loss import DistillLoss, with_soft_targets
 
     teacher = [[0.7, 0.2, 0.1], [0.05, 0.05, 0.9], [0.3, 0.4, 0.3]]
     alpha, t = 0.3, 2.5
@@ -302,7 +302,7 @@ def test_distill_loss_single_label_equals_hand_kl_times_t_squared_plus_task_loss
 
 
 def test_distill_loss_multi_label_is_binary_kl_with_the_gradient_of_soft_bce():
-    from minitune.train.losses import DistillLoss, with_soft_targets
+    from minitune.train.distill_loss import DistillLoss, with_soft_targets
 
     teacher = [[0.9, 0.1, 0.6], [0.2, 0.0, 1.0], [0.5, 0.7, 0.3]]
     targets = torch.tensor([with_soft_targets(g, p) for g, p in zip(MULTI, teacher)])
@@ -325,7 +325,7 @@ def test_distill_loss_multi_label_is_binary_kl_with_the_gradient_of_soft_bce():
 
 
 def test_distill_arguments_are_checked():
-    from minitune.train.losses import DistillLoss
+    from minitune.train.distill_loss import DistillLoss
 
     with pytest.raises(ConfigError, match="distill_alpha.? must be in"):
         DistillLoss(CrossEntropyLoss(), False, 1.5, 2.0)

@@ -34,7 +34,7 @@ from minitune.errors import ConfigError
 from minitune.eval.metrics import classification_report
 from minitune.eval.predictions import read_prediction_records
 from minitune.experiments.ensemble import ensemble_scores, headline, load_member, member_model_dirs, member_scores
-from minitune.train.losses import check_distill_args
+from minitune.train.distill_loss import check_distill_args
 
 CACHE = "teacher_probs.npz"
 

@@ -29,9 +29,10 @@ from minitune.data.tasks import Example, TaskData, label_array
 from minitune.eval.metrics import SELECTION_METRICS
 from minitune.eval.scoring import predict_logits, predict_scores, probabilities, task_report
 from minitune.models.ffnn import build_ffnn
+from minitune.train.distill_loss import DistillLoss, with_soft_targets
 from minitune.train.distributed import gathered_scores, shard_sampler, world_signature
 from minitune.train.loop import LoopConfig, TrainData, fit
-from minitune.train.losses import DistillLoss, task_loss, with_soft_targets
+from minitune.train.losses import task_loss
 from minitune.train.parallel import is_sharded
 
 log = logging.getLogger("minitune")
