@@ -92,11 +92,6 @@ def train(**options) -> TrainResult:
 def run_train(cfg: RunConfig, command: str = "train", teacher=None) -> dict:
     """`command`: train (one model, or one per `seeds`) or cv (k-fold cross-validation, experiments/cv.py).
     `teacher` (experiments/distill.Teacher): the model also learns the teacher's probabilities."""
-    if cfg.head == "generative" and (command == "cv" or cfg.seeds or teacher is not None):
-        raise ConfigError(
-            "`head` generative answers in text: cv, `seeds` and distill average or learn a classifier head's "
-            "probabilities; use `head` classifier"
-        )
     check_command(cfg, command, teacher is not None)
     device = resolve_device(cfg.device)
     distributed.check_launch(cfg.fsdp, cfg.fsdp_cpu_offload, device)
@@ -112,6 +107,11 @@ def run_train(cfg: RunConfig, command: str = "train", teacher=None) -> dict:
 def check_command(cfg: RunConfig, command: str, distill: bool) -> None:
     """Settings that hold for one model but not for the protocols that train several (refused before any work)."""
     several = command == "cv" or bool(cfg.seeds)
+    if cfg.head == "generative" and (several or distill):
+        raise ConfigError(
+            "`head` generative answers in text: cv, `seeds` and distill average or learn a classifier head's "
+            "probabilities; use `head` classifier"
+        )
     if cfg.threshold_split and (several or cfg.head == "generative"):
         raise ConfigError(
             "`threshold_split` tunes one classifier's thresholds on held-out training data; cv tunes them on its "

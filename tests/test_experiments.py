@@ -293,11 +293,13 @@ def test_a_checkpoints_own_config_is_not_a_run_config(tmp_path):
         ("train", ["--seeds", "1", "2", "--threshold-split", "0.2"], "--threshold-split"),
         ("cv", ["--predict-file", "x.csv"], "--predict-file"),
         ("train", ["--seeds", "1", "2", "--predict-file", "x.csv"], "--predict-file"),
+        ("cv", ["--model", "smollm2", "--head", "generative"], "--head generative answers in text"),
+        ("train", ["--seeds", "1", "2", "--model", "smollm2", "--head", "generative"], "--head generative"),
     ],
 )
 def test_single_model_settings_are_refused_by_protocols_of_several(tmp_path, data_dir, capsys, command, extra, flag):
     out = tmp_path / "run"
-    cmd = ([command] if command == "cv" else []) + [*args(data_dir, out, "semeval", 50), *extra]
+    cmd = ([command] if command == "cv" else []) + [*args(data_dir, out, "semeval", 50), *extra]  # last --model wins
     assert main(cmd) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and flag in err[0] and "Traceback" not in err[0]
