@@ -4,6 +4,7 @@
     minitune train --task semeval --model minilm --epochs 3    # the same, named
     minitune predict --model runs/humor-minilm/model --input texts.csv --output preds.csv
     minitune predict --model smollm2 --head generative --task semeval --input tweets.csv --output preds.csv
+    minitune predict --model runs/recipe-mpr-minilm --input questions.jsonl --output answers.csv
     minitune report runs/humor-minilm                          # redraw figures/ and report.html, no model
     minitune export --model runs/humor-minilm/model --format onnx --output model.onnx
 
@@ -127,9 +128,17 @@ def predict_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     p.add_argument("--model", required=True, help="a training run's output directory (or its model/ folder)")
-    p.add_argument("--input", required=True, help=".csv, .tsv, .txt or .jsonl file with the texts")
+    p.add_argument(
+        "--input",
+        required=True,
+        help=".csv, .tsv, .txt or .jsonl file with the texts (a multiple-choice model: .json or .jsonl with a query "
+        "and its options per item)",
+    )
     p.add_argument("--output", required=True, help="CSV file to write")
-    p.add_argument("--text-col", default="text", help="column holding the text")
+    p.add_argument("--text-col", default=None, help="column holding the text (default: text; multiple choice: query)")
+    p.add_argument(
+        "--options-col", default="options", help="multiple choice: the key of the options (a list, or id: text)"
+    )
     p.add_argument("--pair-col", default=None, help="column holding the second segment, if the model used one")
     p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass")
     p.add_argument(
@@ -182,6 +191,7 @@ def run_predict(argv: list[str]) -> Path:
         Path(args.output),
         text_col=args.text_col,
         pair_col=args.pair_col,
+        options_col=args.options_col,
         batch_size=args.batch_size,
         max_length=args.max_length,
         threshold=args.threshold,

@@ -5,7 +5,10 @@ tab-separated .txt reads as it is) or .jsonl, with a text column (and, with `pai
 model needs). The output keeps every input column (an `id` column first when there is one), then the predicted
 label(s) and one probability per label. A plain instruct checkpoint answers with `--head generative` and the
 label set of `--task` or `--labels` (experiments/generative_predict.py). Multi-label models apply the thresholds
-the training run chose on dev (model/thresholds.json), else 0.5. The output is written to a temporary file and
+the training run chose on dev (model/thresholds.json), else 0.5. A multiple-choice model (either scorer) answers
+questions with options instead (.json or .jsonl, data/choices.py): the CSV gives the chosen option's id and text and
+one probability per option. A --seeds, cv or Recipe-MPR run directory predicts with the mean of its members' (or
+fold models') probabilities. The output is written to a temporary file and
 renamed, so a failure leaves no half-written predictions.
 """
 
@@ -17,15 +20,16 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from minitune.checkpoints.load import load_model, load_tokenizer
+from minitune.checkpoints.load import load_model, load_tokenizer, trained_head
 from minitune.config import resolve_device
 from minitune.data.batching import make_collate
+from minitune.data.choices import read_choice_items
 from minitune.data.custom import Columns, read_rows
 from minitune.data.features import tokenize
-from minitune.data.kinds import MULTI_LABEL, SINGLE_LABEL
+from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE, SINGLE_LABEL
 from minitune.data.tasks import Example
 from minitune.errors import ConfigError
-from minitune.eval.predictions import label_predictions, write_predictions
+from minitune.eval.predictions import label_predictions, write_choice_predictions, write_predictions
 from minitune.eval.scoring import predict_scores
 from minitune.experiments.ensemble import MEMBERS, ensemble_scores, member_model_dirs, trained_max_length
 from minitune.experiments.generative import predict_generative
@@ -56,8 +60,9 @@ def predict_file(
     input_path: Path,
     output_path: Path,
     *,
-    text_col: str = "text",
+    text_col: str | None = None,
     pair_col: str | None = None,
+    options_col: str = "options",
     batch_size: int = 64,
     max_length: int | None = None,
     threshold: float | None = None,
@@ -66,12 +71,20 @@ def predict_file(
 ) -> tuple[Path, int]:
     """Label every row of `input_path` with the model at `model_path` (a model/ directory or the run directory
     holding it); write the CSV; return (its path, rows). `max_length` defaults to what the run trained with.
-    `ask`: `model_path` is a plain instruct checkpoint (a directory or an alias) that answers as `ask` says."""
-    if ask is None and (Path(model_path) / MEMBERS).is_file():  # a --seeds or cv run: its members' mean
+    `text_col` defaults to text (multiple choice: query; `options_col` names the options there). `ask`: `model_path`
+    is a plain instruct checkpoint (a directory or an alias) that answers as `ask` says."""
+    choice_args = (input_path, output_path, text_col, options_col, pair_col, threshold, batch_size, max_length, device)
+    if ask is None and (Path(model_path) / MEMBERS).is_file():  # a --seeds, cv or folds run: its members' mean
+        dirs = member_model_dirs(Path(model_path))
+        if trained_head(dirs[0]) == MULTIPLE_CHOICE:
+            return predict_choices(dirs, model_path, *choice_args)
         return predict_ensemble(
             Path(model_path), input_path, output_path, text_col, pair_col, batch_size, max_length, threshold, device
         )
     model_dir = model_dir_of(Path(model_path))
+    if ask is None and not (model_dir / GENERATIVE_FILE).is_file() and trained_head(model_dir) == MULTIPLE_CHOICE:
+        return predict_choices([model_dir], model_path, *choice_args)
+    text_col = text_col or "text"
     generative = (model_dir / GENERATIVE_FILE).is_file()  # a --head generative run's model: it answers in its chat
     if ask is not None and generative and (ask.task or ask.labels):
         raise ConfigError(
@@ -105,6 +118,7 @@ def predict_ensemble(
 ) -> tuple[Path, int]:
     """predict_file for an ensemble or cv directory: every member model scores the rows, their mean is used, with
     the thresholds the ensemble tuned (its thresholds.json)."""
+    text_col = text_col or "text"
     dirs = member_model_dirs(run_dir)
     first = head_model(dirs[0], run_dir)  # refused in one line before the input is read
     multi = first.hf_config.get("problem_type") == "multi_label_classification"
@@ -119,13 +133,40 @@ def predict_ensemble(
     return Path(output_path), len(rows)
 
 
+def predict_choices(
+    model_dirs: list[Path],
+    model_path,
+    input_path,
+    output_path,
+    query_col,
+    options_col,
+    pair_col,
+    threshold,
+    batch_size,
+    max_length,
+    device,
+) -> tuple[Path, int]:
+    """predict_file for multiple-choice models (one, or the members of a run): the mean of their probabilities over
+    each item's options."""
+    if pair_col is not None or threshold is not None:
+        raise ConfigError(
+            f"`model` {model_path} answers questions with options: `pair_col` and `threshold` do not apply; drop them"
+        )
+    items = read_choice_items(Path(input_path), query_col or "query", options_col)
+    examples = [Example(it.query, choices=it.options) for it in items]
+    scores, _ = ensemble_scores(model_dirs, examples, MULTIPLE_CHOICE, batch_size, resolve_device(device), max_length)
+    fields, ids, texts = ([getattr(it, a) for it in items] for a in ("fields", "option_ids", "options"))
+    write_choice_predictions(Path(output_path), fields, ids, texts, scores)
+    return Path(output_path), len(items)
+
+
 def head_model(model_dir: Path, model_path) -> nn.Module:
     """The classifier in `model_dir`, refused in one line when it carries no trained sequence head."""
     model = load_model(model_dir)
     if not model.head_trained:
         raise ConfigError(
-            f"`model` {model_path}: no trained sequence-classification head there (a base checkpoint "
-            "or a multiple-choice model); pass the output directory of a classification run, or ask an instruct "
+            f"`model` {model_path}: no trained sequence-classification head there (a base checkpoint); pass the "
+            "output directory of a classification run, or ask an instruct "
             "decoder with `head` generative and `task` (or `labels`)"
         )
     return model

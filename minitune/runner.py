@@ -278,13 +278,17 @@ def loss_at_best(metrics_path: Path, best_step: int | None) -> dict:
 def saved_note(cfg: RunConfig, out: Path, command: str = "train", kind: str | None = None) -> str:
     """Where the run went and the command that uses it."""
     preds = "test_predictions.csv" if (out / "test_predictions.csv").is_file() else "dev_predictions.csv"
-    ensemble = (out / MEMBERS).is_file()  # seeds or cv: predict averages the members
+    ensemble = (out / MEMBERS).is_file()  # seeds, cv or folds: predict averages the members
     kept = "model/, report.txt, results.json, metrics.jsonl"
     if ensemble:
         kept, preds = f"{MEMBERS}, report.txt, results.json", "oof.csv" if (out / "oof.csv").is_file() else preds
     lines = [f"saved to {out}/ ({kept}, {preds})"]
-    labels_files = (out / "model" / "config.json").is_file() and not (out / "fold0").is_dir() or ensemble
-    if labels_files and kind != MULTIPLE_CHOICE:  # predict reads texts to label, not questions with options
+    if kind == MULTIPLE_CHOICE and (ensemble or (out / "model" / "config.json").is_file()):
+        lines.append(
+            f"answer questions with it: minitune predict --model {out} --input QUESTIONS.jsonl --output "
+            "answers.csv (each line a query and its options)"
+        )
+    elif (out / "model" / "config.json").is_file() and not (out / "fold0").is_dir() or ensemble:
         col = "" if cfg.text_col == "text" else f" --text-col {cfg.text_col}"
         lines.append(
             f"label a file with it: minitune predict --model {out} --input FILE.csv --output predictions.csv{col}"

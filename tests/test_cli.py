@@ -491,7 +491,7 @@ def test_multiple_choice_model_reloads_with_its_trained_head(tmp_path, data_dir)
     model = minitune.load_model(out / "model", head="multiple_choice")
     assert model.head_trained and torch.equal(model.classifier.weight, saved)
     r = run_cli("predict", "--model", str(out / "model"), "--input", "x.csv", "--output", str(tmp_path / "p.csv"))
-    assert r.returncode == 2 and "no trained sequence-classification head" in r.stderr
+    assert r.returncode == 2 and "x.csv: a multiple-choice model reads .json or .jsonl" in r.stderr
 
 
 def test_library_errors_name_their_parameter_and_the_cli_the_flag():

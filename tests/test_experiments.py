@@ -328,7 +328,7 @@ def test_bi_encoder_cv_and_seed_members_score_as_they_trained(tmp_path, data_dir
     base = ["--task", "recipe-mpr", "--model", "minilm", "--data-dir", str(data_dir), "--max-train-samples", "40"]
     assert main(["cv", *base, "--folds", "2", "--epochs", "1", "--seeds", "1", "2", "--output-dir", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "minitune cv --resume" in printed and "minitune predict" not in printed  # predict takes no options
+    assert "minitune cv --resume" in printed and f"minitune predict --model {out} --input QUESTIONS.jsonl" in printed
     members = [out / "seed1", out / "seed2"]
     np.testing.assert_allclose(scores(out)["oof"], np.mean([scores(m)["oof"] for m in members], axis=0))
     fold_dir = out / "seed1" / "fold0"

@@ -130,10 +130,23 @@ def load_model(
     return model.eval()
 
 
+def _resolved_config(name_or_path) -> tuple[Path, dict]:
+    path = resolve_model(str(name_or_path))
+    return path, gguf_to_hf_config(read_gguf(path)) if path.suffix.lower() == ".gguf" else read_config(path)
+
+
+def trained_head(name_or_path) -> str:
+    """The head a saved classifier was trained as: multiple_choice (a transformers multiple-choice class, or a model
+    minitune saved with a choice scorer), else sequence."""
+    hf = _resolved_config(name_or_path)[1]
+    architectures = hf.get("architectures") or []
+    multiple = hf.get("minitune_choice_scorer") or any(a.endswith("ForMultipleChoice") for a in architectures)
+    return "multiple_choice" if multiple else "sequence"
+
+
 def choice_scorer_for(name_or_path, choice_scorer: str = "auto") -> str:
     """cross or bi: how load_model will score a multiple-choice head of this checkpoint (read from its files)."""
-    path = resolve_model(str(name_or_path))
-    hf = gguf_to_hf_config(read_gguf(path)) if path.suffix.lower() == ".gguf" else read_config(path)
+    path, hf = _resolved_config(name_or_path)
     family = family_for(hf.get("model_type"), path)
     declared = _declared_for_head(path, hf, family, "multiple_choice")[0]  # decided as load_model decides it
     return resolve_pooling(family, hf, declared, "auto", "multiple_choice", choice_scorer)[1]

@@ -35,10 +35,7 @@ def write_predictions(
     path: Path, records: Sequence[dict], labels: list[str], scores: np.ndarray, names: list[str], header: str
 ) -> None:
     """CSV: the records' columns (an id column first when present), the label column `header`, then prob_<label>."""
-    columns = list(dict.fromkeys(k for r in records for k in r))
-    ids = [c for c in columns if c.lower() == "id"]
-    if ids:  # an id column first, so the file joins back to its input (or goes straight to a leaderboard)
-        columns.insert(0, columns.pop(columns.index(ids[0])))
+    columns = record_columns(records)
 
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -46,6 +43,36 @@ def write_predictions(
             w.writerow([*columns, header, *(f"prob_{n}" for n in names)])
             for record, label, p in zip(records, labels, scores):
                 w.writerow([*(record.get(c, "") for c in columns), label, *(f"{v:.6f}" for v in p)])
+
+    atomic_write(path, write)
+
+
+def record_columns(records: Sequence[dict]) -> list[str]:
+    """Every key of the records, an id column first when present, so the file joins back to its input (or goes
+    straight to a leaderboard)."""
+    columns = list(dict.fromkeys(k for r in records for k in r))
+    ids = [c for c in columns if c.lower() == "id"]
+    if ids:
+        columns.insert(0, columns.pop(columns.index(ids[0])))
+    return columns
+
+
+def write_choice_predictions(
+    path: Path, records: Sequence[dict], option_ids: Sequence[list[str]], options: Sequence[list[str]], scores
+) -> None:
+    """Multiple choice: the records' columns, the chosen option's id (`choice`) and text (`choice_text`), then
+    prob_0.. for the options in the input's order (empty past an item's own options)."""
+    columns = record_columns(records)
+    width = scores.shape[1]
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow([*columns, "choice", "choice_text", *(f"prob_{i}" for i in range(width))])
+            for record, ids, texts, p in zip(records, option_ids, options, scores):
+                best = int(np.nanargmax(p))
+                probs = ("" if np.isnan(v) else f"{v:.6f}" for v in p)
+                w.writerow([*(record.get(c, "") for c in columns), ids[best], texts[best], *probs])
 
     atomic_write(path, write)
 

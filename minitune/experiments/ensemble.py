@@ -111,7 +111,16 @@ def load_member(model_dir: Path, kind: str, device, max_length: int | None = Non
 
 
 def member_scores(member: Member, examples: list[Example], kind: str, batch_size: int, device) -> np.ndarray:
-    """One model's probabilities (N, C) on examples, with its own tokenizer and max_length."""
+    """One model's probabilities (N, C) on examples, with its own tokenizer and max_length. Multiple-choice items
+    with different numbers of options cannot share a batch: each count is scored apart, and an item's columns past
+    its own options are NaN."""
+    counts = [len(ex.choices or ()) for ex in examples] if kind == MULTIPLE_CHOICE else []
+    if len(set(counts)) > 1:
+        out = np.full((len(examples), max(counts)), np.nan)
+        for c in sorted(set(counts)):
+            rows = [i for i, n in enumerate(counts) if n == c]
+            out[rows, :c] = member_scores(member, [examples[i] for i in rows], kind, batch_size, device)
+        return out
     bi = getattr(member.model, "choice_scorer", None) == "bi"  # a bi-encoder embeds query and options alone
     features = tokenize(examples, member.tokenizer, kind, member.max_length, bi)
     collate_fn = make_collate("dynamic", member.max_length, member.tokenizer.pad_token_id)

@@ -9,7 +9,8 @@ task on this loop.
 
 Recipe-MPR (`run_folds`): train on each published fold's train part, score its test part; report accuracy over
 all folds' test parts, beside the always-pick-the-first-option baseline. A further --test-file is scored by the
-mean of the fold models' probabilities (their ensemble). Every item's prediction by the fold model that did not
+mean of the fold models' probabilities (their ensemble), and so is `minitune predict` on the run directory, which
+members.json lists the fold models for. Every item's prediction by the fold model that did not
 train on it goes to test_predictions.csv; fold 0's model is also copied to model/.
 """
 
@@ -33,6 +34,7 @@ from minitune.data.splits import holdout_examples, subsample
 from minitune.data.tasks import Example, TaskData, label_array
 from minitune.eval.predictions import write_example_predictions, write_prediction_records
 from minitune.eval.scoring import task_report
+from minitune.experiments.ensemble import write_members
 from minitune.experiments.trial import bi_encoder, mean_start, score, start_row, train_once
 from minitune.train.distributed import is_main
 from minitune.train.parallel import consolidated
@@ -173,6 +175,7 @@ def run_folds(
     if is_main():
         shutil.rmtree(out / "model", ignore_errors=True)  # an earlier run's model/ is not fold 0's
         shutil.copytree(out / "fold0" / "model", out / "model")
+        write_members(out, "folds", [f"fold{k}" for k in range(len(outcomes))])  # predict: the folds' mean
         write_example_predictions(out / "test_predictions.csv", task, fold_ex, scores, None)  # every item, once
         write_prediction_records(out, "test", fold_ex, label_array(task, fold_ex), scores)
     file_scores = [o.extra["test_file"] for o in outcomes if "test_file" in o.extra]
