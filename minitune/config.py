@@ -157,6 +157,11 @@ class RunConfig:
         "embeddings); auto: bi when the checkpoint declares a sentence-embedding pooling",
         ("auto", "cross", "bi"),
     )
+    in_batch_negatives: bool = opt(
+        False,
+        "multiple choice with --choice-scorer bi: while training, the other items' options in the batch are "
+        "negatives too (sentence-transformers' MultipleNegativesRankingLoss)",
+    )
     head: str = opt(
         "classifier",
         "classifier: a classification head on the model; generative: an instruct decoder answers in its chat "
@@ -381,6 +386,12 @@ def _check_combinations(cfg: RunConfig) -> None:
     _check(
         cfg.model != "ffnn" or (cfg.pooling == "auto" and cfg.choice_scorer != "bi"),
         "`model` ffnn averages its word vectors itself: drop `pooling` and `choice_scorer` bi",
+    )
+    _check(
+        not cfg.in_batch_negatives
+        or (cfg.head == "classifier" and cfg.choice_scorer != "cross" and cfg.model != "ffnn"),
+        "`in_batch_negatives` trains a bi-encoder on multiple choice: drop it, or use `choice_scorer` bi (auto) with "
+        "a transformer `model` and `head` classifier",
     )
     _check(
         not (cfg.fsdp and cfg.quantize),

@@ -122,6 +122,10 @@ def check_command(cfg: RunConfig, command: str, distill: bool) -> None:
             "`predict_file` labels rows with the one model of a run; for cv and `seeds` label them afterwards with "
             "`minitune predict --model OUTPUT_DIR`, which averages the members: drop `predict_file`"
         )
+    if distill and cfg.in_batch_negatives:
+        raise ConfigError(
+            "distill matches the teacher's probabilities over each item's own options: drop `in_batch_negatives`"
+        )
     if distill and cfg.seeds:
         raise ConfigError("distill trains one student: drop `seeds` (distil from a `seeds` run as the teacher instead)")
 

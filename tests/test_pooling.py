@@ -248,3 +248,45 @@ def test_a_transformers_choice_head_beside_declared_pooling_stays_a_cross_encode
     for f in ("modules.json", "1_Pooling"):
         (bare / f).symlink_to(path / f)
     assert choice_scorer_for(bare) == "bi" and minitune.load_model(bare, head="multiple_choice").choice_scorer == "bi"
+
+
+def test_in_batch_negatives_add_the_other_items_options_while_training_only(minilm):
+    _, tok = minilm
+    model = minitune.load_model("minilm", head="multiple_choice")
+    model.in_batch_negatives = True
+    for m in model.modules():  # training mode without dropout's noise, to compare with a hand computation
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if hasattr(m, "attn_dropout"):
+            m.attn_dropout = 0.0
+    examples = choice_examples()
+    b = collate(tokenize(examples, tok, MULTIPLE_CHOICE, 64, bi=True), pad_id=tok.pad_token_id)
+    args = (b["input_ids"], b["attention_mask"], b.get("token_type_ids"))
+    with torch.no_grad():
+        evaluated = model.eval()(*args)
+        trained = model.train()(*args)
+        model.eval()
+        embedded = []
+        for ex in examples:
+            enc = tok([ex.text, *ex.choices], max_length=64)
+            embedded.append(model.embed(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]))
+    assert evaluated.shape == (2, 3) and trained.shape == (2, 6)
+    for i, j in ((0, 1), (1, 0)):  # item i's query against its own options first (the target's positions), then j's
+        options = torch.cat([embedded[i][1:], embedded[j][1:]])
+        expected = BI_SCALE * torch.nn.functional.cosine_similarity(embedded[i][:1], options)
+        torch.testing.assert_close(trained[i], expected, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(evaluated[i], expected[:3], atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "task, extra",
+    [("humor", []), ("recipe-mpr", ["--choice-scorer", "cross"]), ("recipe-mpr", ["--model", "ffnn"])],
+)
+def test_in_batch_negatives_are_refused_where_no_bi_encoder_trains(tmp_path, data_dir, capsys, task, extra):
+    from minitune.cli import main
+
+    out = tmp_path / "run"
+    cmd = ["--task", task, "--data-dir", str(data_dir), "--output-dir", str(out), "--in-batch-negatives", *extra]
+    assert main(cmd) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --in-batch-negatives trains a bi-encoder") and not out.exists()

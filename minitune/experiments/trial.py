@@ -26,6 +26,7 @@ from minitune.data.batching import length_of, make_collate, make_sampler
 from minitune.data.features import oversample_rare, tokenize
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE
 from minitune.data.tasks import Example, TaskData, label_array
+from minitune.errors import ConfigError
 from minitune.eval.metrics import SELECTION_METRICS
 from minitune.eval.scoring import predict_logits, predict_scores, probabilities, task_report
 from minitune.models.ffnn import build_ffnn
@@ -86,6 +87,8 @@ def bi_encoder(cfg: RunConfig, task: TaskData) -> bool:
 
 
 def build_model(cfg: RunConfig, task: TaskData, tokenizer) -> nn.Module:
+    if cfg.in_batch_negatives and not bi_encoder(cfg, task):
+        raise ConfigError("`in_batch_negatives` trains a bi-encoder: a multiple-choice task with `choice_scorer` bi")
     head = "multiple_choice" if task.kind == MULTIPLE_CHOICE else "sequence"
     num_labels = None if head == "multiple_choice" else task.num_labels
     if cfg.model == "ffnn":
@@ -93,6 +96,7 @@ def build_model(cfg: RunConfig, task: TaskData, tokenizer) -> nn.Module:
     model = load_model(
         cfg.model, num_labels, head, quantize=cfg.quantize, pooling=cfg.pooling, choice_scorer=cfg.choice_scorer
     )
+    model.in_batch_negatives = cfg.in_batch_negatives
     if model.hf_config.get("pad_token_id") is None and tokenizer.pad_token_id is not None:
         # Saved with the model so transformers, which pools at the last non-pad token, reads the same pad id.
         log.warning(

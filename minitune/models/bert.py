@@ -186,6 +186,7 @@ class BertClassifier(Classifier):
         self.cfg, self.head, self.num_labels = cfg, head, num_labels
         self.pooling, self.normalize = pooling, False
         self.choice_scorer = choice_scorer if head == "multiple_choice" else None
+        self.in_batch_negatives = False  # bi: the batch's other options as negatives while training (bi_scores)
         self.base_prefix = cfg.prefix
         p = cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob
         self.dropout = nn.Dropout(p)
@@ -212,7 +213,8 @@ class BertClassifier(Classifier):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         if self.choice_scorer == "bi":
-            return bi_scores(self.embed, input_ids, attention_mask, token_type_ids)  # (B, C)
+            in_batch = self.training and self.in_batch_negatives
+            return bi_scores(self.embed, input_ids, attention_mask, token_type_ids, in_batch)  # (B, C), see bi_scores
         shape = input_ids.shape
         input_ids, attention_mask, token_type_ids = flatten_choices(input_ids, attention_mask, token_type_ids)
         if self.pooling != "cls":

@@ -46,7 +46,7 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, mode: str) -
     raise ValueError(f"unknown pooling mode {mode!r}")
 
 
-def bi_scores(embed, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+def bi_scores(embed, input_ids, attention_mask=None, token_type_ids=None, in_batch: bool = False) -> torch.Tensor:
     """Multiple choice as sentence-embedding similarity: logit_c = BI_SCALE * cos(query, option_c).
 
     Input (B, 1 + C, T): row 0 of each item is the query alone, rows 1..C its options alone (data/features.py), so
@@ -54,6 +54,10 @@ def bi_scores(embed, input_ids, attention_mask=None, token_type_ids=None) -> tor
     not learned: it only sets how sharp the softmax is (the ranking, hence accuracy, does not depend on it), the
     checkpoint was trained at this scale, and a fixed scale leaves nothing outside the sentence-transformers layout
     to save.
+
+    `in_batch` (training): every other item's options in the batch are negatives too, as sentence-transformers'
+    MultipleNegativesRankingLoss trains: logits (B, C + (B - 1) * C), the item's own options first, so the target
+    is still the answer's position among them.
     """
     B, R, T = input_ids.shape  # R = 1 + C
 
@@ -62,4 +66,10 @@ def bi_scores(embed, input_ids, attention_mask=None, token_type_ids=None) -> tor
 
     e = embed(flat(input_ids), flat(attention_mask), flat(token_type_ids)).view(B, R, -1)  # (B, R, H)
     e = F.normalize(e, dim=-1)  # cosine, whether or not the embedding is normalised already
-    return BI_SCALE * torch.einsum("bh,bch->bc", e[:, 0], e[:, 1:])  # (B, C)
+    query, options = e[:, 0], e[:, 1:]  # (B, H), (B, C, H)
+    own = BI_SCALE * torch.einsum("bh,bch->bc", query, options)  # (B, C)
+    if not in_batch or B == 1:
+        return own
+    every = BI_SCALE * query @ options.reshape(-1, e.shape[-1]).T  # (B, B*C): each query against every option
+    others = ~torch.eye(B, dtype=torch.bool, device=e.device)
+    return torch.cat([own, every.view(B, B, R - 1)[others].view(B, -1)], dim=1)  # (B, C + (B-1)*C)
