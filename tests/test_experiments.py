@@ -306,10 +306,13 @@ def test_single_model_settings_are_refused_by_protocols_of_several(tmp_path, dat
     assert not out.exists()  # refused before anything was written
 
 
-def test_recipe_mpr_distillation_does_not_score_the_teacher_on_items_it_trained_on(data_dir, tmp_path):
+def test_recipe_mpr_distillation_does_not_score_the_teacher_on_items_it_trained_on(data_dir, tmp_path, capsys):
     teacher, student = tmp_path / "teacher", tmp_path / "student"
     assert main([*args(data_dir, teacher, "recipe-mpr", 60), "--folds", "1", "--epochs", "1"]) == 0
     a = args(data_dir, student, "recipe-mpr", 60, "--folds", "1", "--epochs", "1")
+    refused = ["distill", "--teacher", str(teacher), *a, "--model", "minilm", "--in-batch-negatives"]
+    assert main(refused) == 2  # the student's training logits reach past the teacher's options
+    assert "drop --in-batch-negatives" in capsys.readouterr().err and not student.exists()
     assert main(["distill", "--teacher", str(teacher), *a]) == 0
     summary = json.loads((student / "distill.json").read_text())
     assert summary["split"] == "test" and "accuracy" not in summary["rows"]["teacher"]
