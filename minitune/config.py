@@ -387,11 +387,16 @@ def _check_combinations(cfg: RunConfig) -> None:
         cfg.model != "ffnn" or (cfg.pooling == "auto" and cfg.choice_scorer != "bi"),
         "`model` ffnn averages its word vectors itself: drop `pooling` and `choice_scorer` bi",
     )
+    bi_possible = cfg.task == "recipe-mpr" and cfg.head == "classifier" and cfg.choice_scorer != "cross"
     _check(
-        not cfg.in_batch_negatives
-        or (cfg.head == "classifier" and cfg.choice_scorer != "cross" and cfg.model != "ffnn"),
-        "`in_batch_negatives` trains a bi-encoder on multiple choice: drop it, or use `choice_scorer` bi (auto) with "
-        "a transformer `model` and `head` classifier",
+        not cfg.in_batch_negatives or (bi_possible and cfg.model != "ffnn"),
+        "`in_batch_negatives` trains a bi-encoder on multiple choice (recipe-mpr, `choice_scorer` bi or auto, a "
+        "transformer `model`, `head` classifier): drop `in_batch_negatives`",
+    )
+    _check(
+        not (cfg.in_batch_negatives and (cfg.class_weights != "none" or cfg.label_smoothing)),
+        "`class_weights` and `label_smoothing` spread over the item's options, and `in_batch_negatives` adds columns "
+        "past them (some -inf): drop one",
     )
     _check(
         not (cfg.fsdp and cfg.quantize),

@@ -32,7 +32,7 @@ from minitune.errors import ConfigError
 from minitune.eval.predictions import label_predictions, write_choice_predictions, write_predictions
 from minitune.eval.scoring import predict_scores
 from minitune.experiments.ensemble import MEMBERS, ensemble_scores, member_model_dirs, trained_max_length
-from minitune.experiments.generative import predict_generative
+from minitune.experiments.generative import generative_meta, predict_generative
 from minitune.experiments.generative_predict import PlainAsk, label_task, predict_plain
 from minitune.experiments.instruct import GENERATIVE_FILE
 
@@ -73,17 +73,20 @@ def predict_file(
     holding it); write the CSV; return (its path, rows). `max_length` defaults to what the run trained with.
     `text_col` defaults to text (multiple choice: query; `options_col` names the options there). `ask`: `model_path`
     is a plain instruct checkpoint (a directory or an alias) that answers as `ask` says."""
-    choice_args = (input_path, output_path, text_col, options_col, pair_col, threshold, batch_size, max_length, device)
+    choice_args = dict(
+        query_col=text_col, options_col=options_col, pair_col=pair_col, threshold=threshold, batch_size=batch_size
+    )
+    choice_args |= dict(max_length=max_length, device=device)
     if ask is None and (Path(model_path) / MEMBERS).is_file():  # a --seeds, cv or folds run: its members' mean
         dirs = member_model_dirs(Path(model_path))
         if trained_head(dirs[0]) == MULTIPLE_CHOICE:
-            return predict_choices(dirs, model_path, *choice_args)
+            return predict_choices(dirs, model_path, input_path, output_path, **choice_args)
         return predict_ensemble(
             Path(model_path), input_path, output_path, text_col, pair_col, batch_size, max_length, threshold, device
         )
     model_dir = model_dir_of(Path(model_path))
     if ask is None and not (model_dir / GENERATIVE_FILE).is_file() and trained_head(model_dir) == MULTIPLE_CHOICE:
-        return predict_choices([model_dir], model_path, *choice_args)
+        return predict_choices([model_dir], model_path, input_path, output_path, **choice_args)
     text_col = text_col or "text"
     generative = (model_dir / GENERATIVE_FILE).is_file()  # a --head generative run's model: it answers in its chat
     if ask is not None and generative and (ask.task or ask.labels):
@@ -91,6 +94,8 @@ def predict_file(
             f"`model` {model_path} was tuned by a --head generative run, which saved its labels: drop `task`/`labels`"
         )
     plain = ask is not None and not generative
+    if generative:
+        generative_meta(model_dir)  # refused before the input is read
     if not plain:
         max_length = max_length or trained_max_length(model_dir)
     model = None if generative or plain else head_model(model_dir, model_path)  # a wrong model: before the input
@@ -138,13 +143,14 @@ def predict_choices(
     model_path,
     input_path,
     output_path,
-    query_col,
-    options_col,
-    pair_col,
-    threshold,
-    batch_size,
-    max_length,
-    device,
+    *,
+    query_col: str | None,
+    options_col: str,
+    pair_col: str | None,
+    threshold: float | None,
+    batch_size: int,
+    max_length: int | None,
+    device: str,
 ) -> tuple[Path, int]:
     """predict_file for multiple-choice models (one, or the members of a run): the mean of their probabilities over
     each item's options."""

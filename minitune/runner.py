@@ -51,6 +51,7 @@ from minitune.experiments.ensemble import MEMBERS, run_seeds, save_scores
 from minitune.experiments.folds import run_folds
 from minitune.experiments.generative import run_generative
 from minitune.experiments.generative_folds import run_generative_folds
+from minitune.experiments.instruct import GENERATIVE_FILE
 from minitune.experiments.trial import bi_encoder, build_loss, score, train_once
 from minitune.models import family_for
 from minitune.models.decoder import MODEL_TYPES as DECODER_TYPES
@@ -137,6 +138,8 @@ def _train(cfg: RunConfig, inputs: RunInputs, device: torch.device, command: str
         return report_finished(out)
     fresh = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume:  # an earlier run's members are not this run's: predict would average them
+        (out / MEMBERS).unlink(missing_ok=True)
     if main:
         print_config(cfg)
         atomic_write_text(out / "config.json", dump(cfg) + "\n")
@@ -283,16 +286,19 @@ def saved_note(cfg: RunConfig, out: Path, command: str = "train", kind: str | No
     """Where the run went and the command that uses it."""
     preds = "test_predictions.csv" if (out / "test_predictions.csv").is_file() else "dev_predictions.csv"
     ensemble = (out / MEMBERS).is_file()  # seeds, cv or folds: predict averages the members
+    model = (out / "model" / "config.json").is_file()
     kept = "model/, report.txt, results.json, metrics.jsonl"
     if ensemble:
-        kept, preds = f"{MEMBERS}, report.txt, results.json", "oof.csv" if (out / "oof.csv").is_file() else preds
+        kept = f"{MEMBERS}, {'model/ (fold 0), ' if model else ''}report.txt, results.json"
+        preds = "oof.csv" if (out / "oof.csv").is_file() else preds
     lines = [f"saved to {out}/ ({kept}, {preds})"]
-    if kind == MULTIPLE_CHOICE and (ensemble or (out / "model" / "config.json").is_file()):
-        lines.append(
-            f"answer questions with it: minitune predict --model {out} --input QUESTIONS.jsonl --output "
-            "answers.csv (each line a query and its options)"
-        )
-    elif (out / "model" / "config.json").is_file() and not (out / "fold0").is_dir() or ensemble:
+    if kind == MULTIPLE_CHOICE:  # predict puts no questions with options to a generative model
+        if (ensemble or model) and not (out / "model" / GENERATIVE_FILE).is_file():
+            lines.append(
+                f"answer questions with it: minitune predict --model {out} --input QUESTIONS.jsonl --output "
+                "answers.csv (each line a query and its options)"
+            )
+    elif ensemble or (model and not (out / "fold0").is_dir()):
         col = "" if cfg.text_col == "text" else f" --text-col {cfg.text_col}"
         lines.append(
             f"label a file with it: minitune predict --model {out} --input FILE.csv --output predictions.csv{col}"

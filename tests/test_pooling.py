@@ -278,15 +278,42 @@ def test_in_batch_negatives_add_the_other_items_options_while_training_only(mini
         torch.testing.assert_close(evaluated[i], expected[:3], atol=1e-4, rtol=1e-5)
 
 
+BI_ONLY = "error: --in-batch-negatives trains a bi-encoder"
+
+
 @pytest.mark.parametrize(
-    "task, extra",
-    [("humor", []), ("recipe-mpr", ["--choice-scorer", "cross"]), ("recipe-mpr", ["--model", "ffnn"])],
+    "task, extra, message",
+    [
+        ("humor", [], BI_ONLY),
+        ("recipe-mpr", ["--choice-scorer", "cross"], BI_ONLY),
+        ("recipe-mpr", ["--model", "ffnn"], BI_ONLY),
+        ("recipe-mpr", ["--class-weights", "balanced"], "error: --class-weights and --label-smoothing spread"),
+        ("recipe-mpr", ["--label-smoothing", "0.1"], "error: --class-weights and --label-smoothing spread"),
+    ],
 )
-def test_in_batch_negatives_are_refused_where_no_bi_encoder_trains(tmp_path, data_dir, capsys, task, extra):
+def test_in_batch_negatives_are_refused_where_no_bi_encoder_trains(tmp_path, data_dir, capsys, task, extra, message):
     from minitune.cli import main
 
     out = tmp_path / "run"
     cmd = ["--task", task, "--data-dir", str(data_dir), "--output-dir", str(out), "--in-batch-negatives", *extra]
     assert main(cmd) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: --in-batch-negatives trains a bi-encoder") and not out.exists()
+    assert len(err) == 1 and err[0].startswith(message) and not out.exists()
+
+
+def test_in_batch_order_for_three_items_and_a_shared_option_text_left_out():
+    from minitune.models.pooling import bi_scores
+
+    torch.manual_seed(0)
+    table = torch.randn(50, 8)
+    ids = torch.randint(1, 50, (3, 1 + 4, 6))  # (B, 1 + C, T)
+    ids[2, 3] = ids[0, 1]  # item 2's option 2 has the same tokens as item 0's option 0 (Recipe-MPR reuses texts)
+    logits = bi_scores(lambda i, m, t: table[i].mean(1), ids, in_batch=True)
+    e = torch.nn.functional.normalize(table[ids].mean(2), dim=-1)  # (B, 1 + C, H)
+    for i in range(3):
+        order = [i] + [j for j in range(3) if j != i]  # its own options first, then the others' in batch order
+        expected = BI_SCALE * torch.cat([e[j, 1:] @ e[i, 0] for j in order])
+        shared = {0: 4 + 4 + 2, 2: 4 + 0}  # where the other item's copy of one of its own options sits
+        if i in shared:  # it may be this item's answer: no negative
+            expected[shared[i]] = float("-inf")
+        torch.testing.assert_close(logits[i], expected, atol=1e-5, rtol=1e-5)

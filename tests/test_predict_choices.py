@@ -106,6 +106,7 @@ def test_predict_on_a_recipe_mpr_run_is_the_mean_of_its_fold_models(tmp_path, da
         ('{"question": "x", "options": ["a", "b"]}\n', "q.jsonl", ["--text-col", "question"], None),
         ('{"query": "x", "options": "a, b"}\n', "q.jsonl", [], "name the options' key with --options-col"),
         ('[{"query": "x", "options": ["a"]}]', "q.json", [], "item 0: 'options' needs two or more"),
+        ('{"query": "x", "options": {"a": "one", "a": "two", "b": "three"}}\n', "q.jsonl", [], "id 'a' appears twice"),
         ('{"query": "x", "options": ["a", "b"]}\n', "q.jsonl", ["--threshold", "0.3"], "--threshold do not apply"),
     ],
 )
@@ -123,3 +124,31 @@ def test_question_files_and_flags_are_checked_in_one_line(tmp_path, content, nam
         assert code == 0 and read_csv(output)[0]["question"] == "x"
         return
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and not output.exists()
+
+
+def test_a_new_run_in_a_folds_run_directory_drops_its_members(tmp_path, data_dir):
+    out = tmp_path / "run"
+    base = ["--data-dir", str(data_dir), "--output-dir", str(out), "--model", "ffnn", "--epochs", "1"]
+    assert main([*base, "--task", "recipe-mpr", "--folds", "2", "--max-train-samples", "40"]) == 0
+    assert (out / "members.json").is_file()
+    assert main([*base, "--task", "humor", "--max-train-samples", "40", "--max-eval-samples", "20"]) == 0
+    assert not (out / "members.json").exists()  # else predict would average the old fold models
+    texts = tmp_path / "t.csv"
+    texts.write_text("text\nWhy did the chicken cross the road?\n")
+    predict_file(out, texts, tmp_path / "p.csv")
+    assert read_csv(tmp_path / "p.csv")[0]["label"] in ("humor", "not_humor")
+
+
+def test_a_generative_multiple_choice_model_gets_no_questions_hint_and_is_refused_first(tmp_path):
+    from minitune.config import RunConfig
+    from minitune.errors import ConfigError
+    from minitune.runner import saved_note
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "generative.json").write_text(json.dumps({"kind": "multiple_choice"}))
+    note = saved_note(RunConfig(task="recipe-mpr", head="generative"), tmp_path, "train", "multiple_choice")
+    assert "minitune predict" not in note
+    with pytest.raises(ConfigError, match="a --head generative multiple-choice model"):
+        predict_file(tmp_path, tmp_path / "missing.jsonl", tmp_path / "a.csv", ask=None)

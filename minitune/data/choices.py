@@ -39,13 +39,23 @@ def read_choice_items(path: Path, query_key: str = "query", options_key: str = "
     if suffix not in SUFFIXES:
         raise data_error(path, None, f"a multiple-choice model reads .json or .jsonl, not {suffix or '(none)'!r}", fix)
     if suffix == ".json":
-        records = read_json(path)
+        records = read_json(path, _KeyCounts)
         if not isinstance(records, list) or not records:
             raise data_error(path, None, "expected a non-empty JSON array of items", fix)
         numbered = [(None, i, r) for i, r in enumerate(records)]
     else:
-        numbered = [(line, None, r) for line, r in read_jsonl(path)]
+        numbered = [(line, None, r) for line, r in read_jsonl(path, _KeyCounts)]
     return [_item(path, line, index, record, query_key, options_key) for line, index, record in numbered]
+
+
+class _KeyCounts(dict):
+    """A JSON object that remembers a key it held twice (json keeps the last value silently): two options with one
+    id would otherwise lose one of them."""
+
+    def __init__(self, pairs):
+        super().__init__(pairs)
+        keys = [k for k, _ in pairs]
+        self.repeated = next((k for k in keys if keys.count(k) > 1), None)
 
 
 def _item(path: Path, line: int | None, index: int | None, record: Any, query_key: str, options_key: str) -> ChoiceItem:
@@ -58,6 +68,8 @@ def _item(path: Path, line: int | None, index: int | None, record: Any, query_ke
     if not isinstance(query, str) or not query.strip():
         present = ", ".join(repr(k) for k in record)
         raise error(f"missing or empty {query_key!r} (keys present: {present})", "name the query's key with `text_col`")
+    if isinstance(options, _KeyCounts) and options.repeated is not None:
+        raise error(f"option id {options.repeated!r} appears twice in {options_key!r}", "give every option its own id")
     if isinstance(options, dict):
         ids, texts = [str(k) for k in options], list(options.values())
     elif isinstance(options, list):

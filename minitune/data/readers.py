@@ -131,24 +131,24 @@ def _kind(delimiter: str) -> str:
     return "TSV" if delimiter == "\t" else "CSV"
 
 
-def read_json(path: Path) -> Any:
-    """A whole-file JSON document."""
+def read_json(path: Path, object_pairs_hook=None) -> Any:
+    """A whole-file JSON document (`object_pairs_hook`: as json.loads takes it)."""
     try:
-        return json.loads(read_text(path))
+        return json.loads(read_text(path), object_pairs_hook=object_pairs_hook)
     except json.JSONDecodeError as exc:
         raise data_error(
             path, exc.lineno, f"invalid JSON ({exc.msg} at column {exc.colno})", "fix the JSON syntax"
         ) from None
 
 
-def read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """JSON Lines: one object per non-blank line, as (line number, object)."""
+def read_jsonl(path: Path, object_pairs_hook=None) -> list[tuple[int, dict[str, Any]]]:
+    """JSON Lines: one object per non-blank line, as (line number, object) (`object_pairs_hook`: as json.loads)."""
     records = []
     for number, raw in enumerate(read_text(path).splitlines(), start=1):
         if not raw.strip():
             continue
         try:
-            record = json.loads(raw)
+            record = json.loads(raw, object_pairs_hook=object_pairs_hook)
         except json.JSONDecodeError as exc:
             raise data_error(
                 path, number, f"invalid JSON ({exc.msg} at column {exc.colno})", "write one JSON object per line"

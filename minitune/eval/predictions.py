@@ -70,8 +70,8 @@ def write_choice_predictions(
             w = csv.writer(f)
             w.writerow([*columns, "choice", "choice_text", *(f"prob_{i}" for i in range(width))])
             for record, ids, texts, p in zip(records, option_ids, options, scores):
-                best = int(np.nanargmax(p))
-                probs = ("" if np.isnan(v) else f"{v:.6f}" for v in p)
+                best = int(np.nanargmax(p[: len(ids)]))
+                probs = (f"{v:.6f}" if i < len(ids) else "" for i, v in enumerate(p))
                 w.writerow([*(record.get(c, "") for c in columns), ids[best], texts[best], *probs])
 
     atomic_write(path, write)

@@ -270,14 +270,24 @@ def run_generative(
     return results
 
 
+def generative_meta(model_dir: Path) -> dict:
+    """What a --head generative run saved beside its model (generative.json); refused for multiple choice, whose
+    questions with options predict does not put to a generative model."""
+    meta = json.loads((model_dir / GENERATIVE_FILE).read_text(encoding="utf-8"))
+    if meta["kind"] == MULTIPLE_CHOICE:
+        raise ConfigError(
+            f"`model` {model_dir}: a --head generative multiple-choice model; predict does not ask it questions "
+            "with options: score labelled items with `test_file` in a training run"
+        )
+    return meta
+
+
 def predict_generative(
     model_dir: Path, examples: list[Example], batch_size: int, max_length: int | None, device: torch.device
 ) -> tuple[list[str], bool, np.ndarray]:
     """A model saved by a --head generative run answers `examples` as it was tuned to: (label names, whether
     multi-label, scores (N, C))."""
-    meta = json.loads((model_dir / GENERATIVE_FILE).read_text(encoding="utf-8"))
-    if meta["kind"] == MULTIPLE_CHOICE:
-        raise ConfigError(f"`model` {model_dir}: predict does not take multiple-choice files; evaluate with train")
+    meta = generative_meta(model_dir)
     task = TaskData("predict", meta["kind"], meta["label_names"], [], [])
     cfg = RunConfig(
         model=str(model_dir),

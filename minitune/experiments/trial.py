@@ -88,7 +88,10 @@ def bi_encoder(cfg: RunConfig, task: TaskData) -> bool:
 
 def build_model(cfg: RunConfig, task: TaskData, tokenizer) -> nn.Module:
     if cfg.in_batch_negatives and not bi_encoder(cfg, task):
-        raise ConfigError("`in_batch_negatives` trains a bi-encoder: a multiple-choice task with `choice_scorer` bi")
+        raise ConfigError(
+            f"`in_batch_negatives` trains a bi-encoder, and `model` {cfg.model} declares no sentence-embedding pooling "
+            "(it would score options as a cross-encoder): add `choice_scorer` bi, or drop `in_batch_negatives`"
+        )
     head = "multiple_choice" if task.kind == MULTIPLE_CHOICE else "sequence"
     num_labels = None if head == "multiple_choice" else task.num_labels
     if cfg.model == "ffnn":

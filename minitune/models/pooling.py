@@ -57,7 +57,8 @@ def bi_scores(embed, input_ids, attention_mask=None, token_type_ids=None, in_bat
 
     `in_batch` (training): every other item's options in the batch are negatives too, as sentence-transformers'
     MultipleNegativesRankingLoss trains: logits (B, C + (B - 1) * C), the item's own options first, so the target
-    is still the answer's position among them.
+    is still the answer's position among them. Another item's option with the same tokens as one of the item's own
+    (Recipe-MPR reuses option texts across items) may be this item's answer: its logit is -inf, out of the softmax.
     """
     B, R, T = input_ids.shape  # R = 1 + C
 
@@ -71,5 +72,8 @@ def bi_scores(embed, input_ids, attention_mask=None, token_type_ids=None, in_bat
     if not in_batch or B == 1:
         return own
     every = BI_SCALE * query @ options.reshape(-1, e.shape[-1]).T  # (B, B*C): each query against every option
+    option_ids = input_ids[:, 1:]  # (B, C, T)
+    same = (option_ids[:, :, None] == option_ids.reshape(1, 1, -1, T)).all(-1).any(1)  # (B, B*C): one of its own
+    every = every.masked_fill(same, float("-inf"))
     others = ~torch.eye(B, dtype=torch.bool, device=e.device)
     return torch.cat([own, every.view(B, B, R - 1)[others].view(B, -1)], dim=1)  # (B, C + (B-1)*C)
