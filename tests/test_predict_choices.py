@@ -10,6 +10,7 @@ import torch
 
 import minitune
 from minitune.cli import main
+from minitune.experiments.compare import compare_row
 from minitune.models.pooling import BI_SCALE
 from minitune.predict import predict_file
 
@@ -78,6 +79,12 @@ def test_predict_on_a_recipe_mpr_run_is_the_mean_of_its_fold_models(tmp_path, da
     assert main([*args, *small, "--choice-scorer", scorer, "--pooling", "mean"]) == 0
     assert f"minitune predict --model {out} --input QUESTIONS.jsonl" in capsys.readouterr().out
     assert json.loads((out / "members.json").read_text()) == {"kind": "folds", "members": ["fold0", "fold1"]}
+    row = compare_row(out)  # what predict runs: both fold models
+    assert (
+        row["kind"] == "folds"
+        and row["params"]
+        == sum(p.numel() for p in minitune.load_model(out / "model", head="multiple_choice").parameters()) * 2
+    )
     assert main(["predict", "--model", str(out), "--input", str(further), "--output", str(tmp_path / "all.csv")]) == 0
     each = []
     for k in (0, 1):

@@ -53,7 +53,7 @@ def count_parameters(run_dir: Path) -> int | None:
         return None
     total = 0
     for d in dirs:
-        for f in d.glob("*.safetensors"):
+        for f in d.rglob("*.safetensors"):  # a pooled head sits in 2_Dense/ (sentence-transformers layout)
             with safe_open(f, "pt") as st:
                 for k in st.keys():  # noqa: SIM118 (safe_open is not iterable)
                     n = 1
