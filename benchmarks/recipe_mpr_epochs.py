@@ -32,10 +32,14 @@ def fold_epochs(fold_dir: Path, test, gold, model, tokenizer, max_length: int) -
     """(step, test accuracy) of each checkpoint kept in fold_dir, oldest first."""
     features = tokenize(test, tokenizer, MULTIPLE_CHOICE, max_length, bi=model.choice_scorer == "bi")
     collate = make_collate("dynamic", max_length, tokenizer.pad_token_id)
-    found = {}
-    for ck in [*fold_dir.glob("checkpoint-step*"), fold_dir / "checkpoint"]:
-        step = json.loads((ck / "progress.json").read_text())["step"]
-        found[step] = ck
+    kept = [
+        ck for ck in [*fold_dir.glob("checkpoint-step*"), fold_dir / "checkpoint"] if (ck / "progress.json").is_file()
+    ]
+    if len(kept) < 2:
+        raise SystemExit(
+            f"{fold_dir}: {len(kept)} checkpoint(s) kept; train with --keep-checkpoints 6 to keep one per epoch"
+        )
+    found = {json.loads((ck / "progress.json").read_text())["step"]: ck for ck in kept}
     accuracies = []
     for step in sorted(found):
         model.load_state_dict(load_file(str(found[step] / "model.safetensors")))
