@@ -73,21 +73,17 @@ def predict_file(
     holding it); write the CSV; return (its path, rows). `max_length` defaults to what the run trained with.
     `text_col` defaults to text (multiple choice: query; `options_col` names the options there). `ask`: `model_path`
     is a plain instruct checkpoint (a directory or an alias) that answers as `ask` says."""
-    choice_args = dict(
-        query_col=text_col, options_col=options_col, pair_col=pair_col, threshold=threshold, batch_size=batch_size
-    )
-    choice_args |= dict(max_length=max_length, device=device)
-    if ask is None and (Path(model_path) / MEMBERS).is_file():  # a --seeds, cv or folds run: its members' mean
-        dirs = member_model_dirs(Path(model_path))
-        if trained_head(dirs[0]) == MULTIPLE_CHOICE:
-            return predict_choices(dirs, model_path, input_path, output_path, **choice_args)
+    choices = choice_models(Path(model_path)) if ask is None else None
+    if choices:
+        common = dict(query_col=text_col, options_col=options_col, pair_col=pair_col, threshold=threshold)
+        common |= dict(batch_size=batch_size, max_length=max_length, device=device)
+        return predict_choices(choices, model_path, input_path, output_path, **common)
+    text_col = text_col or "text"
+    if ask is None and (Path(model_path) / MEMBERS).is_file():  # a --seeds or cv run: its members' mean
         return predict_ensemble(
             Path(model_path), input_path, output_path, text_col, pair_col, batch_size, max_length, threshold, device
         )
     model_dir = model_dir_of(Path(model_path))
-    if ask is None and not (model_dir / GENERATIVE_FILE).is_file() and trained_head(model_dir) == MULTIPLE_CHOICE:
-        return predict_choices([model_dir], model_path, input_path, output_path, **choice_args)
-    text_col = text_col or "text"
     generative = (model_dir / GENERATIVE_FILE).is_file()  # a --head generative run's model: it answers in its chat
     if ask is not None and generative and (ask.task or ask.labels):
         raise ConfigError(
@@ -116,6 +112,15 @@ def predict_file(
         Path(output_path), [r.fields for r in rows], labels, scores, names, "labels" if multi else "label"
     )
     return Path(output_path), len(rows)
+
+
+def choice_models(path: Path) -> list[Path] | None:
+    """The model directories behind `path` when it holds multiple-choice models (one, or a run's members or
+    folds), else None. A generative run's model is not one: it answers in its chat."""
+    dirs = member_model_dirs(path) if (path / MEMBERS).is_file() else [model_dir_of(path)]
+    if (dirs[0] / GENERATIVE_FILE).is_file() or trained_head(dirs[0]) != MULTIPLE_CHOICE:
+        return None
+    return dirs
 
 
 def predict_ensemble(
