@@ -128,7 +128,6 @@ def predict_ensemble(
 ) -> tuple[Path, int]:
     """predict_file for an ensemble or cv directory: every member model scores the rows, their mean is used, with
     the thresholds the ensemble tuned (its thresholds.json)."""
-    text_col = text_col or "text"
     dirs = member_model_dirs(run_dir)
     first = head_model(dirs[0], run_dir)  # refused in one line before the input is read
     multi = first.hf_config.get("problem_type") == "multi_label_classification"

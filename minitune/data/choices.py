@@ -24,7 +24,6 @@ class ChoiceItem:
     """One question: its query, its option ids (the object's keys, or "0", "1", ... for a list) and texts, and every
     field of the record as a string (lists and objects as JSON), for the predictions file."""
 
-    line: int | None
     query: str
     option_ids: list[str]
     options: list[str]
@@ -82,4 +81,4 @@ def _item(path: Path, line: int | None, index: int | None, record: Any, query_ke
     if len(texts) < 2 or not all(isinstance(t, str) and t.strip() for t in texts):
         raise error(f"{options_key!r} needs two or more non-empty option texts", "give every option a text")
     fields = {k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in record.items()}
-    return ChoiceItem(line if line is not None else index, query, ids, texts, fields)
+    return ChoiceItem(query, ids, texts, fields)

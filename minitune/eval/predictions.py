@@ -70,7 +70,7 @@ def write_choice_predictions(
             w = csv.writer(f)
             w.writerow([*columns, "choice", "choice_text", *(f"prob_{i}" for i in range(width))])
             for record, ids, texts, p in zip(records, option_ids, options, scores):
-                best = int(np.nanargmax(p[: len(ids)]))
+                best = int(np.argmax(p[: len(ids)]))
                 probs = (f"{v:.6f}" if i < len(ids) else "" for i, v in enumerate(p))
                 w.writerow([*(record.get(c, "") for c in columns), ids[best], texts[best], *probs])
 
