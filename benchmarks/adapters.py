@@ -107,6 +107,7 @@ def make_checkpoint(shape: str, out: Path) -> None:
 def child(spec: dict) -> dict:
     import minitune
     from minitune.adapters.lora import apply_adapters
+    from minitune.config.sections import AdapterSettings
     from minitune.train.optim import build_optimizer
 
     torch.manual_seed(0)
@@ -114,7 +115,7 @@ def child(spec: dict) -> dict:
     name = spec["config"]
     model = minitune.load_model(spec["checkpoint"], num_labels=2, quantize="nf4" if name == "qlora" else None)
     if name != "full":
-        apply_adapters(model, r=16, alpha=32.0, dropout=0.0)
+        apply_adapters(model, AdapterSettings(lora_r=16, lora_alpha=32.0, lora_dropout=0.0))
     model.to(device).train()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     opt = build_optimizer(model, 1e-4)

@@ -295,7 +295,7 @@ def minitune_only(args: argparse.Namespace, task: str, flags: list[str]) -> dict
 
 
 def recipe_mpr(args: argparse.Namespace) -> dict:
-    flags = ["--folds", str(args.folds)] if args.folds else []
+    flags = ["--max-folds", str(args.folds)] if args.folds else []
     record = minitune_only(args, "recipe-mpr", flags)
     res = record.pop("results")
     groups = dict(res["test"]["by_group"])

@@ -286,6 +286,7 @@ def adapter_rows(args, device: torch.device) -> list[dict]:
     every block linear, bf16 autocast, batches of `--batch` sequences of the humor lengths (bucketed)."""
     from minitune.adapters.lora import apply_adapters
     from minitune.adapters.nf4 import quantize_model_
+    from minitune.config.sections import AdapterSettings
 
     hist = json.loads(LENGTHS.read_text(encoding="utf-8"))["histograms"]["humor"]
     hub = dict(LLAMA_1B, **(dict(TINY, num_key_value_heads=2, head_dim=16) if args.dry_run else {}))
@@ -299,7 +300,7 @@ def adapter_rows(args, device: torch.device) -> list[dict]:
             model = build_minitune(hub, 2)
         if config == "qlora":
             quantize_model_(model)
-        _, trainable, total = apply_adapters(model, r=16, alpha=32.0, dropout=0.0)
+        _, trainable, total = apply_adapters(model, AdapterSettings(lora_r=16, lora_alpha=32.0, lora_dropout=0.0))
         r = time_steps(model.to(device), "minitune", batches, "single", args.warmup, device)
         row = dict(shape="llama-3.2-1b", config=config, trainable=trainable, params=total)
         row.update({k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()})

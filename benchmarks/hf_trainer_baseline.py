@@ -5,8 +5,8 @@
         --output-dir /tmp/hf-humor --epochs 2 --max-train-samples 2000
 
 It takes run.py's training flags and resolves them with minitune's own `parse_config`, so the task defaults
-(minitune.config.TASK_DEFAULTS) and every flag given land in both runs identically. What is shared with minitune,
-so that only the training stack differs:
+(TASK_DEFAULTS, minitune/config/defaults.py) and every flag given land in both runs identically. What is shared
+with minitune, so that only the training stack differs:
 - data: `minitune.data.tasks.load_task` (same readers, same mojibake repair, same rows), the train subset from
   `minitune.data.splits.subsample` (same seed), the dev subset as the first --max-eval-samples examples;
 - scoring: `minitune.eval.metrics.classification_report` on the probabilities (softmax, or sigmoid with
@@ -41,6 +41,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace as Settings
 
 T_START = time.perf_counter()
 
@@ -52,7 +53,6 @@ sys.path.insert(0, str(ROOT))
 
 from minitune.checkpoints.hub import resolve_model
 from minitune.cli import parse_config
-from minitune.config import RunConfig
 from minitune.data.splits import subsample
 from minitune.data.tasks import MULTI_LABEL, SINGLE_LABEL, TaskData, load_task, resolve_data_dir
 from minitune.eval.metrics import classification_report
@@ -61,7 +61,7 @@ from minitune.eval.thresholds import tune_thresholds
 _LAYER = re.compile(r"\.layer\.(\d+)\.")
 
 
-def check_supported(cfg: RunConfig) -> None:
+def check_supported(cfg: Settings) -> None:
     """Refuse options this baseline does not reproduce, rather than silently training something else."""
     unsupported = {
         "--task (humor, semeval, goemotions only)": cfg.task not in ("humor", "semeval", "goemotions"),
@@ -161,13 +161,13 @@ def metrics_fn(task: TaskData, threshold: float):
     return compute
 
 
-def total_steps(cfg: RunConfig, n_train: int) -> int:
+def total_steps(cfg: Settings, n_train: int) -> int:
     """Optimizer steps as both stacks count them: ceil(ceil(n / batch) / accumulation) per epoch."""
     per_epoch = math.ceil(math.ceil(n_train / cfg.batch_size) / cfg.grad_accum)
     return cfg.max_steps or cfg.epochs * per_epoch
 
 
-def training_arguments(cfg: RunConfig, out: Path, n_train: int, sampling: str = "random"):
+def training_arguments(cfg: Settings, out: Path, n_train: int, sampling: str = "random"):
     from transformers import TrainingArguments
 
     total = total_steps(cfg, n_train)
@@ -202,14 +202,14 @@ def training_arguments(cfg: RunConfig, out: Path, n_train: int, sampling: str = 
     ), total
 
 
-def load_data(cfg: RunConfig):
+def load_data(cfg: Settings):
     task = load_task(cfg.task, resolve_data_dir(cfg.data_dir), seed=cfg.seed)
     train_ex = subsample(task.train, cfg.max_train_samples, cfg.seed)
     dev_ex = subsample(task.dev, cfg.max_eval_samples, None)
     return task, train_ex, dev_ex
 
 
-def build_model(cfg: RunConfig, task: TaskData, model_dir: Path):
+def build_model(cfg: Settings, task: TaskData, model_dir: Path):
     from transformers import AutoModelForSequenceClassification
 
     problem = "multi_label_classification" if task.kind == MULTI_LABEL else "single_label_classification"
@@ -222,7 +222,7 @@ def build_model(cfg: RunConfig, task: TaskData, model_dir: Path):
     )
 
 
-def train(cfg: RunConfig, out: Path, check_tokens: bool, sampling: str = "random") -> dict:
+def train(cfg: Settings, out: Path, check_tokens: bool, sampling: str = "random") -> dict:
     from transformers import AutoTokenizer, DataCollatorWithPadding, EarlyStoppingCallback, set_seed
 
     model_dir = resolve_model(cfg.model)
@@ -280,7 +280,7 @@ def train(cfg: RunConfig, out: Path, check_tokens: bool, sampling: str = "random
     return results
 
 
-def compare_tokens(cfg: RunConfig, task: TaskData, examples, rows) -> None:
+def compare_tokens(cfg: Settings, task: TaskData, examples, rows) -> None:
     """Assert that the Trainer sees the very token ids minitune's tokenizer gives (same checkpoint, same cap)."""
     from minitune import load_tokenizer
     from minitune.data.features import tokenize
@@ -314,11 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         help="train_sampling_strategy='group_by_length' (batches of similar lengths) instead of random batches",
     )
     extra, rest = own.parse_known_args(argv)
-    cfg = parse_config(rest)
+    cfg = Settings(**parse_config(rest).flat())  # minitune's settings, flat, as this script reads them
     if extra.no_llrd:
         cfg.llrd = None
-    if cfg.metric is None:
-        cfg.metric = "macro_f1"  # what runner.run_train picks for classification tasks
     check_supported(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

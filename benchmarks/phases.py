@@ -33,17 +33,18 @@ ROOT = Path(__file__).resolve().parents[1]
 # so a function imported by name into another module is listed there too.
 TARGETS = {
     "minitune": {
-        "tokenize": ["minitune.experiments.trial:tokenize"],
-        "train": ["minitune.experiments.trial:fit"],
-        "evaluate": ["minitune.experiments.trial:predict_logits", "minitune.eval.scoring:predict_logits"],
+        "tokenize": ["minitune.finetune:tokenize", "minitune.experiments.folds:tokenize"],
+        "train": ["minitune.finetune:fit"],
+        "evaluate": ["minitune.finetune:predict_logits", "minitune.eval.scoring:predict_logits"],
         "save": [
             "minitune.train.loop:save_checkpoint",
             "minitune.train.loop:_save_best",
             "minitune.train.loop:_restore_best",
-            "minitune.runner:save_model_dir",
-            "minitune.runner:write_predictions",
+            "minitune.finetune:save_model_dir",
+            "minitune.eval.finish:write_example_predictions",
+            "minitune.eval.finish:write_prediction_records",
         ],
-        "load": ["minitune.experiments.trial:build_model", "minitune.runner:resolve_inputs"],
+        "load": ["minitune.finetune:build_model", "minitune.inputs:prepare"],
     },
     "hf_trainer": {
         "tokenize": ["hf_trainer_baseline:encode"],

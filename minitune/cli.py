@@ -18,32 +18,57 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import fields
 from pathlib import Path
 
-from minitune.config import FIELDS, RunConfig, choices_of, did_you_mean, field_type, flag, make_config
-from minitune.errors import ConfigError, MinituneError
+from minitune.checkpoints.rundir import interruption_note
+from minitune.config.load import COMMAND_ONLY, choices_of, field_type, flag, make_config
+from minitune.config.sections import FLAT, GenerativeSettings, RunConfig, setting_field
+from minitune.errors import ConfigError, MinituneError, did_you_mean
 from minitune.eval.html import write_html_report
 from minitune.experiments.compare import compare, markdown_table, write_comparison
-from minitune.experiments.distill import make_teacher, run_distill
-from minitune.experiments.generative_predict import PlainAsk
+from minitune.experiments.distill import run_distill
 from minitune.experiments.sweep import read_sweep, run_sweep
 from minitune.export import export_onnx
 from minitune.predict import predict_file
+from minitune.predict_generative import PlainAsk
 from minitune.runner import run_train
-from minitune.train.checkpoint import read_progress
-from minitune.train.distributed import is_main
+from minitune.train.distributed import env_world_size, exit_process, is_main
 from minitune.train.interrupt import TrainingInterrupted
 
 
-def _help(f) -> str:
+def _help(name: str) -> str:
     """The flag's help with its choices and its default, each said once."""
+    f = setting_field(name)
     text = f.metadata["help"]
-    if choices_of(f) and f.name != "task":
-        text += f" (one of: {', '.join(choices_of(f))})"
+    if choices_of(name) and name != "task":
+        text += f" (one of: {', '.join(choices_of(name))})"
     if f.default not in (None, False) and "default" not in text:
         text += f" (default: {f.default})"
     return text
+
+
+def add_setting(p, name: str, **kw) -> None:
+    """The flag of setting `name`, typed as the setting (a bool as --x / --no-x, a tuple as several values)."""
+    typ = field_type(name)
+    kw = dict(help=_help(name), dest=name) | kw
+    if typ is bool:
+        p.add_argument(flag(name), action=argparse.BooleanOptionalAction, **kw)
+    elif typ is tuple:  # --seeds 42 123 456, --teacher DIR DIR
+        element = int if name == "seeds" else str
+        p.add_argument(flag(name), type=element, nargs="+", metavar="N" if element is int else "DIR", **kw)
+    else:
+        p.add_argument(flag(name), type=typ, metavar=name.upper(), **kw)
+
+
+def add_settings(p, names) -> None:
+    """One argument group per section (--help lists the settings as the config holds them); flags stay flat."""
+    groups = {}
+    for name in names:
+        section = ".".join(FLAT[name][:1]) or "run"
+        if section not in groups:
+            groups[section] = p.add_argument_group(f"{section} settings" if section != "run" else "run settings")
+        # SUPPRESS keeps unset flags out of the namespace, so task defaults and the TOML file can fill them.
+        add_setting(groups[section], name, default=argparse.SUPPRESS)
 
 
 COMMANDS_HELP = """commands:
@@ -78,17 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    p.add_argument("--config", help="TOML file setting any of the keys below (flags given here win)")
-    for f in fields(RunConfig):
-        typ = field_type(f.name)
-        # SUPPRESS keeps unset flags out of the namespace, so task defaults and the TOML file can fill them.
-        kw = dict(help=_help(f), default=argparse.SUPPRESS, dest=f.name)
-        if typ is bool:
-            p.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
-        elif typ is list:  # --seeds 42 123 456
-            p.add_argument(flag(f.name), type=int, nargs="+", metavar="N", **kw)
-        else:
-            p.add_argument(flag(f.name), type=typ, metavar=f.name.upper(), **kw)
+    p.add_argument("--config", help="TOML file setting any of the keys below, flat or in [section] tables (flags win)")
+    add_settings(p, [name for name in FLAT if name not in COMMAND_ONLY])
     return p
 
 
@@ -97,26 +113,11 @@ def parse_config(argv: list[str] | None = None) -> RunConfig:
     return make_config(**args)
 
 
-# Library parameters whose flag is not --<the same name>: the CLI renames them in error messages.
-PARAM_FLAGS = {
-    "r": "lora_r",
-    "alpha": "lora_alpha",
-    "dropout": "lora_dropout",
-    "targets": "lora_targets",
-    "gamma": "focal_gamma",
-    "gamma_neg": "asl_gamma_neg",
-    "gamma_pos": "asl_gamma_pos",
-    "clip": "asl_clip",
-    "pos_weight": "class_weights",
-}
-
-
 def flag_for(param: str, flags: set[str] | None = None) -> str:
-    """The command-line flag that sets a library parameter (`--lora-r` for LoRALinear's r); the parameter's own name
-    when no flag sets it. `flags`: the command's option names (default: RunConfig's fields)."""
-    name = PARAM_FLAGS.get(param, param)
-    known = flags if flags is not None else FIELDS | {"config"}
-    return flag(name) if name in known else param
+    """The command-line flag that sets a library parameter (library parameters carry the flag's name, underscored);
+    the parameter's own name when no flag sets it. `flags`: the command's option names (default: the settings)."""
+    known = flags if flags is not None else set(FLAT) | {"config"}
+    return flag(param) if param in known else param
 
 
 def predict_parser() -> argparse.ArgumentParser:
@@ -156,7 +157,12 @@ def predict_parser() -> argparse.ArgumentParser:
     return p
 
 
-ASK_SETTINGS = ("answer_mode", "shots", "seed", "prompt_template", "max_new_tokens")  # RunConfig's, as train takes them
+ASK_SETTINGS = (
+    "answer_mode",
+    "shots",
+    "prompt_template",
+    "max_new_tokens",
+)  # the generative section, as train takes it
 
 
 def add_ask_flags(p: argparse.ArgumentParser) -> None:
@@ -169,10 +175,8 @@ def add_ask_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-dir", default=None, help="where --task's files are")
     g.add_argument("--train-file", default=None, help="--task custom: the file whose labels are the label set")
     g.add_argument("--label-col", default=None, help="--task custom: the label column (default: label)")
-    for f in fields(RunConfig):
-        if f.name in ASK_SETTINGS:
-            typ = field_type(f.name)
-            g.add_argument(flag(f.name), type=typ, default=f.default, choices=choices_of(f) or None, help=_help(f))
+    for name in ("seed", *ASK_SETTINGS):
+        add_setting(g, name, default=setting_field(name).default, choices=choices_of(name) or None)
 
 
 def run_predict(argv: list[str]) -> Path:
@@ -184,7 +188,9 @@ def run_predict(argv: list[str]) -> Path:
     names = ("task", "labels", "multi_label", "data_dir", "train_file", "label_col")
     if args.head != "generative" and any(getattr(args, n) for n in names):
         raise ConfigError("--task, --labels and their flags ask a plain instruct checkpoint: add --head generative")
-    ask = PlainAsk(**{n: getattr(args, n) for n in [*names, *ASK_SETTINGS]}) if args.head == "generative" else None
+    generative = GenerativeSettings(**{n: getattr(args, n) for n in ASK_SETTINGS})
+    ask = PlainAsk(**{n: getattr(args, n) for n in names}, seed=args.seed, generative=generative)
+    ask = ask if args.head == "generative" else None
     path, n = predict_file(
         Path(args.model),
         Path(args.input),
@@ -203,22 +209,10 @@ def run_predict(argv: list[str]) -> Path:
 
 
 def interrupted_message(cfg: RunConfig | None, command: str = "") -> str:
-    """What an interruption left behind, said truthfully: the newest checkpoint on disk, or none to resume."""
+    """What an interruption left behind (checkpoints/rundir.py), or just that it happened before any run began."""
     if cfg is None:
         return "interrupted"
-    out = Path(cfg.output_dir)
-    found = [
-        (p["step"], d) for d in [out / "checkpoint", *sorted(out.glob("*/**/checkpoint"))] if (p := read_progress(d))
-    ]
-    if not found:
-        why = " (--no-checkpoint)" if not cfg.checkpoint else ""
-        return f"interrupted before any checkpoint was written{why}: nothing to resume; start the run again"
-    step, where = max(found, key=lambda f: f[1].stat().st_mtime_ns)  # the newest written
-    command = f"{command} " if command else ""
-    return (
-        f"interrupted: checkpoint at step {step} in {where}; continue with: minitune {command}--resume {out} "
-        "(same settings)"
-    )
+    return interruption_note(Path(cfg.outputs.output_dir), cfg.loop.checkpoint, command)
 
 
 def report_parser() -> argparse.ArgumentParser:
@@ -277,11 +271,11 @@ def cv_parser() -> argparse.ArgumentParser:
 
 
 def cv_config(argv: list[str]) -> RunConfig:
-    return make_config(**vars(cv_parser().parse_args(argv)))
+    return make_config(command="cv", **vars(cv_parser().parse_args(argv)))
 
 
 def run_cv_command(argv: list[str]) -> dict:
-    return run_train(cv_config(argv), "cv")
+    return run_train(cv_config(argv))
 
 
 def distill_parser() -> argparse.ArgumentParser:
@@ -291,26 +285,20 @@ def distill_parser() -> argparse.ArgumentParser:
         "Train a student on a teacher's probabilities (a run, --seeds or cv directory) plus the gold labels, and "
         "report it beside\nthe teacher and the same student trained alone, with the predict-time speed ratio.",
     )
-    p.add_argument("--teacher", nargs="+", required=True, metavar="DIR", help="teacher run, ensemble or cv dirs")
-    p.add_argument("--distill-alpha", type=float, default=0.5, help="weight of the teacher term (default: 0.5)")
-    p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature (default: 2.0)")
-    p.add_argument(
-        "--alone", default=None, help="an existing run of the same student on gold labels (default: train one)"
-    )
+    g = p.add_argument_group("distill settings")
+    add_setting(g, "teacher", required=True, help="teacher run, ensemble or cv directories")
+    for name in ("distill_alpha", "temperature", "alone"):
+        add_setting(g, name, default=argparse.SUPPRESS)
     return p
 
 
-def distill_config(argv: list[str]) -> tuple[RunConfig, list[str], float, float, str | None]:
-    """The student's training config, then --teacher, --distill-alpha, --temperature and --alone."""
-    args = vars(distill_parser().parse_args(argv))
-    teachers, alpha, temperature, alone = (args.pop(k) for k in ("teacher", "distill_alpha", "temperature", "alone"))
-    return make_config(**args), teachers, alpha, temperature, alone
+def distill_config(argv: list[str]) -> RunConfig:
+    """The student's run config, with its teacher and the distillation settings."""
+    return make_config(command="distill", **vars(distill_parser().parse_args(argv)))
 
 
 def run_distill_command(argv: list[str]) -> dict:
-    cfg, teachers, alpha, temperature, alone = distill_config(argv)
-    teacher = make_teacher(teachers, alpha, temperature, Path(cfg.output_dir), cfg.batch_size * 2)
-    return run_distill(cfg, teacher, alone, run_train)
+    return run_distill(distill_config(argv), run_train)
 
 
 def sweep_parser() -> argparse.ArgumentParser:
@@ -364,11 +352,19 @@ COMMANDS = {
     "compare": (run_compare, compare_parser),
 }
 # The commands that train, and how to read their run's config (for the message when they are interrupted).
-TRAINING_CONFIGS = {"cv": cv_config, "distill": lambda argv: distill_config(argv)[0]}
+TRAINING_CONFIGS = {"cv": cv_config, "distill": distill_config}
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """The exit code of the command in `argv` (default: the process's arguments). A torchrun process ends here,
+    without interpreter finalization (train/distributed.exit_process says why)."""
+    code = _main(list(sys.argv[1:] if argv is None else argv))
+    if argv is None and env_world_size() > 1:
+        exit_process(code)
+    return code
+
+
+def _main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     command = COMMANDS.get(argv[0]) if argv else None
     cfg = None

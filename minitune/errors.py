@@ -11,6 +11,7 @@ error with the flag (`--lora-r must be a positive integer, got 0`).
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable
 
@@ -53,3 +54,9 @@ class ConfigError(MinituneError):
 
 class ParameterError(ConfigError):
     """A bad value for a named parameter of a library function."""
+
+
+def did_you_mean(value, known) -> str:
+    """` (did you mean 'x'?)` for the closest of `known` to a mistyped value, or nothing."""
+    close = difflib.get_close_matches(str(value), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -4,7 +4,7 @@ Reads what the task readers read: .csv, .tsv, .txt (the separator sniffed from t
 tab-separated .txt reads as it is) or .jsonl, with a text column (and, with `pair_col`, the second segment a pair
 model needs). The output keeps every input column (an `id` column first when there is one), then the predicted
 label(s) and one probability per label. A plain instruct checkpoint answers with `--head generative` and the
-label set of `--task` or `--labels` (experiments/generative_predict.py). Multi-label models apply the thresholds
+label set of `--task` or `--labels` (predict_generative.py). Multi-label models apply the thresholds
 the training run chose on dev (model/thresholds.json), else 0.5. A multiple-choice model (either scorer) answers
 questions with options instead (.json or .jsonl, data/choices.py): the CSV gives the chosen option's id and text and
 one probability per option. A --seeds, cv or Recipe-MPR run directory predicts with the mean of its members' (or
@@ -21,7 +21,8 @@ import numpy as np
 from torch import nn
 
 from minitune.checkpoints.load import load_model, load_tokenizer, trained_head
-from minitune.config import resolve_device
+from minitune.checkpoints.rundir import GENERATIVE_FILE, MEMBERS, member_model_dirs, model_dir_of, trained_max_length
+from minitune.config.validate import resolve_device
 from minitune.data.batching import make_collate
 from minitune.data.choices import read_choice_items
 from minitune.data.custom import Columns, read_rows
@@ -29,17 +30,10 @@ from minitune.data.features import tokenize
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE, SINGLE_LABEL
 from minitune.data.tasks import Example
 from minitune.errors import ConfigError
+from minitune.eval.members import ensemble_scores
 from minitune.eval.predictions import label_predictions, write_choice_predictions, write_predictions
 from minitune.eval.scoring import predict_scores
-from minitune.experiments.ensemble import MEMBERS, ensemble_scores, member_model_dirs, trained_max_length
-from minitune.experiments.generative import generative_meta, predict_generative
-from minitune.experiments.generative_predict import PlainAsk, label_task, predict_plain
-from minitune.experiments.instruct import GENERATIVE_FILE
-
-
-def model_dir_of(path: Path) -> Path:
-    """A model directory, or a run's output directory (its model/ inside; the run's own config.json is not one)."""
-    return path / "model" if (path / "model" / "config.json").is_file() else path
+from minitune.predict_generative import PlainAsk, generative_meta, label_task, predict_generative, predict_plain
 
 
 def thresholds_for(model_dir: Path, names: list[str], override: float | None) -> np.ndarray:
@@ -84,34 +78,37 @@ def predict_file(
             Path(model_path), input_path, output_path, text_col, pair_col, batch_size, max_length, threshold, device
         )
     model_dir = model_dir_of(Path(model_path))
-    generative = (model_dir / GENERATIVE_FILE).is_file()  # a --head generative run's model: it answers in its chat
-    if ask is not None and generative and (ask.task or ask.labels):
-        raise ConfigError(
-            f"`model` {model_path} was tuned by a --head generative run, which saved its labels: drop `task`/`labels`"
-        )
-    plain = ask is not None and not generative
-    if generative:
-        generative_meta(model_dir)  # refused before the input is read
-    if not plain:
-        max_length = max_length or trained_max_length(model_dir)
-    model = None if generative or plain else head_model(model_dir, model_path)  # a wrong model: before the input
-    task = label_task(ask, str(model_path), text_col) if plain else None  # so is a missing label set
+    score_rows = _scorer(model_dir, model_path, ask, text_col, batch_size, max_length)  # refusals: before the input
     rows = read_rows(Path(input_path), Columns(text=text_col, label=None, pair=pair_col))
-    torch_device = resolve_device(device)
-    if generative or plain:
-        examples = [Example(text=r.text, pair=r.pair) for r in rows]
-        if plain:
-            args = (str(model_path), ask, task, examples, batch_size, max_length, torch_device)
-            names, multi, scores = predict_plain(*args)
-        else:
-            names, multi, scores = predict_generative(model_dir, examples, batch_size, max_length, torch_device)
-    else:
-        names, multi, scores = _head_scores(model, model_dir, rows, batch_size, max_length, torch_device)
+    names, multi, scores = score_rows(rows, resolve_device(device))
     labels = label_predictions(scores, names, thresholds_for(model_dir, names, threshold) if multi else None)
     write_predictions(
         Path(output_path), [r.fields for r in rows], labels, scores, names, "labels" if multi else "label"
     )
     return Path(output_path), len(rows)
+
+
+def _scorer(model_dir: Path, model_path, ask: PlainAsk | None, text_col: str, batch_size: int, max_length):
+    """rows, device -> (label names, whether multi-label, scores (N, C)) for the model at `model_dir`: a classifier
+    head, a `head` generative run's model (it answers in its chat), or a plain instruct checkpoint asked as `ask`
+    says. Everything that can be refused is refused here, before the input is read."""
+    generative = (model_dir / GENERATIVE_FILE).is_file()
+    if ask is not None and generative and (ask.task or ask.labels):
+        raise ConfigError(
+            f"`model` {model_path} was tuned by a --head generative run, which saved its labels: drop `task`/`labels`"
+        )
+    examples = lambda rows: [Example(text=r.text, pair=r.pair) for r in rows]  # noqa: E731
+    if ask is not None and not generative:
+        task = label_task(ask, str(model_path), text_col)  # a missing label set: before the model is loaded
+        return lambda rows, device: predict_plain(
+            str(model_path), ask, task, examples(rows), batch_size, max_length, device
+        )
+    max_length = max_length or trained_max_length(model_dir)
+    if generative:
+        generative_meta(model_dir)
+        return lambda rows, device: predict_generative(model_dir, examples(rows), batch_size, max_length, device)
+    model = head_model(model_dir, model_path)
+    return lambda rows, device: _head_scores(model, model_dir, rows, batch_size, max_length, device)
 
 
 def choice_models(path: Path) -> list[Path] | None:

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 
 import minitune
 from minitune.adapters.lora import apply_adapters
+from minitune.config.sections import AdapterSettings, DistributedSettings, LoopSettings
 from minitune.data.batching import (
     BucketedBatchSampler,
     RandomBatchSampler,
@@ -25,7 +26,7 @@ from minitune.data.batching import (
 )
 from minitune.eval.scoring import predict_scores
 from minitune.train import distributed
-from minitune.train.loop import LoopConfig, TrainData, fit
+from minitune.train.loop import TrainData, fit
 from minitune.train.losses import build_loss
 from minitune.train.parallel import full_trainable_state, is_sharded
 
@@ -53,7 +54,7 @@ def main(args: dict) -> None:
     torch.manual_seed(0)
     model = minitune.load_model(args["model"], num_labels=3)
     if args.get("lora"):
-        apply_adapters(model, 4, 8.0, 0.0, None)
+        apply_adapters(model, AdapterSettings(lora_r=4, lora_alpha=8.0, lora_dropout=0.0))
     for m in model.modules():
         if hasattr(m, "gradient_checkpointing"):
             m.gradient_checkpointing = bool(args.get("grad_checkpointing"))
@@ -71,9 +72,9 @@ def main(args: dict) -> None:
         )
         if args.get("progress"):
             Path(args["out"], f"progress{distributed.rank()}").write_text(str(evals["n"]))
-        return {"score": float(scores[:, 0].mean())}
+        return {"score": float(scores[:, 0].mean())}, None
 
-    cfg = LoopConfig(
+    cfg = LoopSettings(
         metric="score",
         epochs=args.get("epochs", 2),
         grad_accum=2,
@@ -82,11 +83,10 @@ def main(args: dict) -> None:
         warmup_ratio=0.1,
         eval_every=args.get("eval_every"),
         log_every=1,
-        resume=bool(args.get("resume")),
-        signature=distributed.world_signature({}),
-        fsdp=args.get("fsdp"),
     )
-    fit(model, build_loss("ce", "single_label", 3), data, evaluate, cfg, Path(args["out"]), device)
+    run = dict(resume=bool(args.get("resume")), signature=distributed.world_signature({}))
+    run["distributed"] = DistributedSettings(fsdp=args.get("fsdp"))
+    fit(model, build_loss("ce", "single_label", 3), data, evaluate, cfg, Path(args["out"]), device, **run)
     state = full_trainable_state(model)  # FSDP: whole on rank 0 only
     if distributed.is_main() or not is_sharded(model):
         save_file(state, str(Path(args["out"]) / f"final{distributed.rank()}.safetensors"))
@@ -95,3 +95,5 @@ def main(args: dict) -> None:
 
 if __name__ == "__main__":
     main(json.loads(sys.argv[1]))
+    if distributed.env_world_size() > 1:
+        distributed.exit_process(0)  # as minitune's CLI ends a torchrun process

@@ -9,6 +9,7 @@ import minitune
 from minitune.adapters.lora import LoRALinear, apply_adapters
 from minitune.adapters.merge import export_state_dict
 from minitune.adapters.nf4 import NF4Linear
+from minitune.config.sections import AdapterSettings
 
 
 def tiny_llama(tmp_path, tied=False):
@@ -62,8 +63,8 @@ def test_decoder_interop_both_ways(tmp_path, tied, left):
         assert_close(again(input_ids=ids, attention_mask=mask).logits, expected, atol=1e-5, rtol=1e-5)
 
 
-def lora_kw(**kw):
-    return {"r": 4, "alpha": 8.0, "dropout": 0.0, "targets": None, **kw}
+def lora_settings(**kw):
+    return AdapterSettings(**{"lora_r": 4, "lora_alpha": 8.0, "lora_dropout": 0.0, "lora_targets": None, **kw})
 
 
 def perturb_lora(model):
@@ -77,7 +78,7 @@ def perturb_lora(model):
 def test_lora_and_qlora_export_loads_in_transformers_with_equal_logits(tmp_path, quantize):
     ref, path = tiny_llama(tmp_path)
     model = minitune.load_model(path, quantize=quantize)
-    names, _, _ = apply_adapters(model, **lora_kw())
+    names, _, _ = apply_adapters(model, lora_settings())
     assert any(n.endswith("self_attn.q_proj") for n in names) and any(n.endswith("mlp.down_proj") for n in names)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert "score.weight" in trainable and all("lora_" in n or n == "score.weight" for n in trainable)
@@ -119,7 +120,7 @@ def test_lora_on_encoder_gradients_reach_only_adapters_and_head(tmp_path):
     )
     transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path / "bert")
     model = minitune.load_model(tmp_path / "bert")
-    apply_adapters(model, **lora_kw(targets=["query", "value"]))
+    apply_adapters(model, lora_settings(lora_targets="query,value"))
     ids = torch.randint(3, 99, (3, 9))
     model.train()(ids, torch.ones_like(ids)).sum().backward()
     for n, p in model.named_parameters():

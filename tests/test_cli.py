@@ -76,10 +76,16 @@ def test_humor_run_writes_every_output(humor_run):
 def test_humor_defaults_are_the_source_documents(data_dir):
     from minitune.cli import parse_config
 
-    cfg = parse_config(["--task", "humor"])
-    assert (cfg.lr, cfg.warmup_ratio, cfg.scheduler, cfg.label_smoothing, cfg.llrd) == (2e-5, 0.1, "cosine", 0.1, 0.95)
-    assert cfg.batch_size * cfg.grad_accum == 32 and cfg.grad_accum == 4 and cfg.patience == 5
-    assert cfg.padding is None and cfg.metric == "macro_f1"  # resolved per model family: see the runs below
+    s = parse_config(["--task", "humor"]).flat()  # the settings under their flags' names
+    assert (s["lr"], s["warmup_ratio"], s["scheduler"], s["label_smoothing"], s["llrd"]) == (
+        2e-5,
+        0.1,
+        "cosine",
+        0.1,
+        0.95,
+    )
+    assert s["batch_size"] * s["grad_accum"] == 32 and s["grad_accum"] == 4 and s["patience"] == 5
+    assert s["padding"] is None and s["metric"] == "macro_f1"  # resolved per model family: see the runs below
 
 
 def test_every_flag_has_help_and_help_exits_cleanly():
@@ -187,7 +193,7 @@ def test_recipe_mpr_fold_reports_query_types_and_first_option_baseline(tmp_path,
     (tmp_path / "mpr" / "fold3").mkdir(parents=True)  # left by an earlier 5-fold run in the same directory
     further = tmp_path / "further.json"  # a further labelled file in the task's format: 30 real items
     further.write_text(json.dumps(json.loads((data_dir / "recipe_mpr" / "500QA.json").read_text())[:30]))
-    out = train(tmp_path, data_dir, "mpr", "--task", "recipe-mpr", "--folds", "1", "--test-file", str(further))
+    out = train(tmp_path, data_dir, "mpr", "--task", "recipe-mpr", "--max-folds", "1", "--test-file", str(further))
     assert sorted(p.name for p in out.glob("fold*")) == ["fold0"]
     results = json.loads((out / "results.json").read_text())
     groups = results["test"]["by_group"]
@@ -475,7 +481,7 @@ def test_multiple_choice_model_reloads_with_its_trained_head(tmp_path, data_dir)
     args = (
         "--task",
         "recipe-mpr",
-        "--folds",
+        "--max-folds",
         "1",
         "--max-length",
         "32",
@@ -495,13 +501,18 @@ def test_multiple_choice_model_reloads_with_its_trained_head(tmp_path, data_dir)
 
 
 def test_library_errors_name_their_parameter_and_the_cli_the_flag():
-    from minitune.adapters.lora import LoRALinear
+    from minitune.adapters.lora import LoRALinear, apply_lora
     from minitune.cli import flag_for
     from minitune.errors import ParameterError
 
     with pytest.raises(ParameterError) as caught:
         LoRALinear(torch.nn.Linear(4, 4), r=0, alpha=1.0)
-    assert str(caught.value) == "r must be a positive integer, got 0; use e.g. 8"
-    assert caught.value.render(flag_for) == "--lora-r must be a positive integer, got 0; use e.g. 8"
+    assert str(caught.value) == "r must be a positive integer, got 0; use e.g. 8"  # a layer's own parameter: no flag
+    assert caught.value.render(flag_for) == "r must be a positive integer, got 0; use e.g. 8"
+    # A library parameter that a flag sets carries the flag's name (underscored): no table maps one to the other.
+    with pytest.raises(ParameterError) as caught:
+        apply_lora(torch.nn.Sequential(torch.nn.Linear(4, 4)), lora_r=2, lora_alpha=4.0, lora_targets=["nope"])
+    assert str(caught.value).startswith("lora_targets: pattern 'nope' matches no linear layer")
+    assert caught.value.render(flag_for).startswith("--lora-targets: pattern 'nope' matches no linear layer")
     # A parameter no flag sets keeps its name; predict's own flags are used for predict's errors.
     assert flag_for("padding_side") == "padding_side" and flag_for("batch_size", {"batch_size"}) == "--batch-size"

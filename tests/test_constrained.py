@@ -94,7 +94,7 @@ def test_continuation_splits_as_after_the_prompt():
 def test_answer_loss_is_the_reference_causal_lm_loss_on_answer_tokens():
     """Per example, transformers' causal-LM loss on the answer tokens; over a padded batch, the mean of those (each
     example weighs the same whatever its answer's length, so batches split across ranks add up exactly)."""
-    from minitune.experiments.instruct import IGNORE, AnswerLoss, collate_answers
+    from minitune.instruct import IGNORE, AnswerLoss, collate_answers
 
     ref, ours = pair("llama")
     feats = [

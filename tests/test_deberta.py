@@ -247,7 +247,7 @@ def test_lora_defaults_nf4_and_llrd_see_the_blocks(tmp_path):
 
     hf_model("v3", "sequence", tmp_path)
     ours = minitune.load_model(tmp_path, num_labels=3)
-    wrapped = apply_lora(ours, r=4, alpha=8)
+    wrapped = apply_lora(ours, lora_r=4, lora_alpha=8)
     per_layer = {n.split("layer.0.", 1)[1] for n in wrapped if ".layer.0." in n}
     assert per_layer == {
         "attention.self.query_proj",
@@ -300,14 +300,23 @@ def test_goemotions_recipe_config_parses_and_names_the_missing_model(tmp_path, d
     from huggingface_hub import constants
 
     from minitune.cli import main, parse_config
-    from minitune.config import validate
 
     toml = Path(__file__).resolve().parents[1] / "configs" / "goemotions-deberta-v3-large.toml"
-    cfg = validate(parse_config(["--config", str(toml)]))
-    assert (cfg.model, cfg.lr, cfg.batch_size, cfg.grad_accum) == ("deberta-v3-large", 3e-5, 4, 4)
-    assert (cfg.scheduler, cfg.warmup_ratio, cfg.weight_decay, cfg.precision) == ("cosine", 0.15, 0.01, "fp16")
-    assert (cfg.max_length, cfg.loss, cfg.threshold, cfg.oversample_rare) == (256, "asl:0.5+focal:0.5", 0.2, 100)
-    assert cfg.class_weights == "balanced"  # the inputs' checks build this loss before they look for the model
+    cfg = parse_config(["--config", str(toml)]).flat()  # checked once, by make_config
+    assert (cfg["model"], cfg["lr"], cfg["batch_size"], cfg["grad_accum"]) == ("deberta-v3-large", 3e-5, 4, 4)
+    assert (cfg["scheduler"], cfg["warmup_ratio"], cfg["weight_decay"], cfg["precision"]) == (
+        "cosine",
+        0.15,
+        0.01,
+        "fp16",
+    )
+    assert (cfg["max_length"], cfg["loss"], cfg["threshold"], cfg["oversample_rare"]) == (
+        256,
+        "asl:0.5+focal:0.5",
+        0.2,
+        100,
+    )
+    assert cfg["class_weights"] == "balanced"  # the inputs' checks build this loss before they look for the model
     # An empty cache, offline: the checkpoint is surely absent.
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)

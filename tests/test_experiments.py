@@ -131,13 +131,13 @@ def test_ensemble_is_the_mean_of_its_members_and_predict_averages_them(humor_see
 
 
 def test_resumed_cv_equals_an_uninterrupted_one(humor_cv, data_dir, tmp_path, monkeypatch, capsys):
-    from minitune.experiments import trial
+    from minitune import finetune
     from minitune.train.loop import TrainData
 
-    real_fit = trial.fit
+    real_fit = finetune.fit
 
-    def fit_stopped_in_fold1(model, loss_fn, data, evaluate, cfg, out_dir, device):
-        if out_dir.name == "fold1" and not cfg.resume:  # Ctrl-C while the 2nd batch of fold 1 is prepared
+    def fit_stopped_in_fold1(model, loss_fn, data, evaluate, cfg, out_dir, device, **kw):
+        if out_dir.name == "fold1" and not kw["resume"]:  # Ctrl-C while the 2nd batch of fold 1 is prepared
             calls, collate = itertools.count(), data.collate
 
             def collate_then_stop(features):
@@ -146,9 +146,9 @@ def test_resumed_cv_equals_an_uninterrupted_one(humor_cv, data_dir, tmp_path, mo
                 return collate(features)
 
             data = TrainData(data.features, data.sampler, collate_then_stop)
-        return real_fit(model, loss_fn, data, evaluate, cfg, out_dir, device)
+        return real_fit(model, loss_fn, data, evaluate, cfg, out_dir, device, **kw)
 
-    monkeypatch.setattr(trial, "fit", fit_stopped_in_fold1)
+    monkeypatch.setattr(finetune, "fit", fit_stopped_in_fold1)
     out = tmp_path / "stopped"
     assert main(["cv", *args(data_dir, out), "--folds", "3"]) == 130
     assert "fold1/checkpoint" in capsys.readouterr().err
@@ -219,13 +219,14 @@ def test_distillation_alpha_zero_is_ordinary_training_and_teacher_files_are_chec
 
 def test_teacher_that_is_the_student_gives_near_zero_kl_and_is_cached(humor_seeds, data_dir, tmp_path, monkeypatch):
     from minitune.checkpoints.load import load_model, load_tokenizer
+    from minitune.config.sections import LossSettings
     from minitune.data.batching import make_collate
     from minitune.data.features import tokenize
     from minitune.data.tasks import load_task
     from minitune.eval.scoring import predict_logits
     from minitune.experiments import distill
     from minitune.train.distill_loss import DistillLoss
-    from minitune.train.losses import task_loss
+    from minitune.train.losses import loss_for
 
     student = humor_seeds / "seed1"
     task = load_task("humor", data_dir)
@@ -235,7 +236,7 @@ def test_teacher_that_is_the_student_gives_near_zero_kl_and_is_cached(humor_seed
     model, tok = load_model(student / "model"), load_tokenizer(student / "model")
     feats = tokenize(examples, tok, task.kind, 32)
     logits = predict_logits(model, feats, make_collate("dynamic", 32, tok.pad_token_id), 16, torch.device("cpu"))
-    loss = DistillLoss(task_loss(task.kind, 2, None), False, 1.0, 2.0)
+    loss = DistillLoss(loss_for(LossSettings(), task.kind, 2), False, 1.0, 2.0)
     assert float(loss.soft_loss(torch.tensor(logits), torch.tensor(probs))) < 1e-6
     # Cached: a new teacher object reads the probabilities back instead of scoring again.
     monkeypatch.setattr(distill, "ensemble_scores", lambda *a, **k: pytest.fail("scored the training data again"))
@@ -249,7 +250,7 @@ def test_teacher_that_is_the_student_gives_near_zero_kl_and_is_cached(humor_seed
 def test_compare_reads_runs_of_every_task_kind(humor_cv, humor_seeds, data_dir, tmp_path, capsys):
     semeval, mpr = tmp_path / "semeval", tmp_path / "mpr"
     assert main(args(data_dir, semeval, "semeval", 80)) == 0
-    assert main([*args(data_dir, mpr, "recipe-mpr", 60), "--folds", "1"]) == 0
+    assert main([*args(data_dir, mpr, "recipe-mpr", 60), "--max-folds", "1"]) == 0
     runs = [humor_cv, humor_seeds, humor_seeds / "seed1", semeval, mpr]
     assert main(["compare", *map(str, runs), "--output", str(tmp_path / "cmp")]) == 0
     rows = json.loads((tmp_path / "cmp.json").read_text())
@@ -267,7 +268,7 @@ def test_compare_reads_runs_of_every_task_kind(humor_cv, humor_seeds, data_dir, 
 def test_cv_members_predict_at_the_runs_max_length_and_reports_start(humor_cv, tmp_path):
     """A cv fold's model/ has no run config beside it: predict must read the cv run's (max_length 32 here, not
     the 128 fallback), so predict on the cv directory reproduces the run's own dev probabilities."""
-    from minitune.experiments.ensemble import trained_max_length
+    from minitune.checkpoints.rundir import trained_max_length
 
     assert trained_max_length(humor_cv / "fold0" / "model") == 32
     results = json.loads((humor_cv / "results.json").read_text())
@@ -278,7 +279,7 @@ def test_cv_members_predict_at_the_runs_max_length_and_reports_start(humor_cv, t
 
 
 def test_a_checkpoints_own_config_is_not_a_run_config(tmp_path):
-    from minitune.experiments.ensemble import trained_max_length
+    from minitune.checkpoints.rundir import trained_max_length
 
     model = tmp_path / "hf" / "model"
     model.mkdir(parents=True)
@@ -308,8 +309,8 @@ def test_single_model_settings_are_refused_by_protocols_of_several(tmp_path, dat
 
 def test_recipe_mpr_distillation_does_not_score_the_teacher_on_items_it_trained_on(data_dir, tmp_path, capsys):
     teacher, student = tmp_path / "teacher", tmp_path / "student"
-    assert main([*args(data_dir, teacher, "recipe-mpr", 60), "--folds", "1", "--epochs", "1"]) == 0
-    a = args(data_dir, student, "recipe-mpr", 60, "--folds", "1", "--epochs", "1")
+    assert main([*args(data_dir, teacher, "recipe-mpr", 60), "--max-folds", "1", "--epochs", "1"]) == 0
+    a = args(data_dir, student, "recipe-mpr", 60, "--max-folds", "1", "--epochs", "1")
     refused = ["distill", "--teacher", str(teacher), *a, "--model", "minilm", "--in-batch-negatives"]
     assert main(refused) == 2  # the student's training logits reach past the teacher's options
     assert "drop --in-batch-negatives" in capsys.readouterr().err and not student.exists()
@@ -325,7 +326,7 @@ def test_bi_encoder_cv_and_seed_members_score_as_they_trained(tmp_path, data_dir
     """MiniLM declares mean pooling, so Recipe-MPR runs as a bi-encoder: each fold model, loaded back as an
     ensemble member (predict, distillation teachers), must see the query and options alone as it trained."""
     from minitune.data.tasks import load_task
-    from minitune.experiments.ensemble import load_member, member_scores
+    from minitune.eval.members import load_member, member_scores
 
     out = tmp_path / "cv"
     base = ["--task", "recipe-mpr", "--model", "minilm", "--data-dir", str(data_dir), "--max-train-samples", "40"]

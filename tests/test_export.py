@@ -14,7 +14,7 @@ import minitune
 from minitune.adapters.lora import apply_adapters
 from minitune.cli import main
 from minitune.export import export_onnx
-from test_adapters import lora_kw, perturb_lora, tiny_llama
+from test_adapters import lora_settings, perturb_lora, tiny_llama
 from test_decoder import hub
 from test_encoders import CONFIGS as ENCODER_CONFIGS
 
@@ -78,7 +78,7 @@ def test_qlora_model_exports_merged_and_dequantized(tmp_path):
     """A QLoRA-trained decoder, saved as a run saves model/, runs in onnxruntime as it ran in minitune."""
     _, path = tiny_llama(tmp_path)
     model = minitune.load_model(path, quantize="nf4")
-    apply_adapters(model, **lora_kw())
+    apply_adapters(model, lora_settings())
     perturb_lora(model)  # as if trained: adapters that change the output
     ids, mask, _ = batch(0, (9, 2, 5))
     with torch.no_grad():

@@ -11,7 +11,7 @@ import torch
 
 from minitune.errors import ParameterError
 from minitune.models import decoder as dec
-from minitune.models.generate import GenerationConfig, generate, left_pad, positions, top_p_filter
+from minitune.models.generate import GenerationConfig, KVCache, generate, left_pad, positions, top_p_filter
 from test_decoder import hub  # the same shrunk config.json: 2 layers, hidden 64, vocab 100
 from tolerance import assert_close_scaled
 
@@ -53,7 +53,7 @@ def test_cached_logits_equal_uncached(name):
     _, ours = pair(name)
     ids, mask = left_pad(PROMPTS, PAD)
     follow = torch.tensor([[11, 12, 13], [21, 22, 23], [31, 32, 33]])
-    cache = dec.KVCache(ours.cfg.num_hidden_layers)
+    cache = KVCache(ours.cfg.num_hidden_layers)
     with torch.no_grad():
         steps = [ours(ids, mask, positions(mask), cache)]
         for j in range(follow.shape[1]):

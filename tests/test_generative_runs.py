@@ -162,7 +162,7 @@ def test_recipe_mpr_zero_shot_answers_every_folds_test_part(tmp_path, tiny_recip
 def test_recipe_mpr_lora_tunes_one_adapter_per_fold(tmp_path, tiny_recipe, tiny_instruct):  # noqa: F811
     code, out = train(
         tmp_path, tiny_recipe, tiny_instruct, "lora", "--task", "recipe-mpr", "--epochs", "1", "--lora-r", "4",
-        "--folds", "2", "--lr", "1e-2", "--max-train-samples", "8",
+        "--max-folds", "2", "--lr", "1e-2", "--max-train-samples", "8",
     )  # fmt: skip
     assert code == 0
     results = json.loads((out / "results.json").read_text())
@@ -207,7 +207,7 @@ def test_resume_of_an_interrupted_generative_run_equals_the_uninterrupted_run(
     args = [*TUNE, "--epochs", "2", "--eval-every", "1", "--log-every", "1"]
     code, straight = train(tmp_path, data_dir, tiny_instruct, "straight", *args)
     assert code == 0
-    from minitune.experiments.generative import Answerer
+    from minitune.eval.answers import Answerer
 
     answers, calls = Answerer.answers, {"n": 0}
 
@@ -268,7 +268,7 @@ def test_two_gloo_ranks_tune_the_adapter_of_one_process(tmp_path, data_dir, tiny
 
 
 def test_fsdp_is_refused_for_the_generative_head():
-    from minitune.config import make_config
+    from minitune.config.load import make_config
     from minitune.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"drop fsdp \(torchrun without it trains the generative head with DDP\)"):

@@ -8,10 +8,11 @@ import torch
 import transformers
 
 import minitune
+from minitune.config.sections import LoopSettings
 from minitune.data.batching import BucketedBatchSampler, TokenBudgetBatchSampler, collate, length_of
 from minitune.train.amp import DynamicLossScaler
 from minitune.train.embedding_grads import SPARSE_MIN_ROWS, sparse_embedding_grads
-from minitune.train.loop import LoopConfig, TrainData, accumulate_gradients, fit
+from minitune.train.loop import TrainData, accumulate_gradients, fit
 from minitune.train.losses import build_loss
 
 
@@ -105,9 +106,13 @@ def loop_cfg(**kw):
         log_every=1,
         patience=None,
         metric="score",
-        resume=False,
     )
-    return LoopConfig(**{**base, **kw})
+    return LoopSettings(**{**base, **kw})
+
+
+def metrics_only(evaluate):
+    """fit's evaluate returns (metrics, payload); these tests keep no payload."""
+    return lambda m: (evaluate(m), None)
 
 
 class Crash(Exception):
@@ -128,14 +133,15 @@ class CrashingFeatures(list):
         return super().__getitem__(i)
 
 
-def run_fit(tmp_path, name, features, cfg, evaluate=None):
+def run_fit(tmp_path, name, features, cfg, evaluate=None, resume=False):
     model = tiny_bert(tmp_path / name)
     torch.manual_seed(cfg.seed if hasattr(cfg, "seed") else 0)
     data = TrainData(
         features, BucketedBatchSampler([length_of(f) for f in features], 4, seed=1, window=2), lambda b: collate(b, 0)
     )
-    evaluate = evaluate or (lambda m: {"score": 0.0})
-    state = fit(model, build_loss("ce", "single_label", 3), data, evaluate, cfg, tmp_path / name, torch.device("cpu"))
+    evaluate = metrics_only(evaluate or (lambda m: {"score": 0.0}))
+    loss = build_loss("ce", "single_label", 3)
+    state = fit(model, loss, data, evaluate, cfg, tmp_path / name, torch.device("cpu"), resume=resume).state
     return model, state
 
 
@@ -149,7 +155,7 @@ def test_two_epochs_equal_one_epoch_then_resume(tmp_path):
         run_fit(tmp_path, "b", CrashingFeatures(feats, after=24 + 12), loop_cfg())
     logged = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if r["type"] == "train"] == [1, 2, 3, 4]
-    resumed, state = run_fit(tmp_path, "b", feats, loop_cfg(resume=True))
+    resumed, state = run_fit(tmp_path, "b", feats, loop_cfg(), resume=True)
     assert state.epoch == 2 and state.step == 6
     for (n, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), n
@@ -171,11 +177,11 @@ def test_token_budget_schedule_counts_every_epoch(tmp_path):
         tiny_bert(tmp_path),
         build_loss("ce", "single_label", 3),
         data,
-        lambda m: {"score": 0.0},
+        metrics_only(lambda m: {"score": 0.0}),
         cfg,
         tmp_path,
         torch.device("cpu"),
-    )
+    ).state
     assert state.step == sum(counts) and state.epoch == 3
     logged = map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
     lrs = [r["lr"] for r in logged if r["type"] == "train"]
@@ -194,11 +200,11 @@ def test_non_finite_loss_skips_the_step_and_keeps_weights(tmp_path):
             model,
             lambda logits, y: ce(logits, y) * float("nan"),
             data,
-            lambda m: {"score": 0.0},
+            metrics_only(lambda m: {"score": 0.0}),
             loop_cfg(epochs=1, grad_accum=1, precision=precision),
             tmp_path,
             torch.device("cpu"),
-        )
+        ).state
         assert state.skipped_steps == 1 and state.step == 0
         for k, v in model.state_dict().items():
             assert torch.equal(v, before[k]), k
@@ -240,7 +246,8 @@ def test_gradient_clipping_acts_before_the_optimizer_step(tmp_path, clip):
     before = {k: v.clone() for k, v in model.named_parameters()}
     data = TrainData(feats, BucketedBatchSampler([length_of(f) for f in feats], 8, seed=0), lambda b: collate(b, 0))
     cfg = loop_cfg(epochs=1, grad_accum=1, clip_grad=clip, weight_decay=0.0, warmup_ratio=0.0, scheduler="constant")
-    fit(model, build_loss("ce", "single_label", 3), data, lambda m: {"score": 0.0}, cfg, tmp_path, torch.device("cpu"))
+    evaluate = metrics_only(lambda m: {"score": 0.0})
+    fit(model, build_loss("ce", "single_label", 3), data, evaluate, cfg, tmp_path, torch.device("cpu"))
     moved = max(float((p.detach() - before[k]).abs().max()) for k, p in model.named_parameters())
     assert (moved > 0.5 * cfg.lr) if clip == 0 else (0 < moved < 1e-3 * cfg.lr)
 
@@ -277,7 +284,7 @@ def test_checkpoint_survives_a_crash_while_writing_and_between_renames(tmp_path,
     assert sorted(p.name for p in (tmp_path / "a").iterdir() if p.name.startswith(".")) == []  # no temp dirs left
     # A crash between save_checkpoint's two renames leaves only checkpoint.old: resume still finds it.
     directory.rename(directory.with_name("checkpoint.old"))
-    _, state = run_fit(tmp_path, "a", feats, loop_cfg(resume=True))
+    _, state = run_fit(tmp_path, "a", feats, loop_cfg(), resume=True)
     assert state.step == 6 and state.epoch == 2
 
 
@@ -323,7 +330,7 @@ def test_interrupt_finishes_the_step_checkpoints_and_resumes_exactly(tmp_path, a
     assert step == {5: 1, 29: 4, 45: 6}[at] and stopped.value.checkpoint == str(tmp_path / "b" / "checkpoint")
     assert read_progress(tmp_path / "b" / "checkpoint") == {"step": step, "epoch": at // 24, "finished": at == 45}
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
-    resumed, state = run_fit(tmp_path, "b", feats, loop_cfg(resume=True), evaluate=evaluate)
+    resumed, state = run_fit(tmp_path, "b", feats, loop_cfg(), evaluate=evaluate, resume=True)
     assert state.step == 6 and state.best_step == done.best_step == 6
     for (n, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), n
@@ -370,3 +377,48 @@ def test_early_stop_is_announced_and_only_when_steps_remain(tmp_path, capsys):
     scores = iter([0.0, 0.9, 0.1])
     _, state = run_fit(tmp_path, "t", feats, loop_cfg(patience=1), evaluate=lambda m: {"score": next(scores)})
     assert not state.stopped_early and state.step == 6
+
+
+def fit_with(tmp_path, name, features, evaluate, resume=False, epochs=2):
+    model = tiny_bert(tmp_path / name)
+    data = TrainData(
+        features, BucketedBatchSampler([length_of(f) for f in features], 4, seed=1, window=2), lambda b: collate(b, 0)
+    )
+    loss = build_loss("ce", "single_label", 3)
+    fitted = fit(
+        model, loss, data, evaluate, loop_cfg(epochs=epochs), tmp_path / name, torch.device("cpu"), resume=resume
+    )
+    return model, fitted
+
+
+def fingerprint(model) -> float:
+    return float(sum(p.detach().double().sum() for p in model.parameters()))
+
+
+def test_fit_returns_the_start_and_the_best_evaluations_payload(tmp_path):
+    """evaluate returns (metrics, payload): fit keeps the start's metrics apart and returns the best one's payload."""
+    values, calls = iter([0.2, 0.5, 0.9, 0.3]), []
+
+    def evaluate(m):
+        calls.append(fingerprint(m))
+        return {"score": next(values)}, len(calls) - 1
+
+    model, fitted = fit_with(tmp_path, "p", ragged_features(24), evaluate, epochs=3)
+    assert fitted.state.start == {"score": 0.2} and fitted.state.best == 0.9 and fitted.payload == 2
+    assert len(calls) == 4 and fingerprint(model) == calls[2]  # the model holds the weights the payload scored
+
+
+def test_a_resumed_fit_scores_the_restored_best_weights_when_their_evaluation_came_before(tmp_path):
+    """The best evaluation happened in the interrupted process: the resumed one evaluates the restored best weights
+    once more for the payload (and only then)."""
+    feats = ragged_features(24)
+    values = iter([0.1, 0.9, 0.5, 0.4])  # one run in two processes: best after epoch 1, in the first process
+
+    def evaluate(m):
+        return {"score": next(values)}, fingerprint(m)
+
+    with pytest.raises(Crash):
+        fit_with(tmp_path, "r", CrashingFeatures(feats, after=24 + 12), evaluate)
+    model, fitted = fit_with(tmp_path, "r", feats, evaluate, resume=True)
+    assert fitted.state.best == 0.9 and fitted.payload == fingerprint(model)
+    assert next(values, None) is None  # start, epoch 1 | epoch 2, then the restored weights: 4 evaluations

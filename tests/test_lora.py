@@ -119,7 +119,7 @@ def test_base_checkpoint_loads_one_to_one_into_wrapped_model():
     state = base.state_dict()
     torch.manual_seed(123)
     wrapped = tiny_bert()  # different random weights
-    apply_lora(wrapped, r=4, alpha=8)
+    apply_lora(wrapped, lora_r=4, lora_alpha=8)
     assert set(wrapped.state_dict()) >= set(state)
     result = wrapped.load_state_dict(state, strict=False)
     assert not result.unexpected_keys
@@ -130,7 +130,7 @@ def test_base_checkpoint_loads_one_to_one_into_wrapped_model():
 
 def test_trainable_set_bert():
     model = tiny_bert()
-    names = apply_lora(model, r=4, alpha=8)
+    names = apply_lora(model, lora_r=4, lora_alpha=8)
     per_layer = [
         "attention.self.query",
         "attention.self.key",
@@ -151,11 +151,11 @@ def test_target_patterns_and_errors():
     assert matches("bert.encoder.layer.0.attention.self.query", "query")
     assert matches("bert.encoder.layer.0.attention.output.dense", "output.dense")
     assert not matches("bert.encoder.layer.0.attention.self.query", "uery")
-    names = apply_lora(model, r=2, alpha=2, targets=[r"re:.*layer\.0\..*query", "layer.1.*.value"])
+    names = apply_lora(model, lora_r=2, lora_alpha=2, lora_targets=[r"re:.*layer\.0\..*query", "layer.1.*.value"])
     assert names == ["bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.1.attention.self.value"]
-    with pytest.raises(ConfigError, match="^targets.*'q_proj'"):
-        apply_lora(tiny_bert(), r=2, alpha=2, targets=["query", "q_proj"])
-    with pytest.raises(ConfigError, match="^targets"):
+    with pytest.raises(ConfigError, match="^lora_targets.*'q_proj'"):
+        apply_lora(tiny_bert(), lora_r=2, lora_alpha=2, lora_targets=["query", "q_proj"])
+    with pytest.raises(ConfigError, match="^lora_targets"):
         default_targets("t5")
     with pytest.raises(ConfigError, match="^r must"):
         LoRALinear(nn.Linear(4, 4), r=0, alpha=1)
@@ -165,7 +165,7 @@ def test_target_patterns_and_errors():
 
 def test_saved_keys_follow_peft_layout(tmp_path):
     model = tiny_llama()
-    apply_lora(model, r=4, alpha=8)
+    apply_lora(model, lora_r=4, lora_alpha=8)
     save_adapter(model, tmp_path, "tiny-llama")
     from safetensors.torch import load_file
 
@@ -185,7 +185,7 @@ def test_peft_reads_our_adapter(tmp_path, make, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = make()
     fresh, untouched = copy.deepcopy(model), copy.deepcopy(model)
-    apply_lora(model, r=4, alpha=8, use_rslora=make is tiny_llama)
+    apply_lora(model, lora_r=4, lora_alpha=8, use_rslora=make is tiny_llama)
     perturb(model)
     model.eval()
     save_adapter(model, tmp_path, "tiny")
@@ -227,7 +227,7 @@ def test_load_adapter_errors(tmp_path):
     with pytest.raises(CheckpointError, match="adapter_config.json"):
         load_adapter(tiny_bert(), tmp_path)
     model = tiny_bert()
-    apply_lora(model, r=4, alpha=8)
+    apply_lora(model, lora_r=4, lora_alpha=8)
     save_adapter(model, tmp_path)
     with pytest.raises(CheckpointError, match="lacks"):
         load_adapter(tiny_llama(), tmp_path)
@@ -241,7 +241,7 @@ def test_qlora_on_nf4_base():
     reference = copy.deepcopy(model)
     quantized = quantize_model_(model)
     assert len(quantized) == 2 * 7 and not any("score" in n for n in quantized)
-    names = apply_lora(model, r=4, alpha=8)
+    names = apply_lora(model, lora_r=4, lora_alpha=8)
     assert names == quantized  # adapters go on the NF4 layers
     layer = model.get_submodule(names[0])
     assert isinstance(layer.base, NF4Linear) and layer.lora_A.weight.dtype == torch.float32
@@ -275,7 +275,7 @@ def test_real_checkpoint_minitune_bert_and_peft_agree(tmp_path, monkeypatch):
 
     path = minilm_dir()
     ours = minitune.load_model(str(path), num_labels=3, pooling="cls")  # transformers' head: the pooler on [CLS]
-    apply_lora(ours, r=4, alpha=8, dropout=0.1)
+    apply_lora(ours, lora_r=4, lora_alpha=8, lora_dropout=0.1)
     perturb(ours)
     ours.eval()
     save_adapter(ours, tmp_path / "ours", str(path))

@@ -74,7 +74,7 @@ def test_predict_on_a_recipe_mpr_run_is_the_mean_of_its_fold_models(tmp_path, da
     further = tmp_path / "further.json"  # Recipe-MPR's own format: options keyed by id, an answer
     further.write_text(json.dumps(items))
     out = tmp_path / scorer
-    args = ["--task", "recipe-mpr", "--data-dir", str(data_dir), "--output-dir", str(out), "--folds", "2"]
+    args = ["--task", "recipe-mpr", "--data-dir", str(data_dir), "--output-dir", str(out), "--max-folds", "2"]
     small = ["--max-train-samples", "40", "--epochs", "1", "--max-length", "48", "--test-file", str(further)]
     assert main([*args, *small, "--choice-scorer", scorer, "--pooling", "mean"]) == 0
     assert f"minitune predict --model {out} --input QUESTIONS.jsonl" in capsys.readouterr().out
@@ -136,7 +136,7 @@ def test_question_files_and_flags_are_checked_in_one_line(tmp_path, content, nam
 def test_a_new_run_in_a_folds_run_directory_drops_its_members(tmp_path, data_dir):
     out = tmp_path / "run"
     base = ["--data-dir", str(data_dir), "--output-dir", str(out), "--model", "ffnn", "--epochs", "1"]
-    assert main([*base, "--task", "recipe-mpr", "--folds", "2", "--max-train-samples", "40"]) == 0
+    assert main([*base, "--task", "recipe-mpr", "--max-folds", "2", "--max-train-samples", "40"]) == 0
     assert (out / "members.json").is_file()
     assert main([*base, "--task", "humor", "--max-train-samples", "40", "--max-eval-samples", "20"]) == 0
     assert not (out / "members.json").exists()  # else predict would average the old fold models
@@ -147,7 +147,7 @@ def test_a_new_run_in_a_folds_run_directory_drops_its_members(tmp_path, data_dir
 
 
 def test_a_generative_multiple_choice_model_gets_no_questions_hint_and_is_refused_first(tmp_path):
-    from minitune.config import RunConfig
+    from minitune.config.sections import build
     from minitune.errors import ConfigError
     from minitune.runner import saved_note
 
@@ -155,7 +155,7 @@ def test_a_generative_multiple_choice_model_gets_no_questions_hint_and_is_refuse
     model.mkdir()
     (model / "config.json").write_text("{}")
     (model / "generative.json").write_text(json.dumps({"kind": "multiple_choice"}))
-    note = saved_note(RunConfig(task="recipe-mpr", head="generative"), tmp_path, "train", "multiple_choice")
+    note = saved_note(build({"task": "recipe-mpr", "head": "generative"}), tmp_path, "multiple_choice")
     assert "minitune predict" not in note
     with pytest.raises(ConfigError, match="a --head generative multiple-choice model"):
         predict_file(tmp_path, tmp_path / "missing.jsonl", tmp_path / "a.csv", ask=None)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from minitune.cli import main
-from minitune.config import RunConfig, validate
+from minitune.config.load import make_config
 from minitune.errors import ConfigError
 
 
@@ -23,4 +23,4 @@ def test_thresholds_tuned_on_held_out_train_not_on_dev(tmp_path, data_dir):
 
 def test_threshold_split_must_be_a_fraction():
     with pytest.raises(ConfigError, match="threshold_split must be a fraction"):
-        validate(RunConfig(task="goemotions", threshold_split=1.5))
+        make_config(task="goemotions", threshold_split=1.5)

@@ -9,7 +9,7 @@ import pytest
 
 import minitune
 from minitune.cli import build_parser, interrupted_message, main, parse_config
-from minitune.config import make_config
+from minitune.config.load import make_config
 from minitune.errors import MinituneError
 
 TINY = [
@@ -133,7 +133,7 @@ def test_model_typo_suggests_the_alias(capsys, monkeypatch, data_dir):
 
 
 def test_warmup_steps_replace_the_ratio():
-    cfg = parse_config(["--task", "humor", "--warmup-steps", "3"])
+    cfg = parse_config(["--task", "humor", "--warmup-steps", "3"]).loop
     assert cfg.warmup_steps == 3 and cfg.warmup_ratio == 0.1  # the ratio stays for the record; the steps win
     with pytest.raises(MinituneError, match="warmup_steps must be >= 0"):
         make_config(task="humor", warmup_steps=-1)
@@ -174,6 +174,6 @@ def test_settings_printed_once_and_the_console_report_ends_with_what_was_saved(t
 
 
 def test_predict_truncates_as_the_run_trained(humor_ffnn):
-    from minitune.predict import model_dir_of, trained_max_length
+    from minitune.checkpoints.rundir import model_dir_of, trained_max_length
 
     assert trained_max_length(model_dir_of(humor_ffnn)) == 32  # TINY's --max-length, not predict's old 128

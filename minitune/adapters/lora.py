@@ -23,7 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from minitune.adapters.nf4 import NF4Linear
+from minitune.config.sections import AdapterSettings
 from minitune.errors import ConfigError, ParameterError
+from minitune.train.distributed import is_main
 
 HEAD_NAMES = ("score", "classifier", "pre_classifier", "pooler")
 _DECODER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -136,7 +138,7 @@ def default_targets(model_type: str) -> list[str]:
     """The layers LoRA wraps by default for a model family: all attention projections and the MLP."""
     if model_type not in DEFAULT_TARGETS:
         raise ParameterError(
-            f"`targets`: no default LoRA targets for model_type {model_type!r}; pass module-name "
+            f"`lora_targets`: no default LoRA targets for model_type {model_type!r}; pass module-name "
             f"patterns, e.g. q_proj,v_proj (families with defaults: {', '.join(DEFAULT_TARGETS)})"
         )
     return list(DEFAULT_TARGETS[model_type])
@@ -206,38 +208,40 @@ def set_trainable(model: nn.Module, heads: list[str]) -> None:
 
 def apply_lora(
     model: nn.Module,
-    r: int,
-    alpha: float,
-    dropout: float = 0.0,
-    targets: list[str] | None = None,
+    lora_r: int,
+    lora_alpha: float,
+    lora_dropout: float = 0.0,
+    lora_targets: list[str] | None = None,
     use_rslora: bool = False,
     trainable_extra: tuple[str, ...] = HEAD_NAMES,
     model_type: str | None = None,
 ) -> list[str]:
     """Wrap the target linear layers of `model` in LoRALinear, in place; returns the wrapped names in order.
 
-    `targets` are patterns for `matches` (default: `default_targets` of the model's family). Head modules named in
-    `trainable_extra` are never wrapped; they stay fully trainable and are saved with the adapter.
+    `lora_targets` are patterns for `matches` (default: `default_targets` of the model's family). Head modules named
+    in `trainable_extra` are never wrapped; they stay fully trainable and are saved with the adapter.
     """
     heads = head_module_names(model, trainable_extra)
-    if targets is None:
+    if lora_targets is None:
         kind = model_type or infer_model_type(model)
         if kind is None:
             raise ParameterError(
-                "`targets`: cannot tell the model family to pick default LoRA targets; pass "
+                "`lora_targets`: cannot tell the model family to pick default LoRA targets; pass "
                 "module-name patterns, e.g. query,value"
             )
-        targets = default_targets(kind)
+        lora_targets = default_targets(kind)
     candidates = _linear_candidates(model, heads)
-    for pattern in targets:
+    for pattern in lora_targets:
         if not any(matches(n, pattern) for n in candidates):
             examples = ", ".join(sorted({n.rsplit(".", 1)[-1] for n in candidates})[:12])
             raise ParameterError(
-                f"`targets`: pattern {pattern!r} matches no linear layer of this model; use names such as: {examples}"
+                f"`lora_targets`: pattern {pattern!r} matches no linear layer of this model; use names such as: "
+                f"{examples}"
             )
-    chosen = [n for n in candidates if any(matches(n, p) for p in targets)]
+    chosen = [n for n in candidates if any(matches(n, p) for p in lora_targets)]
     for name in chosen:
-        replace_module(model, name, LoRALinear(model.get_submodule(name), r, alpha, dropout, use_rslora))
+        wrapped = LoRALinear(model.get_submodule(name), lora_r, lora_alpha, lora_dropout, use_rslora)
+        replace_module(model, name, wrapped)
     set_trainable(model, heads)
     return chosen
 
@@ -246,16 +250,27 @@ def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
-def apply_adapters(
-    model: nn.Module, r: int, alpha: float | None = None, dropout: float = 0.0, targets: list[str] | None = None
-) -> tuple[list[str], int, int]:
-    """`apply_lora` as a run uses it: alpha defaults to 2r, targets to the family's. Returns (wrapped layer names,
-    trainable parameters, all parameters); NF4 weights are buffers, counted too, or QLoRA's trainable share would
-    look twice as large."""
-    alpha = 2.0 * r if alpha is None else alpha
-    names = apply_lora(model, r, alpha, dropout, targets, model_type=infer_model_type(model))
+def apply_adapters(model: nn.Module, adapter: AdapterSettings) -> tuple[list[str], int, int]:
+    """`apply_lora` from a run's adapter settings: alpha defaults to 2r, targets to the family's. Returns (wrapped
+    layer names, trainable parameters, all parameters); NF4 weights are buffers, counted too, or QLoRA's trainable
+    share would look twice as large."""
+    alpha = 2.0 * adapter.lora_r if adapter.lora_alpha is None else adapter.lora_alpha
+    names = apply_lora(
+        model, adapter.lora_r, alpha, adapter.lora_dropout, adapter.targets(), model_type=infer_model_type(model)
+    )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters()) + sum(
         m.in_features * m.out_features for m in model.modules() if isinstance(m, NF4Linear)
     )
     return names, trainable, total
+
+
+def add_lora(model: nn.Module, adapter: AdapterSettings) -> None:
+    """`apply_adapters`, said once (rank 0 under torchrun): how many layers, and the trainable share."""
+    names, trainable, total = apply_adapters(model, adapter)
+    if is_main():
+        alpha = 2.0 * adapter.lora_r if adapter.lora_alpha is None else adapter.lora_alpha
+        print(
+            f"LoRA r={adapter.lora_r} alpha={alpha} on {len(names)} layers: {trainable:,} trainable of {total:,} "
+            f"parameters ({100 * trainable / max(total, 1):.2f}%)"
+        )

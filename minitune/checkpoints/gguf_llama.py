@@ -171,6 +171,31 @@ def byte_alphabet() -> dict[int, str]:
 def gguf_tokenizer(g: GGUFFile) -> tuple[Tokenizer, dict[str, str | None]]:
     """The file's byte-level BPE tokenizer, and its special token strings keyed as minitune.tokenizer.Tokenizer's
     keywords: {"bos_token", "eos_token", "pad_token", "unk_token"} (None where the file names no such id)."""
+    _require_byte_level_bpe(g)
+    tokens, types = _meta(g, "tokenizer.ggml.tokens"), g.metadata.get("tokenizer.ggml.token_type") or []
+    alphabet = byte_alphabet()
+    spelled = set(alphabet.values())
+    # A token written in raw text rather than the byte alphabet is respelled, as the reference does.
+    vocab = {
+        t if set(t) <= spelled else "".join(alphabet[b] for b in t.encode("utf-8")): i for i, t in enumerate(tokens)
+    }
+    tok = _byte_level_bpe(g, vocab)
+    _add_typed_tokens(tok, tokens, types, vocab, spelled)
+    specials = {
+        name: (tokens[i] if (i := g.metadata.get(f"tokenizer.ggml.{key}")) is not None else None)
+        for name, key in (
+            ("bos_token", "bos_token_id"),
+            ("eos_token", "eos_token_id"),
+            ("pad_token", "padding_token_id"),
+            ("unk_token", "unknown_token_id"),
+        )
+    }
+    _add_bos_eos(g, tok, specials)
+    return tok, specials
+
+
+def _require_byte_level_bpe(g: GGUFFile) -> None:
+    """Only GPT-2 style byte-level BPE with GPT-2's own pre-tokenizer regex is rebuilt; others are errors."""
     kind, pre = g.metadata.get("tokenizer.ggml.model"), g.metadata.get("tokenizer.ggml.pre", "default")
     if kind != "gpt2":
         raise CheckpointError(
@@ -182,13 +207,11 @@ def gguf_tokenizer(g: GGUFFile) -> tuple[Tokenizer, dict[str, str | None]]:
             f"{g.path}: pre-tokenizer {pre!r} is not supported (only {', '.join(GPT2_REGEX_PRE)}); "
             f"use the model's tokenizer.json"
         )
-    tokens, types = _meta(g, "tokenizer.ggml.tokens"), g.metadata.get("tokenizer.ggml.token_type") or []
-    alphabet = byte_alphabet()
-    spelled = set(alphabet.values())
-    # A token written in raw text rather than the byte alphabet is respelled, as the reference does.
-    vocab = {
-        t if set(t) <= spelled else "".join(alphabet[b] for b in t.encode("utf-8")): i for i, t in enumerate(tokens)
-    }
+
+
+def _byte_level_bpe(g: GGUFFile, vocab: dict[str, int]) -> Tokenizer:
+    """The BPE model over the byte-alphabet vocabulary and the file's merges, with byte-level pre-tokenizer and
+    decoder, as transformers builds it from the same file."""
     merges = [tuple(m.split(" ")) for m in _meta(g, "tokenizer.ggml.merges")]
     if any(len(m) != 2 for m in merges):
         raise CheckpointError(f"{g.path}: tokenizer.ggml.merges holds an entry that is not two tokens; corrupt file")
@@ -204,6 +227,13 @@ def gguf_tokenizer(g: GGUFFile) -> tuple[Tokenizer, dict[str, str | None]]:
     )
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def _add_typed_tokens(
+    tok: Tokenizer, tokens: list[str], types: list[int], vocab: dict[str, int], spelled: set[str]
+) -> None:
+    """Control tokens become special added tokens, user-defined ones plain added tokens (llama.cpp token types)."""
     # Control tokens outside the byte alphabet would be mislabelled ones; the reference skips them too.
     tok.add_special_tokens(
         [
@@ -219,17 +249,6 @@ def gguf_tokenizer(g: GGUFFile) -> tuple[Tokenizer, dict[str, str | None]]:
             if k == _USER_DEFINED and t in vocab
         ]
     )
-    specials = {
-        name: (tokens[i] if (i := g.metadata.get(f"tokenizer.ggml.{key}")) is not None else None)
-        for name, key in (
-            ("bos_token", "bos_token_id"),
-            ("eos_token", "eos_token_id"),
-            ("pad_token", "padding_token_id"),
-            ("unk_token", "unknown_token_id"),
-        )
-    }
-    _add_bos_eos(g, tok, specials)
-    return tok, specials
 
 
 def _add_bos_eos(g: GGUFFile, tok: Tokenizer, specials: dict[str, str | None]) -> None:

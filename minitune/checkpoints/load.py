@@ -98,23 +98,14 @@ def load_model(
     if head not in HEADS:
         raise ParameterError(f"`head` {head!r} is not supported; use one of {', '.join(HEADS)}")
     path = resolve_model(str(name_or_path))
-    if path.suffix.lower() == ".gguf":
-        g = read_gguf(path)
-        hf, index = gguf_to_hf_config(g), CheckpointIndex(path)
-        for name, (shape, load) in gguf_hub_tensors(g).items():
-            index.add(name, shape, load)
-    else:
-        hf, index = read_config(path), None
+    hf, index = _open_checkpoint(path)
     family = family_for(hf.get("model_type"), path)
     cfg = family.config_from_hf(hf)
     declared, has_head, ckpt_labels = _declared_for_head(path, hf, family, head)
     mode, scorer = resolve_pooling(family, hf, declared, pooling, head, choice_scorer)
     has_head = has_head and hf.get("minitune_pooling", "cls") == mode  # a head trained on another pooled vector
-    pooled_head = head_tensors(path) if hf.get("minitune_pooling", "cls") == mode and mode != "cls" else {}
-    if pooled_head:  # a pooled head minitune saved beside the encoder (sentence-transformers' Dense module)
-        index = index or index_checkpoint(path)
-        for name, (shape, reader) in pooled_head.items():
-            index.add(name, shape, reader)
+    index, pooled_head = _with_pooled_head(path, hf, mode, index)
+    if pooled_head:
         has_head, ckpt_labels = True, _labels(hf, head)
     if num_labels is None:
         num_labels = len(ckpt_labels) if ckpt_labels else 2
@@ -128,6 +119,32 @@ def load_model(
     model.label_names = ckpt_labels if head_loaded else None
     model.head_trained = head_loaded or scorer == "bi"  # False: a fresh, untrained head; bi has no head
     return model.eval()
+
+
+def _open_checkpoint(path: Path) -> tuple[dict, CheckpointIndex | None]:
+    """(config.json dict, tensor index) of a resolved checkpoint. A GGUF file is indexed now (its config comes from
+    the same read); a Hub directory's index is left for later (None)."""
+    if path.suffix.lower() != ".gguf":
+        return read_config(path), None
+    g = read_gguf(path)
+    hf, index = gguf_to_hf_config(g), CheckpointIndex(path)
+    for name, (shape, load) in gguf_hub_tensors(g).items():
+        index.add(name, shape, load)
+    return hf, index
+
+
+def _with_pooled_head(
+    path: Path, hf: dict, mode: str, index: CheckpointIndex | None
+) -> tuple[CheckpointIndex | None, bool]:
+    """(the index, whether it now holds a pooled head): a pooled head minitune saved beside the encoder
+    (sentence-transformers' Dense module) is read when the checkpoint was trained with this pooling."""
+    pooled_head = head_tensors(path) if hf.get("minitune_pooling", "cls") == mode and mode != "cls" else {}
+    if not pooled_head:
+        return index, False
+    index = index or index_checkpoint(path)
+    for name, (shape, reader) in pooled_head.items():
+        index.add(name, shape, reader)
+    return index, True
 
 
 def _resolved_config(name_or_path) -> tuple[Path, dict]:
@@ -209,9 +226,26 @@ def _copy_weights(
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     to_model = _normalise_names(index, prefix)
     found = {to_model[n]: index.shapes[n] for n in index.shapes}
+    head_keys = {k for k in expected if not k.startswith(prefix + ".")}
+    _check_keys(model, index.path, expected, found, head_keys)
+    head_fits = use_head and all(found.get(k) == expected[k] for k in head_keys)
+    dropped = [k for k in found if k not in expected or (k in head_keys and not head_fits)]
+    if dropped:
+        log.info("not used from the checkpoint: %s", describe_keys(dropped))
+    taken = [k for k in expected if k in found and (k not in head_keys or head_fits)]
+    _read_weights(model, index, {m: n for n, m in to_model.items()}, taken, dtype, quantize)
+    fresh = [k for k in expected if k not in found or (k in head_keys and not head_fits)]
+    _init_fresh(model, fresh, dtype)
+    return bool(head_keys) and head_fits
 
+
+def _check_keys(
+    model: nn.Module, where: Path, expected: dict[str, tuple], found: dict[str, tuple], head_keys: set[str]
+) -> None:
+    """The strict key check of the base model (model names on both sides): every weight present with its shape, and
+    no unknown key inside the base model; buffers, pooler weights and the family's ignored keys aside."""
+    prefix = model.base_prefix
     in_base = lambda k: k.startswith(prefix + ".")  # noqa: E731
-    head_keys = {k for k in expected if not in_base(k)}
     # Pooler weights may be absent (checkpoints trained without NSP); the reference initialises them fresh.
     optional = {k for k in expected if ".pooler." in k}
     missing = [k for k in expected if k not in found and k not in head_keys and k not in optional]
@@ -225,7 +259,6 @@ def _copy_weights(
         and not k.endswith(getattr(model, "ignored_checkpoint_keys", ()))
     ]
     mismatched = [k for k in found if k in expected and k not in head_keys and found[k] != expected[k]]
-    where = index.path
     if missing:
         raise CheckpointError(
             f"{where}: missing weights {describe_keys(missing)}: the checkpoint does not fit "
@@ -242,27 +275,29 @@ def _copy_weights(
             f"{where}: unexpected weights {describe_keys(unexpected)}: this checkpoint is not a "
             f"{model.cfg.model_type} model of this config"
         )
-    head_fits = use_head and all(found.get(k) == expected[k] for k in head_keys)
-    dropped = [k for k in found if k not in expected or (k in head_keys and not head_fits)]
-    if dropped:
-        log.info("not used from the checkpoint: %s", describe_keys(dropped))
 
-    from_model = {m: n for n, m in to_model.items()}
+
+def _read_weights(
+    model: nn.Module,
+    index: CheckpointIndex,
+    from_model: dict[str, str],
+    keys: list[str],
+    dtype: torch.dtype,
+    quantize: str | None,
+) -> None:
+    """Read each of `keys` (model names; `from_model` gives the checkpoint's), cast floats to dtype and assign it;
+    with quantize="nf4", every linear but the head is an NF4 placeholder, filled as its weight arrives."""
     nf4 = {}
     if quantize == "nf4":
-        quantize_model_(model)  # NF4 placeholders for every linear but the head; filled as weights arrive
+        quantize_model_(model)
         nf4 = {f"{n}.weight": m for n, m in model.named_modules() if isinstance(m, NF4Linear)}
-    for key in expected:
-        if key in found and (key not in head_keys or head_fits):
-            t = index.readers[from_model[key]]()
-            t = t.to(dtype) if t.is_floating_point() else t
-            if key in nf4:
-                nf4[key].load_weight(t)
-            else:
-                set_tensor(model, key, t)
-    fresh = [k for k in expected if k not in found or (k in head_keys and not head_fits)]
-    _init_fresh(model, fresh, dtype)
-    return bool(head_keys) and head_fits
+    for key in keys:
+        t = index.readers[from_model[key]]()
+        t = t.to(dtype) if t.is_floating_point() else t
+        if key in nf4:
+            nf4[key].load_weight(t)
+        else:
+            set_tensor(model, key, t)
 
 
 def _init_fresh(model: nn.Module, keys: list[str], dtype: torch.dtype) -> None:

@@ -93,6 +93,32 @@ def _labels(features: list[Feature]) -> torch.Tensor | None:
     return torch.tensor([int(f["label"]) for f in features], dtype=torch.int64)  # (B,)
 
 
+def _row_keys(features: list[Feature]) -> list[str]:
+    """input_ids, plus token_type_ids when the features carry them (all of them or none)."""
+    with_types = ["token_type_ids" in f for f in features]
+    if any(with_types) and not all(with_types):
+        raise ValueError("some features in the batch carry token_type_ids and some do not")
+    return ["input_ids"] + (["token_type_ids"] if all(with_types) else [])
+
+
+def _gather_rows(
+    features: list[Feature], keys: list[str], multiple_choice: bool
+) -> tuple[dict[str, list[Sequence[int]]], int]:
+    """Each key's sequences, one row per example (B rows) or per choice (B * C rows, example-major), and C."""
+    rows: dict[str, list[Sequence[int]]] = {k: [] for k in keys}
+    num_choices = len(features[0]["input_ids"]) if multiple_choice else 1
+    for f in features:
+        if multiple_choice:
+            if len(f["input_ids"]) != num_choices:
+                raise ValueError(f"multiple-choice batch mixes {num_choices} and {len(f['input_ids'])} choices")
+            for k in keys:
+                rows[k].extend(f[k])
+        else:
+            for k in keys:
+                rows[k].append(f[k])
+    return rows, num_choices
+
+
 def collate(
     features: list[Feature],
     pad_id: int,
@@ -114,24 +140,7 @@ def collate(
     left = padding_side == "left"
     multiple_choice = is_multiple_choice(features[0])
     length = _padded_length(max(length_of(f) for f in features), padding, max_length, pad_to_multiple_of)
-
-    with_types = ["token_type_ids" in f for f in features]
-    if any(with_types) and not all(with_types):
-        raise ValueError("some features in the batch carry token_type_ids and some do not")
-
-    keys = ["input_ids"] + (["token_type_ids"] if all(with_types) else [])
-    rows = {k: [] for k in keys}
-    num_choices = len(features[0]["input_ids"]) if multiple_choice else 1
-    for f in features:
-        if multiple_choice:
-            if len(f["input_ids"]) != num_choices:
-                raise ValueError(f"multiple-choice batch mixes {num_choices} and {len(f['input_ids'])} choices")
-            for k in keys:
-                rows[k].extend(f[k])
-        else:
-            for k in keys:
-                rows[k].append(f[k])
-
+    rows, num_choices = _gather_rows(features, _row_keys(features), multiple_choice)
     batch = {
         "input_ids": torch.tensor(_pad_rows(rows["input_ids"], length, pad_id, left), dtype=torch.int64),
         "attention_mask": torch.tensor(_mask_rows(rows["input_ids"], length, left), dtype=torch.int64),

@@ -174,3 +174,16 @@ def holdout_examples(examples: list, labels: np.ndarray, share: float, seed: int
     split = multilabel_holdout if np.asarray(labels).ndim == 2 else stratified_holdout
     tr, te = split(labels, share, seed)
     return [examples[i] for i in tr], [examples[i] for i in te]
+
+
+SELECTION_SHARE = 0.1  # of train held out to select on when a task has no dev set
+
+
+def selection_split(
+    train: list, dev: list, train_labels: np.ndarray, max_eval_samples: int | None, seed: int
+) -> tuple[list, list]:
+    """(train, dev) to train on and select on, the same rule in every protocol: the dev set given, else 10% of train
+    held out (stratified); either capped at its first `max_eval_samples`."""
+    if not dev:
+        train, dev = holdout_examples(train, train_labels, SELECTION_SHARE, seed)
+    return train, subsample(dev, max_eval_samples, None)

@@ -1,9 +1,9 @@
 """Text to token ids: a thin wrapper around the Hugging Face `tokenizers` library.
 
-What it does: loads a checkpoint's tokenizer.json (plus tokenizer_config.json and special_tokens_map.json),
-encodes single texts and text pairs with special tokens, truncates "longest first" with the budget counting
-the special tokens, pads batches on the configured side, and saves a directory that both `Tokenizer.from_dir`
-and transformers' `AutoTokenizer` load back to the same ids.
+What it does: encodes single texts and text pairs with special tokens, truncates "longest first" with the
+budget counting the special tokens, and pads batches on the configured side. Reading and writing the tokenizer
+files (tokenizer.json or spm.model, tokenizer_config.json, special_tokens_map.json) and the special-token and
+pipeline rules that go with them are in tokenizer_files.py; `Tokenizer.from_dir` and `save_pretrained` call it.
 
 References: the `tokenizers` library (normalise, pre-tokenise, model, post-process, truncate, pad — all the
 real work happens there); transformers 5.x `TokenizersBackend` and the BERT / RoBERTa / XLM-R tokenizer
@@ -14,67 +14,25 @@ What must match transformers (AutoTokenizer on the same directory, truncation=Tr
 - max_length=None truncates to model_max_length, as `truncation=True` does there;
 - the settings a tokenizer.json may carry for truncation and padding are ignored (all-MiniLM's asks for
   fixed padding to 128), as transformers ignores them when called;
-- for the BERT, DistilBERT, RoBERTa and XLM-R classes transformers 5 does not run the tokenizer.json pipeline
-  as stored: it rebuilds the normaliser, pre-tokeniser and post-processor from the class and
-  tokenizer_config.json (do_lower_case, add_prefix_space, ...). `_rebuild_like_reference` does the same,
-  so that e.g. XLM-R collapses repeated spaces and RoBERTa honours add_prefix_space from the config.
+- the pipeline transformers 5 rebuilds from the tokenizer class (tokenizer_files.rebuild_like_reference).
 """
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import tokenizers
 import torch
-from tokenizers import normalizers, pre_tokenizers, processors
 
-from minitune.data.spm import find_spm, spm_tokenizer
-from minitune.errors import CheckpointError, ConfigError
-
-SPECIAL_NAMES = ("pad", "bos", "eos", "unk", "cls", "sep", "mask")
-# transformers writes int(1e30) for "no limit"; anything this large is treated as none.
-_NO_LIMIT = 10**12
-
-_BERT_DEFAULTS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"}
-_ROBERTA_DEFAULTS = {
-    "pad": "<pad>",
-    "bos": "<s>",
-    "eos": "</s>",
-    "unk": "<unk>",
-    "cls": "<s>",
-    "sep": "</s>",
-    "mask": "<mask>",
-}
-_CLASS_DEFAULTS = {
-    "BertTokenizer": _BERT_DEFAULTS,
-    "DistilBertTokenizer": _BERT_DEFAULTS,
-    "RobertaTokenizer": _ROBERTA_DEFAULTS,
-    "XLMRobertaTokenizer": _ROBERTA_DEFAULTS,
-    "DebertaV2Tokenizer": {**_BERT_DEFAULTS, "bos": "[CLS]", "eos": "[SEP]"},
-}
-# Used when tokenizer_config.json names no class, as AutoTokenizer falls back on config.json's model_type.
-_CLASS_OF_MODEL_TYPE = {
-    "bert": "BertTokenizer",
-    "distilbert": "BertTokenizer",
-    "roberta": "RobertaTokenizer",
-    "xlm-roberta": "XLMRobertaTokenizer",
-    "deberta-v2": "DebertaV2Tokenizer",
-}
-# Keys of a loaded tokenizer_config.json that must not be written back: they point at the old location
-# or would make transformers prefer them over the tokenizer.json we write.
-_DROPPED_CONFIG_KEYS = (
-    "name_or_path",
-    "tokenizer_file",
-    "vocab_file",
-    "merges_file",
-    "added_tokens_decoder",
-    "auto_map",
-    "special_tokens_map_file",
+from minitune.data.tokenizer_files import (
+    SPECIAL_NAMES,
+    read_tokenizer_files,
+    rebuild_like_reference,
+    write_tokenizer_files,
 )
+from minitune.errors import ConfigError
 
 
 class Tokenizer:
@@ -124,52 +82,15 @@ class Tokenizer:
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
         """Load tokenizer.json, tokenizer_config.json and special_tokens_map.json from a model directory."""
-        directory = Path(path)
-        tok_file = directory / "tokenizer.json"
-        spm_file = find_spm(directory)
-        if not tok_file.is_file() and spm_file is None:
-            raise CheckpointError(
-                f"{tok_file}: not found (nor a SentencePiece spm.model); minitune reads tokenizer.json: create it with "
-                f"transformers (AutoTokenizer.from_pretrained(dir).save_pretrained(dir)) or pass another model"
-            )
-        config = _read_json(directory / "tokenizer_config.json")
-        class_name = _class_name(config, _read_json(directory / "config.json"))
-        specials = _special_tokens(config, directory / "special_tokens_map.json", class_name)
-        try:
-            if tok_file.is_file():  # preferred when both exist
-                tok = tokenizers.Tokenizer.from_file(str(tok_file))
-            else:
-                tok = _from_spm(spm_file, config, specials)
-        except CheckpointError:
-            raise
-        except Exception as error:  # the Rust side raises a bare Exception on a bad file
-            reason = " ".join(str(error).split())
-            raise CheckpointError(
-                f"{tok_file}: not a valid tokenizers file ({reason}): re-save the tokenizer "
-                f"with transformers or `tokenizers`"
-            ) from None
-        limit = config.get("model_max_length")
-        rest = {k: v for k, v in config.items() if k not in _DROPPED_CONFIG_KEYS}
-        wrapped = cls(
-            tok,
-            **{f"{n}_token": specials.get(n) for n in SPECIAL_NAMES},
-            model_max_length=int(limit) if isinstance(limit, (int, float)) and limit < _NO_LIMIT else None,
-            padding_side=config.get("padding_side", "right"),
-            truncation_side=config.get("truncation_side", "right"),
-            tokenizer_class=class_name,
-            config=rest,
-        )
+        files = read_tokenizer_files(Path(path))
+        wrapped = cls(files.tok, **files.settings())
         # After the constructor, so that special tokens missing from the vocabulary have ids.
-        _rebuild_like_reference(tok, class_name, config, specials)
+        rebuild_like_reference(files.tok, files.class_name, files.config, files.specials)
         return wrapped
 
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json; return the directory."""
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        spec = json.loads(self._tok.to_str())
-        spec["truncation"] = spec["padding"] = None  # the per-call settings must not be baked in
-        (out / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False, indent=2), encoding="utf-8")
         named = {f"{n}_token": t for n, t in self.special_tokens.items() if t is not None}
         config = {
             **self._config,
@@ -182,8 +103,7 @@ class Tokenizer:
             config["model_max_length"] = self.model_max_length
         else:
             config.pop("model_max_length", None)
-        _write_json(out / "tokenizer_config.json", config)
-        _write_json(out / "special_tokens_map.json", named)
+        write_tokenizer_files(out, self._tok, config, named)
         return out
 
     # ---------------------------------------------------------------- vocabulary
@@ -327,112 +247,3 @@ class Tokenizer:
             pad_token=self.special_tokens["pad"],
             length=limit if padding == "max_length" else None,
         )
-
-
-# -------------------------------------------------------------------- helpers
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """The JSON object in `path`, or {} when the file does not exist."""
-    if not path.is_file():
-        return {}
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path}: not valid JSON ({error}): restore the file from the model's source") from None
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, found {type(value).__name__}: restore the file")
-    return value
-
-
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    path.write_text(json.dumps(value, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-
-
-def _special_tokens(config: dict[str, Any], map_file: Path, class_name: str | None) -> dict[str, str]:
-    """Named special tokens: class defaults, then tokenizer_config.json, then special_tokens_map.json.
-
-    transformers reads special_tokens_map.json only for configs without added_tokens_decoder (older saves).
-    """
-    sources = [config] if "added_tokens_decoder" in config else [config, _read_json(map_file)]
-    specials = dict(_CLASS_DEFAULTS.get(class_name, {}))
-    for source in sources:
-        for name in SPECIAL_NAMES:
-            value = source.get(f"{name}_token")
-            if isinstance(value, dict):
-                specials[name] = value["content"]
-            elif isinstance(value, str):
-                specials[name] = value
-    return specials
-
-
-def _class_name(config: dict[str, Any], model_config: dict[str, Any]) -> str | None:
-    """tokenizer_config's class without the legacy 'Fast' suffix, else the class of config.json's model_type."""
-    name = config.get("tokenizer_class")
-    if isinstance(name, str):
-        return name.removesuffix("Fast")
-    return _CLASS_OF_MODEL_TYPE.get(model_config.get("model_type", ""))
-
-
-def _rebuild_like_reference(
-    tok: tokenizers.Tokenizer, class_name: str | None, config: dict[str, Any], specials: dict[str, str]
-) -> None:
-    """Replace the pipeline parts that transformers 5 rebuilds from the class instead of reading tokenizer.json."""
-    ids = {name: tok.token_to_id(token) for name, token in specials.items()}
-    if class_name in ("BertTokenizer", "DistilBertTokenizer"):
-        tok.normalizer = normalizers.BertNormalizer(
-            clean_text=True,
-            handle_chinese_chars=config.get("tokenize_chinese_chars", True),
-            strip_accents=config.get("strip_accents"),
-            lowercase=config.get("do_lower_case", True),
-        )
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        cls_, sep = specials["cls"], specials["sep"]
-        tok.post_processor = processors.TemplateProcessing(
-            single=f"{cls_}:0 $A:0 {sep}:0",
-            pair=f"{cls_}:0 $A:0 {sep}:0 $B:1 {sep}:1",
-            special_tokens=[(cls_, ids["cls"]), (sep, ids["sep"])],
-        )
-    elif class_name == "RobertaTokenizer":
-        add_prefix_space = bool(config.get("add_prefix_space", False))
-        tok.normalizer = None
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
-        tok.post_processor = processors.RobertaProcessing(
-            (specials["sep"], ids["sep"]),
-            (specials["cls"], ids["cls"]),
-            trim_offsets=bool(config.get("trim_offsets", True)),
-            add_prefix_space=add_prefix_space,
-        )
-    elif class_name == "XLMRobertaTokenizer":
-        scheme = "always" if config.get("add_prefix_space", True) else "never"
-        tok.normalizer = _precompiled_only(tok.normalizer)
-        # Splitting on whitespace first collapses runs of spaces, as SentencePiece itself does.
-        tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme)]
-        )
-        bos, eos = specials["bos"], specials["eos"]
-        tok.post_processor = processors.TemplateProcessing(
-            single=[bos, "$A", eos],
-            pair=[bos, "$A", eos, eos, "$B", eos],
-            special_tokens=[(bos, ids["bos"]), (eos, ids["eos"])],
-        )
-
-
-def _from_spm(path: Path, config: dict[str, Any], specials: dict[str, str]) -> tokenizers.Tokenizer:
-    """A SentencePiece-only checkpoint (DeBERTa-v3's spm.model): `[CLS] A [SEP] B [SEP]` around its pieces."""
-    if config.get("split_by_punct"):
-        raise CheckpointError(f"{path.parent}: split_by_punct=true in tokenizer_config.json is not supported")
-    cls_, sep = specials.get("cls") or "[CLS]", specials.get("sep") or "[SEP]"
-    return spm_tokenizer(path, cls_, sep, lowercase=bool(config.get("do_lower_case", False)))
-
-
-def _precompiled_only(normalizer: normalizers.Normalizer | None) -> normalizers.Normalizer | None:
-    """The SentencePiece charsmap part of a normaliser (transformers' XLM-R keeps only that one), or None."""
-    if normalizer is None:
-        return None
-    node = json.loads(normalizer.__getstate__())
-    items = node.get("normalizers", []) if node.get("type") == "Sequence" else [node]
-    for item in items:
-        if item.get("type") == "Precompiled" and item.get("precompiled_charsmap"):
-            return normalizers.Precompiled(base64.b64decode(item["precompiled_charsmap"]))
-    return None

@@ -16,20 +16,13 @@ from pathlib import Path
 from safetensors import safe_open
 
 from minitune.checkpoints.atomic import atomic_write_text
+from minitune.checkpoints.rundir import MEMBERS, member_model_dirs, read_results
 from minitune.errors import ConfigError
-from minitune.experiments.ensemble import MEMBERS, member_model_dirs
 
 SPLITS = ("dev", "oof", "test")
 
 
-def read_results(run_dir: Path) -> dict:
-    path = Path(run_dir) / "results.json"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir}: no results.json; pass the output directory of a finished run")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def split_score(results: dict, split: str, metric: str) -> float | None:
+def split_metric(results: dict, split: str, metric: str) -> float | None:
     """`metric` on a split, where the run predicts: at the tuned thresholds when the run chose them."""
     rep = results.get(split)
     if not isinstance(rep, dict) or "kind" not in rep:
@@ -40,9 +33,9 @@ def split_score(results: dict, split: str, metric: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def ranking_score(results: dict, metric: str) -> float | None:
+def ranking_metric(results: dict, metric: str) -> float | None:
     """The score a run is ranked by: dev, else out-of-fold (cv), else test (Recipe-MPR's folds)."""
-    return next((v for s in SPLITS if (v := split_score(results, s, metric)) is not None), None)
+    return next((v for s in SPLITS if (v := split_metric(results, s, metric)) is not None), None)
 
 
 def count_parameters(run_dir: Path) -> int | None:
@@ -88,11 +81,11 @@ def compare_row(run_dir: Path) -> dict:
         "kind": run_kind(Path(run_dir), results),
         "params": count_parameters(Path(run_dir)),
         "metric": metric,
-        "score": ranking_score(results, metric),
+        "score": ranking_metric(results, metric),
     }
     for s in SPLITS:  # the task's metric on each split the run has
-        row[s] = split_score(results, s, metric)
-    row["dev_accuracy"], row["dev_macro_f1"] = (split_score(results, "dev", m) for m in ("accuracy", "macro_f1"))
+        row[s] = split_metric(results, s, metric)
+    row["dev_accuracy"], row["dev_macro_f1"] = (split_metric(results, "dev", m) for m in ("accuracy", "macro_f1"))
     row["thresholds"] = thresholds_used(results)
     row["train_seconds"] = results.get("train", {}).get("wall_seconds")
     return row

@@ -15,7 +15,6 @@ pass each, after the models are loaded; the teacher's time is all its members').
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import time
@@ -27,14 +26,16 @@ import numpy as np
 import torch
 
 from minitune.checkpoints.atomic import atomic_write, atomic_write_text
-from minitune.config import RunConfig, resolve_device
+from minitune.checkpoints.rundir import member_model_dirs, read_results
+from minitune.config.sections import RunConfig
+from minitune.config.validate import resolve_device
 from minitune.data.kinds import MULTIPLE_CHOICE
 from minitune.data.tasks import Example, TaskData
 from minitune.errors import ConfigError
+from minitune.eval.finish import headline, uses_tuned
+from minitune.eval.members import ensemble_scores, load_member, member_scores
 from minitune.eval.metrics import classification_report
 from minitune.eval.predictions import read_prediction_records
-from minitune.experiments.ensemble import ensemble_scores, headline, load_member, member_model_dirs, member_scores
-from minitune.train.distill_loss import check_distill_args
 
 CACHE = "teacher_probs.npz"
 
@@ -103,7 +104,8 @@ def check_labels(task: TaskData, names: list[str] | None, probs: np.ndarray, whe
 
 
 def make_teacher(paths: list[str], alpha: float, temperature: float, out: Path, batch_size: int) -> Teacher:
-    check_distill_args(alpha, temperature)
+    """The teacher in `paths` (runs, ensembles, cv directories: all their models), its probabilities cached in
+    `out`."""
     dirs = []
     for p in paths:
         if not Path(p).is_dir():
@@ -112,21 +114,17 @@ def make_teacher(paths: list[str], alpha: float, temperature: float, out: Path, 
     return Teacher(dirs, alpha, temperature, out / CACHE, batch_size)
 
 
-def run_distill(
-    cfg: RunConfig,
-    teacher: Teacher,
-    alone: str | None,
-    train: Callable[..., dict],
-) -> dict:
-    """The distilled student in cfg.output_dir, the student alone (alone/ or `alone`), then the comparison."""
-    out = Path(cfg.output_dir)
+def run_distill(cfg: RunConfig, train: Callable[..., dict]) -> dict:
+    """The distilled student in its output directory, the student alone (alone/ or `alone`), then the comparison.
+    `train(cfg, teacher)` trains one run (runner.run_train)."""
+    out, d = Path(cfg.outputs.output_dir), cfg.distill
+    teacher = make_teacher(list(d.teacher), d.distill_alpha, d.temperature, out, cfg.data.batch_size * 2)
     distilled = train(cfg, teacher=teacher)
-    if alone is None:
-        alone_dir = out / "alone"
-        resume = str(alone_dir) if cfg.resume and alone_dir.is_dir() else None
-        train(dataclasses.replace(cfg, output_dir=str(alone_dir), resume=resume))
-    else:
-        alone_dir = Path(alone)
+    alone_dir = Path(cfg.distill.alone) if cfg.distill.alone else out / "alone"
+    if cfg.distill.alone is None:
+        resume = str(alone_dir) if cfg.outputs.resume and alone_dir.is_dir() else None
+        no_teacher = dict(teacher=None, distill_alpha=0.5, temperature=2.0, alone=None)
+        train(cfg.with_settings(command="train", output_dir=str(alone_dir), resume=resume, **no_teacher))
     return compare_distillation(cfg, teacher, out, alone_dir, distilled)
 
 
@@ -156,11 +154,11 @@ def compare_distillation(cfg: RunConfig, teacher: Teacher, out: Path, alone_dir:
     device = resolve_device(cfg.device)
     t_scores, t_time = timed_scores(teacher.model_dirs, examples, kind, device)
     _, s_time = timed_scores([out / "model"], examples, kind, device)
-    alone = json.loads((alone_dir / "results.json").read_text(encoding="utf-8"))
+    alone = read_results(alone_dir)
     rows = {
         "teacher": {"dirs": [str(d) for d in teacher.model_dirs], "predict_seconds": round(t_time, 3)},
-        "student_alone": headline(kind, alone[split], _tuned(alone)),
-        "student_distilled": headline(kind, distilled[split], _tuned(distilled)),
+        "student_alone": headline(kind, alone[split], uses_tuned(alone)),
+        "student_distilled": headline(kind, distilled[split], uses_tuned(distilled)),
     }
     if split == "dev":
         rows["teacher"] |= teacher_scores(kind, distilled[split], distilled["config"]["threshold"], examples, t_scores)
@@ -180,10 +178,6 @@ def compare_distillation(cfg: RunConfig, teacher: Teacher, out: Path, alone_dir:
     atomic_write_text(out / "distill.md", text)
     print(text)
     return summary
-
-
-def _tuned(results: dict) -> bool:
-    return results.get("thresholds", {}).get("use") == "tuned"
 
 
 def teacher_scores(kind: str, report: dict, threshold: float, examples: list[Example], scores: np.ndarray) -> dict:

@@ -18,7 +18,7 @@ phase before it.
     rank_by = "macro_f1"        # top level: the ranking metric (default: the base's metric); output_dir too
 
 Every trial is an ordinary run directory, OUTPUT/phase{P}-{name}/ (a single run, or with `seeds` an ensemble), ranked
-by its dev score (experiments/compare.ranking_score). A trial with results.json is finished and is read, not
+by its dev score (experiments/compare.ranking_metric). A trial with results.json is finished and is read, not
 trained, on a rerun; one with a checkpoint continues from it. leaderboard.md and leaderboard.json (the settings
 that differ from the base, the scores, the time and the phase of every trial) are rewritten after every trial.
 """
@@ -35,12 +35,15 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from minitune.checkpoints.atomic import atomic_write_text
-from minitune.config import FIELDS, RunConfig, checked_keys, make_config, parse_toml
+from minitune.checkpoints.rundir import read_results
+from minitune.config.load import COMMAND_ONLY, checked_keys, make_config, parse_toml
+from minitune.config.sections import FLAT, RunConfig
 from minitune.errors import ConfigError
-from minitune.experiments.compare import markdown_table, ranking_score, read_results, split_score
+from minitune.experiments.compare import markdown_table, ranking_metric, split_metric
 
 TOP_KEYS = {"base", "variations", "grid", "phases", "rank_by", "output_dir"}
 PHASE_ONLY = {"advance"}
+FIELDS = set(FLAT) - COMMAND_ONLY  # a trial is a training run: every setting but the commands' own
 
 
 @dataclasses.dataclass
@@ -54,7 +57,7 @@ class Sweep:
 
 
 def _keys(path: Path, where: str, table: dict, allowed: set[str]) -> dict:
-    """A table's keys under RunConfig's names (dashes or underscores), each one checked."""
+    """A table's keys under their flat names (dashes or underscores; `[section]` tables dissolved), each checked."""
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: {where} must be a table of settings, got {table!r}")
     return checked_keys(f"{path}: ", table, allowed, f" in {where}")
@@ -108,7 +111,7 @@ def trial_config(sweep: Sweep, phase: int, name: str, settings: dict) -> RunConf
     out = sweep.output_dir / f"phase{phase + 1}-{name}"
     cfg = make_config(**(sweep.base | settings | budget | {"output_dir": str(out)}))
     if any(c.is_dir() for c in out.glob("**/checkpoint")) and not (out / "results.json").is_file():
-        cfg = dataclasses.replace(cfg, resume=str(out))  # stopped part-way: continue it
+        cfg = cfg.with_settings(resume=str(out))  # stopped part-way: continue it
     return cfg
 
 
@@ -120,14 +123,14 @@ def run_sweep(sweep: Sweep, train: Callable[[RunConfig], dict]) -> list[dict]:
         ranked = []
         for name, settings in tqdm(trials, desc=f"phase {phase + 1}/{len(sweep.phases)}", leave=False):
             cfg = trial_config(sweep, phase, name, settings)
-            out = Path(cfg.output_dir)
+            out = Path(cfg.outputs.output_dir)
             finished = (out / "results.json").is_file()
             results = read_results(out) if finished else train(cfg)
-            metric = sweep.rank_by or cfg.metric
+            metric = sweep.rank_by or cfg.loop.metric
             rows.append(
                 leaderboard_row(sweep, phase, name, settings, results, metric, "read" if finished else "trained")
             )
-            ranked.append((ranking_score(results, metric), name, settings))
+            ranked.append((ranking_metric(results, metric), name, settings))
             write_leaderboard(sweep.output_dir, rows)
         advance = sweep.phases[phase].get("advance")
         ranked.sort(key=lambda t: (t[0] is None, -(t[0] or 0.0)))
@@ -142,9 +145,9 @@ def leaderboard_row(sweep, phase, name, settings, results, metric, status) -> di
         "trial": name,
         "differences": json.dumps(settings | budget),
         "metric": metric,
-        "score": ranking_score(results, metric),
-        "dev_accuracy": split_score(results, "dev", "accuracy"),
-        "dev_macro_f1": split_score(results, "dev", "macro_f1"),
+        "score": ranking_metric(results, metric),
+        "dev_accuracy": split_metric(results, "dev", "accuracy"),
+        "dev_macro_f1": split_metric(results, "dev", "macro_f1"),
         "seconds": results.get("train", {}).get("wall_seconds"),
         "status": status,
         "run": str(sweep.output_dir / f"phase{phase + 1}-{name}"),

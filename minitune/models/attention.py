@@ -4,8 +4,10 @@ The padding mask for scaled_dot_product_attention; `Packing`, which takes the pa
 run on real tokens only; `packed_attention`, attention over the packed stack (FlashAttention's variable-length kernel
 on CUDA, one call per sequence on CPU, else one masked call on the re-padded block); `self_attention` over either
 layout for the encoders; and `run_layers`, the encoder block stack that decides when unpadding pays and when the last
-block may compute the first token only. DeBERTa has its own attention (relative positions); the decoders use
-`Packing` and `packed_attention` for their unpadded path.
+block may compute the first token only. `UNPAD_MIN_SHARE`, the padding share from which every family unpads
+(`choose_packing`). DeBERTa has its own attention (relative positions); the decoders use `Packing` and
+`packed_attention` for their unpadded path, and `AttentionInputs` to hand their blocks what attention reads (with
+`LayerCache` / `DecoderCache`, the shape of models/generate.py's KV cache as the model files see it).
 
 Reference for the kernel: torch.nn.attention.varlen.varlen_attn (torch 2.13): q, k, v (N, heads, D) with the
 cumulative sequence lengths (B + 1,) int32 and the longest length; window (-1, 0) is causal. It has no dropout, runs
@@ -14,7 +16,10 @@ fp16/bf16 on CUDA only (FlashAttention 2: sm80+), and must give the masked SDPA'
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -222,6 +227,10 @@ def first_tokens(x: torch.Tensor, pack: Packing | None) -> torch.Tensor:
     return x[:, 0] if pack is None else x.index_select(0, pack.starts)
 
 
+# Unpad when at least this share of a batch is padding (see benchmarks/padding.py for where it pays).
+UNPAD_MIN_SHARE = 0.15
+
+
 def choose_packing(attention_mask: torch.Tensor | None, min_pad_share: float) -> Packing | None:
     """Unpad only when enough of the batch is padding to pay for the gathers and scatters around attention."""
     if attention_mask is None or min_pad_share > 1:
@@ -262,3 +271,38 @@ def run_layers(
         return x  # (B, H)
     x = pack.pad(x) if pack is not None else x  # (B, T, H); zeros at pads when unpadded
     return x[:, 0] if first_token_only else x
+
+
+# ---------------------------------------------------------------------------------------------- decoder blocks
+# The KV cache lives with generation (models/generate.py: LayerKV, KVCache), its only users; these protocols say
+# what the decoders read of it, so the model files never import generation (structural typing only).
+
+
+class LayerCache(Protocol):
+    """One layer's cache: `update` appends this step's keys and values (B, Hkv, t, D) and returns all of them so far,
+    (B, Hkv, S, D)."""
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class DecoderCache(Protocol):
+    """Every layer's cache, and how many positions it holds."""
+
+    @property
+    def layers(self) -> Sequence[LayerCache]: ...
+
+    def __len__(self) -> int: ...
+
+
+@dataclass
+class AttentionInputs:
+    """What a decoder block's attention reads besides its hidden states. Padded path: the rotary tables, the masks of
+    `attention_masks` (models/decoder.py) and, when generating, this layer's cache. Unpadded path (models/
+    decoder_unpadded.py): the rotary tables of the real tokens and their `Packing`; the other fields stay None."""
+
+    cos: torch.Tensor  # (B|1, 1, T, D) padded, (N, 1, D) packed; sin likewise
+    sin: torch.Tensor
+    mask: torch.Tensor | None = None  # (B, 1, T, S) boolean SDPA mask; None: causal (or, for one query, none)
+    dead_queries: torch.Tensor | None = None  # (B, T) left-pad queries with no key, their output zeroed
+    cache: LayerCache | None = None  # this layer's keys and values so far (generation)
+    pack: Packing | None = None  # set: the unpadded path, (N, H) real tokens

@@ -16,8 +16,9 @@ What must match the reference (tested in tests/test_encoders.py against transfor
   has no class for either, see checkpoints/save.py for how they are saved.
 
 Where we compute less than the reference, with the same logits and gradients (tests/test_encoders.py): pads
-leave after the embeddings when enough of a batch is padding (`choose_packing`), and since every head reads
-only the first token, the last block computes that token's row alone (`run_layers`).
+leave after the embeddings when enough of a batch is padding (`choose_packing`, threshold `UNPAD_MIN_SHARE`, both
+in models/attention.py), and since every head reads only the first token, the last block computes that token's row
+alone (`run_layers`).
 """
 
 from __future__ import annotations
@@ -30,14 +31,12 @@ from torch import nn
 
 from minitune.errors import ConfigError
 from minitune.models.activations import ACTIVATIONS
-from minitune.models.attention import Packing, first_tokens, run_layers, self_attention
+from minitune.models.attention import UNPAD_MIN_SHARE, Packing, first_tokens, run_layers, self_attention
 from minitune.models.heads import Classifier, flatten_choices, unflatten_choices
 from minitune.models.pooling import bi_scores, pool
 
 MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
 POOLINGS = ("cls", "mean", "max", "mean_sqrt_len")  # heads this family builds (models/pooling.py)
-# Unpad when at least this share of a batch is padding (see benchmarks/padding.py for where it pays).
-UNPAD_MIN_SHARE = 0.15
 
 
 @dataclass

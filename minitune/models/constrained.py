@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from minitune.models.decoder import KVCache
-from minitune.models.generate import left_pad, positions
+from minitune.models.generate import KVCache, left_pad, positions
 
 
 def continuation(tokenizer, context: str, text: str) -> list[int]:

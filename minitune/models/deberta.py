@@ -41,8 +41,7 @@ from torch.utils.checkpoint import checkpoint
 
 from minitune.errors import ConfigError
 from minitune.models.activations import ACTIVATIONS
-from minitune.models.attention import Packing, choose_packing, first_tokens
-from minitune.models.bert import UNPAD_MIN_SHARE
+from minitune.models.attention import UNPAD_MIN_SHARE, Packing, choose_packing, first_tokens
 from minitune.models.heads import Classifier, flatten_choices, unflatten_choices
 
 MODEL_TYPES = ("deberta-v2",)

@@ -10,21 +10,25 @@ What must match the reference (tested in tests/test_decoder.py against transform
 - RMSNorm cast order: Llama/Qwen2 normalise in fp32, cast to the input dtype, then multiply by the weight; Gemma
   multiplies by (1 + weight) in fp32 and casts last;
 - Gemma scales embeddings by sqrt(hidden) rounded to the activation dtype (bf16: sqrt(3072) -> 55.5);
-- RoPE: inv_freq in fp32, half-split rotation, Llama 3 wavelength rescaling, cos/sin in fp32 cast to the
-  activation dtype; position ids are arange(T) even under left padding, as the reference's sequence classifier;
+- RoPE (models/rope.py): inv_freq in fp32, half-split rotation, Llama 3 wavelength rescaling, cos/sin in fp32 cast
+  to the activation dtype; position ids are arange(T) even under left padding, as the reference's classifier;
 - Qwen2 has bias on q/k/v but not on o; Gemma takes head_dim from its config and uses tanh-GELU.
 Where we differ on purpose: the classifier reads the last real token from the attention mask (the reference uses
 the last token that is not the pad id, which is wrong when pad == eos).
 
-Generation (models/generate.py) uses `DecoderForCausalLM` and a `KVCache`: each layer appends its new keys and
-values to the cache and attends over all of them; the mask then covers the cached keys too (queries are the last
-t of S positions). Tested in tests/test_generate.py: cached logits equal uncached ones, greedy tokens equal the
+This file holds the arithmetic only. Elsewhere: config.json parsing and its checks (`DecoderConfig`,
+`config_from_hf`, `MODEL_TYPES`; re-exported here for the family registry) in models/decoder_config.py; the
+unpadded path in models/decoder_unpadded.py; what a block's attention reads (`AttentionInputs`) in
+models/attention.py.
+
+Generation (models/generate.py, which holds the `KVCache`) uses `DecoderForCausalLM`: each layer appends its new
+keys and values to its cache and attends over all of them; the mask then covers the cached keys too (queries are the
+last t of S positions). This file sees the cache only structurally (`DecoderCache`, models/attention.py), so it never
+imports generation. Tested in tests/test_generate.py: cached logits equal uncached ones, greedy tokens equal the
 reference's generate().
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,175 +37,13 @@ from torch.utils.checkpoint import checkpoint
 
 from minitune.errors import ConfigError
 from minitune.models.activations import ACTIVATIONS
-from minitune.models.attention import Packing, choose_packing
-from minitune.models.bert import UNPAD_MIN_SHARE
+from minitune.models.attention import UNPAD_MIN_SHARE, AttentionInputs, DecoderCache, choose_packing
+from minitune.models.decoder_config import MODEL_TYPES, DecoderConfig, config_from_hf  # noqa: F401 (re-exported)
 from minitune.models.decoder_unpadded import packed_self_attention, run_blocks_unpadded
 from minitune.models.heads import Classifier
 from minitune.models.rope import RotaryEmbedding, apply_rope
 
-MODEL_TYPES = ("llama", "qwen2", "gemma")
 _ARCH_NAMES = {"llama": "Llama", "qwen2": "Qwen2", "gemma": "Gemma"}
-_ROPE_TYPES = ("default", "llama3")
-
-
-@dataclass
-class DecoderConfig:
-    model_type: str
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    rms_norm_eps: float = 1e-6
-    hidden_act: str = "silu"
-    max_position_embeddings: int = 2048
-    rope_theta: float = 10000.0
-    rope_type: str = "default"  # "default" or "llama3"
-    rope_factor: float = 1.0  # llama3 only, as are the three fields below
-    rope_low_freq_factor: float = 1.0
-    rope_high_freq_factor: float = 4.0
-    rope_original_max_position_embeddings: int = 8192
-    qkv_bias: bool = False
-    o_bias: bool = False
-    mlp_bias: bool = False
-    norm_plus_one: bool = False  # Gemma: x_norm * (1 + weight)
-    scale_embeddings: bool = False  # Gemma: embeddings * sqrt(hidden)
-    tie_word_embeddings: bool = False
-    attention_dropout: float = 0.0
-    initializer_range: float = 0.02
-    pad_token_id: int | None = None
-    bos_token_id: int | None = None
-    eos_token_id: int | list[int] | None = None
-
-    def __post_init__(self) -> None:
-        where = "config.json"
-        if self.model_type not in MODEL_TYPES:
-            raise ConfigError(
-                f"{where}: model_type {self.model_type!r} is not a decoder family; use one of {', '.join(MODEL_TYPES)}"
-            )
-        if self.num_key_value_heads <= 0 or self.num_attention_heads % self.num_key_value_heads:
-            raise ConfigError(
-                f"{where}: num_attention_heads={self.num_attention_heads} is not a multiple of "
-                f"num_key_value_heads={self.num_key_value_heads}; fix the head counts"
-            )
-        if self.head_dim % 2:
-            raise ConfigError(f"{where}: head_dim={self.head_dim} is odd; rotary embeddings need an even head_dim")
-        if self.hidden_act not in ACTIVATIONS:
-            raise ConfigError(
-                f"{where}: hidden_act={self.hidden_act!r} is not supported; use one of {', '.join(sorted(ACTIVATIONS))}"
-            )
-        if self.rope_type not in _ROPE_TYPES:
-            raise ConfigError(
-                f"{where}: rope type {self.rope_type!r} is not supported; "
-                f"use one of {', '.join(_ROPE_TYPES)} (rope_parameters / rope_scaling)"
-            )
-        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
-            raise ConfigError(
-                f"{where}: pad_token_id={self.pad_token_id} is outside the vocabulary "
-                f"(vocab_size={self.vocab_size}); set a valid pad_token_id"
-            )
-
-    @property
-    def num_kv_groups(self) -> int:
-        return self.num_attention_heads // self.num_key_value_heads
-
-    @classmethod
-    def from_hf(cls, d: dict) -> DecoderConfig:
-        """A Hub config.json dict; rope settings in the transformers 4 layout (rope_theta, rope_scaling) or the 5
-        layout (rope_parameters)."""
-        kind = d.get("model_type")
-        if kind not in MODEL_TYPES:
-            raise ConfigError(
-                f"config.json: model_type {kind!r} is not a decoder family; use one of {', '.join(MODEL_TYPES)}"
-            )
-        sizes = {
-            k: _required(d, k)
-            for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
-        }
-        heads, gemma = sizes["num_attention_heads"], kind == "gemma"
-        _reject_unsupported(d, kind, sizes["num_hidden_layers"])
-        act = d.get("hidden_act") or ("gelu_pytorch_tanh" if gemma else "silu")
-        if gemma and act == "gelu":  # the reference reads Gemma's legacy "gelu" as the tanh approximation
-            act = "gelu_pytorch_tanh"
-        attention_bias = bool(d.get("attention_bias", False))
-        max_pos = d.get("max_position_embeddings") or {"llama": 2048, "qwen2": 32768, "gemma": 8192}[kind]
-        return cls(
-            model_type=kind,
-            **sizes,
-            num_key_value_heads=d.get("num_key_value_heads") or heads,
-            head_dim=d.get("head_dim") or (256 if gemma else sizes["hidden_size"] // heads),
-            rms_norm_eps=d.get("rms_norm_eps") or 1e-6,
-            hidden_act=act,
-            max_position_embeddings=max_pos,
-            **_rope_fields(d, max_pos),
-            qkv_bias=True if kind == "qwen2" else attention_bias,
-            o_bias=False if kind == "qwen2" else attention_bias,
-            mlp_bias=bool(d.get("mlp_bias", False)) if kind == "llama" else False,
-            norm_plus_one=gemma,
-            scale_embeddings=gemma,
-            tie_word_embeddings=bool(d.get("tie_word_embeddings", gemma)),
-            attention_dropout=float(d.get("attention_dropout") or 0.0),
-            initializer_range=d.get("initializer_range") or 0.02,
-            pad_token_id=d.get("pad_token_id", 0 if gemma else None),
-            bos_token_id=d.get("bos_token_id"),
-            eos_token_id=d.get("eos_token_id"),
-        )
-
-
-def _required(d: dict, key: str) -> int:
-    if d.get(key) is None:
-        raise ConfigError(f"config.json: missing {key!r}; the file is incomplete, download it again")
-    return d[key]
-
-
-def _reject_unsupported(d: dict, kind: str, n_layers: int) -> None:
-    """Features of these families we do not implement: fail loudly rather than compute something else."""
-    if kind == "qwen2" and d.get("use_sliding_window"):
-        first_sliding = d.get("max_window_layers", 28)
-        if d.get("sliding_window", 4096) is not None and first_sliding < n_layers:
-            raise ConfigError(
-                "config.json: use_sliding_window=true is not supported; set it to false "
-                "(sequences shorter than sliding_window give the same result)"
-            )
-    if "sliding_attention" in (d.get("layer_types") or []):
-        raise ConfigError("config.json: layer_types has sliding_attention layers, which are not supported")
-    if d.get("use_bidirectional_attention"):
-        raise ConfigError("config.json: use_bidirectional_attention=true is not supported; only causal decoders")
-    if d.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ConfigError("config.json: partial_rotary_factor != 1 is not supported for llama/qwen2/gemma")
-
-
-def _rope_fields(d: dict, max_pos: int) -> dict:
-    """RoPE settings from either layout. Priority as the reference: rope_scaling, then rope_parameters; theta from
-    inside that dict, else top-level rope_theta, else 10000."""
-    p = d.get("rope_scaling") or d.get("rope_parameters") or {}
-    if any(isinstance(v, dict) for v in p.values()):
-        raise ConfigError("config.json: per-layer-type rope_parameters are not supported for llama/qwen2/gemma")
-    if p.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ConfigError("config.json: partial_rotary_factor != 1 is not supported for llama/qwen2/gemma")
-    out = {
-        "rope_theta": float(p.get("rope_theta", d.get("rope_theta", 10000.0))),
-        "rope_type": p.get("rope_type", p.get("type", "default")),
-    }
-    if out["rope_type"] == "llama3":
-        missing = [k for k in ("factor", "low_freq_factor", "high_freq_factor") if k not in p]
-        if missing:
-            raise ConfigError(f"config.json: llama3 rope scaling lacks {', '.join(missing)}; add them")
-        # A top-level original_max_position_embeddings wins over the one in the dict, as in the reference.
-        ctx = d.get("original_max_position_embeddings") or p.get("original_max_position_embeddings") or max_pos
-        out.update(
-            rope_factor=float(p["factor"]),
-            rope_low_freq_factor=float(p["low_freq_factor"]),
-            rope_high_freq_factor=float(p["high_freq_factor"]),
-            rope_original_max_position_embeddings=ctx,
-        )
-    return out
-
-
-def config_from_hf(d: dict) -> DecoderConfig:
-    return DecoderConfig.from_hf(d)
 
 
 # ---------------------------------------------------------------------------------------------- building blocks
@@ -243,27 +85,19 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(h, kv, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(q, h, bias=cfg.o_bias)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: torch.Tensor | None,
-        dead: torch.Tensor | None,
-        kv: LayerKV | None = None,
-        pack: Packing | None = None,
-    ) -> torch.Tensor:
-        if pack is not None:
-            return packed_self_attention(self, x, cos, sin, pack)
+    def forward(self, x: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
+        if inputs.pack is not None:
+            return packed_self_attention(self, x, inputs.cos, inputs.sin, inputs.pack)
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = self.v_proj(x).view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if kv is not None:
-            k, v = kv.update(k, v)  # (B, Hkv, S, D): the cached keys and values, then these
+        q, k = apply_rope(q, inputs.cos, inputs.sin), apply_rope(k, inputs.cos, inputs.sin)
+        if inputs.cache is not None:
+            k, v = inputs.cache.update(k, v)  # (B, Hkv, S, D): the cached keys and values, then these
         p = self.dropout if self.training else 0.0
         scale = self.head_dim**-0.5
+        mask, dead = inputs.mask, inputs.dead_queries
         if mask is None:  # no padding: the causal flag lets SDPA pick its fastest kernel, GQA without copies
             # One new query after a cache sees every key; is_causal would align it with the first key instead.
             y = F.scaled_dot_product_attention(
@@ -302,17 +136,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_plus_one)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.norm_plus_one)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: torch.Tensor | None,
-        dead: torch.Tensor | None,
-        kv: LayerKV | None = None,
-        pack: Packing | None = None,
-    ) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, dead, kv, pack)
+    def forward(self, x: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), inputs)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -338,35 +163,6 @@ def attention_masks(attention_mask: torch.Tensor | None, t: int) -> tuple[torch.
     dead = (keep.long().cumsum(-1) == 0)[:, s - t :]  # (B, t)
     mask = (causal & keep[:, None, :]) | (dead[:, :, None] & itself)
     return mask[:, None], dead  # (B, 1, t, S), (B, t)
-
-
-class LayerKV:
-    """One layer's cached keys and values, (B, Hkv, S, D) each."""
-
-    def __init__(self) -> None:
-        self.k: torch.Tensor | None = None
-        self.v: torch.Tensor | None = None
-
-    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.k = k if self.k is None else torch.cat((self.k, k), dim=2)
-        self.v = v if self.v is None else torch.cat((self.v, v), dim=2)
-        return self.k, self.v
-
-
-class KVCache:
-    """Every layer's keys and values so far: a prefill fills it, each decoding step appends one position."""
-
-    def __init__(self, n_layers: int) -> None:
-        self.layers = [LayerKV() for _ in range(n_layers)]
-
-    def __len__(self) -> int:
-        k = self.layers[0].k
-        return 0 if k is None else k.shape[2]
-
-    def take(self, rows: torch.Tensor) -> None:
-        """Re-form the batch from these rows (repeated rows: one prompt shared by several continuations)."""
-        for kv in self.layers:
-            kv.k, kv.v = kv.k[rows], kv.v[rows]
 
 
 class DecoderModel(nn.Module):
@@ -395,7 +191,7 @@ class DecoderModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: DecoderCache | None = None,
         unpad: bool = False,
     ) -> torch.Tensor:
         """With a cache, attention_mask covers the cached positions and these (B, S); position_ids are then due
@@ -418,11 +214,8 @@ class DecoderModel(nn.Module):
         mask, dead = attention_masks(attention_mask, t)
         ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            kv = cache.layers[i] if cache is not None else None
-            if ckpt:
-                x = checkpoint(layer, x, cos, sin, mask, dead, kv, use_reentrant=False)
-            else:
-                x = layer(x, cos, sin, mask, dead, kv)
+            inputs = AttentionInputs(cos, sin, mask, dead, cache=cache.layers[i] if cache is not None else None)
+            x = checkpoint(layer, x, inputs, use_reentrant=False) if ckpt else layer(x, inputs)
         return self.norm(x)
 
 
@@ -516,8 +309,7 @@ def build(cfg: DecoderConfig, head: str, num_labels: int) -> nn.Module:
 
 
 def hf_architecture(model_type: str, head: str) -> str:
-    if model_type not in _ARCH_NAMES:
-        raise ConfigError(f"model_type {model_type!r} is not a decoder family; use one of {', '.join(MODEL_TYPES)}")
+    """model_type is one of MODEL_TYPES: the registry (models/__init__.py family_for) sends only those here."""
     if head not in HEADS:
         raise ConfigError(
             f"head={head!r} is not supported for {model_type} (decoder) models; use one of {', '.join(HEADS)}"

@@ -4,7 +4,8 @@ Kept beside models/decoder.py, which calls it, so the family file stays a top-to
 arithmetic. The blocks are the same modules; only attention differs: `packed_attention` (models/attention.py) runs
 causal attention within each sequence of the stack (FlashAttention's variable-length kernel on CUDA, one SDPA call
 per sequence on CPU). What must match: the padded path's logits and gradients, up to rounding (tests/test_varlen.py).
-Each real token keeps its padded column as position id (left or right padding), as the padded path gives it.
+Each real token keeps its padded column as position id (left or right padding), as the padded path gives it. The
+blocks get their attention inputs as one `AttentionInputs` (models/attention.py) with `pack` set.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from minitune.models.attention import Packing, packed_attention
+from minitune.models.attention import AttentionInputs, Packing, packed_attention
 from minitune.models.rope import apply_rope
 
 
@@ -35,8 +36,8 @@ def run_blocks_unpadded(model: nn.Module, x: torch.Tensor, pack: Packing) -> tor
     x = pack.unpad(x)  # (N, H)
     cos, sin = model.rotary_emb(x, pack.columns[None])  # (1, N, D)
     cos, sin = cos[0, :, None], sin[0, :, None]  # (N, 1, D), broadcast over heads
+    inputs = AttentionInputs(cos, sin, pack=pack)  # no mask, no cache: attention keeps to each sequence's run
     ckpt = model.gradient_checkpointing and model.training and torch.is_grad_enabled()
     for layer in model.layers:
-        args = (x, cos, sin, None, None, None, pack)
-        x = checkpoint(layer, *args, use_reentrant=False) if ckpt else layer(*args)
+        x = checkpoint(layer, x, inputs, use_reentrant=False) if ckpt else layer(x, inputs)
     return pack.pad(model.norm(x))  # (B, T, H)

@@ -17,8 +17,7 @@ from torch import nn
 
 from minitune.errors import ConfigError
 from minitune.models.activations import ACTIVATIONS
-from minitune.models.attention import Packing, first_tokens, run_layers, self_attention
-from minitune.models.bert import UNPAD_MIN_SHARE
+from minitune.models.attention import UNPAD_MIN_SHARE, Packing, first_tokens, run_layers, self_attention
 from minitune.models.heads import Classifier, flatten_choices, unflatten_choices
 
 MODEL_TYPES = ("distilbert",)

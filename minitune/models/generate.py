@@ -8,6 +8,10 @@ with the cache equal those of a full forward pass over the same tokens.
 
 A `logits_processor(logits, rows)` may change each step's next-token logits (B, V) before the choice: constrained
 decoding (models/constrained.py) masks every token outside a label trie that way.
+
+The KV cache (`LayerKV`, `KVCache`) lives here, with its users (this file and models/constrained.py); the model
+(models/decoder.py) reads it only through the `LayerCache` / `DecoderCache` protocols of models/attention.py, so it
+never imports this file. Each layer appends its new keys and values (reference: transformers' `DynamicCache`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,35 @@ from dataclasses import dataclass, field
 import torch
 
 from minitune.errors import ParameterError
-from minitune.models.decoder import KVCache
+
+
+class LayerKV:
+    """One layer's cached keys and values, (B, Hkv, S, D) each."""
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k = k if self.k is None else torch.cat((self.k, k), dim=2)
+        self.v = v if self.v is None else torch.cat((self.v, v), dim=2)
+        return self.k, self.v
+
+
+class KVCache:
+    """Every layer's keys and values so far: a prefill fills it, each decoding step appends one position."""
+
+    def __init__(self, n_layers: int) -> None:
+        self.layers = [LayerKV() for _ in range(n_layers)]
+
+    def __len__(self) -> int:
+        k = self.layers[0].k
+        return 0 if k is None else k.shape[2]
+
+    def take(self, rows: torch.Tensor) -> None:
+        """Re-form the batch from these rows (repeated rows: one prompt shared by several continuations)."""
+        for kv in self.layers:
+            kv.k, kv.v = kv.k[rows], kv.v[rows]
 
 
 @dataclass

@@ -71,42 +71,51 @@ def save_checkpoint(
     torch.distributed, every rank's RNG state (rank 0 writes the checkpoint)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    previous = read_progress(directory) if keep > 1 else None
-    if previous and previous["step"] == loop_state.get("step", 0):
-        previous = None  # the same step saved again (after its evaluation): replace it, do not keep it twice
-    old = directory.with_name(
-        ROTATED.format(name=directory.name, step=previous["step"]) if previous else directory.name + ".old"
-    )
+    old, kept = _displaced(directory, keep, loop_state.get("step", 0))
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:
         save_file(trainable_state(model), str(tmp / WEIGHTS))
         (tmp / SIGNATURE).write_text(json.dumps(signature, sort_keys=True) + "\n", encoding="utf-8")
         progress = {"step": loop_state.get("step", 0), "epoch": loop_state.get("epoch", 0), "finished": finished}
         (tmp / PROGRESS).write_text(json.dumps(progress) + "\n", encoding="utf-8")
-        torch.save(
-            {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "sampler": sampler.state_dict(),
-                "rng": rng_state(),
-                **({"rank_rngs": rank_rngs} if rank_rngs else {}),
-                "loop": loop_state,
-                "signature": json.dumps(signature, sort_keys=True),
-            },
-            tmp / STATE,
-        )
+        state = _trainer_state(optimizer, scheduler, scaler, sampler, loop_state, signature, rank_rngs)
+        torch.save(state, tmp / STATE)
         shutil.rmtree(old, ignore_errors=True)  # left over if an earlier run died between the renames below
         if directory.exists():
             directory.rename(old)
         tmp.rename(directory)
-        if previous is None:
+        if not kept:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for stale in rotated(directory)[max(keep - 1, 0) :]:
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def _displaced(directory: Path, keep: int, step: int) -> tuple[Path, bool]:
+    """Where the current checkpoint goes when a new one replaces it, and whether it stays there: renamed
+    `<directory>-step<N>` to be kept (keep > 1), else `<directory>.old` until the new one is in place."""
+    previous = read_progress(directory) if keep > 1 else None
+    if previous and previous["step"] == step:
+        previous = None  # the same step saved again (after its evaluation): replace it, do not keep it twice
+    if previous:
+        return directory.with_name(ROTATED.format(name=directory.name, step=previous["step"])), True
+    return directory.with_name(directory.name + ".old"), False
+
+
+def _trainer_state(optimizer, scheduler, scaler, sampler, loop_state: dict, signature: dict, rank_rngs) -> dict:
+    """Everything but the weights, as torch.load(weights_only=True) reads it back: tensors, numbers, strings."""
+    return {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "sampler": sampler.state_dict(),
+        "rng": rng_state(),
+        **({"rank_rngs": rank_rngs} if rank_rngs else {}),
+        "loop": loop_state,
+        "signature": json.dumps(signature, sort_keys=True),
+    }
 
 
 def rotated(directory: Path) -> list[Path]:

@@ -29,8 +29,11 @@ summation order.
 from __future__ import annotations
 
 import datetime
+import gc
 import json
+import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,9 +103,28 @@ def setup(device: torch.device, timeout_s: float = 600.0) -> DistContext:
     return DistContext(dist.get_rank(), dist.get_world_size(), local, device)
 
 
-def teardown() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def teardown(clean: bool = True) -> None:
+    """Leave the process group. After a clean run every rank first waits for the others (no collective is still
+    under way anywhere) and the wrappers that hold the group in reference cycles (DDP) are freed, so the group is
+    destroyed while the interpreter is fully alive. After an error the ranks do not wait: another may be gone."""
+    if not dist.is_initialized():
+        return
+    gc.collect()
+    if clean:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+def exit_process(code: int) -> None:
+    """End a torchrun process without interpreter finalization, its output flushed first. Gloo's worker threads can
+    outlive destroy_process_group; one that releases a tensor with Python references while the interpreter is torn
+    down takes the GIL, which aborts the process ("terminate called without an active exception", the exit race
+    of pytorch/pytorch#179291) after the run has finished and written everything. Every file minitune writes is
+    closed (and renamed into place) by now, so skipping finalization loses nothing."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def barrier() -> None:

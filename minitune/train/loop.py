@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -29,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from minitune.checkpoints.atomic import atomic_write
+from minitune.config.sections import DistributedSettings, LoopSettings
 from minitune.train.amp import DynamicLossScaler, autocast_context
 from minitune.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from minitune.train.distributed import (
@@ -56,36 +57,6 @@ from minitune.train.parallel import (
     wrap_model,
 )
 from minitune.train.tensorboard import TensorBoardSink
-
-
-@dataclass
-class LoopConfig:
-    """Everything `fit` reads. The runner builds it from the command line's RunConfig (minitune/config.py)."""
-
-    metric: str  # the key of evaluate()'s dict to select on (higher is better)
-    lr: float = 2e-5
-    weight_decay: float = 0.01
-    llrd: float | None = None  # layer-wise lr decay; None: one lr
-    scheduler: str = "cosine"
-    warmup_ratio: float = 0.1
-    warmup_steps: int | None = None  # overrides warmup_ratio
-    epochs: int = 3
-    max_steps: int | None = None  # overrides epochs
-    grad_accum: int = 1
-    clip_grad: float = 1.0  # 0: off
-    precision: str = "fp32"
-    eval_every: int | None = None  # optimizer steps; None: after every epoch
-    patience: int | None = None  # evaluations without improvement before stopping; None: never
-    log_every: int = 10
-    checkpoint: bool = True  # write resumable checkpoints to out_dir/checkpoint
-    save_every: int | None = None  # also checkpoint every N optimizer steps
-    keep_checkpoints: int = 1
-    report_to: str | None = None  # "tensorboard": metrics.jsonl's records also as TensorBoard events
-    resume: bool = False  # continue from out_dir/checkpoint
-    signature: dict = field(default_factory=dict)  # settings a resumed run must share, stored with checkpoints
-    fsdp: str | None = None  # torch.distributed: shard with FSDP2, "full" (ZeRO-3) or "grad-op" (ZeRO-2)
-    fsdp_cpu_offload: bool = False
-    evaluate_start: bool = True  # evaluate the model before its first optimizer step (the run's starting score)
 
 
 @dataclass
@@ -149,56 +120,44 @@ def accumulate_gradients(
 class Loop:
     """What one `fit` owns: optimizer, schedule, scaler, logs and the loop state, with one method per phase."""
 
-    def __init__(self, model, loss_fn, data: TrainData, evaluate, cfg: LoopConfig, out_dir: Path, device: torch.device):
+    def __init__(self, model, loss_fn, data: TrainData, evaluate, cfg: LoopSettings, out_dir: Path, device, run: dict):
         self.model, self.loss_fn, self.data, self.evaluate, self.cfg = model, loss_fn, data, evaluate, cfg
-        self.out_dir, self.device = Path(out_dir), device
+        self.out_dir, self.device, self.resume, self.signature = Path(out_dir), device, run["resume"], run["signature"]
         self.total, self.epochs = self._plan(cfg)
-        # distributed: DDP, or FSDP2 sharding in place (so before the optimizer sees the parameters)
-        self.train_model = wrap_model(model, device, cfg.fsdp, cfg.precision, cfg.fsdp_cpu_offload)
+        dist = run["distributed"]  # DDP, or FSDP2 sharding in place (so before the optimizer sees the parameters)
+        self.train_model = wrap_model(model, device, dist.fsdp, cfg.precision, dist.fsdp_cpu_offload)
         self.sharded = is_sharded(self.train_model)
         self.optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.llrd)
         # Warmup rounds up, as the reference does: a short run still gets a warmup step.
         warmup = cfg.warmup_steps if cfg.warmup_steps is not None else math.ceil(cfg.warmup_ratio * self.total)
         self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, self.total, warmup)
-        self.signature = cfg.signature
         self.scaler = DynamicLossScaler(enabled=cfg.precision == "fp16")
         self.params = [p for p in model.parameters() if p.requires_grad]
         # CPU only: CUDA's caching allocator has no page faults to save, and its sparse add is not deterministic.
         self.kept_grads = sparse_embedding_grads(model) if device.type == "cpu" and world_size() == 1 else []
-        self.state = LoopState()
-        if cfg.resume:
-            load = load_sharded_checkpoint if self.sharded else load_checkpoint  # FSDP: every rank its shards
-            self.state = LoopState(
-                **load(
-                    self.out_dir / "checkpoint",
-                    model,
-                    self.optimizer,
-                    self.scheduler,
-                    self.scaler,
-                    data.sampler,
-                    self.signature,
-                    rank(),
-                )
-            )
+        self.state = self._resumed_state() if self.resume else LoopState()
         self.state.total_steps = self.total
-        resume_step = self.state.step if cfg.resume else None
+        resume_step = self.state.step if self.resume else None
         tensorboard = cfg.report_to == "tensorboard" and is_main()  # distributed: rank 0 alone writes events
         sink = TensorBoardSink(self.out_dir / "tensorboard", resume_step) if tensorboard else None
         self.log = MetricsLog(self.out_dir / "metrics.jsonl", resume_step, sink) if is_main() else Silent()
-        self.bar = tqdm(
-            total=self.total,
-            initial=self.state.step,
-            desc="train",
-            unit="step",
-            dynamic_ncols=True,
-            disable=not is_main(),
-        )
+        bar = dict(desc="train", unit="step", dynamic_ncols=True, disable=not is_main())
+        self.bar = tqdm(total=self.total, initial=self.state.step, **bar)
         self.t0, self.tokens0 = time.perf_counter(), self.state.tokens
         self.epoch = self.state.epoch  # the epoch under way (0-based); logs count epochs from 1
         self.saved_step = -1  # the step of the last checkpoint written
         self.train_loss = math.nan  # the last logged training loss, printed beside the eval loss
+        self.payload, self.payload_kept = None, False  # evaluate()'s payload for the best weights of this process
 
-    def _plan(self, cfg: LoopConfig) -> tuple[int, int]:
+    def _resumed_state(self) -> LoopState:
+        load = load_sharded_checkpoint if self.sharded else load_checkpoint  # FSDP: every rank its shards
+        return LoopState(**load(self.out_dir / "checkpoint", *self._kept(), self.signature, rank()))
+
+    def _kept(self) -> tuple:
+        """What a checkpoint holds besides the loop's state: model, optimizer, schedule, loss scaler, sampler."""
+        return self.model, self.optimizer, self.scheduler, self.scaler, self.data.sampler
+
+    def _plan(self, cfg: LoopSettings) -> tuple[int, int]:
         """(optimizer steps, epochs) of the run. Each epoch is counted: token-budget batches vary in number from
         one epoch to the next, and the schedule must end where training ends."""
         per_epoch = lambda e: math.ceil(self.data.sampler.num_batches(e) / cfg.grad_accum)  # noqa: E731
@@ -259,13 +218,14 @@ class Loop:
     def evaluate_and_keep(self) -> None:
         """Evaluate; keep the weights if they are the best so far; count toward early stopping."""
         state, metric = self.state, self.cfg.metric
-        metrics = self.evaluate(self.model)
+        metrics, payload = self.evaluate(self.model)
         state.last_eval_step = state.step
         value = metrics[metric]
         improved = state.best is None or value > state.best
         if improved:
             state.best, state.best_step, state.best_epoch, state.bad_evals = value, state.step, self.epoch + 1, 0
             _save_best(self.model, self.out_dir)
+            self.payload, self.payload_kept = payload, True
         else:
             state.bad_evals += 1
         if getattr(self.scheduler, "needs_metric", False):
@@ -283,8 +243,8 @@ class Loop:
 
     def evaluate_start(self) -> None:
         """The untrained model's score, recorded as step 0 (`before_training`); not a candidate for the best weights
-        (the evaluate function is told so by the loop calling it first, see experiments/trial.py)."""
-        metrics = self.evaluate(self.model)
+        (its payload is not kept)."""
+        metrics, _ = self.evaluate(self.model)
         self.state.start = metrics
         self.log.write(type="eval", step=0, epoch=0, before_training=True, **metrics)
         say = tqdm.write if is_main() else lambda _: None
@@ -299,11 +259,7 @@ class Loop:
             return
         (save_sharded_checkpoint if self.sharded else save_checkpoint)(
             self.out_dir / "checkpoint",
-            self.model,
-            self.optimizer,
-            self.scheduler,
-            self.scaler,
-            self.data.sampler,
+            *self._kept(),
             asdict(self.state),
             self.signature,
             keep=self.cfg.keep_checkpoints,
@@ -337,58 +293,82 @@ def accumulation_windows(sampler, accum: int) -> Iterator[tuple[list[list[int]],
             window = []
 
 
+@dataclass
+class Fitted:
+    """What `fit` returns: the loop's state (its `start` is the score before training) and the payload that
+    `evaluate` returned for the best weights, which the model holds."""
+
+    state: LoopState
+    payload: object
+
+
 def fit(
     model: nn.Module,
     loss_fn: nn.Module,
     data: TrainData,
-    evaluate: Callable[[nn.Module], dict],
-    cfg: LoopConfig,
+    evaluate: Callable[[nn.Module], tuple[dict, object]],
+    cfg: LoopSettings,
     out_dir: Path,
     device: torch.device,
-) -> LoopState:
+    *,
+    resume: bool = False,
+    signature: dict | None = None,
+    distributed: DistributedSettings | None = None,
+) -> Fitted:
     """Train `model` in place; at the end it holds the best weights seen by `evaluate` (on cfg.metric).
 
-    Evaluation (and a resumable checkpoint) comes after every epoch, or every `cfg.eval_every` steps, and once
-    before the first step (`cfg.evaluate_start`): that first call of `evaluate` is the starting score, kept in
-    state.start and in metrics.jsonl as step 0, never as the best. A resumed run reads it back instead.
+    `evaluate(model)` returns (metrics, payload): the metrics select and are logged; the payload (the caller's, for
+    instance the dev probabilities) of the best evaluation comes back in the result. Evaluation (and a resumable
+    checkpoint) comes after every epoch, or every `cfg.eval_every` steps, and once before the first step: that is
+    the starting score, kept in state.start and in metrics.jsonl as step 0, never as the best. `resume` continues
+    from out_dir/checkpoint, whose saved settings must equal `signature`; a resumed run reads its starting score
+    back, and evaluates the restored best weights once more if their evaluation happened in an earlier process.
     """
-    loop = Loop(model, loss_fn, data, evaluate, cfg, out_dir, device)
-    state = loop.state
+    run = dict(resume=resume, signature=signature or {}, distributed=distributed or DistributedSettings())
+    loop = Loop(model, loss_fn, data, evaluate, cfg, out_dir, device, run)
     stop = StopRequest()
     with stop:
         try:
-            if cfg.evaluate_start and state.start is None and state.step == 0 and not cfg.resume and loop.total:
+            if loop.state.start is None and loop.state.step == 0 and not resume and loop.total:
                 loop.evaluate_start()
-            for epoch in range(state.epoch, loop.epochs):
-                if loop.done():
-                    break
-                loop.epoch = epoch
-                data.sampler.set_epoch(epoch)
-                for window, ends_epoch in accumulation_windows(data.sampler, cfg.grad_accum):
-                    applied = loop.step(window)
-                    if cfg.eval_every and applied and state.step % cfg.eval_every == 0:
-                        loop.evaluate_and_keep()
-                        loop.checkpoint()
-                    elif cfg.save_every and applied and state.step % cfg.save_every == 0:
-                        loop.checkpoint()
-                    if any_rank(stop.requested):  # distributed: every rank stops at the same step
-                        loop.stop()
-                    if loop.done() and not ends_epoch:
-                        break
-                else:  # the epoch's every batch was trained on
-                    state.epoch = epoch + 1  # epochs completed
-                if not cfg.eval_every:
-                    loop.evaluate_and_keep()
-                loop.checkpoint()
-                if any_rank(stop.requested):
-                    loop.stop()
-            if state.best is None or state.last_eval_step != state.step:
+            _train_epochs(loop, stop)
+            if loop.state.best is None or loop.state.last_eval_step != loop.state.step:
                 loop.evaluate_and_keep()  # the last steps were not evaluated yet (eval_every, or a stop there)
         finally:
             loop.close()
     barrier()  # distributed: rank 0 has written best.safetensors
     _restore_best(model, loop.out_dir)
-    return state
+    payload = loop.payload if loop.payload_kept else evaluate(model)[1]
+    return Fitted(loop.state, payload)
+
+
+def _train_epochs(loop: Loop, stop: StopRequest) -> None:
+    """The epochs left: each window of micro-batches one optimizer step, then evaluation and checkpoints as the
+    settings ask, stopping early, at max_steps or when Ctrl-C asked."""
+    cfg, state, sampler = loop.cfg, loop.state, loop.data.sampler
+    for epoch in range(state.epoch, loop.epochs):
+        if loop.done():
+            break
+        loop.epoch = epoch
+        sampler.set_epoch(epoch)
+        for window, ends_epoch in accumulation_windows(sampler, cfg.grad_accum):
+            applied = loop.step(window)
+            if cfg.eval_every and applied and state.step % cfg.eval_every == 0:
+                loop.evaluate_and_keep()
+                loop.checkpoint()
+            elif cfg.save_every and applied and state.step % cfg.save_every == 0:
+                loop.checkpoint()
+            if any_rank(stop.requested):  # distributed: every rank stops at the same step
+                loop.stop()
+            if loop.done() and not ends_epoch:
+                break
+        else:  # the epoch's every batch was trained on
+            state.epoch = epoch + 1  # epochs completed
+        if not cfg.eval_every:
+            loop.evaluate_and_keep()
+        loop.checkpoint()
+        if any_rank(stop.requested):
+            loop.stop()
 
 
 def _save_best(model: nn.Module, out_dir: Path) -> None:

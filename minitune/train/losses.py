@@ -1,4 +1,4 @@
-"""Training losses for classification heads, and `build_loss` that turns the `--loss` flag into one.
+"""Training losses for classification heads; `build_loss` turns a loss spec into one, `loss_for` a run's loss settings.
 
 Shapes: single-label and multiple-choice logits are (B, C) with int64 targets (B,); multi-label logits are
 (B, L) with float 0/1 targets (B, L). Every loss computes in fp32 (logits are upcast), so a bf16/fp16 forward
@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minitune.config.sections import LossSettings
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE, SINGLE_LABEL, normalize_kind
 from minitune.errors import ParameterError
 
@@ -261,10 +262,10 @@ def build_loss(
     class_weights=None,
     label_smoothing: float = 0.0,
     pos_weight=None,
-    gamma: float = 2.0,
-    gamma_neg: float = 4.0,
-    gamma_pos: float = 1.0,
-    clip: float = 0.05,
+    focal_gamma: float = 2.0,
+    asl_gamma_neg: float = 4.0,
+    asl_gamma_pos: float = 1.0,
+    asl_clip: float = 0.05,
 ) -> nn.Module:
     """The loss module for a loss spec ("ce", "focal", "bce:0.5+asl:0.5") and a task kind; an empty spec gives the
     kind's default.
@@ -273,30 +274,15 @@ def build_loss(
     "bce" and "asl" are multi-label only; "focal" picks its softmax or sigmoid form from the kind.
     `class_weights` (C,) go to "ce" and to softmax "focal" (as alpha); `pos_weight` (L,) to multi-label "bce",
     "focal" and "asl";
-    `label_smoothing` to "ce"; `gamma` to "focal"; `gamma_neg`, `gamma_pos`, `clip` to "asl". A setting that no
-    chosen loss uses is a ParameterError.
+    `label_smoothing` to "ce"; `focal_gamma` to "focal"; `asl_gamma_neg`, `asl_gamma_pos`, `asl_clip` to "asl". A
+    setting that no chosen loss uses is a ParameterError.
     A single term returns the bare loss module; several return a CombinedLoss.
     """
     kind = normalize_kind(kind)
     multi = kind == MULTI_LABEL
     spec = loss.strip() if loss and loss.strip() else ("bce" if multi else "ce")
     terms = parse_loss_spec(spec)
-    for loss_name, _ in terms:
-        if loss_name == "ce" and multi:
-            raise ParameterError("`loss` ce is for single-label tasks; for multi-label use bce, focal or asl")
-        if loss_name in ("bce", "asl") and not multi:
-            raise ParameterError(f"`loss` {loss_name} is for multi-label tasks; for {kind} use ce or focal")
-    _check_vector("class_weights", class_weights, num_labels)
-    _check_vector("pos_weight", pos_weight, num_labels)
-    used = {loss_name for loss_name, _ in terms}
-    if class_weights is not None and not (used & {"ce", "focal"} and not multi):
-        raise ParameterError(
-            f"`class_weights` apply to ce or single-label focal, not `loss` {spec} on a {kind} task; leave them out"
-        )
-    if pos_weight is not None and not (used & {"bce", "focal", "asl"} and multi):
-        raise ParameterError(f"`pos_weight` applies to multi-label bce, focal or asl, not `loss` {spec}; leave it out")
-    if label_smoothing and "ce" not in used:
-        raise ParameterError(f"`label_smoothing` applies to ce only, not `loss` {spec}; set it to 0")
+    _check_terms(spec, [name for name, _ in terms], kind, num_labels, class_weights, pos_weight, label_smoothing)
 
     def make(loss_name: str) -> nn.Module:
         if loss_name == "ce":
@@ -304,12 +290,34 @@ def build_loss(
         if loss_name == "bce":
             return BCEWithLogitsLoss(pos_weight)
         if loss_name == "focal":
-            return SigmoidFocalLoss(gamma, pos_weight=pos_weight) if multi else SoftmaxFocalLoss(gamma, class_weights)
-        return AsymmetricLoss(gamma_neg, gamma_pos, clip, reduction="mean", pos_weight=pos_weight)
+            if multi:
+                return SigmoidFocalLoss(focal_gamma, pos_weight=pos_weight)
+            return SoftmaxFocalLoss(focal_gamma, class_weights)
+        return AsymmetricLoss(asl_gamma_neg, asl_gamma_pos, asl_clip, reduction="mean", pos_weight=pos_weight)
 
     if len(terms) == 1:
         return make(terms[0][0])
     return CombinedLoss([(make(loss_name), weight) for loss_name, weight in terms])
+
+
+def _check_terms(spec: str, names: list[str], kind: str, num_labels: int, class_weights, pos_weight, smoothing) -> None:
+    """The terms of `spec` fit the task kind, and every weight or smoothing given goes to one of them."""
+    multi, used = kind == MULTI_LABEL, set(names)
+    for loss_name in names:
+        if loss_name == "ce" and multi:
+            raise ParameterError("`loss` ce is for single-label tasks; for multi-label use bce, focal or asl")
+        if loss_name in ("bce", "asl") and not multi:
+            raise ParameterError(f"`loss` {loss_name} is for multi-label tasks; for {kind} use ce or focal")
+    _check_vector("class_weights", class_weights, num_labels)
+    _check_vector("pos_weight", pos_weight, num_labels)
+    if class_weights is not None and not (used & {"ce", "focal"} and not multi):
+        raise ParameterError(
+            f"`class_weights` apply to ce or single-label focal, not `loss` {spec} on a {kind} task; leave them out"
+        )
+    if pos_weight is not None and not (used & {"bce", "focal", "asl"} and multi):
+        raise ParameterError(f"`pos_weight` applies to multi-label bce, focal or asl, not `loss` {spec}; leave it out")
+    if smoothing and "ce" not in used:
+        raise ParameterError(f"`label_smoothing` applies to ce only, not `loss` {spec}; set it to 0")
 
 
 def _check_vector(param: str, value, num_labels: int) -> None:
@@ -351,40 +359,26 @@ def balanced_pos_weight(label_matrix) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def task_loss(
-    kind: str,
-    num_labels: int,
-    train_labels,
-    loss: str = "",
-    *,
-    class_weights: str = "none",
-    label_smoothing: float = 0.0,
-    gamma: float = 2.0,
-    gamma_neg: float = 4.0,
-    gamma_pos: float = 1.0,
-    clip: float = 0.05,
-) -> nn.Module:
-    """The loss of a task's run: `build_loss`, with class_weights="balanced" computed from the training labels
-    (class ids, or a multi-hot matrix for multi-label: then as BCE's pos_weight). Multiple choice scores its
+def loss_for(settings: LossSettings, kind: str, num_labels: int, train_labels=None) -> nn.Module:
+    """A run's loss from its loss settings: `build_loss`, with `class_weights` balanced computed from the training
+    labels (class ids, or a multi-hot matrix for multi-label: then as BCE's pos_weight). Multiple choice scores its
     options with single-label cross-entropy."""
-    if class_weights not in ("none", "balanced"):
-        raise ParameterError(f"`class_weights` {class_weights!r} is not a scheme: use none or balanced")
     weights = pos_weight = None
     kind = normalize_kind(kind)
-    if class_weights == "balanced":
+    if settings.class_weights == "balanced":
         if kind == MULTI_LABEL:
             pos_weight = balanced_pos_weight(train_labels)
         else:
             weights = balanced_class_weights(train_labels, num_labels)
     return build_loss(
-        loss,
+        settings.loss or "",
         SINGLE_LABEL if kind == MULTIPLE_CHOICE else kind,
         num_labels,
         class_weights=weights,
         pos_weight=pos_weight,
-        label_smoothing=label_smoothing,
-        gamma=gamma,
-        gamma_neg=gamma_neg,
-        gamma_pos=gamma_pos,
-        clip=clip,
+        label_smoothing=settings.label_smoothing,
+        focal_gamma=settings.focal_gamma,
+        asl_gamma_neg=settings.asl_gamma_neg,
+        asl_gamma_pos=settings.asl_gamma_pos,
+        asl_clip=settings.asl_clip,
     )

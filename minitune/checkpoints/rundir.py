@@ -1,0 +1,176 @@
+"""A run directory's own files, besides its checkpoints and model/: what protocols write and what predict, distill,
+compare, report and the ensembles read back.
+
+    config.json      the run's settings (config/load.py `dump`)
+    results.json     the report's dict (eval/report.py `write_results`)
+    metrics.jsonl    one record per log and evaluation (train/metrics_log.py)
+    scores.npz       the run's probabilities per split: dev, test and, for cv, oof, each (N, C) in the split's order
+    members.json     an ensemble's, a cv run's or Recipe-MPR's models: {"kind": "seeds" | "cv" | "folds",
+                     "members": [sub-directories]}, each an ordinary run directory (or, for seeds of cv, a cv one)
+    thresholds.json  the per-label thresholds an ensemble or cv run tuned (a single run keeps them in model/)
+    oof_index.npy    cv: which training examples (indices into the task's train) oof.csv's rows are
+    fold{k}/fold_scores.npz, fold_summary.json   a finished fold: its probabilities and its loop summary
+and what a person is told about them: where a run went and how to use it, or what an interruption left to resume.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from minitune.checkpoints.atomic import atomic_write, atomic_write_text
+from minitune.data.kinds import MULTIPLE_CHOICE
+from minitune.errors import ConfigError
+from minitune.train.checkpoint import read_progress
+
+SCORES, MEMBERS, THRESHOLDS = "scores.npz", "members.json", "thresholds.json"
+OOF_INDEX = "oof_index.npy"
+FOLD_SCORES, FOLD_SUMMARY = "fold_scores.npz", "fold_summary.json"
+GENERATIVE_FILE = "generative.json"  # beside a `head` generative run's model: how predict asks it (instruct.py)
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
+
+
+def save_scores(run_dir: Path, **arrays: np.ndarray | None) -> None:
+    """A run's probabilities per split (None: the run has no such split), for ensembles and teachers."""
+    _write_npz(Path(run_dir) / SCORES, {k: v for k, v in arrays.items() if v is not None})
+
+
+def read_scores(run_dir: Path) -> dict[str, np.ndarray]:
+    path = Path(run_dir) / SCORES
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no {SCORES}; pass the output directory of a finished training run")
+    with np.load(path) as saved:
+        return dict(saved)
+
+
+def write_members(out: Path, kind: str, members: list[str]) -> None:
+    atomic_write_text(Path(out) / MEMBERS, json.dumps({"kind": kind, "members": members}, indent=2) + "\n")
+
+
+def write_thresholds(out: Path, thresholds: dict) -> None:
+    atomic_write_text(Path(out) / THRESHOLDS, json.dumps(thresholds, indent=2) + "\n")
+
+
+def member_model_dirs(path: Path) -> list[Path]:
+    """The model directories behind a run, ensemble or cv directory (or a model directory itself)."""
+    path = Path(path)
+    if (path / MEMBERS).is_file():
+        listed = json.loads((path / MEMBERS).read_text(encoding="utf-8"))["members"]
+        return [m for sub in listed for m in member_model_dirs(path / sub)]
+    if (path / "model" / "config.json").is_file():
+        return [path / "model"]
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        return [path]
+    raise ConfigError(
+        f"{path}: not a training run, ensemble or cv directory (no model/, no {MEMBERS}); pass a run's output directory"
+    )
+
+
+def model_dir_of(path: Path) -> Path:
+    """A model directory, or a run's output directory (its model/ inside; the run's own config.json is not one)."""
+    return path / "model" if (path / "model" / "config.json").is_file() else path
+
+
+def trained_max_length(model_dir: Path, default: int = 128) -> int:
+    """The max_length the run trained with: the nearest run config.json above model/ (a cv fold's model sits in
+    fold{k}/, its run's config one or two levels up), else `default`. A run's config holds its `data` section (or,
+    written by an earlier version, flat settings)."""
+    for run_dir in list(Path(model_dir).parents)[:4]:
+        try:
+            saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+            data = saved.get("data", saved)
+            if "task" in data:  # a run's config, not some checkpoint's (which may carry a generation max_length)
+                return int(data["max_length"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return default
+
+
+def read_results(run_dir: Path) -> dict:
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: no results.json; pass the output directory of a finished run")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def loss_at_best(run_dir: Path, best_step: int | None) -> dict:
+    """The dev loss of the best evaluation and the training loss last logged before it, from metrics.jsonl."""
+    train = dev = None
+    path = Path(run_dir) / "metrics.jsonl"
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            if row.get("step", 0) <= (best_step or 0):
+                if row.get("type") == "train":
+                    train = row.get("loss")
+                elif row.get("type") == "eval" and row.get("step") == best_step:
+                    dev = row.get("loss", dev)
+    return {"train": train, "dev": dev}
+
+
+def write_fold(fold_dir: Path, held_out: np.ndarray, scores: np.ndarray, extra: dict, summary: dict) -> None:
+    """A finished fold: its held-out indices and probabilities, those on each further set, its loop summary."""
+    _write_npz(fold_dir / FOLD_SCORES, {"held_out": held_out, "scores": scores, **extra})
+    atomic_write_text(fold_dir / FOLD_SUMMARY, json.dumps(summary, default=str) + "\n")
+
+
+def read_fold(fold_dir: Path) -> tuple[np.ndarray, np.ndarray, dict, dict] | None:
+    """(held_out, scores, extra, summary) of a fold written by `write_fold`, or None when it did not finish."""
+    if not (fold_dir / FOLD_SCORES).is_file() or not (fold_dir / FOLD_SUMMARY).is_file():
+        return None
+    with np.load(fold_dir / FOLD_SCORES) as saved:
+        arrays = dict(saved)
+    summary = json.loads((fold_dir / FOLD_SUMMARY).read_text(encoding="utf-8"))
+    return arrays.pop("held_out"), arrays.pop("scores"), arrays, summary
+
+
+def saved_note(out: Path, kind: str, text_col: str, command: str, checkpointed: bool) -> str:
+    """Where the run went and the command that uses it."""
+    preds = "test_predictions.csv" if (out / "test_predictions.csv").is_file() else "dev_predictions.csv"
+    ensemble = (out / MEMBERS).is_file()  # seeds, cv or folds: predict averages the members
+    model = (out / "model" / "config.json").is_file()
+    kept = "model/, report.txt, results.json, metrics.jsonl"
+    if ensemble:
+        kept = f"{MEMBERS}, {'model/ (fold 0), ' if model else ''}report.txt, results.json"
+        preds = "oof.csv" if (out / "oof.csv").is_file() else preds
+    lines = [f"saved to {out}/ ({kept}, {preds})"]
+    if kind == MULTIPLE_CHOICE:  # predict puts no questions with options to a generative model
+        if (ensemble or model) and not (out / "model" / GENERATIVE_FILE).is_file():
+            lines.append(
+                f"answer questions with it: minitune predict --model {out} --input QUESTIONS.jsonl --output "
+                "answers.csv (each line a query and its options)"
+            )
+    elif ensemble or (model and not (out / "fold0").is_dir()):
+        col = "" if text_col == "text" else f" --text-col {text_col}"
+        lines.append(
+            f"label a file with it: minitune predict --model {out} --input FILE.csv --output predictions.csv{col}"
+        )
+    if checkpointed:
+        cmd = "" if command == "train" else f"{command} "
+        lines.append(f"continue or re-report it: minitune {cmd}--resume {out} (with the same settings)")
+    return "\n".join(lines) + "\n"
+
+
+def interruption_note(out: Path, checkpointed: bool, command: str = "") -> str:
+    """What an interruption left behind, said truthfully: the newest checkpoint on disk, or none to resume."""
+    found = [
+        (p["step"], d) for d in [out / "checkpoint", *sorted(out.glob("*/**/checkpoint"))] if (p := read_progress(d))
+    ]
+    if not found:
+        why = " (--no-checkpoint)" if not checkpointed else ""
+        return f"interrupted before any checkpoint was written{why}: nothing to resume; start the run again"
+    step, where = max(found, key=lambda f: f[1].stat().st_mtime_ns)  # the newest written
+    command = f"{command} " if command else ""
+    return (
+        f"interrupted: checkpoint at step {step} in {where}; continue with: minitune {command}--resume {out} "
+        "(same settings)"
+    )

@@ -1,0 +1,356 @@
+"""The settings of a run, in typed sections: each section is what one part of the code reads, and is passed alone.
+
+    RunConfig
+      data         the task, its files and columns, lengths, subsets and batching    -> data/, finetune.py
+      model        the checkpoint, its head, pooling, adapter (LoRA) and quantization -> checkpoints/load.py, adapters/
+      loss         the training loss and its options                                  -> train/losses.py
+      loop         schedule, optimizer, precision, evaluation and checkpoint cadence -> train/loop.py
+      eval         decision thresholds                                                -> eval/thresholds.py
+      generative   how an instruct decoder is asked (`head` generative)               -> eval/answers.py
+      distributed  torchrun: FSDP and the collective timeout                          -> train/parallel.py
+      distill      `minitune distill`: the teacher and the loss weights               -> experiments/distill.py
+      outputs      where the run is written and whether it continues an earlier one
+    and, at the top, what picks the protocol (`command`, `seeds`, `folds`, `max_folds`), the `seed` and the `device`.
+
+Every field's name is its command-line flag with underscores (`lora_r` is `--lora-r`), unique across sections, so the
+command line stays flat, a TOML file may use flat keys or `[section]` tables, and an error that names a field names
+the flag. A RunConfig is built and checked once (config/load.py, config/validate.py), then frozen; `with_settings`
+derives another one (a fold's, a seed's), which is checked again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+
+
+def opt(default, help: str, choices=None):
+    """A setting: its default, its help line for --help, and its allowed values (None where unset is allowed)."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+def section(cls):
+    return field(default_factory=cls, metadata={"section": True})
+
+
+TASK_NAMES = ("humor", "semeval", "goemotions", "recipe-mpr", "custom")
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    task: str = opt(None, "task to train: humor | semeval | goemotions | recipe-mpr | custom", TASK_NAMES)
+    data_dir: str = opt(None, "directory holding the task's files (else $MINITUNE_DATA_DIR, else the user cache)")
+    train_file: str = opt(None, "custom task: training file (.csv, .tsv or .jsonl)")
+    dev_file: str = opt(None, "custom task: dev file in the same format")
+    test_file: str = opt(
+        None,
+        "a further labelled file in the task's format, evaluated with the best model "
+        "(recipe-mpr: with the mean of the fold models' probabilities)",
+    )
+    predict_file: str = opt(None, "an unlabelled file to label with the selected model (predictions.csv)")
+    text_col: str = opt("text", "custom task: column holding the text")
+    label_col: str = opt("label", "custom task: column holding the label(s); several labels comma-separated")
+    pair_col: str = opt(None, "custom task: optional column holding a second text segment")
+    label_names: str = opt(
+        None,
+        "custom: comma-separated label names in id order, when the files hold 0-based label "
+        "ids (default: the labels found in the training file, sorted)",
+    )
+    delimiter: str = opt(
+        None,
+        "custom task: field separator of .csv/.tsv/.txt files (default: sniffed from the header)",
+        (None, "tab", "comma", "semicolon", "bar"),
+    )
+    max_length: int = opt(128, "truncate inputs to this many tokens")
+    max_train_samples: int = opt(None, "use only the first N training examples (after a seeded shuffle)")
+    max_eval_samples: int = opt(
+        None,
+        "use only the first N dev examples (recipe-mpr: of each fold's "
+        "validation part; its test part is always scored whole)",
+    )
+    oversample_rare: int = opt(0, "multi-label: repeat examples of labels with fewer than N positives up to N")
+    batch_size: int = opt(32, "examples per micro-batch")
+    max_tokens: int = opt(None, "token-budget batches: at most this many padded tokens per micro-batch")
+    padding: str = opt(
+        None,
+        "batching: random batches padded to max_length (fixed) or to their longest (dynamic), "
+        "or length-bucketed batches (least padding). Default: dynamic for encoders, which run "
+        "padding-heavy batches unpadded (length-sorted batches cost about a point of dev score on "
+        "small data sets, see README); bucketed for decoders, which have no unpadded path",
+        (None, "fixed", "dynamic", "bucketed"),
+    )
+
+
+@dataclass(frozen=True)
+class AdapterSettings:
+    lora_r: int = opt(0, "LoRA rank (0 = full fine-tuning)")
+    lora_alpha: float = opt(None, "LoRA alpha (default 2 x rank)")
+    lora_dropout: float = opt(0.05, "dropout on the LoRA branch")
+    lora_targets: str = opt(None, "comma-separated module-name patterns to wrap with LoRA (default per family)")
+
+    def targets(self) -> list[str] | None:
+        """`lora_targets` as a list of patterns (None: the family's defaults)."""
+        if not self.lora_targets:
+            return None
+        return [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    model: str = opt(
+        "minilm",
+        "model name, Hub id, local directory or .gguf file; `ffnn` for the bag-of-embeddings "
+        "baseline; aliases: minilm, smollm2, xlm-roberta-large, roberta-base, ...",
+    )
+    head: str = opt(
+        "classifier",
+        "classifier: a classification head on the model; generative: an instruct decoder answers in its chat "
+        "format (--epochs 0: zero-/few-shot; more: instruction tuning, e.g. with --lora-r)",
+        ("classifier", "generative"),
+    )
+    pooling: str = opt(
+        "auto",
+        "what the classification head reads: auto (as the checkpoint declares in its sentence-transformers files, "
+        "else the family's reference head), cls (the reference head), mean or max of the real tokens",
+        ("auto", "cls", "mean", "max"),
+    )
+    choice_scorer: str = opt(
+        "auto",
+        "multiple choice: cross (encode each (query, option) pair), bi (scaled cosine similarity of separate "
+        "embeddings); auto: bi when the checkpoint declares a sentence-embedding pooling",
+        ("auto", "cross", "bi"),
+    )
+    in_batch_negatives: bool = opt(
+        False,
+        "multiple choice with --choice-scorer bi: while training, the other items' options in the batch are "
+        "negatives too (sentence-transformers' MultipleNegativesRankingLoss)",
+    )
+    quantize: str = opt(None, "quantize the frozen base weights: nf4 (QLoRA; needs --lora-r)", (None, "nf4"))
+    grad_checkpointing: bool = opt(False, "recompute activations in backward to save memory")
+    compile: bool = opt(False, "torch.compile the model (on CPU it lost, compile time included: benchmarks/README.md)")
+    adapter: AdapterSettings = section(AdapterSettings)
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    loss: str = opt(None, "ce | bce | focal | asl, or a weighted sum like bce:0.5+asl:0.5 (default ce / bce)")
+    label_smoothing: float = opt(0.0, "label smoothing for cross-entropy")
+    class_weights: str = opt("none", "class weights for ce / pos_weight for bce", ("none", "balanced"))
+    focal_gamma: float = opt(2.0, "focal loss gamma")
+    asl_gamma_neg: float = opt(4.0, "asymmetric loss gamma for negatives")
+    asl_gamma_pos: float = opt(1.0, "asymmetric loss gamma for positives")
+    asl_clip: float = opt(0.05, "asymmetric loss probability margin for negatives")
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """Everything the training loop (train/loop.py `fit`) reads."""
+
+    metric: str = opt(None, "early-stopping metric (default macro_f1; accuracy for recipe-mpr)")
+    epochs: int = opt(3, "training epochs")
+    max_steps: int = opt(None, "stop after this many optimizer steps (overrides epochs)")
+    grad_accum: int = opt(1, "micro-batches per optimizer step (effective batch = batch_size x grad_accum)")
+    lr: float = opt(2e-5, "peak learning rate")
+    weight_decay: float = opt(0.01, "AdamW weight decay (never on biases and norms)")
+    warmup_ratio: float = opt(0.1, "share of steps spent in linear warmup")
+    warmup_steps: int = opt(None, "optimizer steps of linear warmup (instead of --warmup-ratio)")
+    scheduler: str = opt("cosine", "schedule after warmup", ("cosine", "linear", "constant", "plateau"))
+    llrd: float = opt(
+        None, "layer-wise LR decay in (0, 1]: head at lr, each lower layer x llrd, embeddings lowest (unset: off)"
+    )
+    clip_grad: float = opt(1.0, "clip the gradient norm to this (0 = off)")
+    precision: str = opt(
+        "fp32", "mixed precision: bf16 autocast, fp16 autocast + loss scaler", ("fp32", "bf16", "fp16")
+    )
+    patience: int = opt(
+        None, "stop after this many evaluations (not epochs) without improvement; default: never stop early"
+    )
+    eval_every: int = opt(None, "evaluate every N optimizer steps (default: every epoch)")
+    log_every: int = opt(10, "log a JSON line to metrics.jsonl every N optimizer steps")
+    checkpoint: bool = opt(True, "write resumable checkpoints (--no-checkpoint: a throwaway run, nothing to resume)")
+    save_every: int = opt(None, "also checkpoint every N optimizer steps (default: at each evaluation)")
+    keep_checkpoints: int = opt(1, "keep the newest K checkpoints (older ones are removed)")
+    report_to: str = opt(
+        None,
+        "also write metrics.jsonl's scalars as TensorBoard events in OUTPUT_DIR/tensorboard",
+        (None, "tensorboard"),
+    )
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    threshold: float = opt(0.5, "multi-label decision threshold reported beside the tuned per-class thresholds")
+    threshold_split: float = opt(
+        None,
+        "multi-label: tune the per-label thresholds on a stratified fraction F of train held out from training "
+        "(an honest dev score) instead of on dev itself (optimistic: tuned and scored on the same examples)",
+    )
+
+
+@dataclass(frozen=True)
+class GenerativeSettings:
+    answer_mode: str = opt(
+        "constrained",
+        "--head generative: constrained (generation restricted to the labels), score (likelihood of each "
+        "label) or free (unconstrained generation, parsed)",
+        ("constrained", "score", "free"),
+    )
+    shots: int = opt(0, "--head generative: few-shot examples drawn stratified from train with --seed")
+    prompt_template: str = opt(None, "--head generative: Jinja file for the user turn (text, pair, labels, options)")
+    max_new_tokens: int = opt(32, "--head generative --answer-mode free: generation length limit")
+
+
+@dataclass(frozen=True)
+class DistributedSettings:
+    fsdp: str = opt(
+        None,
+        "under torchrun: shard with FSDP2, full (parameters, gradients and optimizer state: ZeRO-3) or grad-op "
+        "(parameters kept whole between forward and backward: ZeRO-2); default DDP",
+        (None, "full", "grad-op"),
+    )
+    fsdp_cpu_offload: bool = opt(False, "with --fsdp: keep parameter shards, gradients and optimizer state on CPU")
+    dist_timeout: int = opt(600, "under torchrun: seconds a rank waits for the others before the run fails")
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """`minitune distill` only (its own flags)."""
+
+    teacher: tuple = opt(None, "distill: teacher run, ensemble or cv directories")
+    distill_alpha: float = opt(0.5, "distill: weight of the teacher term")
+    temperature: float = opt(2.0, "distill: softmax temperature")
+    alone: str = opt(None, "distill: an existing run of the same student on gold labels (default: train one)")
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    output_dir: str = opt(None, "where config, metrics, results and model/ go (default runs/<task>-<model>)")
+    resume: str = opt(None, "resume from this output directory's last checkpoint")
+
+
+COMMANDS = ("train", "cv", "distill")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataSettings = section(DataSettings)
+    model: ModelSettings = section(ModelSettings)
+    loss: LossSettings = section(LossSettings)
+    loop: LoopSettings = section(LoopSettings)
+    eval: EvalSettings = section(EvalSettings)
+    generative: GenerativeSettings = section(GenerativeSettings)
+    distributed: DistributedSettings = section(DistributedSettings)
+    distill: DistillSettings = section(DistillSettings)
+    outputs: OutputSettings = section(OutputSettings)
+    command: str = opt("train", "what trains: one run (or one per seed), k-fold cv, or a distilled student", COMMANDS)
+    seed: int = opt(42, "seed of every RNG (python, numpy, torch, sampler, option shuffle)")
+    seeds: tuple = opt(
+        None,
+        "train and cv: one model per seed (e.g. --seeds 42 123 456), reported each, as mean ± std and as the "
+        "ensemble of their mean probabilities",
+    )
+    folds: int = opt(None, "minitune cv: the number of folds K (default 5)")
+    max_folds: int = opt(None, "recipe-mpr training: only the first N of its 5 published folds")
+    device: str = opt("auto", "cpu, cuda, or auto")
+
+    def flat(self) -> dict:
+        """Every setting under its flag's name (underscored), sections dissolved."""
+        return {name: getattr(self.section_of(name), name) for name in FLAT}
+
+    def section_of(self, name: str):
+        """The section object that holds setting `name` (self for the top-level ones)."""
+        obj = self
+        for part in FLAT[name]:
+            obj = getattr(obj, part)
+        return obj
+
+    def with_settings(self, **flat) -> RunConfig:
+        """A copy with these settings (flag names) changed, each routed to its section. Not checked again here:
+        config/validate.py checks a derived config where a protocol builds one from new user input."""
+        return build(self.flat() | flat)
+
+
+def _index(cls, path: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+    """Setting name -> the path of sections that holds it, for every leaf field under `cls`."""
+    out: dict[str, tuple[str, ...]] = {}
+    for f in fields(cls):
+        if f.metadata.get("section"):
+            out |= _index(f.default_factory, (*path, f.name))
+        else:
+            out[f.name] = path
+    return out
+
+
+FLAT: dict[str, tuple[str, ...]] = _index(RunConfig)  # e.g. "lora_r" -> ("model", "adapter")
+SECTIONS: dict[str, type] = {}  # section path ("model.adapter") -> its dataclass
+
+
+def _sections(cls, path: str = "") -> None:
+    for f in fields(cls):
+        if f.metadata.get("section"):
+            name = f"{path}.{f.name}" if path else f.name
+            SECTIONS[name] = f.default_factory
+            _sections(f.default_factory, name)
+
+
+_sections(RunConfig)
+
+
+def setting_field(name: str):
+    """The dataclass field of setting `name` (its default, help and choices)."""
+    cls = RunConfig
+    for part in FLAT[name]:
+        cls = next(f for f in fields(cls) if f.name == part).default_factory
+    return next(f for f in fields(cls) if f.name == name)
+
+
+def default_of(name: str):
+    f = setting_field(name)
+    return f.default if f.default is not MISSING else f.default_factory()
+
+
+def build(flat: dict) -> RunConfig:
+    """A RunConfig from settings under their flat names (missing ones take their defaults); nothing is checked."""
+    unknown = set(flat) - set(FLAT)
+    if unknown:
+        raise KeyError(f"not settings: {sorted(unknown)}")
+
+    def make(cls, path: tuple[str, ...]):
+        kwargs = {}
+        for f in fields(cls):
+            if f.metadata.get("section"):
+                kwargs[f.name] = make(f.default_factory, (*path, f.name))
+            elif f.name in flat:
+                kwargs[f.name] = flat[f.name]
+        return cls(**kwargs)
+
+    return make(RunConfig, ())
+
+
+def nested(cfg) -> dict:
+    """A config (or section) as nested dicts, sections as tables: config.json's layout, and a TOML file's."""
+    out = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        out[f.name] = nested(value) if is_dataclass(value) else (list(value) if isinstance(value, tuple) else value)
+    return out
+
+
+__all__ = [
+    "AdapterSettings",
+    "DataSettings",
+    "DistillSettings",
+    "DistributedSettings",
+    "EvalSettings",
+    "GenerativeSettings",
+    "LoopSettings",
+    "LossSettings",
+    "ModelSettings",
+    "OutputSettings",
+    "RunConfig",
+    "FLAT",
+    "SECTIONS",
+    "build",
+    "default_of",
+    "nested",
+    "setting_field",
+]

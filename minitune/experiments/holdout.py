@@ -1,0 +1,93 @@
+"""The holdout protocol: one model trained on train (or 90% of it), selected on dev (or the other 10%), scored on
+--test-file, and --predict-file labelled with it. A classifier head or `head` generative alike: finetune.py trains
+(or asks) the model, eval/finish.py tunes the thresholds and writes the prediction files.
+
+With `threshold_split` (multi-label) a stratified fraction of train is held out from training and the per-label
+thresholds are tuned on it instead of on dev. The classifier trains on at most `max_train_samples` examples; the
+generative head draws its shots from the whole train split and instruction-tunes on `max_train_samples` of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from minitune.checkpoints.rundir import loss_at_best, save_scores
+from minitune.config.sections import RunConfig
+from minitune.data.custom import Row
+from minitune.data.kinds import MULTI_LABEL
+from minitune.data.splits import holdout_examples, selection_split, subsample
+from minitune.data.tasks import Example, TaskData, label_array
+from minitune.eval.finish import finish_splits
+from minitune.eval.predictions import label_predictions, train_label_counts, write_predictions
+from minitune.finetune import Tuned, finetune
+from minitune.inputs import RunInputs
+from minitune.train.distributed import is_main
+
+log = logging.getLogger("minitune")
+
+
+def holdout_splits(cfg: RunConfig, task: TaskData) -> tuple[list[Example], list[Example], list[Example]]:
+    """(train, dev, examples held out to tune thresholds on: `threshold_split`, else none)."""
+    generative = cfg.model.head == "generative"
+    pool = task.train if generative else subsample(task.train, cfg.data.max_train_samples, cfg.seed)
+    train, dev = selection_split(pool, task.dev, label_array(task, pool), cfg.data.max_eval_samples, cfg.seed)
+    if not task.dev:
+        log.info("no dev file: holding out %d of %d training examples for selection", len(dev), len(pool))
+    tune: list[Example] = []
+    if cfg.eval.threshold_split and task.kind == MULTI_LABEL:  # thresholds tuned on train held out, not on dev
+        train, tune = holdout_examples(train, label_array(task, train), cfg.eval.threshold_split, cfg.seed)
+    return train, dev, tune
+
+
+def run_holdout(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.device) -> dict:
+    task = inputs.task
+    train_ex, dev_ex, tune_ex = holdout_splits(cfg, task)
+    resume = bool(cfg.outputs.resume)
+    tuned = finetune(cfg, task, train_ex, dev_ex, inputs.tokenizer, out, device, resume=resume, teacher=inputs.teacher)
+    splits = {"dev": (dev_ex, tuned.dev_scores)}
+    test_scores = test_texts = None
+    if inputs.test is not None:
+        test_scores, test_texts = tuned.predict(inputs.test)
+        splits["test"] = (inputs.test, test_scores)
+    tune_on = (tune_ex, tuned.scores(tune_ex)) if tune_ex else None
+    on = "held_out" if tune_ex else "dev"
+    done = finish_splits(
+        out, task, splits, "dev", cfg.eval, cfg.loop.metric, csv_name="dev_predictions.csv", tune_on=tune_on, on=on
+    )
+    summary = tuned.summary | {"losses": loss_at_best(out, tuned.summary.get("best_step"))}
+    summary["label_counts"] = train_label_counts(task.kind, label_array(task, train_ex), task.label_names)
+    results = {"train": summary, **done.reports}
+    if done.thresholds is not None:
+        results["thresholds"] = done.thresholds
+    _generation_notes(tuned, results, inputs.test, test_scores, test_texts)
+    if is_main():
+        save_scores(out, **{name: scores for name, (_, scores) in splits.items()})  # for ensembles and teachers
+        if tuned.prompt_example is not None:
+            (out / "prompt_example.txt").write_text(tuned.prompt_example, encoding="utf-8")
+    tuned.save(out, done.thresholds)
+    if inputs.unlabelled is not None:
+        predict_unlabelled(task, tuned, inputs.unlabelled, done.use, out)
+    return results
+
+
+def _generation_notes(tuned: Tuned, results: dict, test, test_scores, test_texts) -> None:
+    """The generative head's answers: how they came out on dev and --test-file."""
+    if tuned.dev_generation is not None:
+        results["dev"]["generation"] = tuned.dev_generation
+    if test_texts is not None and tuned.stats is not None:
+        stats = tuned.stats(test, test_scores, test_texts)
+        if stats is not None:
+            results["test"]["generation"] = stats
+
+
+def predict_unlabelled(task: TaskData, tuned: Tuned, rows: list[Row], thresholds, out: Path) -> None:
+    """--predict-file: an unlabelled file labelled by the selected model, joined to its input (predictions.csv)."""
+    scores = tuned.scores([Example(text=r.text, pair=r.pair) for r in rows])
+    multi = task.kind == MULTI_LABEL
+    labels = label_predictions(scores, task.label_names, thresholds if multi else None)
+    if is_main():
+        header = "labels" if multi else "label"
+        write_predictions(out / "predictions.csv", [r.fields for r in rows], labels, scores, task.label_names, header)
