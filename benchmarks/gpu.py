@@ -259,8 +259,10 @@ def encoder_rows(args, device: torch.device, peak: float) -> list[dict]:
                             batching=batching,
                             pad_share=round(1 - r["real_tokens"] / slots, 3),
                             tokens_per_s=round(tps),
-                            mfu=round(6 * matmul * tps / peak, 4),
-                            mfu_all_params=round(6 * total * tps / peak, 4),
+                            # 4 significant digits, not 4 decimals: on a slow CPU against a nominal peak the
+                            # fraction is tiny, and a fixed number of decimals would round it to 0
+                            mfu=float(f"{6 * matmul * tps / peak:.4g}"),
+                            mfu_all_params=float(f"{6 * total * tps / peak:.4g}"),
                             matmul_params=matmul,
                             params=total,
                             **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()},

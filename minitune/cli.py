@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from minitune.checkpoints.rundir import interruption_note
+from minitune.checkpoints.runlock import require_finished
 from minitune.config.load import COMMAND_ONLY, choices_of, field_type, flag, make_config
 from minitune.config.sections import FLAT, GenerativeSettings, RunConfig, setting_field
 from minitune.errors import ConfigError, MinituneError, did_you_mean
@@ -181,8 +182,7 @@ def add_ask_flags(p: argparse.ArgumentParser) -> None:
 
 def run_predict(argv: list[str]) -> Path:
     args = predict_parser().parse_args(argv)
-    if args.batch_size < 1 or (args.max_length is not None and args.max_length < 1):
-        raise ConfigError("--batch-size and --max-length must be positive integers")
+    output_file(args.output)
     if args.shots < 0 or args.max_new_tokens < 1:
         raise ConfigError("--shots must be >= 0 and --max-new-tokens positive")
     names = ("task", "labels", "multi_label", "data_dir", "train_file", "label_col")
@@ -240,14 +240,23 @@ def export_parser() -> argparse.ArgumentParser:
     return p
 
 
+def output_file(path: str) -> None:
+    """An output that is to be a file must not name an existing folder."""
+    if Path(path).is_dir():
+        raise ConfigError(f"--output {path} is a folder: give the file to write, e.g. {Path(path) / 'out.csv'}")
+
+
 def run_report(argv: list[str]) -> Path:
-    path = write_html_report(Path(report_parser().parse_args(argv).run_dir))
+    run_dir = Path(report_parser().parse_args(argv).run_dir)
+    require_finished(run_dir, "run_dir")
+    path = write_html_report(run_dir)
     print(f"wrote {path} and {path.parent / 'figures'}/")
     return path
 
 
 def run_export(argv: list[str]) -> Path:
     args = export_parser().parse_args(argv)
+    output_file(args.output)
     path = export_onnx(Path(args.model), Path(args.output), opset=args.opset)
     print(f"wrote {path}")
     return path
@@ -286,7 +295,7 @@ def distill_parser() -> argparse.ArgumentParser:
         "report it beside\nthe teacher and the same student trained alone, with the predict-time speed ratio.",
     )
     g = p.add_argument_group("distill settings")
-    add_setting(g, "teacher", required=True, help="teacher run, ensemble or cv directories")
+    add_setting(g, "teacher", default=argparse.SUPPRESS, help="teacher run, ensemble or cv directories (required)")
     for name in ("distill_alpha", "temperature", "alone"):
         add_setting(g, name, default=argparse.SUPPRESS)
     return p
@@ -311,12 +320,18 @@ def sweep_parser() -> argparse.ArgumentParser:
         "and configs/goemotions-loss-sweep.toml.",
     )
     p.add_argument("file", help="the sweep's TOML file")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an output folder that holds another sweep (or one with other settings)",
+    )
     return p
 
 
 def run_sweep_command(argv: list[str]) -> list[dict]:
-    sweep = read_sweep(sweep_parser().parse_args(argv).file)
-    rows = run_sweep(sweep, run_train)
+    args = sweep_parser().parse_args(argv)
+    sweep = read_sweep(args.file)
+    rows = run_sweep(sweep, run_train, overwrite=args.overwrite)
     print(f"leaderboard of {len(rows)} trials: {sweep.output_dir / 'leaderboard.md'}")
     return rows
 
@@ -364,6 +379,16 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
+def check_command_name(argv: list[str]) -> None:
+    """A first word that is not a flag must be a command: a typo (`minitune predcit`) gets a suggestion."""
+    if argv and not argv[0].startswith("-") and argv[0] != "train":
+        known = ["train", *COMMANDS]
+        raise ConfigError(
+            f"unknown command {argv[0]!r}{did_you_mean(argv[0], known)}; commands: {', '.join(known)} "
+            "(see minitune --help)"
+        )
+
+
 def _main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     command = COMMANDS.get(argv[0]) if argv else None
@@ -372,8 +397,12 @@ def _main(argv: list[str]) -> int:
         if command is not None:
             command[0](argv[1:])
         else:
+            check_command_name(argv)
             cfg = parse_config(argv[1:] if argv and argv[0] == "train" else argv)
-            run_train(cfg)
+            if cfg.command == "distill":  # `minitune --resume DIR` continues a run of any command
+                run_distill(cfg, run_train)
+            else:
+                run_train(cfg)
     except MinituneError as e:
         flags = {a.dest for a in command[1]()._actions} if command else None
         if is_main():  # under torchrun every rank finds the same error; one prints it

@@ -28,6 +28,8 @@ from torch import nn
 
 from minitune.checkpoints.atomic import atomic_write
 from minitune.checkpoints.load import load_model
+from minitune.checkpoints.rundir import model_dir_of
+from minitune.checkpoints.runlock import require_finished
 from minitune.errors import ConfigError
 from minitune.predict import thresholds_for
 
@@ -89,6 +91,12 @@ def export_onnx(model_dir: Path, output: Path, opset: int = 17) -> Path:
         raise ConfigError(f"`format` onnx needs the onnx package: {ONNX_INSTALL}")
     import onnx  # optional: only this command needs it
 
+    if not Path(model_dir).exists():
+        raise ConfigError(
+            f"`model` {model_dir}: no such directory; pass a finished run's output directory or its model/"
+        )
+    require_finished(Path(model_dir))
+    model_dir = model_dir_of(Path(model_dir))  # a run's folder: its model/
     model = load_model(model_dir)
     if model.head != "sequence" or not model.head_trained:
         raise ConfigError(

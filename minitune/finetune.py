@@ -128,7 +128,6 @@ def _tuned(cfg: RunConfig, task: TaskData, model, tokenizer, featurize, collate,
         whole = consolidated(model)  # FSDP: gathered onto rank 0, which alone writes
         if is_main():
             save_model_dir(run_dir, whole, tokenizer, task.kind, task.label_names, thresholds)
-            (out / "best.safetensors").unlink(missing_ok=True)  # model/ holds the best weights now: one copy
 
     return Tuned(model, summary, scores, predict, save, lambda run_dir, fold_dir, k: save(fold_dir, None))
 

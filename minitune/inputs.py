@@ -12,6 +12,7 @@ from pathlib import Path
 
 from minitune.checkpoints.hub import resolve_model
 from minitune.checkpoints.load import choice_scorer_for, load_tokenizer, read_config
+from minitune.checkpoints.runlock import finished_before
 from minitune.config.sections import DataSettings, RunConfig
 from minitune.config.validate import Facts, resolve
 from minitune.data.custom import DELIMITERS_BY_NAME, Columns, Row, read_rows
@@ -99,7 +100,7 @@ def read_unlabelled(data: DataSettings) -> list[Row]:
     """--predict-file's rows, read before training so a wrong path or column costs seconds, not a run."""
     text_col = data.text_col if data.text_col != "text" else TEXT_COLUMNS.get(data.task, "text")
     columns = Columns(text=text_col, label=None, pair=data.pair_col)
-    return read_rows(Path(data.predict_file), columns, DELIMITERS_BY_NAME.get(data.delimiter))
+    return read_rows(Path(data.predict_file), columns, DELIMITERS_BY_NAME.get(data.delimiter), keep_empty=True)
 
 
 def check_resume(cfg: RunConfig, task: TaskData) -> None:
@@ -107,6 +108,8 @@ def check_resume(cfg: RunConfig, task: TaskData) -> None:
     may have none yet (stopped before its first); the members of `seeds` are checked as each one loads (their
     checkpoints hold their own seed)."""
     out = Path(cfg.outputs.output_dir)
+    if finished_before(out):
+        return  # nothing to continue: the run prints its report
     if not (task.folds or cfg.command == "cv" or cfg.seeds):
         dirs = [out]
     elif not out.is_dir():

@@ -1,27 +1,35 @@
-"""`minitune predict`: a trained model + a file of texts -> a CSV of labels and probabilities, joined to its input.
+"""`minitune predict` and `minitune.Predictor`: a trained model labels texts (or answers questions with options).
 
-Reads what the task readers read: .csv, .tsv, .txt (the separator sniffed from the header, so SemEval's official
-tab-separated .txt reads as it is) or .jsonl, with a text column (and, with `pair_col`, the second segment a pair
-model needs). The output keeps every input column (an `id` column first when there is one), then the predicted
-label(s) and one probability per label. A plain instruct checkpoint answers with `--head generative` and the
-label set of `--task` or `--labels` (predict_generative.py). Multi-label models apply the thresholds
-the training run chose on dev (model/thresholds.json), else 0.5. A multiple-choice model (either scorer) answers
-questions with options instead (.json or .jsonl, data/choices.py): the CSV gives the chosen option's id and text and
-one probability per option. A --seeds, cv or Recipe-MPR run directory predicts with the mean of its members' (or
-fold models') probabilities. The output is written to a temporary file and
-renamed, so a failure leaves no half-written predictions.
+`Predictor(run_or_model_dir)` loads what a finished run saved and predicts as the run would: with its tokenizer and
+max_length, its per-label thresholds (multi-label), the mean of its members' probabilities for a `--seeds`, cv or
+Recipe-MPR run (members.json), by asking in its chat for a `--head generative` run's model; a plain instruct
+checkpoint answers with `ask` (predict_generative.py). `predict(texts)` returns the labels and one probability per
+label; a multiple-choice model's `predict_choices(queries, options)` returns the chosen option and one probability
+per option. `predict_file` is the command: it reads what the task readers read (.csv, .tsv, .txt with the separator
+sniffed from the header, .jsonl; questions with options from .json / .jsonl, data/choices.py), keeps every input
+column (an `id` column first) and writes the CSV through a temporary file, so a failure leaves none half-written.
+A row whose text is empty keeps its place, with an empty prediction, so the output lines up with the input.
 """
 
 from __future__ import annotations
 
-import json
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from torch import nn
 
-from minitune.checkpoints.load import load_model, load_tokenizer, trained_head
-from minitune.checkpoints.rundir import GENERATIVE_FILE, MEMBERS, member_model_dirs, model_dir_of, trained_max_length
+from minitune.checkpoints.load import load_model, load_tokenizer, read_config, trained_head
+from minitune.checkpoints.rundir import (
+    GENERATIVE_FILE,
+    MEMBERS,
+    THRESHOLDS,
+    member_model_dirs,
+    model_dir_of,
+    read_json,
+    trained_max_length,
+)
+from minitune.checkpoints.runlock import RUN_FILE, require_finished
 from minitune.config.validate import resolve_device
 from minitune.data.batching import make_collate
 from minitune.data.choices import read_choice_items
@@ -31,22 +39,180 @@ from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE, SINGLE_LABEL
 from minitune.data.tasks import Example
 from minitune.errors import ConfigError
 from minitune.eval.members import ensemble_scores
-from minitune.eval.predictions import label_predictions, write_choice_predictions, write_predictions
+from minitune.eval.predictions import (
+    label_predictions,
+    rows_predicted,
+    write_choice_predictions,
+    write_predictions,
+)
 from minitune.eval.scoring import predict_scores
+from minitune.models import family_for
 from minitune.predict_generative import PlainAsk, generative_meta, label_task, predict_generative, predict_plain
 
+log = logging.getLogger("minitune")
+NOT_FOR_CHOICES = "`model` {model} answers questions with options: `pair_col` and `threshold` do not apply; drop them"
 
-def thresholds_for(model_dir: Path, names: list[str], override: float | None) -> np.ndarray:
+
+@dataclass
+class Predictions:
+    """Labels and probabilities, one row per text: `labels[i]` is the predicted label (multi-label: the labels over
+    their thresholds, comma-separated), `probabilities[i]` one probability per name in `label_names`."""
+
+    labels: list[str]
+    probabilities: np.ndarray
+    label_names: list[str]
+
+
+@dataclass
+class ChoicePredictions:
+    """Multiple choice: `choice[i]` is the position of the chosen option in item i's options, `probabilities[i]` one
+    probability per option (NaN past an item's own options)."""
+
+    choice: list[int]
+    probabilities: np.ndarray
+
+
+class Predictor:
+    """A trained model ready to predict as `minitune predict` does; see the module docstring. `model`: a finished
+    run's output directory, its model/ (or a fold's), or with `ask` a plain instruct checkpoint."""
+
+    def __init__(self, model, *, batch_size=64, max_length=None, threshold=None, device="auto", ask=None):
+        self.path, self.batch_size, self.ask, self.given_length = Path(model), batch_size, ask, max_length
+        self.device = resolve_device(device)
+        _check_numbers(batch_size, max_length, threshold)
+        if ask is None:
+            _check_run_folder(self.path)
+        self.members = member_model_dirs(self.path) if ask is None and (self.path / MEMBERS).is_file() else None
+        self.model_dir = self.members[0] if self.members else model_dir_of(self.path)
+        self.generative = ask is None and (self.model_dir / GENERATIVE_FILE).is_file()
+        if ask is not None and (self.model_dir / GENERATIVE_FILE).is_file() and (ask.task or ask.labels):
+            raise ConfigError(
+                f"`model` {model} was tuned by a --head generative run, which saved its labels: drop `task`/`labels`"
+            )
+        self.kind = self._kind()
+        if self.kind == MULTIPLE_CHOICE and threshold is not None:
+            raise ConfigError(NOT_FOR_CHOICES.format(model=model))
+        self.max_length = max_length or (None if ask else trained_max_length(self.model_dir))
+        if self.max_length and not self.generative and ask is None:
+            _check_positions(self.model_dir, self.max_length)
+        self._prepare(threshold)
+
+    def _kind(self) -> str:
+        if self.ask is not None or self.generative:
+            return "generative"
+        return MULTIPLE_CHOICE if trained_head(self.model_dir) == MULTIPLE_CHOICE else "classifier"
+
+    def _prepare(self, threshold) -> None:
+        """Load what predicting needs and refuse a wrong model, before any input is read."""
+        self.task = self.model = None
+        if self.kind == "generative" and self.ask is not None:
+            self.task = label_task(self.ask, str(self.path), "text")  # a missing label set: before loading a model
+            self.label_names, self.multi_label = self.task.label_names, self.task.kind == MULTI_LABEL
+        elif self.kind == "generative":
+            meta = generative_meta(self.model_dir)
+            self.label_names, self.multi_label = meta["label_names"], meta["kind"] == MULTI_LABEL
+        elif self.kind == "classifier":
+            self.model = head_model(self.model_dir, self.path)
+            self.label_names = self.model.label_names
+            self.multi_label = self.model.hf_config.get("problem_type") == "multi_label_classification"
+        else:
+            self.label_names, self.multi_label = None, False
+        # An ensemble's thresholds were tuned for its mean (its thresholds.json); a model's sit beside its weights.
+        where = self.path if self.members else self.model_dir
+        self.thresholds = thresholds_for(where, self.label_names, threshold) if self.multi_label else None
+
+    def predict(self, texts: list[str], pairs: list[str] | None = None) -> Predictions:
+        """Labels and probabilities for `texts` (and, for a pair model, their second segments)."""
+        if self.kind == MULTIPLE_CHOICE:
+            raise ConfigError(f"`model` {self.path} answers questions with options: use predict_choices")
+        examples = [Example(text=t, pair=p) for t, p in zip(texts, pairs or [None] * len(texts))]
+        scores = self._scores(examples) if examples else np.zeros((0, len(self.label_names)))
+        return Predictions(label_predictions(scores, self.label_names, self.thresholds), scores, self.label_names)
+
+    def _scores(self, examples: list[Example]) -> np.ndarray:
+        args = (self.batch_size, self.max_length, self.device)
+        if self.kind == "generative" and self.ask is not None:
+            return predict_plain(str(self.path), self.ask, self.task, examples, *args)[2]
+        if self.kind == "generative":
+            return predict_generative(self.model_dir, examples, *args)[2]
+        if self.members:  # each member at the length its own run trained with, unless one was given
+            kind = MULTI_LABEL if self.multi_label else SINGLE_LABEL
+            return ensemble_scores(self.members, examples, kind, self.batch_size, self.device, self.given_length)[0]
+        return _head_scores(self.model, self.model_dir, examples, *args)
+
+    def predict_choices(self, queries: list[str], options: list[list[str]]) -> ChoicePredictions:
+        """A multiple-choice model's answers: the mean probabilities of its models (one, or a run's members)."""
+        if self.kind != MULTIPLE_CHOICE:
+            raise ConfigError(f"`model` {self.path} labels texts, not questions with options: use predict")
+        examples = [Example(q, choices=list(o)) for q, o in zip(queries, options)]
+        dirs = self.members or [self.model_dir]
+        scores, _ = ensemble_scores(dirs, examples, MULTIPLE_CHOICE, self.batch_size, self.device, self.given_length)
+        return ChoicePredictions([int(np.nanargmax(p[: len(o)])) for p, o in zip(scores, options)], scores)
+
+
+def _check_numbers(batch_size: int, max_length: int | None, threshold: float | None) -> None:
+    if batch_size < 1 or (max_length is not None and max_length < 1):
+        raise ConfigError("`batch_size` and `max_length` must be positive integers")
+    if threshold is not None and not 0 < threshold < 1:
+        raise ConfigError(f"`threshold` must be in (0, 1), got {threshold}")
+
+
+def _check_run_folder(path: Path) -> None:
+    """A path that exists, of a finished run, holding a model: else one line saying which of the three is wrong."""
+    if not path.exists():
+        raise ConfigError(f"`model` {path}: no such directory; pass a finished run's output directory (or its model/)")
+    require_finished(path)
+    if path.is_dir() and not (model_dir_of(path) / "config.json").is_file() and not (path / MEMBERS).is_file():
+        is_run = (path / RUN_FILE).is_file() or (path / "results.json").is_file()
+        why = f"this run saved no model (no model/ nor {MEMBERS})" if is_run else "no model there (no config.json)"
+        raise ConfigError(f"`model` {path}: {why}; pass the output directory of a finished run that trained one")
+
+
+def _check_positions(model_dir: Path, max_length: int) -> None:
+    """A max_length past the model's position table would index past it."""
+    hf = read_config(model_dir)
+    if hf.get("model_type") is None:
+        return  # not a transformers family (the bag-of-embeddings baseline): no positions
+    usable = family_for(hf.get("model_type"), model_dir).usable_positions(hf)
+    if usable is not None and max_length > usable:
+        raise ConfigError(f"`max_length` {max_length} exceeds the model's {usable} positions; use at most {usable}")
+
+
+def thresholds_for(where: Path, names: list[str], override: float | None) -> np.ndarray:
     """`override`, else what the training run chose on dev (tuned per label, or its fixed threshold), else 0.5."""
     if override is not None:
         return np.full(len(names), override)
-    path = model_dir / "thresholds.json"
+    path = where / THRESHOLDS
     if not path.is_file():
         return np.full(len(names), 0.5)
-    saved = json.loads(path.read_text())
+    saved = read_json(path, fix=f"remove {path} to predict at 0.5, or train the run again")
     if saved.get("use") == "tuned":
         return np.array([saved["per_label"].get(n, 0.5) for n in names])
     return np.full(len(names), saved.get("threshold") or 0.5)
+
+
+def head_model(model_dir: Path, model_path):
+    """The classifier in `model_dir`, refused in one line when it carries no trained sequence head."""
+    model = load_model(model_dir)
+    if not model.head_trained:
+        raise ConfigError(
+            f"`model` {model_path}: no trained sequence-classification head there (a base checkpoint); pass the "
+            "output directory of a classification run, or ask an instruct "
+            "decoder with `head` generative and `task` (or `labels`)"
+        )
+    return model
+
+
+def _head_scores(model, model_dir: Path, examples: list[Example], batch_size: int, max_length: int, device):
+    """A classification head's probabilities (N, C) for the examples."""
+    tokenizer = load_tokenizer(model_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.set_pad_to_eos()
+    multi = model.hf_config.get("problem_type") == "multi_label_classification"
+    kind = MULTI_LABEL if multi else SINGLE_LABEL
+    features = tokenize(examples, tokenizer, kind, max_length)
+    collate_fn = make_collate("dynamic", max_length, tokenizer.pad_token_id)
+    return predict_scores(model.to(device), features, collate_fn, kind, batch_size, device)
 
 
 def predict_file(
@@ -63,132 +229,29 @@ def predict_file(
     device: str = "auto",
     ask: PlainAsk | None = None,
 ) -> tuple[Path, int]:
-    """Label every row of `input_path` with the model at `model_path` (a model/ directory or the run directory
-    holding it); write the CSV; return (its path, rows). `max_length` defaults to what the run trained with.
-    `text_col` defaults to text (multiple choice: query; `options_col` names the options there). `ask`: `model_path`
-    is a plain instruct checkpoint (a directory or an alias) that answers as `ask` says."""
-    choices = choice_models(Path(model_path)) if ask is None else None
-    if choices:
-        common = dict(query_col=text_col, options_col=options_col, pair_col=pair_col, threshold=threshold)
-        common |= dict(batch_size=batch_size, max_length=max_length, device=device)
-        return predict_choices(choices, model_path, input_path, output_path, **common)
-    text_col = text_col or "text"
-    if ask is None and (Path(model_path) / MEMBERS).is_file():  # a --seeds or cv run: its members' mean
-        return predict_ensemble(
-            Path(model_path), input_path, output_path, text_col, pair_col, batch_size, max_length, threshold, device
-        )
-    model_dir = model_dir_of(Path(model_path))
-    score_rows = _scorer(model_dir, model_path, ask, text_col, batch_size, max_length)  # refusals: before the input
-    rows = read_rows(Path(input_path), Columns(text=text_col, label=None, pair=pair_col))
-    names, multi, scores = score_rows(rows, resolve_device(device))
-    labels = label_predictions(scores, names, thresholds_for(model_dir, names, threshold) if multi else None)
-    write_predictions(
-        Path(output_path), [r.fields for r in rows], labels, scores, names, "labels" if multi else "label"
+    """Label every row of `input_path` with the model at `model_path` (see Predictor); write the CSV; return (its
+    path, rows). `text_col` defaults to text (multiple choice: query; `options_col` names the options there)."""
+    predictor = Predictor(
+        model_path, batch_size=batch_size, max_length=max_length, threshold=threshold, device=device, ask=ask
     )
+    if predictor.kind == MULTIPLE_CHOICE:
+        if pair_col is not None:
+            raise ConfigError(NOT_FOR_CHOICES.format(model=model_path))
+        items = read_choice_items(Path(input_path), text_col or "query", options_col)
+        answers = predictor.predict_choices([it.query for it in items], [it.options for it in items])
+        fields, ids, texts = ([getattr(it, a) for it in items] for a in ("fields", "option_ids", "options"))
+        write_choice_predictions(Path(output_path), fields, ids, texts, answers.probabilities)
+        return Path(output_path), len(items)
+    rows = read_rows(Path(input_path), Columns(text=text_col or "text", label=None, pair=pair_col), keep_empty=True)
+
+    def predict(filled: list) -> tuple[list[str], np.ndarray]:
+        out = predictor.predict([r.text for r in filled], [r.pair for r in filled] if pair_col else None)
+        return out.labels, out.probabilities
+
+    labels, scores = rows_predicted(rows, len(predictor.label_names), predict)
+    empty = sum(1 for r in rows if not r.text.strip())
+    if empty:
+        log.warning("%s: %d rows with an empty text keep their place, with no prediction", input_path, empty)
+    header = "labels" if predictor.multi_label else "label"
+    write_predictions(Path(output_path), [r.fields for r in rows], labels, scores, predictor.label_names, header)
     return Path(output_path), len(rows)
-
-
-def _scorer(model_dir: Path, model_path, ask: PlainAsk | None, text_col: str, batch_size: int, max_length):
-    """rows, device -> (label names, whether multi-label, scores (N, C)) for the model at `model_dir`: a classifier
-    head, a `head` generative run's model (it answers in its chat), or a plain instruct checkpoint asked as `ask`
-    says. Everything that can be refused is refused here, before the input is read."""
-    generative = (model_dir / GENERATIVE_FILE).is_file()
-    if ask is not None and generative and (ask.task or ask.labels):
-        raise ConfigError(
-            f"`model` {model_path} was tuned by a --head generative run, which saved its labels: drop `task`/`labels`"
-        )
-    examples = lambda rows: [Example(text=r.text, pair=r.pair) for r in rows]  # noqa: E731
-    if ask is not None and not generative:
-        task = label_task(ask, str(model_path), text_col)  # a missing label set: before the model is loaded
-        return lambda rows, device: predict_plain(
-            str(model_path), ask, task, examples(rows), batch_size, max_length, device
-        )
-    max_length = max_length or trained_max_length(model_dir)
-    if generative:
-        generative_meta(model_dir)
-        return lambda rows, device: predict_generative(model_dir, examples(rows), batch_size, max_length, device)
-    model = head_model(model_dir, model_path)
-    return lambda rows, device: _head_scores(model, model_dir, rows, batch_size, max_length, device)
-
-
-def choice_models(path: Path) -> list[Path] | None:
-    """The model directories behind `path` when it holds multiple-choice models (one, or a run's members or
-    folds), else None. A generative run's model is not one: it answers in its chat."""
-    dirs = member_model_dirs(path) if (path / MEMBERS).is_file() else [model_dir_of(path)]
-    if (dirs[0] / GENERATIVE_FILE).is_file() or trained_head(dirs[0]) != MULTIPLE_CHOICE:
-        return None
-    return dirs
-
-
-def predict_ensemble(
-    run_dir: Path, input_path, output_path, text_col, pair_col, batch_size, max_length, threshold, device
-) -> tuple[Path, int]:
-    """predict_file for an ensemble or cv directory: every member model scores the rows, their mean is used, with
-    the thresholds the ensemble tuned (its thresholds.json)."""
-    dirs = member_model_dirs(run_dir)
-    first = head_model(dirs[0], run_dir)  # refused in one line before the input is read
-    multi = first.hf_config.get("problem_type") == "multi_label_classification"
-    rows = read_rows(Path(input_path), Columns(text=text_col, label=None, pair=pair_col))
-    examples = [Example(text=r.text, pair=r.pair) for r in rows]
-    kind = MULTI_LABEL if multi else SINGLE_LABEL
-    scores, names = ensemble_scores(dirs, examples, kind, batch_size, resolve_device(device), max_length)
-    labels = label_predictions(scores, names, thresholds_for(run_dir, names, threshold) if multi else None)
-    write_predictions(
-        Path(output_path), [r.fields for r in rows], labels, scores, names, "labels" if multi else "label"
-    )
-    return Path(output_path), len(rows)
-
-
-def predict_choices(
-    model_dirs: list[Path],
-    model_path,
-    input_path,
-    output_path,
-    *,
-    query_col: str | None,
-    options_col: str,
-    pair_col: str | None,
-    threshold: float | None,
-    batch_size: int,
-    max_length: int | None,
-    device: str,
-) -> tuple[Path, int]:
-    """predict_file for multiple-choice models (one, or the members of a run): the mean of their probabilities over
-    each item's options."""
-    if pair_col is not None or threshold is not None:
-        raise ConfigError(
-            f"`model` {model_path} answers questions with options: `pair_col` and `threshold` do not apply; drop them"
-        )
-    items = read_choice_items(Path(input_path), query_col or "query", options_col)
-    examples = [Example(it.query, choices=it.options) for it in items]
-    scores, _ = ensemble_scores(model_dirs, examples, MULTIPLE_CHOICE, batch_size, resolve_device(device), max_length)
-    fields, ids, texts = ([getattr(it, a) for it in items] for a in ("fields", "option_ids", "options"))
-    write_choice_predictions(Path(output_path), fields, ids, texts, scores)
-    return Path(output_path), len(items)
-
-
-def head_model(model_dir: Path, model_path) -> nn.Module:
-    """The classifier in `model_dir`, refused in one line when it carries no trained sequence head."""
-    model = load_model(model_dir)
-    if not model.head_trained:
-        raise ConfigError(
-            f"`model` {model_path}: no trained sequence-classification head there (a base checkpoint); pass the "
-            "output directory of a classification run, or ask an instruct "
-            "decoder with `head` generative and `task` (or `labels`)"
-        )
-    return model
-
-
-def _head_scores(
-    model: nn.Module, model_dir: Path, rows, batch_size: int, max_length: int, device
-) -> tuple[list[str], bool, np.ndarray]:
-    """A classification head's probabilities for the rows: (label names, whether multi-label, scores (N, C))."""
-    tokenizer = load_tokenizer(model_dir)
-    if tokenizer.pad_token_id is None:
-        tokenizer.set_pad_to_eos()
-    multi = model.hf_config.get("problem_type") == "multi_label_classification"
-    kind = MULTI_LABEL if multi else SINGLE_LABEL
-    features = tokenize([Example(text=r.text, pair=r.pair) for r in rows], tokenizer, kind, max_length)
-    collate_fn = make_collate("dynamic", max_length, tokenizer.pad_token_id)
-    scores = predict_scores(model.to(device), features, collate_fn, kind, batch_size, device)
-    return model.label_names, multi, scores

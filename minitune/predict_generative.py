@@ -11,7 +11,6 @@ line before the model is loaded. Both are asked through eval/answers.py, as trai
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 
 from minitune.checkpoints.hub import resolve_model
 from minitune.checkpoints.load import load_model, load_tokenizer, read_config
-from minitune.checkpoints.rundir import GENERATIVE_FILE
+from minitune.checkpoints.rundir import GENERATIVE_FILE, read_json
 from minitune.config.sections import GenerativeSettings
 from minitune.config.validate import check_generative_model
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE, SINGLE_LABEL
@@ -49,7 +48,7 @@ class PlainAsk:
 def generative_meta(model_dir: Path) -> dict:
     """What a `head` generative run saved beside its model (generative.json); refused for multiple choice, whose
     questions with options predict does not put to a generative model."""
-    meta = json.loads((model_dir / GENERATIVE_FILE).read_text(encoding="utf-8"))
+    meta = read_json(model_dir / GENERATIVE_FILE, fix="train the generative run again, or pass another `model`")
     if meta["kind"] == MULTIPLE_CHOICE:
         raise ConfigError(
             f"`model` {model_dir}: a --head generative multiple-choice model; predict does not ask it questions "

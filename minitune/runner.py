@@ -7,7 +7,6 @@ this module writes the run's config.json, results.json, report.txt and report.ht
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import torch
 
 from minitune.checkpoints import rundir
 from minitune.checkpoints.atomic import atomic_write_text
-from minitune.checkpoints.rundir import MEMBERS
+from minitune.checkpoints.runlock import RunIdentity, finish, finished_before, owned
 from minitune.config.load import dump, flat_dict, make_config, print_config, used_settings
 from minitune.config.sections import RunConfig
 from minitune.config.validate import resolve_device
@@ -30,7 +29,6 @@ from minitune.experiments.holdout import run_holdout
 from minitune.experiments.seeds import run_seeds
 from minitune.inputs import RunInputs, prepare
 from minitune.train import distributed
-from minitune.train.checkpoint import read_progress
 from minitune.train.interrupt import TrainingInterrupted
 
 
@@ -82,51 +80,50 @@ def _protocol(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.device
 
 
 def _run(cfg: RunConfig, inputs: RunInputs, device: torch.device) -> dict:
-    main = distributed.is_main()  # rank 0 alone writes and prints
-    out = Path(cfg.outputs.output_dir)
-    if cfg.outputs.resume and finished_run(cfg, inputs):
+    """One run in its own folder: claimed and locked (checkpoints/runlock.py), trained by its protocol, finished
+    by the marker written last."""
+    out, resume = Path(cfg.outputs.output_dir), bool(cfg.outputs.resume)
+    if resume and finished_before(out):
         return report_finished(out)
     fresh = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    if not cfg.outputs.resume:  # an earlier run's members are not this run's: predict would average them
-        (out / MEMBERS).unlink(missing_ok=True)
-    if main:
-        print_config(cfg)
-        atomic_write_text(out / "config.json", dump(cfg) + "\n")
-    t0 = time.perf_counter()
-    try:
-        results = _protocol(cfg, inputs, out, device)
-    except (MinituneError, TrainingInterrupted, KeyboardInterrupt):
-        # A mistake only the model or the features reveal (a `lora_targets` pattern that matches nothing), or an
-        # interruption: before any checkpoint, the directory this run made holds nothing worth keeping.
-        if main and fresh and not any(out.glob("**/checkpoint")):
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    results["train"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    results = {"task": cfg.data.task, "model": cfg.model.model, "settings": used_settings(cfg)} | {
-        "config": flat_dict(cfg),
-        **results,
-        "world_size": distributed.world_size(),
-    }
-    if main:
-        write_results(out / "results.json", results)
-        atomic_write_text(out / "report.txt", format_report(results))
-        report_html = write_html_report(out)
-        # The settings were printed when the run began: the console report leaves them out (report.txt keeps them).
-        note = saved_note(cfg, out, inputs.task.kind)
-        print(format_report(results, settings=False) + f"report with figures: {report_html}\n" + note)
+    who = RunIdentity(cfg.command, cfg.data.task, cfg.model.model)
+    with owned(out, who, resume, cfg.outputs.overwrite):
+        if distributed.is_main():  # rank 0 alone writes and prints
+            print_config(cfg)
+            atomic_write_text(out / "config.json", dump(cfg) + "\n")
+        t0 = time.perf_counter()
+        try:
+            results = _protocol(cfg, inputs, out, device)
+        except (MinituneError, TrainingInterrupted, KeyboardInterrupt):
+            # A mistake only the model or the features reveal (a `lora_targets` pattern that matches nothing), or an
+            # interruption: before any checkpoint, the directory this run made holds nothing worth keeping.
+            if distributed.is_main() and fresh and not any(out.glob("**/checkpoint")):
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+        results["train"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
+        results = {"task": cfg.data.task, "model": cfg.model.model, "settings": used_settings(cfg)} | {
+            "config": flat_dict(cfg),
+            **results,
+            "world_size": distributed.world_size(),
+        }
+        if distributed.is_main():
+            _write_reports(cfg, out, results, inputs.task.kind)
+            finish(out, who, keep_checkpoints=cfg.loop.keep_checkpoints is not None)
     return results
 
 
-def finished_run(cfg: RunConfig, inputs: RunInputs) -> bool:
-    """A `resume` of a single run whose training is over and whose results are written: nothing to train."""
-    out = Path(cfg.outputs.output_dir)
-    progress = read_progress(out / "checkpoint")
-    return not inputs.task.folds and bool(progress and progress.get("finished")) and (out / "results.json").is_file()
+def _write_reports(cfg: RunConfig, out: Path, results: dict, kind: str) -> None:
+    """results.json, report.txt and report.html, and the report on the console (without the settings, printed
+    when the run began; report.txt keeps them), with what was saved."""
+    write_results(out / "results.json", results)
+    atomic_write_text(out / "report.txt", format_report(results))
+    report_html = write_html_report(out)
+    note = saved_note(cfg, out, kind)
+    print(format_report(results, settings=False) + f"report with figures: {report_html}\n" + note)
 
 
 def report_finished(out: Path) -> dict:
-    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    results = rundir.read_results(out)
     if not distributed.is_main():
         return results
     print(f"{out}: this run already finished; its report (nothing was trained again):")

@@ -101,7 +101,8 @@ def test_every_flag_has_help_and_help_exits_cleanly():
 
 def test_same_seed_same_run_other_seed_other_run(tmp_path, data_dir):
     def dev(name, seed):
-        out = train(tmp_path, data_dir, name, "--task", "humor", "--model", "ffnn", "--lr", "1e-3", "--seed", seed)
+        args = ("--task", "humor", "--model", "ffnn", "--lr", "1e-3", "--seed", seed, "--overwrite")  # again: anew
+        out = train(tmp_path, data_dir, name, *args)
         return json.loads((out / "results.json").read_text())["dev"]["per_class"]
 
     assert dev("a", "3") == dev("b", "3")
@@ -175,12 +176,14 @@ def test_semeval_thresholds_saved_and_used(tmp_path, data_dir):
     per_label = {n: (0.0 if i % 2 else 1.01) for i, n in enumerate(names)}  # odd labels always, even never
     assert predicted({"use": "tuned", "per_label": per_label, "threshold": 0.5}) == set(names[1::2])
     assert predicted({"use": "fixed", "per_label": per_label, "threshold": 1.01}) == set()
-    assert predicted({"use": "fixed", "per_label": per_label, "threshold": 1.01}, "--threshold", "0") == set(names)
-    # A new run in the same directory replaces model/ whole: no thresholds, stray shard or old adapter survive.
+    everything = ("--threshold", "0.000001")  # (0 is no threshold: predict refuses it, as training does)
+    assert predicted({"use": "fixed", "per_label": per_label, "threshold": 1.01}, *everything) == set(names)
+    # A new run in the same directory (--overwrite) replaces model/ whole: no thresholds, stray shard or old adapter
+    # survive.
     (out / "model" / "model-00002-of-00002.safetensors").write_bytes(b"stale")
     (out / "adapter").mkdir()
     (out / "adapter" / "adapter_config.json").write_text("{}")
-    train(tmp_path, data_dir, "semeval", "--task", "humor")
+    train(tmp_path, data_dir, "semeval", "--task", "humor", "--overwrite")
     assert not (out / "model" / "thresholds.json").exists() and not (out / "adapter").exists()
     assert sorted(p.name for p in (out / "model").iterdir()) == sorted(
         ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
@@ -193,7 +196,9 @@ def test_recipe_mpr_fold_reports_query_types_and_first_option_baseline(tmp_path,
     (tmp_path / "mpr" / "fold3").mkdir(parents=True)  # left by an earlier 5-fold run in the same directory
     further = tmp_path / "further.json"  # a further labelled file in the task's format: 30 real items
     further.write_text(json.dumps(json.loads((data_dir / "recipe_mpr" / "500QA.json").read_text())[:30]))
-    out = train(tmp_path, data_dir, "mpr", "--task", "recipe-mpr", "--max-folds", "1", "--test-file", str(further))
+    (tmp_path / "mpr" / "run.json").write_text('{"command": "train", "task": "recipe-mpr", "model": "minilm"}')
+    args = ("--task", "recipe-mpr", "--max-folds", "1", "--test-file", str(further), "--overwrite")
+    out = train(tmp_path, data_dir, "mpr", *args)
     assert sorted(p.name for p in out.glob("fold*")) == ["fold0"]
     results = json.loads((out / "results.json").read_text())
     groups = results["test"]["by_group"]
@@ -473,7 +478,8 @@ def test_resume_continues_in_its_directory_and_refuses_changed_settings(tmp_path
         "--lr",
         "1e-4",
     )
-    assert r.returncode == 2 and "started with --lr 2e-05" in r.stderr.strip().splitlines()[-1]
+    refused = r.stderr.strip().splitlines()[-1]  # only the setting that differs from the run's own is named
+    assert r.returncode == 2 and "--lr 0.0001 (the run has 2e-05) differ" in refused and "--epochs" not in refused
     assert (out / "config.json").read_text() == config  # refused before anything was written
 
 
@@ -490,7 +496,7 @@ def test_multiple_choice_model_reloads_with_its_trained_head(tmp_path, data_dir)
         "--pooling",
         "cls",
     )
-    out = train(tmp_path, data_dir, "mc", *args)
+    out = train(tmp_path, data_dir, "mc", *args) / "fold0"  # Recipe-MPR keeps each fold's model in its fold
     from safetensors.torch import load_file
 
     saved = load_file(str(out / "model" / "model.safetensors"))["classifier.weight"]

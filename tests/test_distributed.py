@@ -272,7 +272,7 @@ def test_cli_under_two_processes_writes_once_and_records_the_world_size(tmp_path
     out = tmp_path / "run"
     argv = ["--task", "humor", "--model", "ffnn", "--data-dir", str(data_dir), "--output-dir", str(out)]
     argv += ["--max-train-samples", "48", "--max-eval-samples", "24", "--epochs", "1", "--device", "cpu"]
-    procs = start_cli(argv, 2)
+    procs = start_cli([*argv, "--keep-checkpoints", "1"], 2)
     outs = [p.communicate(timeout=240) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][1].decode()[-3000:] + outs[1][1].decode()[-3000:]
     assert "headline:" in outs[0][0].decode() and "headline:" not in outs[1][0].decode()  # rank 0 reports
@@ -286,7 +286,9 @@ def test_cli_under_two_processes_writes_once_and_records_the_world_size(tmp_path
     assert_same(
         load_file(str(out / "model" / "model.safetensors")), load_file(str(sharded / "model/model.safetensors"))
     )
-    # resuming on one process is refused with the world size named, before anything runs
+    # resuming an unfinished run (killed while finishing) on one process is refused with the world size named
+    run_file = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps(run_file | {"status": "running"}))
     one = subprocess.run(
         [sys.executable, str(REPO / "run.py"), *argv, "--resume", str(out)],
         env={k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")} | {"HF_HUB_OFFLINE": "1"},

@@ -422,3 +422,23 @@ def test_a_resumed_fit_scores_the_restored_best_weights_when_their_evaluation_ca
     model, fitted = fit_with(tmp_path, "r", feats, evaluate, resume=True)
     assert fitted.state.best == 0.9 and fitted.payload == fingerprint(model)
     assert next(values, None) is None  # start, epoch 1 | epoch 2, then the restored weights: 4 evaluations
+
+
+def train_logs(run_dir) -> list[dict]:
+    return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["type"] == "train"]
+
+
+def test_the_logged_loss_is_the_mean_over_its_logging_window_also_across_a_resume(tmp_path):
+    """As the Trainer logs it: each train record's loss is the mean of the steps' losses since the one before, and
+    a resume at a step inside a window (the epoch-1 checkpoint, step 3) continues that window."""
+    feats = ragged_features(24)
+    run_fit(tmp_path, "each", feats, loop_cfg(epochs=4))  # log_every 1: every step's own loss
+    every = [r["loss"] for r in train_logs(tmp_path / "each")]
+    run_fit(tmp_path, "win", feats, loop_cfg(epochs=4, log_every=4))
+    assert [r["step"] for r in train_logs(tmp_path / "win")] == [4, 8, 12]
+    expected = [sum(every[i : i + 4]) / 4 for i in (0, 4, 8)]
+    assert [r["loss"] for r in train_logs(tmp_path / "win")] == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(Crash):  # epoch 2 crashes after step 5; the checkpoint holds step 3, mid-window
+        run_fit(tmp_path, "cut", CrashingFeatures(feats, after=24 + 16), loop_cfg(epochs=4, log_every=4))
+    run_fit(tmp_path, "cut", feats, loop_cfg(epochs=4, log_every=4), resume=True)
+    assert [r["loss"] for r in train_logs(tmp_path / "cut")] == pytest.approx(expected, rel=1e-12)

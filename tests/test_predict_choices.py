@@ -83,7 +83,7 @@ def test_predict_on_a_recipe_mpr_run_is_the_mean_of_its_fold_models(tmp_path, da
     assert (
         row["kind"] == "folds"
         and row["params"]
-        == sum(p.numel() for p in minitune.load_model(out / "model", head="multiple_choice").parameters()) * 2
+        == sum(p.numel() for p in minitune.load_model(out / "fold0" / "model", head="multiple_choice").parameters()) * 2
     )
     assert main(["predict", "--model", str(out), "--input", str(further), "--output", str(tmp_path / "all.csv")]) == 0
     each = []
@@ -138,7 +138,9 @@ def test_a_new_run_in_a_folds_run_directory_drops_its_members(tmp_path, data_dir
     base = ["--data-dir", str(data_dir), "--output-dir", str(out), "--model", "ffnn", "--epochs", "1"]
     assert main([*base, "--task", "recipe-mpr", "--max-folds", "2", "--max-train-samples", "40"]) == 0
     assert (out / "members.json").is_file()
-    assert main([*base, "--task", "humor", "--max-train-samples", "40", "--max-eval-samples", "20"]) == 0
+    again = [*base, "--task", "humor", "--max-train-samples", "40", "--max-eval-samples", "20"]
+    assert main(again) == 2  # one run per folder: another run there is refused ...
+    assert main([*again, "--overwrite"]) == 0  # ... unless it is to be replaced
     assert not (out / "members.json").exists()  # else predict would average the old fold models
     texts = tmp_path / "t.csv"
     texts.write_text("text\nWhy did the chicken cross the road?\n")

@@ -72,6 +72,11 @@ def resolve_model(name_or_path: str) -> Path:
     alias = ALIASES.get(name_or_path.lower())
     if alias is not None and alias.startswith(_PACKAGE):
         return _from_package(name_or_path, alias[len(_PACKAGE) :])
+    if alias is None and _names_a_local_path(name_or_path):
+        raise ModelNotFoundError(
+            f"model '{name_or_path}': no such file or directory here (a local path, not a Hub id: "
+            f"{Path(name_or_path).parts[0]}/ exists or the name starts like a path); check the path"
+        )
     repo_id = alias or name_or_path
     looks_like_file = repo_id.lower().endswith(".gguf")
     if looks_like_file or not _HUB_ID.fullmatch(repo_id) or "--" in repo_id or ".." in repo_id:
@@ -86,6 +91,15 @@ def resolve_model(name_or_path: str) -> Path:
         if close:  # a typo of an alias is likelier than an unknown Hub id: say so first
             raise ModelNotFoundError(f"model '{name_or_path}' not found: did you mean '{close[0]}'? ({e})") from None
         raise
+
+
+def _names_a_local_path(name: str) -> bool:
+    """A missing name that is surely meant as a local path, so it is not looked up on the Hub: it starts like a
+    path (./ ../ / ~), has more parts than owner/name, or its first part is a folder here (runs/humor-minilm)."""
+    parts = Path(name).parts
+    if name.startswith((".", "/", "~")) or len(parts) > 2:
+        return True
+    return len(parts) == 2 and Path(parts[0]).expanduser().is_dir()
 
 
 def _check_local(path: Path) -> Path:

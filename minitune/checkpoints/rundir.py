@@ -31,6 +31,42 @@ FOLD_SCORES, FOLD_SUMMARY = "fold_scores.npz", "fold_summary.json"
 GENERATIVE_FILE = "generative.json"  # beside a `head` generative run's model: how predict asks it (instruct.py)
 
 
+def read_json(path: Path, fix: str | None = None):
+    """A run file's JSON, read defensively: a file that is not valid JSON (truncated, or half-written by a process
+    that was killed) is one line naming it and what to do (`fix`), never a traceback."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing; {fix or 'pass the output directory of a finished run'}") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        what = e.msg if isinstance(e, json.JSONDecodeError) else type(e).__name__
+        raise ConfigError(
+            f"{path}: not valid JSON ({what}); the file is truncated or half-written: "
+            f"{fix or f'finish its run again with minitune --resume {path.parent}, or remove the run'}"
+        ) from None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """A JSON-lines run file (metrics.jsonl, predictions_<split>.jsonl). A last line cut short by a kill is dropped;
+    a damaged line before it is one error line naming the file and the line."""
+    lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if i == len(lines) - 1:
+                break  # the line a killed process was writing
+            raise ConfigError(
+                f"{path}, line {i + 1}: not valid JSON; the file is damaged: finish its run again with minitune "
+                f"--resume {Path(path).parent}, or remove the run"
+            ) from None
+    return records
+
+
 def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
@@ -48,8 +84,30 @@ def read_scores(run_dir: Path) -> dict[str, np.ndarray]:
     path = Path(run_dir) / SCORES
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no {SCORES}; pass the output directory of a finished training run")
-    with np.load(path) as saved:
-        return dict(saved)
+    return read_npz(path)
+
+
+def read_npy(path: Path) -> np.ndarray:
+    """One saved array (oof_index.npy), read defensively."""
+    try:
+        return np.load(path)
+    except (OSError, ValueError, EOFError) as e:
+        raise ConfigError(
+            f"{path}: cannot be read ({type(e).__name__}); the file is damaged: finish its run again with "
+            f"minitune --resume {Path(path).parent}, or remove the run"
+        ) from None
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """A run's arrays (scores.npz, fold scores), read defensively: a damaged file is one line naming it."""
+    try:
+        with np.load(path) as saved:
+            return dict(saved)
+    except (OSError, ValueError, EOFError) as e:
+        raise ConfigError(
+            f"{path}: cannot be read ({type(e).__name__}); the file is damaged: finish its run again with "
+            f"minitune --resume {Path(path).parent}, or remove the run"
+        ) from None
 
 
 def write_members(out: Path, kind: str, members: list[str]) -> None:
@@ -64,8 +122,10 @@ def member_model_dirs(path: Path) -> list[Path]:
     """The model directories behind a run, ensemble or cv directory (or a model directory itself)."""
     path = Path(path)
     if (path / MEMBERS).is_file():
-        listed = json.loads((path / MEMBERS).read_text(encoding="utf-8"))["members"]
-        return [m for sub in listed for m in member_model_dirs(path / sub)]
+        listed = read_json(path / MEMBERS)
+        if not isinstance(listed, dict) or not isinstance(listed.get("members"), list):
+            raise ConfigError(f"{path / MEMBERS}: not a members list; the file is damaged: train the run again")
+        return [m for sub in listed["members"] for m in member_model_dirs(path / sub)]
     if (path / "model" / "config.json").is_file():
         return [path / "model"]
     if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
@@ -99,7 +159,10 @@ def read_results(run_dir: Path) -> dict:
     path = Path(run_dir) / "results.json"
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no results.json; pass the output directory of a finished run")
-    return json.loads(path.read_text(encoding="utf-8"))
+    results = read_json(path)
+    if not isinstance(results, dict):
+        raise ConfigError(f"{path}: not a results table; the file is damaged: finish its run again")
+    return results
 
 
 def loss_at_best(run_dir: Path, best_step: int | None) -> dict:
@@ -107,8 +170,7 @@ def loss_at_best(run_dir: Path, best_step: int | None) -> dict:
     train = dev = None
     path = Path(run_dir) / "metrics.jsonl"
     if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
+        for row in read_jsonl(path):
             if row.get("step", 0) <= (best_step or 0):
                 if row.get("type") == "train":
                     train = row.get("loss")
@@ -127,9 +189,8 @@ def read_fold(fold_dir: Path) -> tuple[np.ndarray, np.ndarray, dict, dict] | Non
     """(held_out, scores, extra, summary) of a fold written by `write_fold`, or None when it did not finish."""
     if not (fold_dir / FOLD_SCORES).is_file() or not (fold_dir / FOLD_SUMMARY).is_file():
         return None
-    with np.load(fold_dir / FOLD_SCORES) as saved:
-        arrays = dict(saved)
-    summary = json.loads((fold_dir / FOLD_SUMMARY).read_text(encoding="utf-8"))
+    arrays = read_npz(fold_dir / FOLD_SCORES)
+    summary = read_json(fold_dir / FOLD_SUMMARY)
     return arrays.pop("held_out"), arrays.pop("scores"), arrays, summary
 
 
@@ -140,7 +201,7 @@ def saved_note(out: Path, kind: str, text_col: str, command: str, checkpointed: 
     model = (out / "model" / "config.json").is_file()
     kept = "model/, report.txt, results.json, metrics.jsonl"
     if ensemble:
-        kept = f"{MEMBERS}, {'model/ (fold 0), ' if model else ''}report.txt, results.json"
+        kept = f"{MEMBERS}, {'model/, ' if model else ''}report.txt, results.json"
         preds = "oof.csv" if (out / "oof.csv").is_file() else preds
     lines = [f"saved to {out}/ ({kept}, {preds})"]
     if kind == MULTIPLE_CHOICE:  # predict puts no questions with options to a generative model

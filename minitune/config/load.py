@@ -14,6 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import get_args, get_type_hints
 
+from minitune.checkpoints.rundir import read_json
 from minitune.config.defaults import default_metric, defaults_for
 from minitune.config.sections import FLAT, SECTIONS, RunConfig, build, default_of, setting_field
 from minitune.config.validate import validate
@@ -98,6 +99,8 @@ def make_config(config: str | None = None, **options) -> RunConfig:
         raise ConfigError(f"unknown setting `{unknown[0]}`{did_you_mean(unknown[0], FLAT)}")
     from_file = read_toml(config) if config else {}
     chosen = {**from_file, **{k: coerce("", k, v) for k, v in options.items()}}
+    if chosen.get("resume"):
+        return validate(build(resumed_settings(chosen)))
     if chosen.get("task") is None:
         raise ConfigError(f"`task` is required: one of {', '.join(setting_field('task').metadata['choices'])}")
     flat = {**defaults_for(chosen), **chosen}
@@ -106,8 +109,63 @@ def make_config(config: str | None = None, **options) -> RunConfig:
     if flat.get("resume") and flat.get("output_dir") in (None, flat["resume"]):
         flat["output_dir"] = flat["resume"]
     elif flat.get("output_dir") is None and not flat.get("resume"):
-        flat["output_dir"] = str(Path("runs") / f"{flat['task']}-{Path(flat.get('model', 'minilm')).name}")
+        flat["output_dir"] = default_output_dir(flat)
     return validate(build(flat))
+
+
+def default_output_dir(flat: dict) -> str:
+    """runs/<task>-<model>, told apart by command (and `seeds`), so that runs of one task and model do not share
+    a folder by default."""
+    name = f"{flat['task']}-{Path(flat.get('model') or 'minilm').name}"
+    command = flat.get("command", "train")
+    prefix = "" if command == "train" else f"{command}-"
+    return str(Path("runs") / f"{prefix}{name}{'-seeds' if flat.get('seeds') else ''}")
+
+
+# Settings a resumed run may change: where it runs and reads its files, not what it computes.
+CHANGE_ON_RESUME = {"resume", "output_dir", "device", "dist_timeout", "data_dir", "keep_checkpoints"}
+
+
+def resumed_settings(chosen: dict) -> dict:
+    """A `resume`: the run's own saved settings (its config.json), with the settings given now. Every one given
+    must agree with the saved one, except where the run happens (CHANGE_ON_RESUME); a disagreement names only the
+    settings that differ."""
+    folder = Path(chosen["resume"])
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"`resume` {folder}: no config.json there, so no run to continue; start without `resume`")
+    saved = _migrated(flat_settings(read_json(folder / "config.json")))
+    saved = {k: coerce(f"{folder / 'config.json'}: ", k, v) for k, v in saved.items()}
+    command = saved.get("command", "train")
+    if chosen.get("command", command) != command:
+        run = "" if command == "train" else f"{command} "
+        raise ConfigError(f"`resume` {folder} holds a {command} run: continue it with minitune {run}--resume {folder}")
+    given = {k: v for k, v in chosen.items() if k not in CHANGE_ON_RESUME}
+    differ = [k for k, v in given.items() if v != saved.get(k, default_of(k))]
+    if differ:
+        was = lambda k: _shown(saved.get(k, default_of(k)))  # noqa: E731
+        listed = ", ".join(f"`{k}` {_shown(given[k])} (the run has {was(k)})" for k in differ)
+        raise ConfigError(
+            f"`resume` {folder} continues the run with its own settings, and {listed} differ: drop them to continue, "
+            "or start a new run in another `output_dir`"
+        )
+    kept = {k: v for k, v in chosen.items() if k in CHANGE_ON_RESUME}
+    return saved | kept | {"output_dir": str(folder), "resume": str(folder)}
+
+
+def _shown(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _migrated(saved: dict) -> dict:
+    """config.json of a run from before settings had sections: Recipe-MPR's `folds` was today's `max_folds`, and a
+    checkpoint count of 1 was the default (today: unset)."""
+    if "command" in saved:
+        return saved
+    if saved.get("task") == "recipe-mpr" and saved.get("folds"):
+        saved["max_folds"] = saved.pop("folds")
+    if saved.get("keep_checkpoints") == 1:
+        saved["keep_checkpoints"] = None
+    return saved
 
 
 def dump(cfg: RunConfig) -> str:

@@ -168,7 +168,11 @@ class LoopSettings:
     log_every: int = opt(10, "log a JSON line to metrics.jsonl every N optimizer steps")
     checkpoint: bool = opt(True, "write resumable checkpoints (--no-checkpoint: a throwaway run, nothing to resume)")
     save_every: int = opt(None, "also checkpoint every N optimizer steps (default: at each evaluation)")
-    keep_checkpoints: int = opt(1, "keep the newest K checkpoints (older ones are removed)")
+    keep_checkpoints: int = opt(
+        None,
+        "keep the newest K checkpoints, also once the run has finished (default: the newest one while training, "
+        "none once the run has finished: model/ holds the best weights)",
+    )
     report_to: str = opt(
         None,
         "also write metrics.jsonl's scalars as TensorBoard events in OUTPUT_DIR/tensorboard",
@@ -223,8 +227,16 @@ class DistillSettings:
 
 @dataclass(frozen=True)
 class OutputSettings:
-    output_dir: str = opt(None, "where config, metrics, results and model/ go (default runs/<task>-<model>)")
-    resume: str = opt(None, "resume from this output directory's last checkpoint")
+    output_dir: str = opt(
+        None,
+        "where config, metrics, results and model/ go (default runs/<task>-<model>; cv: runs/cv-<task>-<model>; "
+        "distill: runs/distill-<task>-<model>; with --seeds: runs/<task>-<model>-seeds). A folder holds one run",
+    )
+    resume: str = opt(
+        None,
+        "continue the run in this folder from its last checkpoint, with its saved settings (flags may be left out)",
+    )
+    overwrite: bool = opt(False, "start over in an output folder that holds another run: its files are removed first")
 
 
 COMMANDS = ("train", "cv", "distill")

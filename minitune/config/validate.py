@@ -53,7 +53,7 @@ def _check_choices(flat: dict) -> None:
         )
 
 
-POSITIVE = ("grad_accum", "max_length", "log_every", "keep_checkpoints", "max_new_tokens")
+POSITIVE = ("grad_accum", "max_length", "log_every", "max_new_tokens")
 POSITIVE_OR_UNSET = (
     "max_steps",
     "max_tokens",
@@ -64,6 +64,7 @@ POSITIVE_OR_UNSET = (
     "max_folds",
     "patience",
     "save_every",
+    "keep_checkpoints",
 )
 
 
@@ -105,6 +106,7 @@ def _check_values(s: dict) -> None:
     )
     _check_loss_values(s)
     if s["command"] == "distill":
+        _check(bool(s["teacher"]), "distill needs `teacher`: the output directories of the runs to learn from")
         check_distill_args(s["distill_alpha"], s["temperature"])
 
 
@@ -163,6 +165,10 @@ def _check_combinations(s: dict) -> None:
         f"`resume` {s['resume']} continues in that directory: drop `output_dir` {s['output_dir']} or make it the same",
     )
     _check(s["resume"] is None or s["checkpoint"], "`resume` needs checkpoints: leave `checkpoint` on")
+    _check(
+        not (s["resume"] and s["overwrite"]),
+        "`resume` continues the run in its folder and `overwrite` starts it over: drop one",
+    )
 
 
 def _check_distributed(s: dict) -> None:
@@ -177,7 +183,7 @@ def _check_distributed(s: dict) -> None:
         "`fsdp` (torchrun without it trains the generative head with DDP)",
     )
     _check(
-        not (s["fsdp"] and s["keep_checkpoints"] > 1),
+        not (s["fsdp"] and (s["keep_checkpoints"] or 1) > 1),
         "`keep_checkpoints` above 1 is not kept under `fsdp` "
         "(sharded checkpoints keep the newest only): drop one of them",
     )

@@ -50,9 +50,10 @@ class Row:
     fields: dict[str, str] | None = None  # every column of the record, for predictions joined back to their input
 
 
-def read_rows(path: Path, columns: Columns, delimiter: str | None = None) -> list[Row]:
-    """Parse a custom file by extension; rows with an empty text are skipped with one DataWarning. `delimiter`:
-    the field separator of a delimited file (default: sniffed from its header)."""
+def read_rows(path: Path, columns: Columns, delimiter: str | None = None, keep_empty: bool = False) -> list[Row]:
+    """Parse a custom file by extension; rows with an empty text are skipped with one DataWarning (`keep_empty`:
+    kept, for predictions that must line up with their input). `delimiter`: the field separator of a delimited
+    file (default: sniffed from its header)."""
     suffix = path.suffix.lower()
     if suffix in _DELIMITERS:
         rows = _delimited_rows(path, delimiter or sniff_delimiter(path, _DELIMITERS[suffix]), columns)
@@ -65,6 +66,8 @@ def read_rows(path: Path, columns: Columns, delimiter: str | None = None) -> lis
     kept = [row for row in rows if row.text.strip()]
     if not kept:
         raise data_error(path, None, f"every row has an empty {columns.text!r}", "fill in the text column")
+    if keep_empty:
+        return rows
     warn_skipped(path, [row.line for row in rows if not row.text.strip()])
     return kept
 
@@ -96,6 +99,7 @@ def _delimited_rows(path: Path, delimiter: str, columns: Columns) -> list[Row]:
     for line, fields in table.rows:
         cell = fields[i_label] if i_label is not None else ""
         tokens = [token.strip() for token in cell.split(",") if token.strip()]
+        _check_not_missing(path, line, tokens)
         pair = fields[i_pair] if i_pair is not None else None
         rows.append(Row(line, fields[i_text], pair, tokens, len(tokens) > 1, dict(zip(table.header, fields))))
     return rows
@@ -139,11 +143,22 @@ def _json_label(path: Path, line: int, value: Any) -> tuple[list[str], bool]:
         )
 
     if isinstance(value, list):
-        return [t for t in map(token, value) if t], True
-    if isinstance(value, str):
+        tokens, multi = [t for t in map(token, value) if t], True
+    elif isinstance(value, str):
         tokens = [t.strip() for t in value.split(",") if t.strip()]
-        return tokens, len(tokens) > 1
-    return [token(value)], False
+        multi = len(tokens) > 1
+    else:
+        tokens, multi = [token(value)], False
+    _check_not_missing(path, line, tokens)
+    return tokens, multi
+
+
+def _check_not_missing(path: Path, line: int, tokens: list[str]) -> None:
+    """`nan` is how pandas writes a missing value, not a label: it would become a class of its own."""
+    if any(t.lower() == "nan" for t in tokens):
+        raise data_error(
+            path, line, "label 'nan' is a missing value (as pandas writes one), not a label", "fill in or drop the row"
+        )
 
 
 def label_names_from(rows: list[Row]) -> list[str]:

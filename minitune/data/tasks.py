@@ -44,6 +44,13 @@ from minitune.data.readers import data_error
 from minitune.errors import ConfigError, DataError
 
 TASKS = ("humor", "semeval", "goemotions", "recipe-mpr", "custom")
+# The built-in tasks' kinds, known before their files are read (a custom task's comes from its file).
+BUILTIN_KINDS = {
+    "humor": SINGLE_LABEL,
+    "semeval": MULTI_LABEL,
+    "goemotions": MULTI_LABEL,
+    "recipe-mpr": MULTIPLE_CHOICE,
+}
 DATA_DIR_ENV = "MINITUNE_DATA_DIR"
 
 

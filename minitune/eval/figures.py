@@ -16,7 +16,6 @@ horizontal bars sorted by value, one row per label, the figure growing with the 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +25,8 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+from minitune.checkpoints.atomic import atomic_write
+from minitune.checkpoints.rundir import read_jsonl
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE, SINGLE_LABEL
 from minitune.eval.predictions import read_prediction_records
 
@@ -266,8 +267,7 @@ def read_metrics(run_dir: Path) -> dict[str, list[dict]]:
         files = {p.parent.name: p for p in sorted(run_dir.glob("fold*/metrics.jsonl"))}
     out = {}
     for name, path in files.items():
-        lines = path.read_text(encoding="utf-8").splitlines()
-        out[name] = [json.loads(line) for line in lines if line.strip().startswith("{")]
+        out[name] = read_jsonl(path)
     return out
 
 
@@ -319,11 +319,11 @@ def save_figures(figs: list[RunFigure], out_dir: Path) -> dict[str, Path]:
     earlier drawing that this one does not make are removed, so figures/ holds this run's only."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for f in figs:
+    for f in figs:  # written whole or not at all, as every file of a run
         paths[f.name] = out_dir / f"{f.name}.png"
-        f.figure.savefig(paths[f.name], dpi=100)
+        atomic_write(paths[f.name], lambda tmp, fig=f.figure: fig.savefig(tmp, dpi=100, format="png"))
         if f.svg:
-            f.figure.savefig(out_dir / f"{f.name}.svg")
+            atomic_write(out_dir / f"{f.name}.svg", lambda tmp, fig=f.figure: fig.savefig(tmp, format="svg"))
     keep = {p.name for p in paths.values()} | {f"{f.name}.svg" for f in figs if f.svg}
     for old in out_dir.glob("*"):
         if old.suffix in (".png", ".svg") and old.name not in keep:

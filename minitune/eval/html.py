@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from minitune.checkpoints.atomic import atomic_write_text
+from minitune.checkpoints.rundir import read_results
 from minitune.data.kinds import MULTI_LABEL
 from minitune.errors import ConfigError
 from minitune.eval.figures import draw_run, main_split, save_figures
@@ -155,7 +156,7 @@ def write_html_report(run_dir: Path) -> Path:
     path = run_dir / "results.json"
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no results.json; pass the output directory of a finished training run")
-    results = json.loads(path.read_text(encoding="utf-8"))
+    results = read_results(run_dir)
     figs = draw_run(run_dir, results)
     pngs = save_figures(figs, run_dir / "figures")
     records = read_prediction_records(run_dir, main_split(results))

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from minitune.checkpoints.atomic import atomic_write, atomic_write_text
+from minitune.checkpoints.rundir import read_jsonl
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE
 from minitune.data.tasks import Example, TaskData, label_array
 
@@ -41,10 +42,22 @@ def write_predictions(
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow([*columns, header, *(f"prob_{n}" for n in names)])
-            for record, label, p in zip(records, labels, scores):
-                w.writerow([*(record.get(c, "") for c in columns), label, *(f"{v:.6f}" for v in p)])
+            for record, label, p in zip(records, labels, scores):  # NaN: a row with no prediction (an empty text)
+                probs = (f"{v:.6f}" if np.isfinite(v) else "" for v in p)
+                w.writerow([*(record.get(c, "") for c in columns), label, *probs])
 
     atomic_write(path, write)
+
+
+def rows_predicted(rows: Sequence, n_labels: int, predict) -> tuple[list[str], np.ndarray]:
+    """(label, probabilities) for every row of an input file, in its order: `predict(rows)` -> (labels, scores) on
+    the rows with a text; a row whose text is empty keeps its place with an empty label and no probabilities."""
+    filled = [i for i, r in enumerate(rows) if r.text.strip()]
+    labels, scores = [""] * len(rows), np.full((len(rows), n_labels), np.nan)
+    got_labels, got_scores = predict([rows[i] for i in filled])
+    for i, label, p in zip(filled, got_labels, got_scores):
+        labels[i], scores[i] = label, p
+    return labels, scores
 
 
 def record_columns(records: Sequence[dict]) -> list[str]:
@@ -123,7 +136,7 @@ def read_prediction_records(run_dir: Path, split: str) -> list[dict] | None:
     path = predictions_path(run_dir, split)
     if not path.is_file():
         return None
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(path)
 
 
 def train_label_counts(kind: str, labels: np.ndarray, names: Sequence[str]) -> dict[str, int]:

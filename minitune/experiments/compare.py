@@ -16,7 +16,8 @@ from pathlib import Path
 from safetensors import safe_open
 
 from minitune.checkpoints.atomic import atomic_write_text
-from minitune.checkpoints.rundir import MEMBERS, member_model_dirs, read_results
+from minitune.checkpoints.rundir import MEMBERS, member_model_dirs, read_json, read_results
+from minitune.checkpoints.runlock import require_finished
 from minitune.errors import ConfigError
 
 SPLITS = ("dev", "oof", "test")
@@ -67,11 +68,12 @@ def thresholds_used(results: dict) -> str:
 
 def run_kind(run_dir: Path, results: dict) -> str:
     if (run_dir / MEMBERS).is_file():
-        return json.loads((run_dir / MEMBERS).read_text(encoding="utf-8"))["kind"]
+        return (read_json(run_dir / MEMBERS) or {}).get("kind", "ensemble")
     return "folds" if "folds" in results.get("train", {}) else "run"
 
 
 def compare_row(run_dir: Path) -> dict:
+    require_finished(Path(run_dir), "run_dirs")
     results = read_results(run_dir)
     metric = results.get("config", {}).get("metric") or "macro_f1"
     row = {

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from minitune.checkpoints.atomic import atomic_write, atomic_write_text
-from minitune.checkpoints.rundir import member_model_dirs, read_results
-from minitune.config.sections import RunConfig
+from minitune.checkpoints.rundir import member_model_dirs, read_npz, read_results
+from minitune.checkpoints.runlock import require_finished
+from minitune.config.sections import RunConfig, default_of
 from minitune.config.validate import resolve_device
 from minitune.data.kinds import MULTIPLE_CHOICE
 from minitune.data.tasks import Example, TaskData
@@ -68,9 +69,12 @@ class Teacher:
     def targets_for(self, task: TaskData, examples: list[Example], device: torch.device) -> np.ndarray:
         """The teacher's probabilities (N, C) on examples: read from the cache, the missing ones computed once."""
         if not self._probs and self.cache.is_file():
-            with np.load(self.cache) as saved:
-                if str(saved["teacher"]) == self.identity():
-                    self._probs = dict(zip(saved["keys"].tolist(), saved["probs"]))
+            try:
+                saved = read_npz(self.cache)
+            except ConfigError:  # a cache damaged by a kill: the probabilities are computed again
+                saved = {}
+            if "teacher" in saved and str(saved["teacher"]) == self.identity():
+                self._probs = dict(zip(saved["keys"].tolist(), saved["probs"]))
         keys = [example_key(ex) for ex in examples]
         missing = [ex for ex, k in zip(examples, keys) if k not in self._probs]
         if missing:
@@ -110,6 +114,7 @@ def make_teacher(paths: list[str], alpha: float, temperature: float, out: Path, 
     for p in paths:
         if not Path(p).is_dir():
             raise ConfigError(f"`teacher` {p}: no such directory; pass a training run's output directory")
+        require_finished(Path(p), "teacher")
         dirs += member_model_dirs(Path(p))
     return Teacher(dirs, alpha, temperature, out / CACHE, batch_size)
 
@@ -119,13 +124,26 @@ def run_distill(cfg: RunConfig, train: Callable[..., dict]) -> dict:
     `train(cfg, teacher)` trains one run (runner.run_train)."""
     out, d = Path(cfg.outputs.output_dir), cfg.distill
     teacher = make_teacher(list(d.teacher), d.distill_alpha, d.temperature, out, cfg.data.batch_size * 2)
+    alone_dir = Path(d.alone) if d.alone else out / "alone"
+    if d.alone:  # checked before anything trains
+        require_finished(alone_dir, "alone")
+        check_alone(cfg, alone_dir, read_results(alone_dir))
     distilled = train(cfg, teacher=teacher)
-    alone_dir = Path(cfg.distill.alone) if cfg.distill.alone else out / "alone"
-    if cfg.distill.alone is None:
+    if d.alone is None:
         resume = str(alone_dir) if cfg.outputs.resume and alone_dir.is_dir() else None
-        no_teacher = dict(teacher=None, distill_alpha=0.5, temperature=2.0, alone=None)
+        no_teacher = {k: default_of(k) for k in ("teacher", "distill_alpha", "temperature", "alone")}
         train(cfg.with_settings(command="train", output_dir=str(alone_dir), resume=resume, **no_teacher))
     return compare_distillation(cfg, teacher, out, alone_dir, distilled)
+
+
+def check_alone(cfg: RunConfig, alone_dir: Path, alone: dict) -> None:
+    """`alone` must be the same student on the same task, or the comparison compares nothing."""
+    theirs = (alone.get("task"), alone.get("model"))
+    if theirs != (cfg.data.task, cfg.model.model):
+        raise ConfigError(
+            f"`alone` {alone_dir} is a run of {theirs[0]} with {theirs[1]}, not of the student ({cfg.data.task} "
+            f"with {cfg.model.model}): pass a run of the same task and model, or leave `alone` out to train one"
+        )
 
 
 def scored_split(results: dict) -> str:
@@ -153,7 +171,7 @@ def compare_distillation(cfg: RunConfig, teacher: Teacher, out: Path, alone_dir:
     examples = split_examples(out, split)
     device = resolve_device(cfg.device)
     t_scores, t_time = timed_scores(teacher.model_dirs, examples, kind, device)
-    _, s_time = timed_scores([out / "model"], examples, kind, device)
+    _, s_time = timed_scores(member_model_dirs(out), examples, kind, device)  # Recipe-MPR: its fold models
     alone = read_results(alone_dir)
     rows = {
         "teacher": {"dirs": [str(d) for d in teacher.model_dirs], "predict_seconds": round(t_time, 3)},

@@ -12,7 +12,7 @@ Recipe-MPR (`run_folds`): train on each published fold's train part (the first `
 test part; report accuracy over all folds' test parts, beside the always-pick-the-first-option baseline. A further
 --test-file is scored by the mean of the fold models' probabilities (their ensemble), and so is `minitune predict`
 on the run directory, which members.json lists the fold models for. Every item's prediction by the fold model that
-did not train on it goes to test_predictions.csv; fold 0's model is also copied to model/. With `head` generative,
+did not train on it goes to test_predictions.csv. With `head` generative,
 `epochs` 0 loads the model once and asks it on every fold (the folds differ only in their shots); with epochs each
 fold tunes its own adapters from the base checkpoint, keeps its adapter in fold{k}/adapter/, and fold 0's merged
 model is model/.
@@ -21,7 +21,6 @@ model is model/.
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from minitune.checkpoints.rundir import read_fold, write_fold, write_members
+from minitune.checkpoints.runlock import drop_checkpoints
 from minitune.config.sections import RunConfig
 from minitune.data.features import tokenize
 from minitune.data.splits import selection_split, subsample
@@ -54,13 +54,6 @@ class FoldOutcome:
     scores: np.ndarray
     extra: dict[str, np.ndarray]
     summary: dict
-
-
-def remove_stale_folds(out: Path, n_folds: int) -> None:
-    """An earlier run here with more folds: its extra fold directories are not this run's."""
-    for stale in out.glob("fold*"):
-        if stale.is_dir() and stale.name[4:].isdigit() and int(stale.name[4:]) >= n_folds:
-            shutil.rmtree(stale)
 
 
 def fold_split(cfg: RunConfig, task: TaskData, examples: list, train: list[int], val: list[int]) -> tuple[list, list]:
@@ -89,8 +82,6 @@ TrainFold = Callable[[int, tuple, Path, bool], FoldOutcome]  # (k, (train, val, 
 
 def fold_loop(cfg: RunConfig, out: Path, folds: list[tuple], sizes: dict[str, int], train_fold: TrainFold):
     """`train_fold` for each fold in fold{k}/, finished folds read back on `resume`; see the module docstring."""
-    if not cfg.outputs.resume:
-        remove_stale_folds(out, len(folds))
     outcomes = []
     for k, fold in enumerate(folds):
         fold_dir = out / f"fold{k}"
@@ -104,6 +95,8 @@ def fold_loop(cfg: RunConfig, out: Path, folds: list[tuple], sizes: dict[str, in
         outcome = train_fold(k, fold, fold_dir, resume)
         if is_main():
             write_fold(fold_dir, outcome.held_out, outcome.scores, outcome.extra, outcome.summary)
+            if cfg.loop.keep_checkpoints is None:  # a finished fold is read back, never trained again
+                drop_checkpoints(fold_dir)
         outcomes.append(outcome)
     return outcomes
 
@@ -180,12 +173,11 @@ def run_folds(cfg: RunConfig, task: TaskData, tokenizer, test_ex, out: Path, dev
 
 
 def _keep_fold_models(cfg: RunConfig, out: Path, n_folds: int) -> None:
-    """A classifier's fold models: members.json lists them (predict averages them) and fold 0's is also model/."""
-    if cfg.model.head == "generative":  # fold 0's merged model is model/ already; predict asks no fold model
+    """A classifier's fold models stay in fold{k}/model/, listed in members.json: predict averages them (no copy
+    of one in model/). The generative head saved fold 0's merged model as model/; predict asks no fold model."""
+    if cfg.model.head == "generative":
         (out / "prompt_example.txt").write_text((out / "fold0" / "prompt_example.txt").read_text(encoding="utf-8"))
         return
-    shutil.rmtree(out / "model", ignore_errors=True)  # an earlier run's model/ is not fold 0's
-    shutil.copytree(out / "fold0" / "model", out / "model")
     write_members(out, "folds", [f"fold{k}" for k in range(n_folds)])
 
 

@@ -21,7 +21,7 @@ from minitune.data.kinds import MULTI_LABEL
 from minitune.data.splits import holdout_examples, selection_split, subsample
 from minitune.data.tasks import Example, TaskData, label_array
 from minitune.eval.finish import finish_splits
-from minitune.eval.predictions import label_predictions, train_label_counts, write_predictions
+from minitune.eval.predictions import label_predictions, rows_predicted, train_label_counts, write_predictions
 from minitune.finetune import Tuned, finetune
 from minitune.inputs import RunInputs
 from minitune.train.distributed import is_main
@@ -85,9 +85,13 @@ def _generation_notes(tuned: Tuned, results: dict, test, test_scores, test_texts
 
 def predict_unlabelled(task: TaskData, tuned: Tuned, rows: list[Row], thresholds, out: Path) -> None:
     """--predict-file: an unlabelled file labelled by the selected model, joined to its input (predictions.csv)."""
-    scores = tuned.scores([Example(text=r.text, pair=r.pair) for r in rows])
     multi = task.kind == MULTI_LABEL
-    labels = label_predictions(scores, task.label_names, thresholds if multi else None)
+
+    def predict(filled: list[Row]) -> tuple[list[str], object]:
+        scores = tuned.scores([Example(text=r.text, pair=r.pair) for r in filled])
+        return label_predictions(scores, task.label_names, thresholds if multi else None), scores
+
+    labels, scores = rows_predicted(rows, task.num_labels, predict)  # rows with an empty text keep their place
     if is_main():
         header = "labels" if multi else "label"
         write_predictions(out / "predictions.csv", [r.fields for r in rows], labels, scores, task.label_names, header)

@@ -16,6 +16,7 @@ import numpy as np
 
 from minitune.checkpoints.rundir import (
     OOF_INDEX,
+    read_npy,
     read_results,
     read_scores,
     save_scores,
@@ -81,7 +82,7 @@ def ensemble_results(
 
 def _oof_examples(task: TaskData, members: list[Path]) -> list[Example]:
     """The training examples the members' out-of-fold predictions cover (the same for every member)."""
-    indices = [np.load(d / OOF_INDEX) for d in members]
+    indices = [read_npy(d / OOF_INDEX) for d in members]
     if any(not np.array_equal(indices[0], i) for i in indices[1:]):
         raise ConfigError(f"{members[0].parent}: the members' out-of-fold predictions cover different examples")
     return [task.train[i] for i in indices[0]]

@@ -29,18 +29,23 @@ import dataclasses
 import itertools
 import json
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from minitune.checkpoints.atomic import atomic_write_text
-from minitune.checkpoints.rundir import read_results
-from minitune.config.load import COMMAND_ONLY, checked_keys, make_config, parse_toml
+from minitune.checkpoints.rundir import read_json, read_results
+from minitune.checkpoints.runlock import LOCK_FILE, acquire_lock, describe_folder, finished_before, release_lock
+from minitune.config.load import COMMAND_ONLY, checked_keys, flat_dict, make_config, parse_toml
 from minitune.config.sections import FLAT, RunConfig
+from minitune.data.tasks import BUILTIN_KINDS
 from minitune.errors import ConfigError
+from minitune.eval.metrics import SELECTION_METRICS
 from minitune.experiments.compare import markdown_table, ranking_metric, split_metric
 
+SWEEP_FILE = "sweep.json"  # the sweep's definition, checked on a rerun
 TOP_KEYS = {"base", "variations", "grid", "phases", "rank_by", "output_dir"}
 PHASE_ONLY = {"advance"}
 FIELDS = set(FLAT) - COMMAND_ONLY  # a trial is a training run: every setting but the commands' own
@@ -101,22 +106,83 @@ def read_sweep(path: str) -> Sweep:
             raise ConfigError(f"{p}: [[phases]] {i + 1} needs advance = N (how many trials go on to the next phase)")
     out = Path(raw.get("output_dir") or Path("runs") / f"sweep-{p.stem}")
     sweep = Sweep(p, base, trials, phases, raw.get("rank_by"), out)
-    for name, settings in trials:  # every trial's settings are checked before anything trains
-        trial_config(sweep, 0, name, settings)
+    configs = [trial_config(sweep, 0, name, settings) for name, settings in trials]  # all checked before training
+    _check_rank_by(p, sweep.rank_by, configs[0].data.task)
     return sweep
+
+
+def _check_rank_by(path: Path, rank_by: str | None, task: str) -> None:
+    """`rank_by` is a metric every trial reports: one of the task kind's selection metrics."""
+    kind = BUILTIN_KINDS.get(task)
+    known = SELECTION_METRICS[kind] if kind else sorted({m for ms in SELECTION_METRICS.values() for m in ms})
+    if rank_by is not None and rank_by not in known:
+        raise ConfigError(f"{path}: rank_by {rank_by!r} is not a metric of {task}; use one of {', '.join(known)}")
+
+
+def definition(sweep: Sweep) -> dict:
+    """What the sweep's trials mean: every trial's settings (base, config file, variation and phase budgets
+    resolved) and the ranking. A rerun must find the same, or its folder's trials would not be its own."""
+    trials = {}
+    for phase in range(len(sweep.phases)):
+        for name, settings in sweep.trials:
+            flat = flat_dict(trial_config(sweep, phase, name, settings))
+            trials[f"phase{phase + 1}-{name}"] = {k: v for k, v in flat.items() if k not in ("output_dir", "resume")}
+    advance = [ph.get("advance") for ph in sweep.phases]
+    return {"rank_by": sweep.rank_by, "advance": advance, "trials": trials}
+
+
+def claim_sweep(sweep: Sweep, overwrite: bool) -> None:
+    """The sweep's folder holds this sweep's trials only: sweep.json records its definition, and a rerun with another
+    one refuses in one line naming what changed (or, with `overwrite`, starts over). The folder is locked."""
+    out, now = sweep.output_dir, definition(sweep)
+    saved_path = out / SWEEP_FILE
+    saved = read_json(saved_path) if saved_path.is_file() else None
+    held = None if (out / "leaderboard.json").is_file() else describe_folder(out)  # an earlier sweep: its own
+    if saved is None and held is not None and not overwrite:
+        raise ConfigError(f"`output_dir` {out} holds {held}, not this sweep: choose another output_dir")
+    if saved is not None and saved != now and not overwrite:
+        raise ConfigError(
+            f"`output_dir` {out} holds a sweep with other settings ({_changed(saved, now)}): its trials are not this "
+            "sweep's; choose another output_dir, or start over with --overwrite"
+        )
+    if overwrite or saved is None:
+        for p in out.iterdir():
+            if p.name != LOCK_FILE:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        atomic_write_text(saved_path, json.dumps(now, indent=2) + "\n")
+
+
+def _changed(saved: dict, now: dict) -> str:
+    if saved.get("rank_by") != now["rank_by"] or saved.get("advance") != now["advance"]:
+        return "rank_by or advance"
+    old, new = saved.get("trials", {}), now["trials"]
+    if set(old) != set(new):
+        return "its trials: " + ", ".join(sorted(set(old) ^ set(new))[:3])
+    keys = sorted({k for t in new for k in set(old[t]) | set(new[t]) if old[t].get(k) != new[t].get(k)})
+    return "settings " + ", ".join(keys[:5])
 
 
 def trial_config(sweep: Sweep, phase: int, name: str, settings: dict) -> RunConfig:
     budget = {k: v for k, v in sweep.phases[phase].items() if k not in PHASE_ONLY}
     out = sweep.output_dir / f"phase{phase + 1}-{name}"
     cfg = make_config(**(sweep.base | settings | budget | {"output_dir": str(out)}))
-    if any(c.is_dir() for c in out.glob("**/checkpoint")) and not (out / "results.json").is_file():
+    if any(c.is_dir() for c in out.glob("**/checkpoint")) and not finished_before(out):
         cfg = cfg.with_settings(resume=str(out))  # stopped part-way: continue it
     return cfg
 
 
-def run_sweep(sweep: Sweep, train: Callable[[RunConfig], dict]) -> list[dict]:
-    """Every phase in turn; returns the leaderboard rows. `train` trains one run (runner.run_train)."""
+def run_sweep(sweep: Sweep, train: Callable[[RunConfig], dict], overwrite: bool = False) -> list[dict]:
+    """Every phase in turn in the sweep's locked folder; returns the leaderboard rows. `train` trains one run
+    (runner.run_train)."""
+    acquire_lock(sweep.output_dir)
+    try:
+        claim_sweep(sweep, overwrite)
+        return _phases(sweep, train)
+    finally:
+        release_lock(sweep.output_dir)
+
+
+def _phases(sweep: Sweep, train: Callable[[RunConfig], dict]) -> list[dict]:
     rows: list[dict] = []
     trials = sweep.trials
     for phase in range(len(sweep.phases)):
@@ -124,7 +190,7 @@ def run_sweep(sweep: Sweep, train: Callable[[RunConfig], dict]) -> list[dict]:
         for name, settings in tqdm(trials, desc=f"phase {phase + 1}/{len(sweep.phases)}", leave=False):
             cfg = trial_config(sweep, phase, name, settings)
             out = Path(cfg.outputs.output_dir)
-            finished = (out / "results.json").is_file()
+            finished = finished_before(out)
             results = read_results(out) if finished else train(cfg)
             metric = sweep.rank_by or cfg.loop.metric
             rows.append(

@@ -73,6 +73,8 @@ class LoopState:
     last_eval_step: int = -1  # the step the last evaluation saw
     best_epoch: int = 0  # the epoch (from 1) under way at the best evaluation
     start: dict | None = None  # evaluate()'s dict before the first step; saved with checkpoints, never re-evaluated
+    window_loss: float = 0.0  # the steps' losses since the last log, summed (the log is their mean, as the Trainer's)
+    window_steps: int = 0
 
 
 @dataclass
@@ -192,12 +194,17 @@ class Loop:
             return False
         self.scheduler.step()
         self.state.step += 1
+        self.state.window_loss, self.state.window_steps = self.state.window_loss + loss, self.state.window_steps + 1
         self.bar.update(1)
         if self.state.step % self.cfg.log_every == 0 or self.state.step == self.total:
-            self.log_step(loss, float(norm), lr)
+            self.log_step(float(norm), lr)
         return True
 
-    def log_step(self, loss: float, grad_norm: float, lr: float) -> None:
+    def log_step(self, grad_norm: float, lr: float) -> None:
+        """One train record: the mean loss of the steps since the last one (the logging window, kept across a
+        resume), and this step's learning rate and gradient norm."""
+        loss = self.state.window_loss / self.state.window_steps
+        self.state.window_loss, self.state.window_steps = 0.0, 0
         now = time.perf_counter()
         tps = (self.state.tokens - self.tokens0) / max(now - self.t0, 1e-9)
         self.t0, self.tokens0 = now, self.state.tokens
@@ -262,7 +269,7 @@ class Loop:
             *self._kept(),
             asdict(self.state),
             self.signature,
-            keep=self.cfg.keep_checkpoints,
+            keep=self.cfg.keep_checkpoints or 1,
             finished=self.done(),
             rank_rngs=rngs,
         )
