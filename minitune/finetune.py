@@ -127,7 +127,7 @@ def _tuned(cfg: RunConfig, task: TaskData, model, tokenizer, featurize, collate,
     def save(run_dir: Path, thresholds: dict | None) -> None:
         whole = consolidated(model)  # FSDP: gathered onto rank 0, which alone writes
         if is_main():
-            save_model_dir(run_dir, whole, tokenizer, task.kind, task.label_names, thresholds)
+            save_model_dir(run_dir, whole, tokenizer, task.kind, task.label_names, thresholds, trained_on=task.name)
 
     return Tuned(model, summary, scores, predict, save, lambda run_dir, fold_dir, k: save(fold_dir, None))
 

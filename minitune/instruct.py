@@ -176,8 +176,8 @@ def save_generative(out: Path, answerer: Answerer, thresholds: dict | None) -> N
     """model/ (merged weights, tokenizer, chat template) and adapter/ (LoRA), plus generative.json: the task's
     kind and labels, the answer mode, the shots and prompt template, so `predict` asks the model the same way."""
     model, task = answerer.model, answerer.task
-    model.num_labels, model.label_names = task.num_labels, None
-    save_model_dir(out, model, answerer.tok, task.kind, task.label_names, thresholds)
+    model.num_labels, model.label_names, model.generative = task.num_labels, None, True
+    save_model_dir(out, model, answerer.tok, task.kind, task.label_names, thresholds, trained_on=task.name)
     meta = {
         "kind": task.kind,
         "label_names": task.label_names,

@@ -16,13 +16,14 @@ import torch
 
 from minitune.checkpoints import rundir
 from minitune.checkpoints.atomic import atomic_write_text
+from minitune.checkpoints.rundir import write_results
 from minitune.checkpoints.runlock import RunIdentity, finish, finished_before, owned
 from minitune.config.load import dump, flat_dict, make_config, print_config, used_settings
 from minitune.config.sections import RunConfig
 from minitune.config.validate import resolve_device
 from minitune.errors import MinituneError
 from minitune.eval.html import write_html_report
-from minitune.eval.report import format_report, write_results
+from minitune.eval.report import format_report
 from minitune.experiments.cv import run_cv
 from minitune.experiments.folds import run_folds
 from minitune.experiments.holdout import run_holdout

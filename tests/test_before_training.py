@@ -3,7 +3,7 @@
 import json
 
 from minitune.cli import main
-from minitune.eval.report import start_lines
+from minitune.eval.report_parts import start_lines
 
 SMALL = ["--max-train-samples", "48", "--max-eval-samples", "24", "--epochs", "1", "--max-length", "32"]
 

@@ -123,6 +123,14 @@ def test_humor_model_loads_in_both_stacks_with_equal_logits(humor_run):
             atol=1e-5,
             rtol=1e-5,
         )
+    # transformers' pipeline() gives predict's probabilities, as the model's card says.
+    texts = ["What do you call a fish with no eyes? A fsh.", "The meeting is at noon."]
+    pipe = transformers.pipeline("text-classification", model=str(model_dir), top_k=None, device="cpu")
+    theirs = [{d["label"]: d["score"] for d in row} for row in pipe(texts)]
+    ours_p = minitune.Predictor(humor_run).predict(texts)
+    for row, p in zip(theirs, ours_p.probabilities):
+        assert [row[n] for n in ours_p.label_names] == pytest.approx(p.tolist(), abs=1e-5)
+    assert "pipeline('text-classification'" in (model_dir / "README.md").read_text()
 
 
 def test_predict_writes_labels_and_probabilities(humor_run, tmp_path, data_dir):
@@ -187,6 +195,7 @@ def test_semeval_thresholds_saved_and_used(tmp_path, data_dir):
     assert not (out / "model" / "thresholds.json").exists() and not (out / "adapter").exists()
     assert sorted(p.name for p in (out / "model").iterdir()) == sorted(
         ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+        + ["README.md"]  # its card
         + ["modules.json", "1_Pooling", "2_Dense"]  # minilm's mean-pooled head: the sentence-transformers layout
     )
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary directories left

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+from minitune.checkpoints.rundir import write_results
 from minitune.cli import main
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE, SINGLE_LABEL
 from minitune.data.tasks import Example
@@ -22,7 +23,7 @@ from minitune.eval.figures import draw_run, reliability_bins
 from minitune.eval.html import write_html_report
 from minitune.eval.metrics import classification_report
 from minitune.eval.predictions import train_label_counts, write_prediction_records
-from minitune.eval.report import format_report, write_results
+from minitune.eval.report_parts import headline
 from minitune.eval.thresholds import choose_thresholds, per_label_f1
 
 EMOTIONS = [
@@ -213,6 +214,11 @@ class Page(HTMLParser):
         if self._in == "td":
             self.cells.append(data)
 
+    def row_of(self, first: str) -> list[str]:
+        """The cells of the first table row that starts with `first`."""
+        i = self.cells.index(first)
+        return self.cells[i : i + 6]
+
     def handle_endtag(self, tag):
         self._in = None
 
@@ -231,7 +237,12 @@ def test_html_is_self_contained_and_embeds_every_figure(tmp_path, kind):
     assert embedded == {p.read_bytes() for p in pngs}
     assert "script" not in page.tags and "http://" not in page_text and "https://" not in page_text
     results = json.loads((run / "results.json").read_text())
-    assert page.pre == format_report(results)  # the metrics tables of report.txt, unescaped by the parser
+    # It opens with the headline scores as HTML, then the figures; the metrics are tables, not report.txt in a <pre>.
+    assert "pre" not in page.tags and page_text.index("<h2>Headline</h2>") < page_text.index("<h2>Figures</h2>")
+    rep = results["dev"] if "dev" in results else results["test"]
+    assert headline(rep) in page_text.replace("&#x27;", "'")
+    for name, c in rep["per_class"].items():  # report.txt's per-class table, cell by cell
+        assert [name, f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}"] == page.row_of(name)[:4]
     assert "example <" in page_text.replace("&lt;", "<") and "<0>" not in page_text  # texts are escaped
 
 
@@ -272,3 +283,20 @@ def test_report_of_a_directory_without_results_is_one_clear_error(tmp_path, caps
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: {tmp_path}: no results.json; pass the output directory of a finished training run"
+
+
+@pytest.mark.parametrize("kind", [MULTI_LABEL, SINGLE_LABEL, MULTIPLE_CHOICE])
+def test_no_figure_title_is_cut_off(tmp_path, kind):
+    """Every title of every figure lies inside its figure (report.html shows the figures as they are drawn)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    names = {SINGLE_LABEL: ["no", "yes"], MULTI_LABEL: EMOTIONS[:6], MULTIPLE_CHOICE: [f"choice_{i}" for i in range(5)]}
+    figs, _ = figures(make_run(tmp_path, kind, names[kind]))
+    for name, fig in figs.items():
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        fig.draw(renderer)
+        titles = [ax.title for ax in fig.axes if ax.get_visible()] + ([fig._suptitle] if fig._suptitle else [])
+        for t in titles:
+            if t.get_text():
+                box, page = t.get_window_extent(renderer), fig.bbox
+                assert box.x0 >= page.x0 - 1 and box.x1 <= page.x1 + 1, f"{name}: {t.get_text()!r} is cut off"

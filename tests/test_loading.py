@@ -163,3 +163,20 @@ def test_error_no_weights(tmp_path):
     (tmp_path / "config.json").write_text((MINILM / "config.json").read_text())
     with pytest.raises(CheckpointError, match="no model.safetensors"):
         minitune.load_model(tmp_path)
+
+
+def test_a_multiple_choice_head_minitune_saves_loads_in_transformers_with_equal_logits(tmp_path):
+    """README, "Where a saved model loads": a cross-encoder's model/ loads in AutoModelForMultipleChoice."""
+    cfg = transformers.BertConfig(
+        vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=40,
+    )  # fmt: skip
+    transformers.BertForMultipleChoice(cfg).save_pretrained(tmp_path / "ref")
+    ours = minitune.load_model(tmp_path / "ref", head="multiple_choice").eval()
+    minitune.save_pretrained(ours, tmp_path / "ours")
+    theirs = transformers.AutoModelForMultipleChoice.from_pretrained(tmp_path / "ours").eval()
+    ids = torch.randint(5, 100, (2, 3, 7))
+    with torch.no_grad():
+        a = ours(ids, torch.ones_like(ids), torch.zeros_like(ids))
+        b = theirs(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.zeros_like(ids)).logits
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

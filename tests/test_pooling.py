@@ -225,6 +225,14 @@ def test_mean_pooled_run_saves_and_predicts_with_its_head(tmp_path, data_dir):
     assert rows[0].startswith("id,text,label,prob_")
     got = [float(v) for v in rows[1].split(",")[-2:]]
     assert torch.allclose(torch.tensor(got), probs[0], atol=1e-4)
+    # Its card says where it loads, and that transformers' classification classes would not compute this head.
+    card = (out / "model" / "README.md").read_text()
+    assert "Trained on: humor" in card and "SentenceTransformer(" in card and "random classifier" in card
+    # ... which is so: transformers' class loads the encoder and a fresh classifier, with other outputs.
+    ref = transformers.AutoModelForSequenceClassification.from_pretrained(out / "model", num_labels=2).eval()
+    with torch.no_grad():
+        theirs = torch.softmax(ref(**dict(enc)).logits, -1)
+    assert not torch.allclose(theirs, probs, atol=1e-3)
 
 
 def test_a_transformers_choice_head_beside_declared_pooling_stays_a_cross_encoder(tmp_path):

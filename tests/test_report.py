@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from minitune.checkpoints.atomic import atomic_dir
+from minitune.checkpoints.rundir import write_results
 from minitune.errors import ConfigError
 from minitune.eval.metrics import classification_report
-from minitune.eval.report import format_report, write_results
+from minitune.eval.report import format_report
 from minitune.eval.thresholds import tune_thresholds
 
 
@@ -169,3 +170,30 @@ def test_training_summary_in_words_with_early_stop_losses_and_advice(data_dir):
     assert "stopped early at step 60 of 64: no improvement in 5 evaluations" in text
     assert "loss at the best step: train 0.5000, dev 0.7000" in text
     assert f"the model predicts only '{majority}'" in text and "--lr 5e-5" in text
+
+
+def test_a_protocol_report_has_no_python_reprs_and_keeps_the_columns_a_reader_compares(data_dir):
+    results = humor_results(data_dir)
+    fold = dict(fold=0, n_train=180, step=12, tokens=5120, bad_evals=1, window_loss=0.3, best=0.61, best_step=6)
+    fold |= dict(start_macro_f1=0.4, start_is_chance=True, macro_f1=0.6, seconds=1.5, label_counts={"a": 1})
+    results["train"] = {"k": 2, "folds": [fold, fold | {"fold": 1}], "start": {"macro_f1": 0.4}, "metric": "macro_f1"}
+    results["train"] |= {"best": 0.61, "start_is_chance": True}
+    text = format_report(results)
+    assert "{'" not in text and "[" not in text.split("=" * 72)[1]  # no dict or list reprs
+    header = next(line for line in text.splitlines() if line.strip().startswith("fold "))
+    assert header.split() == ["fold", "n_train", "best_step", "best", "seconds", "start_macro_f1", "macro_f1"]
+    assert "before training: macro_f1 0.4000 (chance level: a fresh, untrained head), best: 0.6100" in text
+
+
+def test_no_note_says_the_same_thing_twice(data_dir):
+    results = humor_results(data_dir)
+    dev = results["dev"]
+    for name, c in dev["per_class"].items():  # a model that predicts the majority class for every example
+        c["predicted"] = dev["n_examples"] if name == "humor" else 0
+    text = format_report(results)
+    assert "predicts only 'humor'" in text and "never predicted although present" not in text
+    multi = semeval_results(data_dir)
+    multi["dev"]["threshold_notes"] = [
+        "tuned on the 886 dev examples and scored on them: the tuned dev score is optimistic"
+    ]
+    assert format_report(multi).count("optimistic") == 1

@@ -16,7 +16,11 @@ and what a person is told about them: where a run went and how to use it, or wha
 from __future__ import annotations
 
 import json
+import math
+import os
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -235,3 +239,46 @@ def interruption_note(out: Path, checkpointed: bool, command: str = "") -> str:
         f"interrupted: checkpoint at step {step} in {where}; continue with: minitune {command}--resume {out} "
         "(same settings)"
     )
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-ready copy: numpy scalars/arrays to Python, tuples to lists, paths to str, NaN/inf to None."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _plain(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _plain(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_results(path: str | os.PathLike, results: dict) -> None:
+    """results.json: `results` as indented JSON, written atomically (a temporary file in the same directory, fsync,
+    then os.replace, so a crash or a full disk never leaves it truncated). numpy values become Python numbers or
+    lists; NaN and infinities (a diverged loss) become null, since JSON has no such values."""
+    path = Path(path)
+    text = json.dumps(_plain(results), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write results ({exc.strerror}); choose a writable `output_dir`") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; results are meant to be shared
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise ConfigError(f"{path}: cannot write results ({exc.strerror}); choose a writable `output_dir`") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -23,6 +23,7 @@ from minitune.adapters.merge import export_state_dict
 from minitune.adapters.peft_format import save_adapter
 from minitune.checkpoints.atomic import atomic_dir, atomic_write, atomic_write_text
 from minitune.checkpoints.hub import ALIASES, resolve_model
+from minitune.checkpoints.model_card import model_card
 from minitune.checkpoints.sentence_layout import bare_architecture, write_sentence_modules
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE, SINGLE_LABEL
 from minitune.models import family_for
@@ -86,9 +87,16 @@ def save_adapter_dir(path: Path, model: nn.Module) -> None:
 
 
 def save_model_dir(
-    out_dir: Path, model: nn.Module, tokenizer, kind: str, label_names: list[str] | None, thresholds: dict | None = None
+    out_dir: Path,
+    model: nn.Module,
+    tokenizer,
+    kind: str,
+    label_names: list[str] | None,
+    thresholds: dict | None = None,
+    trained_on: str | None = None,
 ) -> None:
-    """A run's model/ (model, tokenizer and thresholds.json for multi-label) and, for a LoRA run, adapter/.
+    """A run's model/ (model, tokenizer, thresholds.json for multi-label and README.md, its card: what it is and how
+    to load it; `trained_on` names the task) and, for a LoRA run, adapter/.
 
     Whole directories are swapped in: nothing from an earlier run in the same output directory survives beside them.
     """
@@ -100,6 +108,7 @@ def save_model_dir(
         tokenizer.save_pretrained(target)
         if thresholds is not None:
             atomic_write_text(target / "thresholds.json", json.dumps(thresholds, indent=2) + "\n")
+        atomic_write_text(target / "README.md", model_card(target, model, kind, label_names, trained_on))
 
     atomic_dir(out_dir / "model", write_model)
     if lora_modules(model):

@@ -88,7 +88,7 @@ def draw_training_curves(runs: dict[str, list[dict]], metric: str) -> Figure:
             pts = [(r["step"], r[key]) for r in evals if isinstance(r.get(key), (int, float))]
             style = "-" if key == metric else ":"
             ax.plot(*zip(*pts), style, marker="o", label=f"{run} {key}".strip() if len(runs) > 1 else key)
-    title = f"dev metrics at each evaluation (selection: {metric}; step 0: before training)"
+    title = f"dev metrics at each evaluation\n(selection: {metric}; step 0: before training)"  # 2 lines: no cut
     ax.set(title=title, xlabel="optimizer step", ylim=(0, 1))
     for a in axes:
         if a.get_legend_handles_labels()[0]:

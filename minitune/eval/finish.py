@@ -46,6 +46,7 @@ def tune_thresholds_on(
         label_array(task, examples), scores, task.label_names, settings.threshold, metric, held_out
     )
     if on == "oof":
+        chosen["tuned_on"] = "out-of-fold predictions"
         chosen["notes"][0] = (
             f"tuned on the {len(examples)} out-of-fold predictions: no model saw the examples its thresholds were "
             "tuned on, so the tuned score is honest"

@@ -1,16 +1,17 @@
 """report.html: one self-contained page per run, redrawn from the run's files alone (`minitune report RUN_DIR`).
 
-It holds the run's config, the metrics tables of report.txt, every figure of eval/figures.py (PNG embedded as a
-base64 data URI, so the file opens anywhere with no network and no JavaScript), and the misclassified examples of
-the main split with the highest confidence, the first thing to read in error analysis. Inputs: results.json,
-metrics.jsonl (or fold*/metrics.jsonl) and predictions_<split>.jsonl; figures/ is rewritten on the way.
+It opens with what a reader wants first: every split's headline scores, the training's story (the score before
+training against the best) and what to look at, as HTML; then every figure of eval/figures.py (PNG embedded as a
+base64 data URI, so the file opens anywhere with no network and no JavaScript), each split's tables, the
+misclassified examples of the main split with the highest confidence (the first thing to read in error analysis),
+a protocol's models, and the settings that shape the run. The parts are report.txt's (eval/report_parts.py).
+Inputs: results.json, metrics.jsonl (or fold*/metrics.jsonl) and predictions_<split>.jsonl; figures/ is rewritten.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,38 +21,44 @@ from minitune.checkpoints.rundir import read_results
 from minitune.data.kinds import MULTI_LABEL
 from minitune.errors import ConfigError
 from minitune.eval.figures import draw_run, main_split, save_figures
+from minitune.eval.generations import format_generation_notes
 from minitune.eval.predictions import read_prediction_records
-from minitune.eval.report import format_report
+from minitune.eval.report_parts import (
+    KIND_NAMES,
+    Table,
+    confusion_table,
+    groups_table,
+    headline,
+    notes,
+    per_class_table,
+    settings_rows,
+    splits,
+    threshold_tables,
+    train_scalars,
+    train_tables,
+    training_lines,
+)
 
 TOP_ERRORS = 25  # misclassified examples listed
 STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
-h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
-table { border-collapse: collapse; font-size: .9em; } td, th { border: 1px solid #ddd; padding: .25em .6em; }
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222;
+  line-height: 1.4; }
+h1 { font-size: 1.5em; margin-bottom: .2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em;
+  margin-top: 2em; } h3 { font-size: 1em; margin: 1.2em 0 .4em; }
+p.meta { color: #555; margin-top: 0; }
+.scroll { overflow-x: auto; max-width: 100%; }
+table { border-collapse: collapse; font-size: .9em; margin: .3em 0 1em; }
+td, th { border: 1px solid #ddd; padding: .25em .6em; vertical-align: top; }
 th { background: #f4f4f4; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-pre { background: #f8f8f8; padding: 1em; overflow-x: auto; font-size: .85em; }
-figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+table.headline td:first-child { font-weight: bold; }
+ul.advice li { margin: .3em 0; } .story { margin: .2em 0; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-weight: bold; margin-bottom: .4em; }
 """
 
 
 def _e(x) -> str:
     return html.escape(str(x), quote=True)
-
-
-def _table(header: list[str], rows: list[list], numeric: tuple[int, ...] = ()) -> str:
-    """An HTML table; the columns in `numeric` are right-aligned."""
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td{' class=num' if i in numeric else ''}>{_e(c)}</td>" for i, c in enumerate(r)) + "</tr>"
-        for r in rows
-    )
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
-def _config_table(config: dict) -> str:
-    rows = [[k, json.dumps(v) if not isinstance(v, str) else v] for k, v in config.items() if v is not None]
-    return _table(["setting", "value"], rows)
 
 
 def _figure(title: str, png: Path) -> str:
@@ -128,26 +135,108 @@ def _errors_section(results: dict, records: list[dict] | None) -> str:
         f"<p>The {len(errors)} misclassified {_e(split)} examples the model was surest of "
         "(confidence: the probability behind the wrong decision).</p>"
     )
-    return intro + _table(["confidence", "text", "gold", "predicted"], rows, numeric=(0,))
+    rows = [[c, text, gold, pred] for c, text, gold, pred in rows]
+    return intro + _html_table(Table("", ["confidence", "text", "gold", "predicted"], rows, left=0)).replace(
+        "<td class=num>", "<td>"
+    )
+
+
+def _html_table(table: Table) -> str:
+    """A report part as an HTML table (its text columns left, its numbers right), scrolling on its own if wide."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in table.header)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td{'' if i < table.left else ' class=num'}>{_e(c)}</td>" for i, c in enumerate(row))
+        + "</tr>"
+        for row in table.rows
+    )
+    title = f"<h3>{_e(table.title)}</h3>" if table.title else ""
+    return f"{title}<div class=scroll><table><tr>{head}</tr>{body}</table></div>"
+
+
+def _headline_section(results: dict) -> str:
+    """The scores of every split, the training's story (start against best) and what to look at first."""
+    rows = [
+        f"<tr><td>{_e(name)}</td><td class=num>{rep['n_examples']}</td><td>{_e(headline(rep))}</td></tr>"
+        for name, rep in splits(results)
+    ]
+    table = f"<table class=headline><tr><th>split</th><th>examples</th><th>scores</th></tr>{''.join(rows)}</table>"
+    train = results.get("train") or {}
+    story = "".join(f"<p class=story>{_e(line)}</p>" for line in training_lines(train))
+    main = main_split(results)
+    tuned_on = (results.get("thresholds") or {}).get("tuned_on")
+    advice = notes(main, results[main], tuned_on) if isinstance(results.get(main), dict) else []
+    advice_html = "".join(f"<li>{_e(n)}</li>" for n in advice)
+    parts = [f"<h2>Headline</h2>{table}{story}"]
+    if advice_html:
+        parts.append(f"<h2>What to look at ({_e(main)})</h2><ul class=advice>{advice_html}</ul>")
+    return "\n".join(parts)
+
+
+def _split_sections(results: dict) -> str:
+    """Each split's tables (per class, thresholds, confusion matrix, groups) and notes (the main split's: above)."""
+    main, out = main_split(results), []
+    tuned_on = (results.get("thresholds") or {}).get("tuned_on")
+    for name, rep in splits(results):
+        tables = [per_class_table(rep)]
+        if "tuned" in rep:
+            tables += threshold_tables(rep)
+        if "confusion_matrix" in rep:
+            tables.append(confusion_table(rep))
+        if "by_group" in rep:
+            tables.append(groups_table(rep["by_group"]))
+        html_parts = [f"<h2>{_e(name)}: {rep['n_examples']} examples</h2>", *map(_html_table, tables)]
+        if "generation" in rep:
+            items = "".join(f"<li>{_e(line)}</li>" for line in format_generation_notes(rep["generation"]))
+            html_parts.append(f"<ul>{items}</ul>")
+        if name != main and (said := notes(name, rep, tuned_on)):
+            html_parts.append("<ul class=advice>" + "".join(f"<li>{_e(n)}</li>" for n in said) + "</ul>")
+        out.append("\n".join(html_parts))
+    return "\n".join(out)
+
+
+def _training_section(results: dict) -> str:
+    """A protocol's rows (folds, members) and its own numbers."""
+    train = results.get("train") or {}
+    tables = train_tables(train)
+    scalars = train_scalars(train) if "step" not in train else []
+    if not tables and not scalars:
+        return ""
+    lead = f"<p>{_e(', '.join(scalars))}</p>" if scalars else ""
+    return "<h2>Models trained</h2>" + lead + "".join(map(_html_table, tables))
+
+
+def _settings_section(results: dict) -> str:
+    rows = settings_rows(results.get("settings") or {})
+    table = _html_table(Table("", ["setting", "value"], rows, left=2)) if rows else ""
+    return (
+        "<h2>Settings</h2><p>The settings that shape this run: the main ones and every one changed from its default "
+        "(config.json holds them all).</p>" + table
+    )
 
 
 def render_html(results: dict, figures: list[tuple[str, Path]], records: list[dict] | None, run_dir: Path) -> str:
     title = f"minitune: {results.get('task', '?')} / {results.get('model', '?')}"
+    first = splits(results)[0][1]
+    kind = KIND_NAMES.get(first["kind"], first["kind"])
+    seconds = (results.get("train") or {}).get("wall_seconds")
+    meta = f"{kind}, {len(first['label_names'])} labels; run folder <code>{_e(run_dir)}</code>"
+    meta += f"; {seconds} s" if seconds is not None else ""
     parts = [
         f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>{_e(title)}</title>",
-        f"<style>{STYLE}</style></head><body><h1>{_e(title)}</h1>",
-        f"<p>Run directory: <code>{_e(run_dir)}</code></p>",
-        "<h2>Metrics</h2>",
-        f"<pre>{_e(format_report(results))}</pre>",
+        f"<meta name=viewport content='width=device-width, initial-scale=1'><style>{STYLE}</style></head><body>",
+        f"<h1>{_e(title)}</h1><p class=meta>{meta}</p>",
+        _headline_section(results),
         "<h2>Figures</h2>",
         *(_figure(t, p) for t, p in figures),
+        _split_sections(results),
         f"<h2>Most confident errors ({_e(main_split(results))})</h2>",
         _errors_section(results, records),
-        "<h2>Configuration</h2>",
-        _config_table(results.get("config", {})),
+        _training_section(results),
+        _settings_section(results),
         "</body></html>",
     ]
-    return "\n".join(parts) + "\n"
+    return "\n".join(p for p in parts if p) + "\n"
 
 
 def write_html_report(run_dir: Path) -> Path:

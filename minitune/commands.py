@@ -1,0 +1,199 @@
+"""The commands that read finished runs: predict, report, export, compare, and sweep (which trains its trials
+through runner.run_train). Each is a parser and a function taking its arguments; cli.py dispatches to them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from minitune.checkpoints.runlock import require_finished
+from minitune.config.sections import GenerativeSettings
+from minitune.errors import ConfigError
+from minitune.eval.html import write_html_report
+from minitune.experiments.compare import compare, markdown_table, write_comparison
+from minitune.experiments.sweep import read_sweep, run_sweep
+from minitune.export import export_onnx
+from minitune.flags import CommandParser, add_setting, choices_of, setting_field
+from minitune.predict import predict_file
+from minitune.predict_generative import PlainAsk
+from minitune.runner import run_train
+
+
+def predict_parser() -> argparse.ArgumentParser:
+    p = CommandParser(
+        prog="minitune predict",
+        description="Label a file with a trained model: the output keeps the input's columns (id first) and adds "
+        "the predicted label(s) and one probability per label.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
+    p.add_argument("--model", required=True, help="a training run's output directory (or its model/ folder)")
+    p.add_argument(
+        "--input",
+        required=True,
+        help=".csv, .tsv, .txt or .jsonl file with the texts (a multiple-choice model: .json or .jsonl with a query "
+        "and its options per item)",
+    )
+    p.add_argument("--output", required=True, help="CSV file to write")
+    p.add_argument("--text-col", default=None, help="column holding the text (default: text; multiple choice: query)")
+    p.add_argument(
+        "--options-col", default="options", help="multiple choice: the key of the options (a list, or id: text)"
+    )
+    p.add_argument("--pair-col", default=None, help="column holding the second segment, if the model used one")
+    p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass")
+    p.add_argument(
+        "--max-length", type=int, default=None, help="truncate inputs to this many tokens (default: as the run trained)"
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="multi-label: one threshold for every label "
+        "(default: the tuned per-label thresholds saved with the model, else 0.5)",
+    )
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    add_ask_flags(p)
+    return p
+
+
+ASK_SETTINGS = (
+    "answer_mode",
+    "shots",
+    "prompt_template",
+    "max_new_tokens",
+)  # the generative section, as train takes it
+
+
+def add_ask_flags(p: argparse.ArgumentParser) -> None:
+    """`predict --head generative`: ask a plain instruct checkpoint (experiments/generative_predict.py)."""
+    g = p.add_argument_group("a plain instruct checkpoint (--head generative; a tuned generative run needs none)")
+    g.add_argument("--head", choices=["classifier", "generative"], default=None, help="generative: the model answers")
+    g.add_argument("--task", default=None, help="the label set and instruction of this task (its training file)")
+    g.add_argument("--labels", default=None, help="the label set, comma-separated (instead of --task)")
+    g.add_argument("--multi-label", action="store_true", help="with --labels: several labels may apply")
+    g.add_argument("--data-dir", default=None, help="where --task's files are")
+    g.add_argument("--train-file", default=None, help="--task custom: the file whose labels are the label set")
+    g.add_argument("--label-col", default=None, help="--task custom: the label column (default: label)")
+    for name in ("seed", *ASK_SETTINGS):
+        add_setting(g, name, default=setting_field(name).default, choices=choices_of(name) or None)
+
+
+def run_predict(argv: list[str]) -> Path:
+    args = predict_parser().parse_args(argv)
+    output_file(args.output)
+    if args.shots < 0 or args.max_new_tokens < 1:
+        raise ConfigError("--shots must be >= 0 and --max-new-tokens positive")
+    names = ("task", "labels", "multi_label", "data_dir", "train_file", "label_col")
+    if args.head != "generative" and any(getattr(args, n) for n in names):
+        raise ConfigError("--task, --labels and their flags ask a plain instruct checkpoint: add --head generative")
+    generative = GenerativeSettings(**{n: getattr(args, n) for n in ASK_SETTINGS})
+    ask = PlainAsk(**{n: getattr(args, n) for n in names}, seed=args.seed, generative=generative)
+    ask = ask if args.head == "generative" else None
+    path, n = predict_file(
+        Path(args.model),
+        Path(args.input),
+        Path(args.output),
+        text_col=args.text_col,
+        pair_col=args.pair_col,
+        options_col=args.options_col,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        threshold=args.threshold,
+        device=args.device,
+        ask=ask,
+    )
+    print(f"wrote {n} predictions to {path}")
+    return path
+
+
+def report_parser() -> argparse.ArgumentParser:
+    p = CommandParser(
+        prog="minitune report",
+        allow_abbrev=False,
+        description="Redraw figures/ and report.html of a finished run from its results.json, metrics.jsonl and "
+        "predictions files (no model needed).",
+    )
+    p.add_argument("run_dir", help="the output directory of a training run")
+    return p
+
+
+def export_parser() -> argparse.ArgumentParser:
+    p = CommandParser(
+        prog="minitune export",
+        allow_abbrev=False,
+        description="Export a trained classifier (LoRA merged, NF4 dequantized) for other runtimes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", required=True, help="a model directory written by a training run (its model/ folder)")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
+    p.add_argument("--output", required=True, help="file to write")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    return p
+
+
+def output_file(path: str) -> None:
+    """An output that is to be a file must not name an existing folder."""
+    if Path(path).is_dir():
+        raise ConfigError(f"--output {path} is a folder: give the file to write, e.g. {Path(path) / 'out.csv'}")
+
+
+def run_report(argv: list[str]) -> Path:
+    run_dir = Path(report_parser().parse_args(argv).run_dir)
+    require_finished(run_dir, "run_dir")
+    path = write_html_report(run_dir)
+    print(f"wrote {path} and {path.parent / 'figures'}/")
+    return path
+
+
+def run_export(argv: list[str]) -> Path:
+    args = export_parser().parse_args(argv)
+    output_file(args.output)
+    path = export_onnx(Path(args.model), Path(args.output), opset=args.opset)
+    print(f"wrote {path}")
+    return path
+
+
+def sweep_parser() -> argparse.ArgumentParser:
+    p = CommandParser(
+        prog="minitune sweep",
+        allow_abbrev=False,
+        description="Train the trials of a sweep file (a base config, a list or grid of variations, phases with "
+        "their own budgets and how many trials advance); finished trials are skipped on a rerun, and "
+        "leaderboard.md/.json is rewritten after every trial. The file's format: minitune/experiments/sweep.py "
+        "and configs/goemotions-loss-sweep.toml.",
+    )
+    p.add_argument("file", help="the sweep's TOML file")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an output folder that holds another sweep (or one with other settings)",
+    )
+    return p
+
+
+def run_sweep_command(argv: list[str]) -> list[dict]:
+    args = sweep_parser().parse_args(argv)
+    sweep = read_sweep(args.file)
+    rows = run_sweep(sweep, run_train, overwrite=args.overwrite)
+    print(f"leaderboard of {len(rows)} trials: {sweep.output_dir / 'leaderboard.md'}")
+    return rows
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    p = CommandParser(
+        prog="minitune compare",
+        allow_abbrev=False,
+        description="One table of finished runs (task, model, parameters, dev/out-of-fold/test scores, thresholds, "
+        "training time), sorted by each task's metric; printed and written as Markdown and JSON.",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="output directories of finished runs")
+    p.add_argument("--output", default="comparison", help="writes OUTPUT.md and OUTPUT.json (default: comparison)")
+    return p
+
+
+def run_compare(argv: list[str]) -> list[dict]:
+    args = compare_parser().parse_args(argv)
+    rows = compare([Path(d) for d in args.run_dirs])
+    md, js = write_comparison(rows, Path(args.output))
+    print(markdown_table(rows) + f"wrote {md} and {js}")
+    return rows
