@@ -295,7 +295,7 @@ def minitune_only(args: argparse.Namespace, task: str, flags: list[str]) -> dict
 
 
 def recipe_mpr(args: argparse.Namespace) -> dict:
-    flags = ["--max-folds", str(args.folds)] if args.folds else []
+    flags = ["--max-folds", str(args.max_folds)] if args.max_folds else []
     record = minitune_only(args, "recipe-mpr", flags)
     res = record.pop("results")
     groups = dict(res["test"]["by_group"])
@@ -385,7 +385,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"epochs for every run (0 = {COMPARE_EPOCHS} for compare, "
         "the task default for recipe-mpr (5) and goemotions (4))",
     )
-    p.add_argument("--folds", type=int, default=0, help="recipe-mpr: run only the first N folds (0 = all 5)")
+    p.add_argument("--max-folds", type=int, default=0, help="recipe-mpr: run only the first N folds (0 = all 5)")
     p.add_argument(
         "--seeds",
         type=int,
@@ -424,7 +424,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.train_samples, args.eval_samples, args.epochs = 64, 64, 1
-        args.folds = args.folds or 1
+        args.max_folds = args.max_folds or 1
     args.out = args.out or ROOT / "benchmarks" / "results" / ("e2e_quick.json" if args.quick else "e2e.json")
     args.work_dir = args.work_dir / ("quick" if args.quick else "full")
     return args
@@ -487,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         doc["compare"] = {"settings": {**settings, "order": args.order}, "tasks": tasks}
         print_compare(doc["compare"])
     if "recipe-mpr" in args.mode:
-        doc["recipe-mpr"] = {"settings": {**settings, "folds": args.folds or 5}, **recipe_mpr(args)}
+        doc["recipe-mpr"] = {"settings": {**settings, "folds": args.max_folds or 5}, **recipe_mpr(args)}
         print_minitune_only("recipe-mpr", doc["recipe-mpr"])
     if "goemotions" in args.mode:
         doc["goemotions"] = {"settings": settings, **goemotions(args)}

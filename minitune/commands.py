@@ -8,6 +8,7 @@ from pathlib import Path
 
 from minitune.checkpoints.runlock import require_finished
 from minitune.config.sections import GenerativeSettings
+from minitune.config.validate import check_generative_settings
 from minitune.errors import ConfigError
 from minitune.eval.html import write_html_report
 from minitune.experiments.compare import compare, markdown_table, write_comparison
@@ -65,7 +66,7 @@ ASK_SETTINGS = (
 
 
 def add_ask_flags(p: argparse.ArgumentParser) -> None:
-    """`predict --head generative`: ask a plain instruct checkpoint (experiments/generative_predict.py)."""
+    """`predict --head generative`: ask a plain instruct checkpoint (predict_generative.py)."""
     g = p.add_argument_group("a plain instruct checkpoint (--head generative; a tuned generative run needs none)")
     g.add_argument("--head", choices=["classifier", "generative"], default=None, help="generative: the model answers")
     g.add_argument("--task", default=None, help="the label set and instruction of this task (its training file)")
@@ -81,8 +82,7 @@ def add_ask_flags(p: argparse.ArgumentParser) -> None:
 def run_predict(argv: list[str]) -> Path:
     args = predict_parser().parse_args(argv)
     output_file(args.output)
-    if args.shots < 0 or args.max_new_tokens < 1:
-        raise ConfigError("--shots must be >= 0 and --max-new-tokens positive")
+    check_generative_settings(args.shots, args.max_new_tokens)
     names = ("task", "labels", "multi_label", "data_dir", "train_file", "label_col")
     if args.head != "generative" and any(getattr(args, n) for n in names):
         raise ConfigError("--task, --labels and their flags ask a plain instruct checkpoint: add --head generative")

@@ -4,9 +4,10 @@ The CLI (minitune/cli.py) catches MinituneError, prints its message on one line 
 bug and keeps its traceback.
 
 Library functions name their own parameters, not command-line flags: an error writes each parameter it names
-between backticks (f"`r` must be a positive integer, got {r}"). Printed as is, the backticks go
-(`r must be a positive integer, got 0`); the CLI, which knows which flag set which parameter, renders the same
-error with the flag (`--lora-r must be a positive integer, got 0`).
+between backticks (f"`lora_targets`: pattern {p!r} matches no linear layer"). A parameter that a setting reaches
+carries the setting's name, which is its flag's name underscored. Printed as is, the backticks go
+(`lora_targets: pattern ...`); the CLI renders each name that is one of its flags as the flag
+(`--lora-targets: pattern ...`), and leaves any other name as it is.
 """
 
 from __future__ import annotations

@@ -85,26 +85,31 @@ NOT_EXPORTABLE = {
 }
 
 
+def exportable(path: Path) -> nn.Module:
+    """The trained classifier of a finished run (or a model folder), refused in one line when export cannot write
+    it as the run computes it."""
+    if not path.exists():
+        raise ConfigError(f"`model` {path}: no such directory; pass a finished run's output directory or its model/")
+    require_finished(path)
+    model = load_model(path)
+    if model.head != "sequence" or not model.head_trained:
+        raise ConfigError(
+            f"`model` {path}: no trained sequence-classification head there (a base checkpoint or a "
+            "multiple-choice model); pass the model/ directory of a classification run"
+        )
+    if model.hf_config.get("model_type") in NOT_EXPORTABLE:
+        raise ConfigError(f"`model` {path}: {NOT_EXPORTABLE[model.hf_config['model_type']]}")
+    return model
+
+
 def export_onnx(model_dir: Path, output: Path, opset: int = 17) -> Path:
     """Write the classifier in `model_dir` to `output` as ONNX; return the path."""
     if importlib.util.find_spec("onnx") is None:
         raise ConfigError(f"`format` onnx needs the onnx package: {ONNX_INSTALL}")
     import onnx  # optional: only this command needs it
 
-    if not Path(model_dir).exists():
-        raise ConfigError(
-            f"`model` {model_dir}: no such directory; pass a finished run's output directory or its model/"
-        )
-    require_finished(Path(model_dir))
     model_dir = model_dir_of(Path(model_dir))  # a run's folder: its model/
-    model = load_model(model_dir)
-    if model.head != "sequence" or not model.head_trained:
-        raise ConfigError(
-            f"`model` {model_dir}: no trained sequence-classification head there (a base checkpoint or a "
-            "multiple-choice model); pass the model/ directory of a classification run"
-        )
-    if model.hf_config.get("model_type") in NOT_EXPORTABLE:
-        raise ConfigError(f"`model` {model_dir}: {NOT_EXPORTABLE[model.hf_config['model_type']]}")
+    model = exportable(model_dir)
     model.eval()
     model.set_unpadded(False)
     multi = model.hf_config.get("problem_type") == "multi_label_classification"

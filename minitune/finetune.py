@@ -17,11 +17,10 @@ instead: instruct.py, the same steps with prompts and answers. Each step reads i
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,18 +31,18 @@ from minitune import instruct
 from minitune.adapters.lora import add_lora
 from minitune.checkpoints.load import choice_scorer_for, load_model
 from minitune.checkpoints.save import save_adapter_dir, save_model_dir
-from minitune.config.load import resume_signature
-from minitune.config.sections import RunConfig
+from minitune.config.load import run_signature
+from minitune.config.sections import ModelSettings, RunConfig
 from minitune.data.batching import length_of, make_collate, make_sampler
 from minitune.data.features import oversample_rare, tokenize
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE
 from minitune.data.tasks import Example, TaskData, label_array
-from minitune.eval.metrics import SELECTION_METRICS
+from minitune.eval.metrics import selection_metrics
 from minitune.eval.scoring import predict_logits, predict_scores, probabilities, task_report
 from minitune.models.ffnn import build_ffnn
 from minitune.train.distill_loss import DistillLoss, with_soft_targets
-from minitune.train.distributed import gathered_scores, is_main, shard_sampler, world_signature
-from minitune.train.loop import TrainData, fit
+from minitune.train.distributed import gathered_scores, is_main, shard_sampler
+from minitune.train.loop import TrainData, fit, loop_summary
 from minitune.train.losses import loss_for
 from minitune.train.parallel import consolidated, is_sharded
 from minitune.train.seeding import seed_everything
@@ -64,6 +63,7 @@ class Tuned:
     dev_generation: dict | None = None  # generative: how the dev answers came out
     stats: Callable | None = None  # generative: (examples, scores, texts) -> how the answers came out
     prompt_example: str | None = None  # generative: the first dev prompt, as the model read it
+    trained_on: list[Example] = field(default_factory=list)  # the examples it trained on (none: asked as it is)
 
     def scores(self, examples: list[Example]) -> np.ndarray:
         return self.predict(examples)[0]
@@ -98,7 +98,7 @@ def finetune(
     dev_f = featurize(dev_ex)
     log.info("features for %d train / %d dev examples in %.1fs", len(train_f), len(dev_f), time.perf_counter() - t0)
     # model: the checkpoint with the task's head, pooling, LoRA and NF4 as the model settings say
-    model = build_model(cfg, task, tokenizer).to(device)
+    model = build_model(cfg.model, task, tokenizer).to(device)
     # loss: the task's, class weights from the training labels; distillation adds the teacher's term
     loss_fn = loss_for(cfg.loss, task.kind, task.num_labels, label_array(task, train_ex)).to(device)
     train_loss = loss_fn
@@ -114,8 +114,10 @@ def finetune(
     kw = dict(resume=resume, signature=run_signature(cfg), distributed=cfg.distributed)
     fitted = fit(model, train_loss, data, evaluate, cfg.loop, out, device, **kw)
     # scores: the best weights' dev probabilities came back with fit; more examples are scored the same way
-    summary = loop_summary(cfg, fitted.state, not getattr(model, "head_trained", False), t0)
-    return _tuned(cfg, task, model, tokenizer, featurize, collate, out, device, summary, fitted.payload)
+    summary = loop_summary(cfg.loop, fitted.state, not getattr(model, "head_trained", False), t0)
+    tuned = _tuned(cfg, task, model, tokenizer, featurize, collate, out, device, summary, fitted.payload)
+    tuned.trained_on = train_ex
+    return tuned
 
 
 def _tuned(cfg: RunConfig, task: TaskData, model, tokenizer, featurize, collate, out: Path, device, summary, scores):
@@ -132,21 +134,16 @@ def _tuned(cfg: RunConfig, task: TaskData, model, tokenizer, featurize, collate,
     return Tuned(model, summary, scores, predict, save, lambda run_dir, fold_dir, k: save(fold_dir, None))
 
 
-def run_signature(cfg: RunConfig) -> dict:
-    """What a checkpoint records of the settings, and a resumed run must share (with the world size)."""
-    return world_signature(resume_signature(cfg))
-
-
-def bi_encoder(cfg: RunConfig, task: TaskData) -> bool:
-    """Whether this run scores multiple choice with a bi-encoder (its features then hold each text alone)."""
-    if task.kind != MULTIPLE_CHOICE or cfg.model.model == "ffnn":
+def bi_encoder(model: ModelSettings, kind: str) -> bool:
+    """Whether the run scores multiple choice with a bi-encoder (its features then hold each text alone)."""
+    if kind != MULTIPLE_CHOICE or model.model == "ffnn":
         return False
-    return choice_scorer_for(cfg.model.model, cfg.model.choice_scorer) == "bi"
+    return choice_scorer_for(model.model, model.choice_scorer) == "bi"
 
 
 def features_for(cfg: RunConfig, task: TaskData, tokenizer, tokenized: dict | None) -> Callable[[list], list[dict]]:
     """examples -> features: those tokenized already (`tokenized`, by id), the others tokenized now."""
-    bi, known = bi_encoder(cfg, task), tokenized or {}
+    bi, known = bi_encoder(cfg.model, task.kind), tokenized or {}
 
     def featurize(examples: list[Example]) -> list[dict]:
         missing = [ex for ex in examples if id(ex) not in known]
@@ -168,9 +165,8 @@ def training_features(cfg: RunConfig, task: TaskData, examples, features: list[d
     return features
 
 
-def build_model(cfg: RunConfig, task: TaskData, tokenizer) -> nn.Module:
+def build_model(m: ModelSettings, task: TaskData, tokenizer) -> nn.Module:
     """The checkpoint (or the bag-of-embeddings baseline) with the task's head and the model settings' options."""
-    m = cfg.model
     head = "multiple_choice" if task.kind == MULTIPLE_CHOICE else "sequence"
     num_labels = None if head == "multiple_choice" else task.num_labels
     if m.model == "ffnn":
@@ -221,20 +217,9 @@ def dev_evaluator(cfg: RunConfig, task: TaskData, dev_ex, dev_f, collate, loss_f
         rep = task_report(task, dev_ex, scores, cfg.eval.threshold)
         with torch.no_grad():
             loss = float(loss_fn(torch.as_tensor(logits, device=device), dev_labels))
-        return {k: rep[k] for k in SELECTION_METRICS[task.kind] if k in rep} | {"loss": loss}, scores
+        return selection_metrics(task.kind, rep) | {"loss": loss}, scores
 
     return evaluate
-
-
-def loop_summary(cfg: RunConfig, state, fresh_head: bool, t0: float) -> dict:
-    """The loop's state as the report reads it. A fresh head's before-training score is chance level; with no
-    optimizer step (`epochs` 0) the one evaluation is the score before (and without) training."""
-    summary = dataclasses.asdict(state) | {"metric": cfg.loop.metric, "patience": cfg.loop.patience}
-    summary["start_is_chance"] = fresh_head
-    if state.total_steps == 0:
-        summary |= {"start": {cfg.loop.metric: state.best}, "best": None, "best_epoch": 0}
-    summary["seconds"] = round(time.perf_counter() - t0, 1)
-    return summary
 
 
 def _generative(cfg: RunConfig, task, train_ex, dev_ex, tokenizer, out: Path, device, resume: bool, lm) -> Tuned:
@@ -263,4 +248,5 @@ def _generative(cfg: RunConfig, task, train_ex, dev_ex, tokenizer, out: Path, de
         dev_generation=asked.dev_generation,
         stats=answerer.stats,
         prompt_example=asked.prompt_example,
+        trained_on=asked.trained_on,
     )

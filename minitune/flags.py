@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="minitune",
         usage="minitune [train] --task TASK [options]",
         description="Fine-tune a pretrained transformer on a text classification task.\nDefaults shown are the "
-        "general ones; each task's own defaults (TASK_DEFAULTS in minitune/config.py)\napply first.",
+        "general ones; each task's own defaults (TASK_DEFAULTS in minitune/config/defaults.py)\napply first.",
         epilog=COMMANDS_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,

@@ -10,9 +10,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from minitune.checkpoints.hub import resolve_model
-from minitune.checkpoints.load import choice_scorer_for, load_tokenizer, read_config
+from minitune.checkpoints.load import choice_scorer_for, load_tokenizer, model_type_of
 from minitune.checkpoints.runlock import finished_before
+from minitune.config.load import run_signature
 from minitune.config.sections import DataSettings, RunConfig
 from minitune.config.validate import Facts, resolve
 from minitune.data.custom import DELIMITERS_BY_NAME, Columns, Row, read_rows
@@ -20,7 +20,6 @@ from minitune.data.kinds import MULTIPLE_CHOICE
 from minitune.data.tasks import Example, TaskData, label_array, load_eval_file, load_task, resolve_data_dir
 from minitune.data.tokenizer import Tokenizer
 from minitune.errors import ConfigError
-from minitune.finetune import run_signature
 from minitune.models import family_for
 from minitune.train import distributed
 from minitune.train.checkpoint import check_resumable
@@ -84,11 +83,8 @@ def facts(cfg: RunConfig, task: TaskData) -> Facts:
     name = cfg.model.model
     model_type = usable = scorer = None
     if name != "ffnn":
-        path = resolve_model(name)
-        model_type = "llama" if path.suffix.lower() == ".gguf" else None
-        if model_type is None:
-            hf_config = read_config(path)
-            model_type = hf_config.get("model_type")
+        path, model_type, hf_config = model_type_of(name)
+        if hf_config is not None:
             usable = family_for(model_type, path).usable_positions(hf_config)
         if task.kind == MULTIPLE_CHOICE and cfg.model.head == "classifier":
             scorer = choice_scorer_for(name, cfg.model.choice_scorer)

@@ -21,7 +21,6 @@ ask it the same way (predict_generative.py).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -38,7 +37,7 @@ from minitune.checkpoints.atomic import atomic_write_text
 from minitune.checkpoints.load import load_model
 from minitune.checkpoints.rundir import GENERATIVE_FILE
 from minitune.checkpoints.save import save_model_dir
-from minitune.config.load import resume_signature
+from minitune.config.load import run_signature
 from minitune.config.sections import ModelSettings, RunConfig
 from minitune.data.batching import make_sampler
 from minitune.data.prompts import answer_text, choose_shots
@@ -46,11 +45,11 @@ from minitune.data.splits import subsample
 from minitune.data.tasks import Example, TaskData
 from minitune.data.tokenizer import Tokenizer
 from minitune.eval.answers import Answerer, asking
-from minitune.eval.metrics import SELECTION_METRICS
+from minitune.eval.metrics import selection_metrics
 from minitune.eval.scoring import task_report
 from minitune.models.constrained import continuation
-from minitune.train.distributed import shard_sampler, world_signature
-from minitune.train.loop import TrainData, fit
+from minitune.train.distributed import shard_sampler
+from minitune.train.loop import TrainData, fit, loop_summary
 from minitune.train.seeding import seed_everything
 
 log = logging.getLogger("minitune")
@@ -110,6 +109,7 @@ class Asked:
     dev_scores: np.ndarray
     dev_generation: dict | None
     prompt_example: str
+    trained_on: list[Example]  # the examples instruction tuning used (none when only asked)
 
 
 def ask_and_tune(
@@ -137,13 +137,13 @@ def ask_and_tune(
     if cfg.loop.epochs > 0:
         train_ex = subsample(train_ex, cfg.data.max_train_samples, cfg.seed)  # shots come from the whole train split
         loop, (scores, generation) = instruction_tune(cfg, answerer, train_ex, dev_ex, out, device, resume)
-        return Asked(answerer, summary | loop, scores, generation, example)
+        return Asked(answerer, summary | loop, scores, generation, example, train_ex)
     scores, generation = answerer(dev_ex)
     start = task_report(task, dev_ex, scores, cfg.eval.threshold)[cfg.loop.metric]  # asked as it is: its start
     summary |= {"epochs": 0, "saved": "nothing trained: no model/ written", "metric": cfg.loop.metric}
     summary |= {"start": {cfg.loop.metric: start}, "start_is_chance": False}
     summary["seconds"] = round(time.perf_counter() - t0, 1)
-    return Asked(answerer, summary, scores, generation, example)
+    return Asked(answerer, summary, scores, generation, example, [])
 
 
 def instruction_tune(
@@ -162,14 +162,12 @@ def instruction_tune(
     def evaluate(m) -> tuple[dict, tuple]:
         scores, gen = answerer(dev_ex)
         rep = task_report(task, dev_ex, scores, cfg.eval.threshold)
-        return {k: rep[k] for k in SELECTION_METRICS[task.kind] if k in rep}, (scores, gen)
+        return selection_metrics(task.kind, rep), (scores, gen)
 
     data = TrainData(feats, sampler, lambda fs: collate_answers(fs, answerer.pad))
-    signature = world_signature(resume_signature(cfg))
-    kw = dict(resume=resume, signature=signature, distributed=cfg.distributed)
+    kw = dict(resume=resume, signature=run_signature(cfg), distributed=cfg.distributed)
     fitted = fit(answerer.model, AnswerLoss(), data, evaluate, cfg.loop, out, device, **kw)
-    summary = dataclasses.asdict(fitted.state) | {"seconds": round(time.perf_counter() - t0, 1)}
-    return summary | {"start_is_chance": False}, fitted.payload
+    return loop_summary(cfg.loop, fitted.state, False, t0), fitted.payload
 
 
 def save_generative(out: Path, answerer: Answerer, thresholds: dict | None) -> None:

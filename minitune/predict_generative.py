@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minitune.checkpoints.hub import resolve_model
-from minitune.checkpoints.load import load_model, load_tokenizer, read_config
+from minitune.checkpoints.load import load_model, load_tokenizer, model_type_of
 from minitune.checkpoints.rundir import GENERATIVE_FILE, read_json
 from minitune.config.sections import GenerativeSettings
 from minitune.config.validate import check_generative_model
@@ -112,8 +111,7 @@ def predict_plain(
 ) -> tuple[list[str], bool, np.ndarray]:
     """(label names, whether multi-label, scores (N, C)) of `model` asked zero- or few-shot about `task`'s labels
     (label_task) as `ask` says."""
-    path = resolve_model(model)
-    check_generative_model(model, "llama" if path.suffix.lower() == ".gguf" else read_config(path).get("model_type"))
+    check_generative_model(model, model_type_of(model)[1])
     shots = choose_shots(task, task.train, ask.generative.shots, ask.seed)
     length = max_length or DEFAULT_MAX_LENGTH
     scores = _answer(model, ask.generative, task, shots, examples, length, batch_size, device)

@@ -20,7 +20,7 @@ from minitune.checkpoints.rundir import write_results
 from minitune.checkpoints.runlock import RunIdentity, finish, finished_before, owned
 from minitune.config.load import dump, flat_dict, make_config, print_config, used_settings
 from minitune.config.sections import RunConfig
-from minitune.config.validate import resolve_device
+from minitune.config.validate import check_launch
 from minitune.errors import MinituneError
 from minitune.eval.html import write_html_report
 from minitune.eval.report import format_report
@@ -55,8 +55,7 @@ def train(**options) -> TrainResult:
 def run_train(cfg: RunConfig, teacher=None) -> dict:
     """One run of `cfg.command` (train or cv; distill trains its student through here with `teacher`, an
     experiments/distill.Teacher whose probabilities the model also learns)."""
-    device = resolve_device(cfg.device)
-    distributed.check_launch(cfg.distributed.fsdp, cfg.distributed.fsdp_cpu_offload, device)
+    device = check_launch(cfg)
     cfg, inputs = prepare(cfg)
     inputs.teacher = teacher
     device = distributed.setup(device, cfg.distributed.dist_timeout).device  # torchrun: join after the checks

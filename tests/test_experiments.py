@@ -181,11 +181,11 @@ def test_sweep_second_invocation_trains_nothing(tmp_path, data_dir, capsys):
     assert (tmp_path / "sweep" / "leaderboard.md").read_text().count("\n| ") == 5 + 1
 
     def no_training(cfg):
-        raise AssertionError(f"trained {cfg.output_dir} again")
+        raise AssertionError(f"trained {cfg.outputs.output_dir} again")
 
     rows = run_sweep(read_sweep(str(path)), no_training)
     assert [r["status"] for r in rows] == ["read"] * 5
-    assert sorted(r["score"] for r in rows) == sorted(r["score"] for r in board)
+    assert sorted(r["value"] for r in rows) == sorted(r["value"] for r in board)
 
 
 def test_sweep_file_errors_are_one_line(tmp_path, capsys):
@@ -255,7 +255,7 @@ def test_compare_reads_runs_of_every_task_kind(humor_cv, humor_seeds, data_dir, 
     assert main(["compare", *map(str, runs), "--output", str(tmp_path / "cmp")]) == 0
     rows = json.loads((tmp_path / "cmp.json").read_text())
     assert [r["task"] for r in rows] == ["humor"] * 3 + ["recipe-mpr", "semeval"]
-    humor = [r["score"] for r in rows[:3]]
+    humor = [r["value"] for r in rows[:3]]
     assert humor == sorted(humor, reverse=True)  # sorted by the task's metric
     by_run = {r["run"]: r for r in rows}
     assert by_run[str(humor_cv)]["kind"] == "cv" and by_run[str(humor_cv)]["oof"] is not None

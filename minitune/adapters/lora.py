@@ -254,9 +254,13 @@ def apply_adapters(model: nn.Module, adapter: AdapterSettings) -> tuple[list[str
     """`apply_lora` from a run's adapter settings: alpha defaults to 2r, targets to the family's. Returns (wrapped
     layer names, trainable parameters, all parameters); NF4 weights are buffers, counted too, or QLoRA's trainable
     share would look twice as large."""
-    alpha = 2.0 * adapter.lora_r if adapter.lora_alpha is None else adapter.lora_alpha
     names = apply_lora(
-        model, adapter.lora_r, alpha, adapter.lora_dropout, adapter.targets(), model_type=infer_model_type(model)
+        model,
+        adapter.lora_r,
+        adapter.alpha(),
+        adapter.lora_dropout,
+        adapter.targets(),
+        model_type=infer_model_type(model),
     )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters()) + sum(
@@ -269,8 +273,7 @@ def add_lora(model: nn.Module, adapter: AdapterSettings) -> None:
     """`apply_adapters`, said once (rank 0 under torchrun): how many layers, and the trainable share."""
     names, trainable, total = apply_adapters(model, adapter)
     if is_main():
-        alpha = 2.0 * adapter.lora_r if adapter.lora_alpha is None else adapter.lora_alpha
         print(
-            f"LoRA r={adapter.lora_r} alpha={alpha} on {len(names)} layers: {trainable:,} trainable of {total:,} "
-            f"parameters ({100 * trainable / max(total, 1):.2f}%)"
+            f"LoRA r={adapter.lora_r} alpha={adapter.alpha()} on {len(names)} layers: {trainable:,} trainable of "
+            f"{total:,} parameters ({100 * trainable / max(total, 1):.2f}%)"
         )

@@ -152,6 +152,16 @@ def _resolved_config(name_or_path) -> tuple[Path, dict]:
     return path, gguf_to_hf_config(read_gguf(path)) if path.suffix.lower() == ".gguf" else read_config(path)
 
 
+def model_type_of(name_or_path) -> tuple[Path, str | None, dict | None]:
+    """(local path, model_type, config.json) of a checkpoint without loading it; a .gguf file is a Llama-family
+    decoder whose config is not read here (its metadata is a full file read)."""
+    path = resolve_model(str(name_or_path))
+    if path.suffix.lower() == ".gguf":
+        return path, "llama", None
+    hf = read_config(path)
+    return path, hf.get("model_type"), hf
+
+
 def trained_head(name_or_path) -> str:
     """The head a saved classifier was trained as: multiple_choice (a transformers multiple-choice class, or a model
     minitune saved with a choice scorer), else sequence."""

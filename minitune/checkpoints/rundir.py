@@ -33,6 +33,7 @@ SCORES, MEMBERS, THRESHOLDS = "scores.npz", "members.json", "thresholds.json"
 OOF_INDEX = "oof_index.npy"
 FOLD_SCORES, FOLD_SUMMARY = "fold_scores.npz", "fold_summary.json"
 GENERATIVE_FILE = "generative.json"  # beside a `head` generative run's model: how predict asks it (instruct.py)
+PROMPT_EXAMPLE = "prompt_example.txt"
 
 
 def read_json(path: Path, fix: str | None = None):
@@ -89,6 +90,21 @@ def read_scores(run_dir: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no {SCORES}; pass the output directory of a finished training run")
     return read_npz(path)
+
+
+def save_oof_index(run_dir: Path, index: np.ndarray) -> None:
+    """cv: which training examples oof.csv's rows are (indices into the task's train), for an ensemble of cv runs."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file, not a name: np.save would add .npy to the temporary name
+            np.save(f, index)
+
+    atomic_write(Path(run_dir) / OOF_INDEX, write)
+
+
+def write_prompt_example(run_dir: Path, text: str) -> None:
+    """`head` generative: the first dev prompt as the model read it."""
+    atomic_write_text(Path(run_dir) / PROMPT_EXAMPLE, text)
 
 
 def read_npy(path: Path) -> np.ndarray:

@@ -45,5 +45,8 @@ def defaults_for(chosen: dict) -> dict:
     return defaults
 
 
+DEFAULT_FOLDS = 5  # minitune cv's K when `folds` is not given
+
+
 def default_metric(task: str | None) -> str:
     return "accuracy" if task == "recipe-mpr" else "macro_f1"

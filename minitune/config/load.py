@@ -19,6 +19,7 @@ from minitune.config.defaults import default_metric, defaults_for
 from minitune.config.sections import FLAT, SECTIONS, RunConfig, build, default_of, setting_field
 from minitune.config.validate import validate
 from minitune.errors import ConfigError, did_you_mean
+from minitune.train.distributed import world_signature
 
 # Set by the command (`minitune cv`, `minitune distill`), never by a file or a training flag.
 COMMAND_ONLY = {"command", "teacher", "distill_alpha", "temperature", "alone"}
@@ -218,6 +219,11 @@ RESUME_KEYS = (
 def resume_signature(cfg: RunConfig) -> dict:
     flat = cfg.flat()
     return {k: flat[k] for k in RESUME_KEYS}
+
+
+def run_signature(cfg: RunConfig) -> dict:
+    """What a checkpoint records of the settings, and a resumed run must share (with the world size)."""
+    return world_signature(resume_signature(cfg))
 
 
 # Shown in the printed settings whatever their value; any other setting is shown when it is not its default.

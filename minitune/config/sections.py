@@ -15,12 +15,13 @@
 Every field's name is its command-line flag with underscores (`lora_r` is `--lora-r`), unique across sections, so the
 command line stays flat, a TOML file may use flat keys or `[section]` tables, and an error that names a field names
 the flag. A RunConfig is built and checked once (config/load.py, config/validate.py), then frozen; `with_settings`
-derives another one (a fold's, a seed's), which is checked again.
+derives another one for a run a protocol starts from it (a seed's member, distillation's student alone), changing
+only where it runs and which seed it draws, which the first check already covered.
 """
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields
 
 
 def opt(default, help: str, choices=None):
@@ -86,6 +87,10 @@ class AdapterSettings:
     lora_alpha: float = opt(None, "LoRA alpha (default 2 x rank)")
     lora_dropout: float = opt(0.05, "dropout on the LoRA branch")
     lora_targets: str = opt(None, "comma-separated module-name patterns to wrap with LoRA (default per family)")
+
+    def alpha(self) -> float:
+        """`lora_alpha`, by default twice the rank (scaling alpha / r = 2)."""
+        return 2.0 * self.lora_r if self.lora_alpha is None else self.lora_alpha
 
     def targets(self) -> list[str] | None:
         """`lora_targets` as a list of patterns (None: the family's defaults)."""
@@ -276,8 +281,8 @@ class RunConfig:
         return obj
 
     def with_settings(self, **flat) -> RunConfig:
-        """A copy with these settings (flag names) changed, each routed to its section. Not checked again here:
-        config/validate.py checks a derived config where a protocol builds one from new user input."""
+        """A copy with these settings (flag names) changed, each routed to its section (not checked again: see the
+        module docstring)."""
         return build(self.flat() | flat)
 
 
@@ -338,15 +343,6 @@ def build(flat: dict) -> RunConfig:
     return make(RunConfig, ())
 
 
-def nested(cfg) -> dict:
-    """A config (or section) as nested dicts, sections as tables: config.json's layout, and a TOML file's."""
-    out = {}
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        out[f.name] = nested(value) if is_dataclass(value) else (list(value) if isinstance(value, tuple) else value)
-    return out
-
-
 __all__ = [
     "AdapterSettings",
     "DataSettings",
@@ -363,6 +359,5 @@ __all__ = [
     "SECTIONS",
     "build",
     "default_of",
-    "nested",
     "setting_field",
 ]

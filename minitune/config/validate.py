@@ -15,12 +15,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from minitune.config.defaults import DEFAULT_FOLDS
 from minitune.config.sections import RunConfig, setting_field
 from minitune.data.batching import check_batch_size
 from minitune.data.kinds import MULTIPLE_CHOICE
 from minitune.errors import ConfigError, did_you_mean
 from minitune.eval.metrics import SELECTION_METRICS
 from minitune.train.distill_loss import check_distill_args
+from minitune.train.distributed import check_launch as check_distributed_launch
 from minitune.train.losses import loss_for
 from minitune.train.optim import check_optimizer_args, check_warmup_steps
 from minitune.train.tensorboard import check_available
@@ -53,7 +55,7 @@ def _check_choices(flat: dict) -> None:
         )
 
 
-POSITIVE = ("grad_accum", "max_length", "log_every", "max_new_tokens")
+POSITIVE = ("grad_accum", "max_length", "log_every")
 POSITIVE_OR_UNSET = (
     "max_steps",
     "max_tokens",
@@ -76,7 +78,7 @@ def _check_values(s: dict) -> None:
         isinstance(s["epochs"], int) and s["epochs"] >= 0,
         f"`epochs` must be a non-negative integer (0: evaluate without training), got {s['epochs']!r}",
     )
-    _check(s["shots"] >= 0, f"`shots` must be >= 0, got {s['shots']}")
+    check_generative_settings(s["shots"], s["max_new_tokens"])
     for name in POSITIVE:
         _check(isinstance(s[name], int) and s[name] >= 1, f"`{name}` must be a positive integer, got {s[name]!r}")
     seeds = s["seeds"]
@@ -238,7 +240,7 @@ def _check_protocol(s: dict) -> None:
 
 @dataclass(frozen=True)
 class Facts:
-    """What the files say, for the checks that need them (read by finetune.prepare)."""
+    """What the files say, for the checks that need them (read by inputs.prepare)."""
 
     kind: str  # the task's kind (data/kinds.py)
     num_labels: int
@@ -283,7 +285,7 @@ def _check_task_protocol(s: dict, facts: Facts) -> None:
         "seed would hold out different examples; without one, use minitune cv with `seeds`",
     )
     if s["command"] == "cv":
-        k = s["folds"] or 5
+        k = s["folds"] or DEFAULT_FOLDS
         n = min(facts.n_train, s["max_train_samples"] or facts.n_train)
         _check(n >= 2 * k, f"`folds` {k} needs at least {2 * k} training examples, got {n}")
     if s["head"] == "generative":
@@ -293,6 +295,20 @@ def _check_task_protocol(s: dict, facts: Facts) -> None:
         f"`in_batch_negatives` trains a bi-encoder, and `model` {s['model']} declares no sentence-embedding pooling "
         "(it would score options as a cross-encoder): add `choice_scorer` bi, or drop `in_batch_negatives`",
     )
+
+
+def check_generative_settings(shots: int, max_new_tokens: int) -> None:
+    """How an instruct model is asked (train's `head` generative and predict's alike)."""
+    _check(shots >= 0, f"`shots` must be >= 0, got {shots}")
+    _check(max_new_tokens >= 1, f"`max_new_tokens` must be a positive integer, got {max_new_tokens}")
+
+
+def check_launch(cfg: RunConfig) -> torch.device:
+    """The run's device, and the settings that need the launch to fit them: FSDP shards across torchrun's
+    processes, and its CPU offload moves GPU memory."""
+    device = resolve_device(cfg.device)
+    check_distributed_launch(cfg.distributed.fsdp, cfg.distributed.fsdp_cpu_offload, device)
+    return device
 
 
 def check_generative_model(model: str, model_type: str | None) -> None:

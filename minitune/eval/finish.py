@@ -14,7 +14,7 @@ import numpy as np
 from minitune.config.sections import EvalSettings
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE
 from minitune.data.tasks import Example, TaskData, label_array
-from minitune.eval.metrics import SELECTION_METRICS
+from minitune.eval.metrics import selection_metrics
 from minitune.eval.predictions import write_example_predictions, write_prediction_records
 from minitune.eval.scoring import task_report
 from minitune.eval.thresholds import choose_thresholds
@@ -41,10 +41,8 @@ def tune_thresholds_on(
     if task.kind != MULTI_LABEL:
         return None, None
     examples, scores = split
-    held_out = settings.threshold_split if on == "held_out" else None
-    chosen = choose_thresholds(
-        label_array(task, examples), scores, task.label_names, settings.threshold, metric, held_out
-    )
+    split = settings.threshold_split if on == "held_out" else None
+    chosen = choose_thresholds(label_array(task, examples), scores, task.label_names, settings.threshold, metric, split)
     if on == "oof":
         chosen["tuned_on"] = "out-of-fold predictions"
         chosen["notes"][0] = (
@@ -85,8 +83,7 @@ def finish_splits(
 
 def headline(kind: str, report: dict, use_tuned: bool) -> dict[str, float]:
     """The selection metrics of a split's report, at the tuned thresholds when the run predicts with them."""
-    rep = report["tuned"] if use_tuned and "tuned" in report else report
-    return {k: rep[k] for k in SELECTION_METRICS[kind] if k in rep}
+    return selection_metrics(kind, report["tuned"] if use_tuned and "tuned" in report else report)
 
 
 def uses_tuned(results: dict) -> bool:

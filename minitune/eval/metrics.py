@@ -35,6 +35,11 @@ SELECTION_METRICS: dict[str, tuple[str, ...]] = {
 }
 
 
+def selection_metrics(kind: str, report: dict) -> dict[str, float]:
+    """The metrics a run may select on, from a split's report."""
+    return {k: report[k] for k in SELECTION_METRICS[kind] if k in report}
+
+
 @dataclass
 class ClassStats:
     """Per-class arrays, each (C,): precision, recall, f1 in [0, 1]; support (gold count), predicted, tp."""

@@ -126,12 +126,12 @@ def guard_thresholds(y_true, probs, tuned, default: float) -> tuple[np.ndarray, 
 
 
 def choose_thresholds(
-    y_true, probs, label_names: list[str], threshold: float, metric: str, held_out: float | None = None
+    y_true, probs, label_names: list[str], threshold: float, metric: str, threshold_split: float | None = None
 ) -> dict:
     """Per-label thresholds tuned for each label's F1 on dev, guarded by `guard_thresholds`; used for prediction
     ("use": "tuned") only if they also do at least as well as the fixed `threshold` on `metric` over all labels and
     some label kept its tuned value. Both are recorded either way, with notes saying what was rejected and why.
-    `held_out`: the examples are that fraction of train, held out from training (--threshold-split), not dev."""
+    `threshold_split`: the examples are that fraction of train, held out from training, not dev."""
     y, p = _check(y_true, probs)
     chosen, rejected = guard_thresholds(y, p, tune_thresholds(y, p, default=threshold), threshold)
     rep = classification_report(MULTI_LABEL, y, p, label_names, threshold=threshold, tuned_thresholds=chosen)
@@ -139,9 +139,9 @@ def choose_thresholds(
     use = "tuned" if kept and rep["tuned"][metric] >= rep[metric] else "fixed"
     names = lambda idx: ", ".join(label_names[i] for i in idx)  # noqa: E731
     notes = [f"tuned on the {len(y)} dev examples and scored on them: the tuned dev score is optimistic"]
-    if held_out:
+    if threshold_split:
         notes = [
-            f"tuned on {len(y)} training examples held out from training ({held_out:g} of train, stratified; "
+            f"tuned on {len(y)} training examples held out from training ({threshold_split:g} of train, stratified; "
             "--threshold-split), not on dev: the tuned dev score is an honest estimate"
         ]
     if rejected["few_positives"]:
@@ -165,6 +165,6 @@ def choose_thresholds(
         "use": use,
         "metric": metric,
         "tuned_labels": kept,
-        "tuned_on": f"held-out {held_out:g} of train" if held_out else "dev",
+        "tuned_on": f"held-out {threshold_split:g} of train" if threshold_split else "dev",
         "notes": notes,
     }

@@ -35,7 +35,7 @@ def split_metric(results: dict, split: str, metric: str) -> float | None:
 
 
 def ranking_metric(results: dict, metric: str) -> float | None:
-    """The score a run is ranked by: dev, else out-of-fold (cv), else test (Recipe-MPR's folds)."""
+    """The value of `metric` a run is ranked by: on dev, else out-of-fold (cv), else test (Recipe-MPR's folds)."""
     return next((v for s in SPLITS if (v := split_metric(results, s, metric)) is not None), None)
 
 
@@ -83,7 +83,7 @@ def compare_row(run_dir: Path) -> dict:
         "kind": run_kind(Path(run_dir), results),
         "params": count_parameters(Path(run_dir)),
         "metric": metric,
-        "score": ranking_metric(results, metric),
+        "value": ranking_metric(results, metric),  # of `metric`, where the run is ranked
     }
     for s in SPLITS:  # the task's metric on each split the run has
         row[s] = split_metric(results, s, metric)
@@ -94,9 +94,9 @@ def compare_row(run_dir: Path) -> dict:
 
 
 def compare(run_dirs: list[Path]) -> list[dict]:
-    """Rows sorted by task, then by the task's metric (best first; runs without a score last)."""
+    """Rows sorted by task, then by the task's metric (best first; runs without a value last)."""
     rows = [compare_row(Path(d)) for d in run_dirs]
-    return sorted(rows, key=lambda r: (r["task"] or "", r["score"] is None, -(r["score"] or 0.0)))
+    return sorted(rows, key=lambda r: (r["task"] or "", r["value"] is None, -(r["value"] or 0.0)))
 
 
 def _cell(column: str, v) -> str:

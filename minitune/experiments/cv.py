@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minitune.checkpoints.rundir import OOF_INDEX, save_scores, write_members, write_thresholds
+from minitune.checkpoints.rundir import save_oof_index, save_scores, write_members, write_thresholds
+from minitune.config.defaults import DEFAULT_FOLDS
 from minitune.config.sections import RunConfig
 from minitune.data.splits import kfold, subsample
 from minitune.data.tasks import Example, TaskData, label_array
@@ -33,7 +34,6 @@ from minitune.eval.scoring import task_report
 from minitune.experiments.folds import FoldOutcome, train_folds
 from minitune.train.distributed import is_main
 
-DEFAULT_FOLDS = 5
 DATA_SEED = 42
 
 
@@ -89,7 +89,7 @@ def run_cv(cfg: RunConfig, task: TaskData, tokenizer, test: list[Example] | None
     if done.thresholds is not None:
         results["thresholds"] = done.thresholds
     if is_main():
-        np.save(out / OOF_INDEX, index[order])
+        save_oof_index(out, index[order])
         save_scores(out, oof=oof, **mean)
         write_members(out, "cv", [f"fold{k}" for k in range(len(folds))])
         if done.thresholds is not None:

@@ -28,7 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minitune.checkpoints.rundir import read_fold, write_fold, write_members
+from minitune.checkpoints.rundir import (
+    FOLD_SCORES,
+    PROMPT_EXAMPLE,
+    read_fold,
+    write_fold,
+    write_members,
+    write_prompt_example,
+)
 from minitune.checkpoints.runlock import drop_checkpoints
 from minitune.config.sections import RunConfig
 from minitune.data.features import tokenize
@@ -80,22 +87,22 @@ def finished_fold(fold_dir: Path, held_out, sizes: dict[str, int]) -> FoldOutcom
 TrainFold = Callable[[int, tuple, Path, bool], FoldOutcome]  # (k, (train, val, held-out), fold dir, resume)
 
 
-def fold_loop(cfg: RunConfig, out: Path, folds: list[tuple], sizes: dict[str, int], train_fold: TrainFold):
-    """`train_fold` for each fold in fold{k}/, finished folds read back on `resume`; see the module docstring."""
+def fold_loop(out: Path, folds: list[tuple], sizes: dict[str, int], train_fold: TrainFold, resume: bool, keep: bool):
+    """`train_fold` for each fold in fold{k}/, finished folds read back on `resume` (see the module docstring);
+    `keep`: a finished fold keeps its checkpoints."""
     outcomes = []
     for k, fold in enumerate(folds):
         fold_dir = out / f"fold{k}"
-        done = finished_fold(fold_dir, fold[2], sizes) if cfg.outputs.resume else None
+        done = finished_fold(fold_dir, fold[2], sizes) if resume else None
         if done is not None:
             log.info("fold %d/%d: finished before, its scores read from %s", k + 1, len(folds), fold_dir)
             outcomes.append(done)
             continue
         # On resume, a fold that never started begins afresh; one stopped part-way continues from its checkpoint.
-        resume = bool(cfg.outputs.resume) and (fold_dir / "checkpoint").is_dir()
-        outcome = train_fold(k, fold, fold_dir, resume)
+        outcome = train_fold(k, fold, fold_dir, resume and (fold_dir / "checkpoint").is_dir())
         if is_main():
             write_fold(fold_dir, outcome.held_out, outcome.scores, outcome.extra, outcome.summary)
-            if cfg.loop.keep_checkpoints is None:  # a finished fold is read back, never trained again
+            if not keep:  # a finished fold is read back, never trained again
                 drop_checkpoints(fold_dir)
         outcomes.append(outcome)
     return outcomes
@@ -123,7 +130,7 @@ def train_folds(
         log.info(
             "fold %d/%d: %d train, %d val, %d held out", k + 1, len(folds), len(fold_train), len(fold_val), len(te)
         )
-        (fold_dir / "fold_scores.npz").unlink(missing_ok=True)
+        (fold_dir / FOLD_SCORES).unlink(missing_ok=True)
         kw = dict(resume=resume, tokenized=tokenized, teacher=teacher, lm=lm)
         tuned = finetune(cfg, task, fold_train, fold_val, tokenizer, fold_dir, device, **kw)
         scores, texts = tuned.predict([examples[i] for i in te])
@@ -133,17 +140,19 @@ def train_folds(
             summary["answers"] = texts
         tuned.save_fold(out, fold_dir, k)
         if tuned.prompt_example is not None and is_main():
-            (fold_dir / "prompt_example.txt").write_text(tuned.prompt_example, encoding="utf-8")
+            write_prompt_example(fold_dir, tuned.prompt_example)
         return FoldOutcome(np.asarray(te), scores, extra, summary)
 
-    return fold_loop(cfg, out, folds, {name: len(ex) for name, ex in extra_sets.items()}, train_fold)
+    sizes = {name: len(ex) for name, ex in extra_sets.items()}
+    keep = cfg.loop.keep_checkpoints is not None
+    return fold_loop(out, folds, sizes, train_fold, bool(cfg.outputs.resume), keep)
 
 
 def _shared_features(cfg: RunConfig, task: TaskData, tokenizer, sets: list[list[Example]]) -> dict | None:
     """id(example) -> features of every example the folds read, tokenized once for all folds (the classifier's)."""
     if cfg.model.head == "generative":
         return None
-    bi = bi_encoder(cfg, task)
+    bi = bi_encoder(cfg.model, task.kind)
     every = [ex for examples in sets for ex in examples]
     return dict(zip(map(id, every), tokenize(every, tokenizer, task.kind, cfg.data.max_length, bi)))
 
@@ -176,7 +185,7 @@ def _keep_fold_models(cfg: RunConfig, out: Path, n_folds: int) -> None:
     """A classifier's fold models stay in fold{k}/model/, listed in members.json: predict averages them (no copy
     of one in model/). The generative head saved fold 0's merged model as model/; predict asks no fold model."""
     if cfg.model.head == "generative":
-        (out / "prompt_example.txt").write_text((out / "fold0" / "prompt_example.txt").read_text(encoding="utf-8"))
+        write_prompt_example(out, (out / "fold0" / PROMPT_EXAMPLE).read_text(encoding="utf-8"))
         return
     write_members(out, "folds", [f"fold{k}" for k in range(n_folds)])
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from minitune.checkpoints.rundir import loss_at_best, save_scores
+from minitune.checkpoints.rundir import loss_at_best, save_scores, write_prompt_example
 from minitune.config.sections import RunConfig
 from minitune.data.custom import Row
 from minitune.data.kinds import MULTI_LABEL
@@ -58,7 +58,9 @@ def run_holdout(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.devi
         out, task, splits, "dev", cfg.eval, cfg.loop.metric, csv_name="dev_predictions.csv", tune_on=tune_on, on=on
     )
     summary = tuned.summary | {"losses": loss_at_best(out, tuned.summary.get("best_step"))}
-    summary["label_counts"] = train_label_counts(task.kind, label_array(task, train_ex), task.label_names)
+    if tuned.trained_on:  # the class balance of what it trained on (nothing, for a model only asked)
+        trained = label_array(task, tuned.trained_on)
+        summary["label_counts"] = train_label_counts(task.kind, trained, task.label_names)
     results = {"train": summary, **done.reports}
     if done.thresholds is not None:
         results["thresholds"] = done.thresholds
@@ -66,7 +68,7 @@ def run_holdout(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.devi
     if is_main():
         save_scores(out, **{name: scores for name, (_, scores) in splits.items()})  # for ensembles and teachers
         if tuned.prompt_example is not None:
-            (out / "prompt_example.txt").write_text(tuned.prompt_example, encoding="utf-8")
+            write_prompt_example(out, tuned.prompt_example)
     tuned.save(out, done.thresholds)
     if inputs.unlabelled is not None:
         predict_unlabelled(task, tuned, inputs.unlabelled, done.use, out)

@@ -18,7 +18,7 @@ phase before it.
     rank_by = "macro_f1"        # top level: the ranking metric (default: the base's metric); output_dir too
 
 Every trial is an ordinary run directory, OUTPUT/phase{P}-{name}/ (a single run, or with `seeds` an ensemble), ranked
-by its dev score (experiments/compare.ranking_metric). A trial with results.json is finished and is read, not
+by its metric on dev (experiments/compare.ranking_metric). A trial with results.json is finished and is read, not
 trained, on a rerun; one with a checkpoint continues from it. leaderboard.md and leaderboard.json (the settings
 that differ from the base, the scores, the time and the phase of every trial) are rewritten after every trial.
 """
@@ -211,7 +211,7 @@ def leaderboard_row(sweep, phase, name, settings, results, metric, status) -> di
         "trial": name,
         "differences": json.dumps(settings | budget),
         "metric": metric,
-        "score": ranking_metric(results, metric),
+        "value": ranking_metric(results, metric),  # of `metric`
         "dev_accuracy": split_metric(results, "dev", "accuracy"),
         "dev_macro_f1": split_metric(results, "dev", "macro_f1"),
         "seconds": results.get("train", {}).get("wall_seconds"),
@@ -221,7 +221,7 @@ def leaderboard_row(sweep, phase, name, settings, results, metric, status) -> di
 
 
 def write_leaderboard(out: Path, rows: list[dict]) -> None:
-    ordered = sorted(rows, key=lambda r: (-r["phase"], r["score"] is None, -(r["score"] or 0.0)))
+    ordered = sorted(rows, key=lambda r: (-r["phase"], r["value"] is None, -(r["value"] or 0.0)))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "leaderboard.json", json.dumps(ordered, indent=2) + "\n")
     atomic_write_text(

@@ -10,9 +10,9 @@ micro-batches are weighted by examples, not by class weight.
 A non-finite loss or gradient, in any precision, is counted and its step skipped, never applied; with fp16 the
 dynamic loss scaler also backs off.
 
-Under torchrun the same loop trains one shard of each global batch per process (train/distributed.py) through DDP or
-FSDP2 (train/parallel.py): the hooks are the micro-batch weights, the gradient sync on a window's last micro-batch,
-the window loss and stop requests agreed across ranks, and rank 0 alone logging and writing.
+Under torchrun the same loop trains one shard of each global batch per process (train/distributed.py) through DDP
+or FSDP2 (train/parallel.py): micro-batch weights, the gradient sync on a window's last micro-batch, the window
+loss and stop requests agreed across ranks, rank 0 alone logging and writing.
 """
 
 from __future__ import annotations
@@ -324,13 +324,11 @@ def fit(
 ) -> Fitted:
     """Train `model` in place; at the end it holds the best weights seen by `evaluate` (on cfg.metric).
 
-    `evaluate(model)` returns (metrics, payload): the metrics select and are logged; the payload (the caller's, for
-    instance the dev probabilities) of the best evaluation comes back in the result. Evaluation (and a resumable
-    checkpoint) comes after every epoch, or every `cfg.eval_every` steps, and once before the first step: that is
-    the starting score, kept in state.start and in metrics.jsonl as step 0, never as the best. `resume` continues
-    from out_dir/checkpoint, whose saved settings must equal `signature`; a resumed run reads its starting score
-    back, and evaluates the restored best weights once more if their evaluation happened in an earlier process.
-    """
+    `evaluate(model)` returns (metrics, payload): the metrics select and are logged; the best evaluation's payload
+    (e.g. the dev probabilities) comes back in the result. Evaluation (and a checkpoint) comes after every epoch, or
+    every `cfg.eval_every` steps, and once before the first step: the starting score, in state.start and as step 0
+    of metrics.jsonl, never the best. `resume` continues from out_dir/checkpoint (its settings must equal
+    `signature`), and evaluates the restored best weights again if their evaluation was in an earlier process."""
     run = dict(resume=resume, signature=signature or {}, distributed=distributed or DistributedSettings())
     loop = Loop(model, loss_fn, data, evaluate, cfg, out_dir, device, run)
     stop = StopRequest()
@@ -376,6 +374,17 @@ def _train_epochs(loop: Loop, stop: StopRequest) -> None:
         loop.checkpoint()
         if any_rank(stop.requested):
             loop.stop()
+
+
+def loop_summary(cfg: LoopSettings, state: LoopState, fresh_head: bool, t0: float) -> dict:
+    """The loop's state as a report reads it, with the run's time since `t0`. A fresh head's before-training score
+    is chance level; with no optimizer step (`epochs` 0) the one evaluation is the score before (and without)
+    training."""
+    summary = asdict(state) | {"metric": cfg.metric, "patience": cfg.patience, "start_is_chance": fresh_head}
+    if state.total_steps == 0:
+        summary |= {"start": {cfg.metric: state.best}, "best": None, "best_epoch": 0}
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    return summary
 
 
 def _save_best(model: nn.Module, out_dir: Path) -> None:
