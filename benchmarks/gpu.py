@@ -13,9 +13,11 @@ What it measures, per model shape (random weights), length distribution, batchin
   are those that multiply each token (every weight outside the embedding tables: the lookups cost no FLOPs), so
   the count is honest for a 250k-row vocabulary; the JSON also has the figure over all parameters;
 - peak memory allocated and reserved (torch.cuda.max_memory_*), per stack and batch set.
-Shapes: xlm-roberta-large (24 x 1024, vocab 250002) and deberta-v3-large (24 x 1024, vocab 128100, relative
-attention). Batches of 32 sequences whose lengths are drawn from the humor and goemotions training sets (token counts
-from MiniLM's WordPiece tokenizer, capped at 128, saved in benchmarks/lengths.json): "random" batches pad to their
+Shapes: xlm-roberta-large (24 x 1024, vocab 250002), deberta-v3-large (24 x 1024, vocab 128100, relative
+attention) and modernbert-large (28 x 1024, vocab 50368, GeGLU, a global layer every 3 and 128-token windows in the
+others: FlashAttention's variable-length kernel with its window). Batches of 32 sequences whose lengths are drawn
+from the humor and goemotions training sets (token counts from MiniLM's WordPiece tokenizer, capped at 128, saved in
+benchmarks/lengths.json): "random" batches pad to their
 longest member, as the Trainer's default; "bucketed" batches take sorted runs of similar lengths. Both stacks run the
 very same id tensors. Attention dropout: as configured (0.1) and off; FlashAttention's variable-length kernel has no
 dropout, so minitune's unpadded path uses it only in the second setting (the first re-pads around attention).
@@ -90,6 +92,23 @@ DEBERTA_V3_LARGE = dict(
     hidden_dropout_prob=0.1,
     attention_probs_dropout_prob=0.1,
 )
+# answerdotai/ModernBERT-large's config: a global layer every 3, the others a window of 128 tokens.
+MODERNBERT_LARGE = dict(
+    model_type="modernbert",
+    vocab_size=50368,
+    hidden_size=1024,
+    num_hidden_layers=28,
+    num_attention_heads=16,
+    intermediate_size=2624,
+    max_position_embeddings=8192,
+    global_attn_every_n_layers=3,
+    local_attention=128,
+    pad_token_id=50283,
+    attention_dropout=0.0,
+)
+# ModernBERT also runs long inputs (texts x tokens, no padding; --dry-run: a sixteenth of the length).
+LONG_BATCHES = {"long-1024": (8, 1024), "long-4096": (2, 4096)}
+DROPOUT_KEY = {"modernbert": "attention_dropout"}  # the attention-dropout setting's name, where not BERT's
 TINY = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
 # The 1B decoder of benchmarks/adapters.py, as a config.json.
 LLAMA_1B = dict(
@@ -224,13 +243,19 @@ def time_steps(model, stack: str, batches: list[dict], kind: str, warmup: int, d
 
 def encoder_rows(args, device: torch.device, peak: float) -> list[dict]:
     hist = json.loads(LENGTHS.read_text(encoding="utf-8"))["histograms"]
-    shapes = {"xlm-roberta-large": XLMR_LARGE, "deberta-v3-large": DEBERTA_V3_LARGE}
+    shapes = {
+        "xlm-roberta-large": XLMR_LARGE,
+        "deberta-v3-large": DEBERTA_V3_LARGE,
+        "modernbert-large": MODERNBERT_LARGE,
+    }
     rows = []
     for shape_name in args.shapes:
         for attn_dropout in (0.1, 0.0):
-            hub = dict(shapes[shape_name], attention_probs_dropout_prob=attn_dropout)
+            key = DROPOUT_KEY.get(shapes[shape_name]["model_type"], "attention_probs_dropout_prob")
+            hub = dict(shapes[shape_name], **{key: attn_dropout})
             if args.dry_run:
                 hub.update(TINY, **({"position_buckets": 16} if "deberta" in shape_name else {}))
+                hub.update({"pad_token_id": 0} if "modernbert" in shape_name else {})  # inside the tiny vocabulary
             for stack in args.stacks:
                 torch.manual_seed(0)
                 with torch.device(device):
@@ -240,9 +265,14 @@ def encoder_rows(args, device: torch.device, peak: float) -> list[dict]:
                         model, impl = build_transformers(hub, 28)
                 matmul, total = matmul_parameters(model)
                 for task, (n_labels, kind) in TASK_LABELS.items():
-                    for batching in ("bucketed", "random"):
+                    long = tuple(LONG_BATCHES) if "modernbert" in shape_name and task == "humor" else ()
+                    for batching in ("bucketed", "random", *long):
                         n = args.warmup + args.steps
-                        lens = batch_lengths(hist[task], batching, n, args.batch, seed=1)
+                        if batching in LONG_BATCHES:  # long inputs, where the sliding window matters
+                            count, length = LONG_BATCHES[batching]
+                            lens = [[length // (16 if args.dry_run else 1)] * count] * n
+                        else:
+                            lens = batch_lengths(hist[task], batching, n, args.batch, seed=1)
                         # The same ids for both stacks. One 28-wide head serves both tasks: humor's labels are
                         # 0 or 1 under cross-entropy over its logits (the head's width costs nothing measurable).
                         vocab = hub["vocab_size"]
@@ -367,7 +397,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dry-run", action="store_true", help="tiny shapes on CPU, 1 warm-up + 2 timed steps: seconds")
     p.add_argument("--device", default=None, help="default cuda (cpu for --dry-run)")
-    p.add_argument("--shapes", nargs="+", default=["xlm-roberta-large", "deberta-v3-large"])
+    p.add_argument("--shapes", nargs="+", default=["xlm-roberta-large", "deberta-v3-large", "modernbert-large"])
     p.add_argument("--stacks", nargs="+", default=["minitune", "transformers"])
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--warmup", type=int, default=5)

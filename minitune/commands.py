@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from minitune.checkpoints.runlock import require_finished
+from minitune.checkpoints.runlock import locked, require_finished
 from minitune.config.sections import GenerativeSettings
 from minitune.config.validate import check_generative_settings
 from minitune.errors import ConfigError
@@ -131,23 +131,26 @@ def export_parser() -> argparse.ArgumentParser:
     return p
 
 
-def output_file(path: str) -> None:
+def output_file(path: str, example: str = "out.csv") -> None:
     """An output that is to be a file must not name an existing folder."""
     if Path(path).is_dir():
-        raise ConfigError(f"--output {path} is a folder: give the file to write, e.g. {Path(path) / 'out.csv'}")
+        raise ConfigError(f"--output {path} is a folder: give the file to write, e.g. {Path(path) / example}")
 
 
 def run_report(argv: list[str]) -> Path:
     run_dir = Path(report_parser().parse_args(argv).run_dir)
-    require_finished(run_dir, "run_dir")
-    path = write_html_report(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such folder; pass a finished run's output directory")
+    require_finished(run_dir, None)
+    with locked(run_dir):  # not while a run writes there
+        path = write_html_report(run_dir)
     print(f"wrote {path} and {path.parent / 'figures'}/")
     return path
 
 
 def run_export(argv: list[str]) -> Path:
     args = export_parser().parse_args(argv)
-    output_file(args.output)
+    output_file(args.output, "model.onnx")
     path = export_onnx(Path(args.model), Path(args.output), opset=args.opset)
     print(f"wrote {path}")
     return path

@@ -28,7 +28,7 @@ from torch import nn
 
 from minitune.checkpoints.atomic import atomic_write
 from minitune.checkpoints.load import load_model
-from minitune.checkpoints.rundir import model_dir_of
+from minitune.checkpoints.rundir import MEMBERS, member_model_dirs, model_dir_of
 from minitune.checkpoints.runlock import require_finished
 from minitune.errors import ConfigError
 from minitune.predict import thresholds_for
@@ -91,8 +91,14 @@ def exportable(path: Path) -> nn.Module:
     if not path.exists():
         raise ConfigError(f"`model` {path}: no such directory; pass a finished run's output directory or its model/")
     require_finished(path)
+    if (path / MEMBERS).is_file():  # cv, seeds, Recipe-MPR folds: a mean of several models
+        first = member_model_dirs(path)[0]
+        raise ConfigError(
+            f"`model` {path} holds several models whose mean it predicts with; ONNX export writes one: pass one of "
+            f"them, e.g. {first}"
+        )
     model = load_model(path)
-    if model.head != "sequence" or not model.head_trained:
+    if model.task_head != "sequence" or not model.head_trained:
         raise ConfigError(
             f"`model` {path}: no trained sequence-classification head there (a base checkpoint or a "
             "multiple-choice model); pass the model/ directory of a classification run"

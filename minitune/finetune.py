@@ -36,6 +36,7 @@ from minitune.config.sections import ModelSettings, RunConfig
 from minitune.data.batching import length_of, make_collate, make_sampler
 from minitune.data.features import oversample_rare, tokenize
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE
+from minitune.data.long_text import CHUNK_KEY
 from minitune.data.tasks import Example, TaskData, label_array
 from minitune.eval.metrics import selection_metrics
 from minitune.eval.scoring import predict_logits, predict_scores, probabilities, task_report
@@ -129,6 +130,11 @@ def _tuned(cfg: RunConfig, task: TaskData, model, tokenizer, featurize, collate,
     def save(run_dir: Path, thresholds: dict | None) -> None:
         whole = consolidated(model)  # FSDP: gathered onto rank 0, which alone writes
         if is_main():
+            # In config.json, so predict cuts texts into the same windows (and a model trained on whole texts from a
+            # chunked checkpoint does not inherit its key).
+            whole.hf_config.pop(CHUNK_KEY, None)
+            if cfg.data.long_text == "chunk":
+                whole.hf_config[CHUNK_KEY] = {"max_length": cfg.data.max_length, "overlap": cfg.data.window_overlap()}
             save_model_dir(run_dir, whole, tokenizer, task.kind, task.label_names, thresholds, trained_on=task.name)
 
     return Tuned(model, summary, scores, predict, save, lambda run_dir, fold_dir, k: save(fold_dir, None))
@@ -147,7 +153,9 @@ def features_for(cfg: RunConfig, task: TaskData, tokenizer, tokenized: dict | No
 
     def featurize(examples: list[Example]) -> list[dict]:
         missing = [ex for ex in examples if id(ex) not in known]
-        fresh = dict(zip(map(id, missing), tokenize(missing, tokenizer, task.kind, cfg.data.max_length, bi)))
+        windows = cfg.data.window_overlap()
+        fresh = tokenize(missing, tokenizer, task.kind, cfg.data.max_length, bi, windows)
+        fresh = dict(zip(map(id, missing), fresh))
         return [known[id(ex)] if id(ex) in known else fresh[id(ex)] for ex in examples]
 
     return featurize

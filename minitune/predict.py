@@ -36,6 +36,7 @@ from minitune.data.choices import read_choice_items
 from minitune.data.custom import Columns, read_rows
 from minitune.data.features import tokenize
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE, SINGLE_LABEL
+from minitune.data.long_text import chunk_overlap_of
 from minitune.data.tasks import Example
 from minitune.errors import ConfigError
 from minitune.eval.members import ensemble_scores
@@ -117,17 +118,31 @@ class Predictor:
             self.multi_label = self.model.hf_config.get("problem_type") == "multi_label_classification"
         else:
             self.label_names, self.multi_label = None, False
+        if threshold is not None and not self.multi_label and self.kind != MULTIPLE_CHOICE:
+            raise ConfigError(
+                f"`threshold` applies to multi-label models; {self.path} predicts one label per text (the most "
+                "probable): drop `threshold`"
+            )
         # An ensemble's thresholds were tuned for its mean (its thresholds.json); a model's sit beside its weights.
         where = self.path if self.members else self.model_dir
         self.thresholds = thresholds_for(where, self.label_names, threshold) if self.multi_label else None
 
     def predict(self, texts: list[str], pairs: list[str] | None = None) -> Predictions:
-        """Labels and probabilities for `texts` (and, for a pair model, their second segments)."""
+        """Labels and probabilities for `texts` (and, for a pair model, their second segments). An empty text (or
+        None, NaN) keeps its place with an empty label and NaN probabilities, as in `minitune predict`."""
         if self.kind == MULTIPLE_CHOICE:
             raise ConfigError(f"`model` {self.path} answers questions with options: use predict_choices")
-        examples = [Example(text=t, pair=p) for t, p in zip(texts, pairs or [None] * len(texts))]
+        texts = _text_list(texts, "texts")
+        pairs = _text_list(pairs, "pairs") if pairs is not None else [None] * len(texts)
+        if len(pairs) != len(texts):
+            raise ConfigError(f"`pairs` holds {len(pairs)} entries for {len(texts)} texts: give one per text")
+        examples = [Example(text=t, pair=p) for t, p in zip(texts, pairs)]
+        labels, scores = rows_predicted(examples, len(self.label_names), self._labelled)
+        return Predictions(labels, scores, self.label_names)
+
+    def _labelled(self, examples: list[Example]) -> tuple[list[str], np.ndarray]:
         scores = self._scores(examples) if examples else np.zeros((0, len(self.label_names)))
-        return Predictions(label_predictions(scores, self.label_names, self.thresholds), scores, self.label_names)
+        return label_predictions(scores, self.label_names, self.thresholds), scores
 
     def _scores(self, examples: list[Example]) -> np.ndarray:
         args = (self.batch_size, self.max_length, self.device)
@@ -150,6 +165,21 @@ class Predictor:
         return ChoicePredictions([int(np.nanargmax(p[: len(o)])) for p, o in zip(scores, options)], scores)
 
 
+def _text_list(values, name: str) -> list[str]:
+    """Texts as a list of str: None and NaN (a spreadsheet's empty cell) are empty texts; one bare string is refused,
+    since iterating it would label its characters."""
+    if isinstance(values, str):
+        raise ConfigError(f"`{name}` is one string: pass a list of texts, e.g. predict([text])")
+    texts = []
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, float) and v != v):
+            v = ""
+        if not isinstance(v, str):
+            raise ConfigError(f"`{name}`[{i}] is a {type(v).__name__}, not a text: pass strings")
+        texts.append(v)
+    return texts
+
+
 def _check_numbers(batch_size: int, max_length: int | None, threshold: float | None) -> None:
     if batch_size < 1 or (max_length is not None and max_length < 1):
         raise ConfigError("`batch_size` and `max_length` must be positive integers")
@@ -165,6 +195,8 @@ def _check_run_folder(path: Path) -> None:
     if path.is_dir() and not (model_dir_of(path) / "config.json").is_file() and not (path / MEMBERS).is_file():
         is_run = (path / RUN_FILE).is_file() or (path / "results.json").is_file()
         why = f"this run saved no model (no model/ nor {MEMBERS})" if is_run else "no model there (no config.json)"
+        if (path / "model").is_dir():
+            why = "its model/ has no config.json (damaged or deleted)"
         raise ConfigError(f"`model` {path}: {why}; pass the output directory of a finished run that trained one")
 
 
@@ -185,10 +217,18 @@ def thresholds_for(where: Path, names: list[str], override: float | None) -> np.
     path = where / THRESHOLDS
     if not path.is_file():
         return np.full(len(names), 0.5)
-    saved = read_json(path, fix=f"remove {path} to predict at 0.5, or train the run again")
-    if saved.get("use") == "tuned":
-        return np.array([saved["per_label"].get(n, 0.5) for n in names])
-    return np.full(len(names), saved.get("threshold") or 0.5)
+    fix = f"remove {path} to predict at 0.5, or train the run again"
+    saved = read_json(path, fix=fix)
+    tuned, fixed = saved.get("per_label"), saved.get("threshold")
+    if saved.get("use") == "tuned" and isinstance(tuned, dict) and all(_fraction(v) for v in tuned.values()):
+        return np.array([tuned.get(n, 0.5) for n in names])
+    if saved.get("use") != "tuned" and (fixed is None or _fraction(fixed)):
+        return np.full(len(names), fixed or 0.5)
+    raise ConfigError(f"{path}: its thresholds are damaged (each must be a number from 0 to 1); {fix}")
+
+
+def _fraction(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0
 
 
 def head_model(model_dir: Path, model_path):
@@ -210,7 +250,8 @@ def _head_scores(model, model_dir: Path, examples: list[Example], batch_size: in
         tokenizer.set_pad_to_eos()
     multi = model.hf_config.get("problem_type") == "multi_label_classification"
     kind = MULTI_LABEL if multi else SINGLE_LABEL
-    features = tokenize(examples, tokenizer, kind, max_length)
+    windows = chunk_overlap_of(model.hf_config)  # trained on windows of long texts: read the same
+    features = tokenize(examples, tokenizer, kind, max_length, chunk_overlap=windows)
     collate_fn = make_collate("dynamic", max_length, tokenizer.pad_token_id)
     return predict_scores(model.to(device), features, collate_fn, kind, batch_size, device)
 
@@ -243,12 +284,8 @@ def predict_file(
         write_choice_predictions(Path(output_path), fields, ids, texts, answers.probabilities)
         return Path(output_path), len(items)
     rows = read_rows(Path(input_path), Columns(text=text_col or "text", label=None, pair=pair_col), keep_empty=True)
-
-    def predict(filled: list) -> tuple[list[str], np.ndarray]:
-        out = predictor.predict([r.text for r in filled], [r.pair for r in filled] if pair_col else None)
-        return out.labels, out.probabilities
-
-    labels, scores = rows_predicted(rows, len(predictor.label_names), predict)
+    predicted = predictor.predict([r.text for r in rows], [r.pair or "" for r in rows] if pair_col else None)
+    labels, scores = predicted.labels, predicted.probabilities
     empty = sum(1 for r in rows if not r.text.strip())
     if empty:
         log.warning("%s: %d rows with an empty text keep their place, with no prediction", input_path, empty)

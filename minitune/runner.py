@@ -17,7 +17,7 @@ import torch
 from minitune.checkpoints import rundir
 from minitune.checkpoints.atomic import atomic_write_text
 from minitune.checkpoints.rundir import write_results
-from minitune.checkpoints.runlock import RunIdentity, finish, finished_before, owned
+from minitune.checkpoints.runlock import RunIdentity, finish, finished_before, nothing_to_lose, owned
 from minitune.config.load import dump, flat_dict, make_config, print_config, used_settings
 from minitune.config.sections import RunConfig
 from minitune.config.validate import check_launch
@@ -96,8 +96,8 @@ def _run(cfg: RunConfig, inputs: RunInputs, device: torch.device) -> dict:
             results = _protocol(cfg, inputs, out, device)
         except (MinituneError, TrainingInterrupted, KeyboardInterrupt):
             # A mistake only the model or the features reveal (a `lora_targets` pattern that matches nothing), or an
-            # interruption: before any checkpoint, the directory this run made holds nothing worth keeping.
-            if distributed.is_main() and fresh and not any(out.glob("**/checkpoint")):
+            # interruption: a directory this run made and that holds nothing worth keeping yet goes.
+            if distributed.is_main() and fresh and nothing_to_lose(out):
                 shutil.rmtree(out, ignore_errors=True)
             raise
         results["train"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
@@ -108,7 +108,8 @@ def _run(cfg: RunConfig, inputs: RunInputs, device: torch.device) -> dict:
         }
         if distributed.is_main():
             _write_reports(cfg, out, results, inputs.task.kind)
-            finish(out, who, keep_checkpoints=cfg.loop.keep_checkpoints is not None)
+            if cfg.command != "distill":  # distill finishes once its student alone and comparison are written too
+                finish(out, who, keep_checkpoints=cfg.loop.keep_checkpoints is not None)
     return results
 
 

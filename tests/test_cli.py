@@ -181,11 +181,12 @@ def test_semeval_thresholds_saved_and_used(tmp_path, data_dir):
         (row,) = csv.DictReader((tmp_path / "p.csv").open())
         return set(filter(None, row["labels" if "labels" in row else "label"].split(",")))
 
-    per_label = {n: (0.0 if i % 2 else 1.01) for i, n in enumerate(names)}  # odd labels always, even never
+    never = 1.0  # the largest threshold a file may hold; this short run gives no probability of exactly 1
+    per_label = {n: (0.0 if i % 2 else never) for i, n in enumerate(names)}  # odd labels always, even never
     assert predicted({"use": "tuned", "per_label": per_label, "threshold": 0.5}) == set(names[1::2])
-    assert predicted({"use": "fixed", "per_label": per_label, "threshold": 1.01}) == set()
+    assert predicted({"use": "fixed", "per_label": per_label, "threshold": never}) == set()
     everything = ("--threshold", "0.000001")  # (0 is no threshold: predict refuses it, as training does)
-    assert predicted({"use": "fixed", "per_label": per_label, "threshold": 1.01}, *everything) == set(names)
+    assert predicted({"use": "fixed", "per_label": per_label, "threshold": never}, *everything) == set(names)
     # A new run in the same directory (--overwrite) replaces model/ whole: no thresholds, stray shard or old adapter
     # survive.
     (out / "model" / "model-00002-of-00002.safetensors").write_bytes(b"stale")

@@ -21,6 +21,19 @@ from test_encoders import CONFIGS as ENCODER_CONFIGS
 # The tiny random configs of the parity tests: every encoder family, and Llama.
 CONFIGS = {
     **ENCODER_CONFIGS,
+    "modernbert": lambda: transformers.ModernBertConfig(
+        vocab_size=99,
+        hidden_size=32,
+        intermediate_size=24,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        local_attention=16,  # wider than the traced rows (8), shorter than the longest batch below (20)
+        pad_token_id=0,
+        bos_token_id=1,
+        cls_token_id=1,
+        eos_token_id=2,
+        sep_token_id=2,
+    ),
     "llama": lambda: transformers.LlamaConfig(**{k: v for k, v in hub("llama").items() if k != "model_type"}),
 }
 LABELS = ["anger", "joy", "sadness"]

@@ -114,7 +114,7 @@ def test_pooling_flag_choices_and_families_without_pooled_heads(tmp_path):
     torch.manual_seed(0)
     distil = transformers.DistilBertConfig(vocab_size=99, dim=32, n_layers=1, n_heads=4, hidden_dim=37)
     transformers.DistilBertModel(distil).save_pretrained(tmp_path / "distil")
-    assert minitune.load_model(tmp_path / "distil").head == "sequence"  # auto: its reference head
+    assert minitune.load_model(tmp_path / "distil").task_head == "sequence"  # auto: its reference head
     with pytest.raises(ParameterError, match="pooling mean is not available for model_type 'distilbert'"):
         minitune.load_model(tmp_path / "distil", pooling="mean")
 

@@ -106,7 +106,7 @@ def test_settings_wrapped_and_fold_table(data_dir):
     assert all(len(ln) <= 100 for ln in text.splitlines())
     assert all(f"option_{i}=value_{i}" in text for i in range(30))
     assert re.search(r"^\s+fold\s+best_epoch\s+test_accuracy$", text, re.M)
-    assert re.search(r"^\s+1\s+4\s+0.58$", text, re.M) and "wall_seconds=12.5" in text
+    assert re.search(r"^\s+1\s+4\s+0.5800$", text, re.M) and "wall_seconds=12.5" in text  # floats at 4 places
 
 
 def test_format_report_needs_a_split():

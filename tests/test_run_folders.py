@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 import minitune
+from minitune.checkpoints.runlock import debris
 from minitune.cli import main
 from minitune.config.load import make_config
 
@@ -84,42 +85,123 @@ def test_overwrite_starts_over_and_refuses_a_folder_that_is_not_a_run(tmp_path, 
     afile = tmp_path / "afile"
     afile.write_text("x")
     assert run(data_dir, afile) == 2 and f"--output-dir {afile} is a file" in last_error(capsys)
+    assert run(data_dir, afile / "sub") == 2 and f"--output-dir {afile / 'sub'}: {afile} is a file" in last_error(
+        capsys
+    )
 
 
-def test_a_live_lock_stops_a_second_process_and_a_stale_one_is_taken_over(tmp_path, data_dir, capsys):
+HOLD_LOCK = """
+import fcntl, json, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "started": "now"}).encode())
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_held_lock_stops_a_second_process_and_is_let_go_when_its_holder_dies(tmp_path, data_dir, capsys):
     out = tmp_path / "locked"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out / ".lock")], stdout=subprocess.PIPE, text=True)
     try:
-        lock = {"pid": holder.pid, "host": os.uname().nodename, "started": "now"}
-        (out / ".lock").write_text(json.dumps(lock))
+        assert holder.stdout.readline().strip() == "locked"
         assert run(data_dir, out) == 2
-        assert f"is in use by another minitune run (PID {holder.pid}" in last_error(capsys)
+        assert f"is in use by another minitune run (PID {holder.pid} on" in last_error(capsys)
+        assert [p.name for p in out.iterdir()] == [".lock"]  # nothing written
     finally:
-        holder.kill()
+        holder.kill()  # SIGKILL: no cleanup; the kernel lets the lock go, the file stays
         holder.wait()
-    assert run(data_dir, out) == 0  # its process is gone: the lock is stale and taken over
+    assert (out / ".lock").exists() and run(data_dir, out) == 0
     assert not (out / ".lock").exists()
 
 
 @pytest.mark.slow
 def test_two_concurrent_runs_on_one_folder_one_wins_the_other_stops_in_one_line(tmp_path, data_dir):
+    """The second run starts while the first surely runs (it trains for minutes unless stopped), is refused, and the
+    first, stopped after that, leaves one run's files."""
     out = tmp_path / "both"
-    argv = [sys.executable, str(REPO / "run.py"), "--task", "humor", "--model", "ffnn", "--max-train-samples", "400"]
-    argv += ["--epochs", "3", "--max-length", "24", "--data-dir", str(data_dir), "--output-dir", str(out)]
+    argv = [sys.executable, str(REPO / "run.py"), "--task", "humor", "--model", "ffnn", "--epochs", "50"]
+    argv += ["--max-length", "24", "--data-dir", str(data_dir), "--output-dir", str(out)]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (out / ".lock").exists():
-        assert time.monotonic() < deadline and first.poll() is None, "the first run never took the folder"
-        time.sleep(0.05)
-    second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240)
-    assert first.wait(timeout=240) == 0
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoint").is_dir():  # claimed, and it has something to resume
+            assert time.monotonic() < deadline and first.poll() is None, "the first run never checkpointed"
+            time.sleep(0.1)
+        second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240)
+        assert first.poll() is None, "the first run ended before the second was refused"
+    finally:
+        first.send_signal(signal.SIGINT)
+        _, first_err = first.communicate(timeout=240)
     lines = second.stderr.strip().splitlines()
-    assert second.returncode == 2 and f"in use by another minitune run (PID {first.pid}" in lines[-1]
-    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+    assert second.returncode == 2 and f"in use by another minitune run (PID {first.pid} on" in lines[-1]
+    assert first.returncode == 130 and "continue with: minitune --resume" in first_err
+    assert json.loads((out / "run.json").read_text())["status"] == "running" and not (out / ".lock").exists()
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len([r for r in records if r["type"] == "eval" and r["step"] == 0]) == 1  # one run's log, not two
+
+
+def test_stopping_a_cv_run_after_its_folds_keeps_them_and_resume_finishes(tmp_path, data_dir, capsys, monkeypatch):
+    """Ctrl-C after the folds finished (their checkpoints already dropped): the folds are worth keeping, so the
+    folder stays, the message says how to continue, and `--resume` finishes without training a fold again."""
+    import minitune.experiments.cv as cv
+
+    out = tmp_path / "cv"
+    argv = ["cv", "--task", "humor", *TINY, "--folds", "2", "--data-dir", str(data_dir), "--output-dir", str(out)]
+    finish_splits = cv.finish_splits
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cv, "finish_splits", stopped)
+    assert main(argv) == 130
+    assert "the finished parts of the run are kept" in capsys.readouterr().err
+    assert (out / "fold0" / "fold_scores.npz").is_file() and (out / "fold1" / "fold_scores.npz").is_file()
+    monkeypatch.setattr(cv, "finish_splits", finish_splits)
+    assert main(["cv", "--resume", str(out)]) == 0
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+
+
+def test_a_run_begun_with_overwrite_and_stopped_resumes_from_its_folder_alone(tmp_path, data_dir, capsys, monkeypatch):
+    """`--overwrite` said how that run began; `--resume DIR`, as its own message says, continues it (and does not
+    clear it again)."""
+    import minitune.experiments.holdout as holdout
+
+    out = tmp_path / "run"
+    assert run(data_dir, out) == 0
+    finish_splits = holdout.finish_splits
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(holdout, "finish_splits", stopped)
+    assert run(data_dir, out, "--overwrite", "--seed", "3") == 130
+    assert f"--resume {out}" in capsys.readouterr().err and (out / "checkpoint").is_dir()
+    monkeypatch.setattr(holdout, "finish_splits", finish_splits)
+    assert main(["--resume", str(out)]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert json.loads((out / "run.json").read_text())["status"] == "finished" and saved["seed"] == 3
+
+
+def test_what_a_stopped_run_leaves_decides_whether_its_folder_is_kept(tmp_path):
+    from minitune.checkpoints.runlock import nothing_to_lose
+
+    def folder(name: str, *files: str) -> Path:
+        d = tmp_path / name
+        (d / "run.json").parent.mkdir(parents=True)
+        (d / "run.json").write_text(json.dumps({"status": "running"}))
+        for f in files:
+            (d / f).parent.mkdir(parents=True, exist_ok=True)
+            (d / f).write_text(json.dumps({"status": "finished"}) if f.endswith("run.json") else "x")
+        return d
+
+    assert nothing_to_lose(folder("empty", "config.json", "metrics.jsonl"))
+    assert not nothing_to_lose(folder("fold", "fold0/fold_scores.npz"))
+    assert not nothing_to_lose(folder("seed", "seed1/run.json", "seed1/model/config.json"))
+    assert not nothing_to_lose(folder("member", "seed1/run.json"))
+    assert not nothing_to_lose(folder("model", "model/config.json"))
 
 
 def kill_worker(k: int, args: list[str], log: Path | None = None) -> subprocess.CompletedProcess:
@@ -161,6 +243,7 @@ def test_a_kill_at_any_write_of_the_finish_leaves_an_unfinished_run_that_resume_
         for name, tensor in weights(straight).items():
             assert torch.equal(tensor, weights(out)[name]), f"{name} after a kill at {events[k - 1]}"
         assert (out / "report.html").is_file() and (out / "dev_predictions.csv").is_file()
+        assert not debris(out), f"half-written files left after a kill at {events[k - 1]}: {debris(out)}"
         shutil.rmtree(out)  # the suite's temporary space stays small
 
 
@@ -206,9 +289,30 @@ def test_a_sweep_with_changed_settings_or_an_unknown_rank_by_is_refused(tmp_path
     sweep.write_text(body)
     assert main(["sweep", str(sweep)]) == 0
     assert main(["sweep", str(sweep)]) == 0  # the same sweep again: its trials are read back
+    (out / "notes.txt").write_text("a user's own file")
+    assert main(["sweep", str(sweep), "--overwrite"]) == 2  # overwrite clears a sweep's own files only
+    assert "holds files that are not this sweep's (notes.txt)" in last_error(capsys) and (out / "notes.txt").is_file()
+    (out / "notes.txt").unlink()
+    (out / "sweep.json").unlink()  # a sweep written before sweep.json: its trials are its own
+    assert main(["sweep", str(sweep)]) == 0 and (out / "sweep.json").is_file()
+    assert [r["status"] for r in json.loads((out / "leaderboard.json").read_text())] == ["read"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's own file")
+    elsewhere = sweep.with_name("elsewhere.toml")
+    elsewhere.write_text(body.replace(f'output_dir = "{out}"', f'output_dir = "{mine}"'))
+    assert main(["sweep", str(elsewhere), "--overwrite"]) == 2 and (mine / "notes.txt").is_file()
+    assert "holds files that are not a minitune run, not a sweep" in last_error(capsys)
     sweep.write_text(body.replace("epochs = 1", "epochs = 2"))
     assert main(["sweep", str(sweep)]) == 2
     assert "holds a sweep with other settings (settings epochs)" in last_error(capsys)
+    (out / "sweep.json").write_text("{")  # damaged: one line, and --overwrite starts over
+    assert main(["sweep", str(sweep)]) == 2 and "start the sweep over with --overwrite" in last_error(capsys)
+    (out / "sweep.json").unlink()  # removed, with the base changed: each trial's own settings are checked
+    assert main(["sweep", str(sweep)]) == 2
+    said = last_error(capsys)
+    assert "trial phase1-lr=0.001 was trained with other settings (epochs 2 (the run has 1))" in said, said
+    assert main(["sweep", str(sweep), "--overwrite"]) == 0
     sweep.write_text('rank_by = "f1_score"\n' + body)
     assert main(["sweep", str(sweep)]) == 2 and "rank_by 'f1_score' is not a metric of humor" in last_error(capsys)
 
@@ -217,6 +321,8 @@ def test_a_sweep_with_changed_settings_or_an_unknown_rank_by_is_refused(tmp_path
     "damage",
     [
         ("results.json", '{"task": "humor", "dev": {'),
+        ("results.json", "[1, 2]"),
+        ("results.json", '{"task": "humor"}'),
         ("metrics.jsonl", None),  # a last line cut short: dropped, the report draws the rest
     ],
 )
@@ -230,9 +336,25 @@ def test_run_files_are_read_defensively(finished, tmp_path, damage, capsys):
     if text is None:
         assert code == 0
         return
-    assert code == 2 and f"{path}: not valid JSON" in last_error(capsys)
+    said = {"[": "holds a JSON list, not the object minitune writes", '{"task": "humor"}': "holds no split's scores"}
+    expected = next((v for k, v in said.items() if text.startswith(k)), "not valid JSON")
+    said = last_error(capsys)
+    assert code == 2 and f"{path}: {expected}" in said
+    # a finished run kept no checkpoint to rebuild the file from: the advice is to train it again, not --resume
+    assert f"rerun the command that made {run_dir} with --overwrite" in said and "--resume" not in said
     assert main(["compare", str(run_dir), "--output", str(tmp_path / "c")]) == 2
-    assert f"{path}: not valid JSON" in last_error(capsys)
+    assert f"{path}: {expected}" in last_error(capsys)
+
+
+def test_damaged_thresholds_are_refused_in_one_line(tmp_path):
+    from minitune.errors import ConfigError
+    from minitune.predict import thresholds_for
+
+    (tmp_path / "thresholds.json").write_text(json.dumps({"use": "tuned", "per_label": {"a": "high"}}))
+    with pytest.raises(ConfigError, match="its thresholds are damaged"):
+        thresholds_for(tmp_path, ["a"], None)
+    (tmp_path / "thresholds.json").write_text(json.dumps({"use": "tuned", "per_label": {"a": 0.25}}))
+    assert thresholds_for(tmp_path, ["a", "b"], None).tolist() == [0.25, 0.5]
 
 
 def test_predict_checks_its_inputs_as_training_does(finished, tmp_path, data_dir, capsys):
@@ -241,6 +363,7 @@ def test_predict_checks_its_inputs_as_training_does(finished, tmp_path, data_dir
     out = tmp_path / "p.csv"
     cases = [
         (["--model", str(finished), "--threshold", "1.5"], "--threshold must be in (0, 1), got 1.5"),
+        (["--model", str(finished), "--threshold", "0.3"], "--threshold applies to multi-label models"),
         (["--model", str(tmp_path / "nope")], "no such directory"),
         (["--model", str(finished), "--output", str(tmp_path)], "is a folder"),
     ]
@@ -258,6 +381,10 @@ def test_predict_checks_its_inputs_as_training_does(finished, tmp_path, data_dir
     rows = out.read_text().splitlines()
     assert [r.split(",")[0] for r in rows] == ["id", "1", "2", "3"]  # the empty text keeps its row
     assert rows[2].startswith("2,,,") and not (tmp_path / "nope").exists()
+    nulls = tmp_path / "in.jsonl"  # a JSON null is an empty text: it keeps its row too
+    nulls.write_text('{"text": "A pun a day."}\n{"text": null}\n')
+    assert main(["predict", "--model", str(finished), "--input", str(nulls), "--output", str(out)]) == 0
+    assert [r.split(",")[0] for r in out.read_text().splitlines()][1:] == ["A pun a day.", ""]
 
 
 def test_predict_refuses_a_max_length_past_the_models_positions(tmp_path, capsys):
@@ -283,9 +410,15 @@ def test_python_predictor_equals_the_cli(finished, tmp_path):
     src.write_text("text\n" + "\n".join(texts) + "\n")
     assert main(["predict", "--model", str(finished), "--input", str(src), "--output", str(tmp_path / "p.csv")]) == 0
     rows = [line.split(",") for line in (tmp_path / "p.csv").read_text().splitlines()[1:]]
-    got = minitune.Predictor(finished).predict(texts)
+    predictor = minitune.Predictor(finished)
+    got = predictor.predict(texts)
     assert got.label_names == ["not_humor", "humor"] and got.labels == [r[1] for r in rows]
     np.testing.assert_allclose(got.probabilities, [[float(x) for x in r[2:]] for r in rows], atol=1e-6)
+    gaps = predictor.predict([texts[0], "", None, float("nan"), texts[1]])  # empty cells keep their place
+    assert gaps.labels == [got.labels[0], "", "", "", got.labels[1]] and np.isnan(gaps.probabilities[1:4]).all()
+    np.testing.assert_allclose(gaps.probabilities[[0, 4]], got.probabilities, atol=1e-6)
+    with pytest.raises(minitune.MinituneError, match="texts is one string: pass a list of texts"):
+        predictor.predict(texts[0])
 
 
 def test_nan_labels_and_command_typos_end_in_one_line(tmp_path, capsys):
@@ -311,5 +444,5 @@ def test_distill_refuses_an_alone_run_of_another_task_before_training(finished, 
 def test_export_takes_a_run_folder_and_refuses_an_output_folder(finished, tmp_path, capsys):
     pytest.importorskip("onnx")
     assert main(["export", "--model", str(finished), "--output", str(tmp_path)]) == 2
-    assert "is a folder" in last_error(capsys)
+    assert f"is a folder: give the file to write, e.g. {tmp_path / 'model.onnx'}" in last_error(capsys)
     assert main(["export", "--model", str(finished), "--output", str(tmp_path / "m.onnx")]) == 0

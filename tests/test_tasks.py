@@ -264,6 +264,11 @@ def test_empty_text_skipped_with_count(tmp_path):
     with pytest.warns(DataWarning, match="skipped 1 rows"):
         task = load_task("humor", tmp_path, train_file=h, dev_file=h)
     assert len(task.train) == 2
+    j = tmp_path / "train.jsonl"  # a JSON null is a missing text too
+    j.write_text('{"text": "a", "label": "x"}\n{"text": null, "label": "y"}\n{"text": "b", "label": "y"}\n')
+    with pytest.warns(DataWarning, match=r"skipped 1 rows with empty text \(lines 2\)"):
+        task = load_task("custom", train_file=j)
+    assert [ex.text for ex in task.train] == ["a", "b"]
 
 
 def test_unknown_label(tmp_path):

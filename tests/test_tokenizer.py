@@ -154,6 +154,37 @@ def xlmr_dir(tmp_path_factory, training_texts):
 
 
 @pytest.fixture(scope="module")
+def modernbert_dir(tmp_path_factory, training_texts):
+    """ModernBERT's layout: a byte-level BPE whose tokenizer.json carries the [CLS] A [SEP] (B [SEP]) template,
+    read as it is (tokenizer_class PreTrainedTokenizerFast), with 8,192 positions."""
+    specials = ["|||IP_ADDRESS|||", "<|padding|>", "[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
+    tok = tokenizers.Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1200,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(training_texts, trainer)
+    cls_, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS]:0 $A:0 [SEP]:0",
+        pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_), ("[SEP]", sep)],
+    )
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": 8192,
+        "clean_up_tokenization_spaces": True,
+        "model_input_names": ["input_ids", "attention_mask"],
+        **{f"{n}_token": f"[{n.upper()}]" for n in ("cls", "sep", "pad", "mask", "unk")},
+    }
+    return _write_dir(tmp_path_factory.mktemp("modernbert"), tok, config)
+
+
+@pytest.fixture(scope="module")
 def all_dirs(roberta_dir, roberta_prefix_left_dir, xlmr_dir):
     return {"minilm": MINILM, "roberta": roberta_dir, "roberta_prefix_left": roberta_prefix_left_dir, "xlmr": xlmr_dir}
 
@@ -187,6 +218,19 @@ def test_singles_and_pairs_match_transformers(name, all_dirs, texts, pairs):
     assert len(ours) == len(ref) and ours.pad_token_id == ref.pad_token_id
     assert ours.model_max_length == ref.model_max_length == 512 and ours.padding_side == ref.padding_side
     _check_singles_and_pairs(ours, ref, texts, pairs)
+
+
+def test_modernbert_layout_matches_transformers(modernbert_dir, texts, pairs):
+    ours, ref = Tokenizer.from_dir(modernbert_dir), _reference(modernbert_dir)
+    assert ours.model_max_length == ref.model_max_length == 8192
+    assert ours.pad_token_id == ref.pad_token_id == ours.token_to_id("[PAD]")
+    assert ours.encode("a b")[0] == ours.token_to_id("[CLS]") and ours.encode("a b")[-1] == ours.token_to_id("[SEP]")
+    _check_singles_and_pairs(ours, ref, texts, pairs)
+    got = ours(texts, pairs, max_length=40, padding="longest")
+    want = ref(texts, pairs, truncation=True, max_length=40, padding=True, return_tensors="pt")
+    assert torch.equal(got["input_ids"], want["input_ids"]) and torch.equal(
+        got["attention_mask"], want["attention_mask"]
+    )
 
 
 @pytest.mark.parametrize("name", ["minilm", "roberta_prefix_left", "xlmr"])

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from minitune.models import attention as att
-from minitune.models import bert, decoder
+from minitune.models import bert, decoder, modernbert
 from tolerance import assert_close_scaled
 
 BERT_HUB = dict(
@@ -214,7 +214,7 @@ def _grads(model, ids, mask, unpadded: bool):
 
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("family", ["bert", "llama"])
+@pytest.mark.parametrize("family", ["bert", "llama", "modernbert"])
 def test_gpu_varlen_kernel_equals_padded_path(family, dtype):
     """On CUDA under autocast, with attention dropout off (the kernel has none), the unpadded path runs the
     variable-length kernel; logits and gradients equal the padded path's within the dtype's rounding."""
@@ -222,6 +222,11 @@ def test_gpu_varlen_kernel_equals_padded_path(family, dtype):
     torch.manual_seed(0)
     if family == "bert":
         model = bert.build(bert.config_from_hf(BERT_HUB), "sequence", 3)
+    elif family == "modernbert":  # windows of 8 each side, shorter than most sequences below: the kernel's window
+        hub = dict(vocab_size=99, hidden_size=256, num_attention_heads=4, intermediate_size=96, num_hidden_layers=3)
+        model = modernbert.build(
+            modernbert.config_from_hf({**hub, "local_attention": 16, "pad_token_id": 0}), "sequence", 3
+        )
     else:
         model = decoder.build(decoder.config_from_hf({**LLAMA_HUB, "head_dim": 64, "hidden_size": 256}), "sequence", 3)
     model = model.cuda().eval()  # eval: no dropout, so the kernel may run; gradients still flow

@@ -27,11 +27,12 @@ from minitune.config.sections import AdapterSettings
 from minitune.errors import ConfigError, ParameterError
 from minitune.train.distributed import is_main
 
-HEAD_NAMES = ("score", "classifier", "pre_classifier", "pooler")
+HEAD_NAMES = ("score", "classifier", "pre_classifier", "pooler", "head")  # head: ModernBERT's dense -> act -> norm
 _DECODER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _BERT = ("query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense")
 _DEBERTA = ("query_proj", "key_proj", "value_proj", "attention.output.dense", "intermediate.dense", "output.dense")
 _DISTILBERT = ("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2")
+_MODERNBERT = ("Wqkv", "Wo", "Wi")  # Wo: attention's and the MLP's output
 DEFAULT_TARGETS = {
     "llama": _DECODER,
     "qwen2": _DECODER,
@@ -42,6 +43,7 @@ DEFAULT_TARGETS = {
     "xlm-roberta": _BERT,
     "distilbert": _DISTILBERT,
     "deberta-v2": _DEBERTA,
+    "modernbert": _MODERNBERT,
 }
 
 

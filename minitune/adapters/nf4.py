@@ -38,7 +38,7 @@ from minitune.errors import CheckpointError
 
 _STORED = ("weight_packed", "weight_absmax", "weight_absmax_scale", "weight_absmax_offset")
 DQ_BLOCKSIZE = 256  # absmax values per double-quantization block (QLoRA §3)
-KEEP_FULL_PRECISION = ("score", "classifier", "lm_head", "pre_classifier", "pooler")
+KEEP_FULL_PRECISION = ("score", "classifier", "lm_head", "pre_classifier", "pooler", "head")
 
 
 def nf4_codebook() -> Tensor:

@@ -39,6 +39,17 @@ ALIASES: dict[str, str] = {
     "deberta-v3-base": "microsoft/deberta-v3-base",
     "deberta-v3-large": "microsoft/deberta-v3-large",
     "mdeberta-v3-base": "microsoft/mdeberta-v3-base",
+    # ModernBERT and the encoders built on it (model_type modernbert, models/modernbert.py)
+    "modernbert-base": "answerdotai/ModernBERT-base",
+    "modernbert-large": "answerdotai/ModernBERT-large",
+    "ettin-encoder-17m": "jhu-clsp/ettin-encoder-17m",
+    "ettin-encoder-32m": "jhu-clsp/ettin-encoder-32m",
+    "ettin-encoder-68m": "jhu-clsp/ettin-encoder-68m",
+    "ettin-encoder-150m": "jhu-clsp/ettin-encoder-150m",
+    "ettin-encoder-400m": "jhu-clsp/ettin-encoder-400m",
+    "ettin-encoder-1b": "jhu-clsp/ettin-encoder-1b",
+    "mmbert-small": "jhu-clsp/mmBERT-small",
+    "mmbert-base": "jhu-clsp/mmBERT-base",
 }
 _PACKAGE = "pip:"
 

@@ -26,8 +26,9 @@ from minitune.checkpoints.hub import resolve_model
 from minitune.checkpoints.sentence_layout import declared_pooling, head_tensors
 from minitune.checkpoints.weights import _BUFFER_SUFFIXES, CheckpointIndex, describe_keys, index_checkpoint, set_tensor
 from minitune.data.tokenizer import Tokenizer
-from minitune.errors import CheckpointError, ParameterError
+from minitune.errors import CheckpointError, ConfigError, ParameterError
 from minitune.models import family_for
+from minitune.models.heads import Classifier, init_fresh
 from minitune.models.pooling import CHOICE_SCORERS, POOLINGS
 
 log = logging.getLogger("minitune")
@@ -100,10 +101,14 @@ def load_model(
     path = resolve_model(str(name_or_path))
     hf, index = _open_checkpoint(path)
     family = family_for(hf.get("model_type"), path)
-    cfg = family.config_from_hf(hf)
+    try:
+        cfg = family.config_from_hf(hf)
+    except ConfigError as e:  # a setting of the checkpoint's config.json this family cannot honour
+        where = path if path.suffix.lower() == ".gguf" else path / "config.json"
+        raise CheckpointError(f"{where}: {e}") from None
     declared, has_head, ckpt_labels = _declared_for_head(path, hf, family, head)
     mode, scorer = resolve_pooling(family, hf, declared, pooling, head, choice_scorer)
-    has_head = has_head and hf.get("minitune_pooling", "cls") == mode  # a head trained on another pooled vector
+    mode, has_head = _head_pooling(family, hf, pooling, mode, scorer, has_head)
     index, pooled_head = _with_pooled_head(path, hf, mode, index)
     if pooled_head:
         has_head, ckpt_labels = True, _labels(hf, head)
@@ -115,10 +120,21 @@ def load_model(
     model.normalize = declared.normalize
     index = index or index_checkpoint(path)
     head_loaded = _copy_weights(model, index, resolve_dtype(dtype), use_head=has_head, quantize=quantize)
-    model.hf_config, model.head, model.name_or_path = hf, head, str(name_or_path)
+    hub = model.hub_config() if isinstance(model, Classifier) else {}  # what its head adds to config.json
+    model.hf_config, model.task_head, model.name_or_path = {**hf, **hub}, head, str(name_or_path)
     model.label_names = ckpt_labels if head_loaded else None
     model.head_trained = head_loaded or scorer == "bi"  # False: a fresh, untrained head; bi has no head
     return model.eval()
+
+
+def _head_pooling(family, hf: dict, pooling: str, mode: str, scorer: str, has_head: bool) -> tuple[str, bool]:
+    """(pooling mode, whether the checkpoint's head fits it). A head trained on another pooled vector is not loaded.
+    Where the family's reference head itself pools either way (ModernBERT's `classifier_pooling`), `auto` is the
+    checkpoint's own choice and cls / mean choose; elsewhere minitune records a pooled head as `minitune_pooling`."""
+    if getattr(family, "HEAD_POOLS", False) and scorer != "bi":
+        mode = hf.get("classifier_pooling", "cls") if pooling == "auto" else mode
+        return mode, has_head and hf.get("classifier_pooling", "cls") == mode
+    return mode, has_head and hf.get("minitune_pooling", "cls") == mode
 
 
 def _open_checkpoint(path: Path) -> tuple[dict, CheckpointIndex | None]:
@@ -239,12 +255,15 @@ def _copy_weights(
     head_keys = {k for k in expected if not k.startswith(prefix + ".")}
     _check_keys(model, index.path, expected, found, head_keys)
     head_fits = use_head and all(found.get(k) == expected[k] for k in head_keys)
-    dropped = [k for k in found if k not in expected or (k in head_keys and not head_fits)]
+    pretrained = getattr(model, "pretrained_head", ())  # Classifier's: a pretraining head's weights it reuses
+    shared = {k for k in head_keys if k.startswith(pretrained) and found.get(k) == expected[k]}
+    usable = lambda k: k not in head_keys or head_fits or k in shared  # noqa: E731
+    dropped = [k for k in found if k not in expected or not usable(k)]
     if dropped:
         log.info("not used from the checkpoint: %s", describe_keys(dropped))
-    taken = [k for k in expected if k in found and (k not in head_keys or head_fits)]
+    taken = [k for k in expected if k in found and usable(k)]
     _read_weights(model, index, {m: n for n, m in to_model.items()}, taken, dtype, quantize)
-    fresh = [k for k in expected if k not in found or (k in head_keys and not head_fits)]
+    fresh = [k for k in expected if k not in found or not usable(k)]
     _init_fresh(model, fresh, dtype)
     return bool(head_keys) and head_fits
 
@@ -315,16 +334,15 @@ def _init_fresh(model: nn.Module, keys: list[str], dtype: torch.dtype) -> None:
     if not keys:
         return
     log.info("initialised fresh: %s", describe_keys(keys))
-    std = getattr(model.cfg, "initializer_range", 0.02)
     for key in keys:
         module_name, _, leaf = key.rpartition(".")
         module = model.get_submodule(module_name)
         shape = (module._parameters.get(leaf) if leaf in module._parameters else module._buffers[leaf]).shape
         t = torch.empty(shape, dtype=dtype)
-        if leaf == "bias":
-            nn.init.zeros_(t)
+        if isinstance(model, Classifier):
+            model.init_fresh_(key, t)  # a family may initialise its head as its reference does
         else:
-            nn.init.normal_(t, mean=0.0, std=std)
+            init_fresh(model, key, t)
         set_tensor(model, key, t)
 
 

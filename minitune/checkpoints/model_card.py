@@ -20,8 +20,11 @@ def model_card(folder: Path, model, kind: str, label_names: list[str] | None, tr
     beside it)."""
     base = getattr(model, "name_or_path", None) or model.hf_config.get("_name_or_path") or "a checkpoint"
     sentence_layout = (Path(folder) / "modules.json").is_file()
+    title = f"{Path(str(base)).name}, fine-tuned with minitune"
+    if model.hf_config.get("model_type") == "minitune-ffnn":  # no pretrained weights: trained from scratch
+        title, base = "minitune's bag-of-embeddings baseline (ffnn)", "none: trained from random weights"
     lines = [
-        f"# {Path(str(base)).name}, fine-tuned with minitune",
+        f"# {title}",
         "",
         f"- Trained on: {trained_on or 'a minitune run'} ({KINDS.get(kind, kind)})",
         f"- Base checkpoint: {base}",

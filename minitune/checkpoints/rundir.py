@@ -26,6 +26,7 @@ import numpy as np
 
 from minitune.checkpoints.atomic import atomic_write, atomic_write_text
 from minitune.data.kinds import MULTIPLE_CHOICE
+from minitune.data.long_text import CHUNK_KEY
 from minitune.errors import ConfigError
 from minitune.train.checkpoint import read_progress
 
@@ -36,20 +37,43 @@ GENERATIVE_FILE = "generative.json"  # beside a `head` generative run's model: h
 PROMPT_EXAMPLE = "prompt_example.txt"
 
 
-def read_json(path: Path, fix: str | None = None):
+def damaged_fix(path: Path) -> str:
+    """What to do about a damaged run file: an unfinished run writes it again when it finishes (--resume); a
+    finished one kept no checkpoint to rebuild it from, so it is trained again."""
+    for run_dir in list(Path(path).parents)[:3]:
+        try:
+            marker = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(marker, dict) and marker.get("status") == "finished":
+            return (
+                f"the run finished and kept nothing to rebuild it from: rerun the command that made {run_dir} with "
+                "--overwrite, or remove the run"
+            )
+        if isinstance(marker, dict):
+            return f"continue the run, which writes it again: minitune --resume {run_dir}"
+    return "remove the file's run, or train it again"
+
+
+def read_json(path: Path, fix: str | None = None) -> dict:
     """A run file's JSON, read defensively: a file that is not valid JSON (truncated, or half-written by a process
     that was killed) is one line naming it and what to do (`fix`), never a traceback."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: missing; {fix or 'pass the output directory of a finished run'}") from None
     except (ValueError, UnicodeDecodeError) as e:
         what = e.msg if isinstance(e, json.JSONDecodeError) else type(e).__name__
         raise ConfigError(
-            f"{path}: not valid JSON ({what}); the file is truncated or half-written: "
-            f"{fix or f'finish its run again with minitune --resume {path.parent}, or remove the run'}"
+            f"{path}: not valid JSON ({what}); the file is truncated or half-written: {fix or damaged_fix(path)}"
         ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: holds a JSON {type(data).__name__}, not the object minitune writes; the file is damaged: "
+            f"{fix or damaged_fix(path)}"
+        )
+    return data
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -66,8 +90,7 @@ def read_jsonl(path: Path) -> list[dict]:
             if i == len(lines) - 1:
                 break  # the line a killed process was writing
             raise ConfigError(
-                f"{path}, line {i + 1}: not valid JSON; the file is damaged: finish its run again with minitune "
-                f"--resume {Path(path).parent}, or remove the run"
+                f"{path}, line {i + 1}: not valid JSON; the file is damaged: {damaged_fix(path)}"
             ) from None
     return records
 
@@ -113,8 +136,7 @@ def read_npy(path: Path) -> np.ndarray:
         return np.load(path)
     except (OSError, ValueError, EOFError) as e:
         raise ConfigError(
-            f"{path}: cannot be read ({type(e).__name__}); the file is damaged: finish its run again with "
-            f"minitune --resume {Path(path).parent}, or remove the run"
+            f"{path}: cannot be read ({type(e).__name__}); the file is damaged: {damaged_fix(path)}"
         ) from None
 
 
@@ -125,8 +147,7 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
             return dict(saved)
     except (OSError, ValueError, EOFError) as e:
         raise ConfigError(
-            f"{path}: cannot be read ({type(e).__name__}); the file is damaged: finish its run again with "
-            f"minitune --resume {Path(path).parent}, or remove the run"
+            f"{path}: cannot be read ({type(e).__name__}); the file is damaged: {damaged_fix(path)}"
         ) from None
 
 
@@ -143,7 +164,8 @@ def member_model_dirs(path: Path) -> list[Path]:
     path = Path(path)
     if (path / MEMBERS).is_file():
         listed = read_json(path / MEMBERS)
-        if not isinstance(listed, dict) or not isinstance(listed.get("members"), list):
+        members = listed.get("members")
+        if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
             raise ConfigError(f"{path / MEMBERS}: not a members list; the file is damaged: train the run again")
         return [m for sub in listed["members"] for m in member_model_dirs(path / sub)]
     if (path / "model" / "config.json").is_file():
@@ -156,14 +178,20 @@ def member_model_dirs(path: Path) -> list[Path]:
 
 
 def model_dir_of(path: Path) -> Path:
-    """A model directory, or a run's output directory (its model/ inside; the run's own config.json is not one)."""
-    return path / "model" if (path / "model" / "config.json").is_file() else path
+    """A model directory, or a run's output directory (its model/ inside; the run's own config.json is not one, so
+    a run folder, marked by run.json, always means its model/, present or not)."""
+    is_run = (path / "run.json").is_file() or (path / "model").is_dir()
+    return path / "model" if is_run or (path / "model" / "config.json").is_file() else path
 
 
 def trained_max_length(model_dir: Path, default: int = 128) -> int:
     """The max_length the run trained with: the nearest run config.json above model/ (a cv fold's model sits in
     fold{k}/, its run's config one or two levels up), else `default`. A run's config holds its `data` section (or,
     written by an earlier version, flat settings)."""
+    try:  # a model trained on windows says how long they were (it may have left its run folder)
+        return int(json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))[CHUNK_KEY]["max_length"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     for run_dir in list(Path(model_dir).parents)[:4]:
         try:
             saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
@@ -180,8 +208,10 @@ def read_results(run_dir: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no results.json; pass the output directory of a finished run")
     results = read_json(path)
-    if not isinstance(results, dict):
-        raise ConfigError(f"{path}: not a results table; the file is damaged: finish its run again")
+    if not any(isinstance(results.get(split), dict) for split in ("dev", "test", "oof")):
+        raise ConfigError(
+            f"{path}: holds no split's scores (dev, test or oof); the file is damaged: {damaged_fix(path)}"
+        )
     return results
 
 
@@ -237,24 +267,43 @@ def saved_note(out: Path, kind: str, text_col: str, command: str, checkpointed: 
         )
     if checkpointed:
         cmd = "" if command == "train" else f"{command} "
-        lines.append(f"continue or re-report it: minitune {cmd}--resume {out} (with the same settings)")
+        lines.append(f"re-report it (or continue it if stopped): minitune {cmd}--resume {out}")
     return "\n".join(lines) + "\n"
 
 
+def worth_keeping(out: Path) -> bool:
+    """Whether a stopped run's folder holds anything a resume continues from or a person would miss: a checkpoint,
+    a finished fold's probabilities, a saved model, or a finished run inside it (a member of `seeds`)."""
+    out = Path(out)
+    kept = ("**/checkpoint", f"**/{FOLD_SCORES}", "**/model/config.json", "**/model/adapter_config.json")
+    if any(any(out.glob(pattern)) for pattern in kept):
+        return True
+    for marker in out.glob("*/**/run.json"):
+        try:
+            if json.loads(marker.read_text(encoding="utf-8")).get("status") == "finished":
+                return True
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
+
+
 def interruption_note(out: Path, checkpointed: bool, command: str = "") -> str:
-    """What an interruption left behind, said truthfully: the newest checkpoint on disk, or none to resume."""
+    """What an interruption left behind, said truthfully: the newest checkpoint on disk, finished parts of the run
+    (folds, seeds) without one, or nothing to resume."""
     found = [
         (p["step"], d) for d in [out / "checkpoint", *sorted(out.glob("*/**/checkpoint"))] if (p := read_progress(d))
     ]
+    command = f"{command} " if command else ""
+    if not found and out.is_dir() and worth_keeping(out):
+        return (
+            f"interrupted: the finished parts of the run are kept in {out}; continue with: minitune {command}--resume "
+            f"{out}"
+        )
     if not found:
         why = " (--no-checkpoint)" if not checkpointed else ""
         return f"interrupted before any checkpoint was written{why}: nothing to resume; start the run again"
     step, where = max(found, key=lambda f: f[1].stat().st_mtime_ns)  # the newest written
-    command = f"{command} " if command else ""
-    return (
-        f"interrupted: checkpoint at step {step} in {where}; continue with: minitune {command}--resume {out} "
-        "(same settings)"
-    )
+    return f"interrupted: checkpoint at step {step} in {where}; continue with: minitune {command}--resume {out}"
 
 
 def _plain(obj: Any) -> Any:

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minitune.checkpoints.atomic import atomic_write_text
-from minitune.checkpoints.rundir import read_json
+from minitune.checkpoints.rundir import read_json, worth_keeping
 from minitune.errors import ConfigError
 from minitune.train.checkpoint import read_progress, rotated
 from minitune.train.distributed import any_rank, is_main
@@ -75,71 +76,111 @@ def describe_folder(out: Path) -> str | None:
     return None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def acquire_lock(out: Path) -> Path:
-    """Take the folder's lock (creating the folder), or stop in one line naming the process that holds it. A lock
-    left by a process that is gone, on this host, is taken over."""
+def acquire_lock(out: Path) -> int:
+    """Lock the folder (creating it) for this process, or stop in one line naming the process that holds it.
+    The lock is the kernel's (flock on .lock), held by an open file: two processes can never both take it, and a
+    process that dies, however it dies, lets it go. Returns the descriptor that holds it (for `release_lock`)."""
     out = Path(out)
+    if out.is_symlink() and not out.exists():
+        raise ConfigError(f"`output_dir` {out} is a link to {os.readlink(out)}, which does not exist: create that "
+                          "folder, or choose another `output_dir`")  # fmt: skip
     try:
         out.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise ConfigError(f"`output_dir` {out} is a file: choose a folder") from None
+        blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), out)
+        where = "" if blocker == out else f": {blocker}"
+        raise ConfigError(f"`output_dir` {out}{where} is a file: choose a folder") from None
+    except OSError as e:
+        raise ConfigError(f"`output_dir` {out}: cannot make it ({e.strerror}); choose a writable folder") from None
     lock = out / LOCK_FILE
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    for _ in range(2):
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _holder(lock)
-            if holder is not None and (holder.get("host") != me["host"] or _alive(int(holder.get("pid", -1)))):
-                raise ConfigError(
-                    f"`output_dir` {out} is in use by another minitune run (PID {holder.get('pid')} on "
-                    f"{holder.get('host')}, since {holder.get('started')}): wait for it to end, or choose another "
-                    "`output_dir`"
-                ) from None
-            lock.unlink(missing_ok=True)  # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(me, f)
-        return lock
-    raise ConfigError(f"`output_dir` {out}: another process took its lock at the same moment; try again")
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(f"`output_dir` {out} is in use by {_holder(lock)}: wait for it to end, or choose another "
+                              "`output_dir`") from None  # fmt: skip
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # else the holder removed this file as it let go: lock the one there now
+            break
+        os.close(fd)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps(me).encode())
+    return fd
 
 
-def _holder(lock: Path) -> dict | None:
-    """The lock's owner, or None when the lock file is unreadable (half-written by a process that was killed)."""
+def _holder(lock: Path) -> str:
+    """Who holds the lock, in words (its file may not be written yet by a process that has just taken it)."""
     try:
         holder = json.loads(lock.read_text(encoding="utf-8"))
-        return holder if isinstance(holder, dict) and "pid" in holder else None
-    except (OSError, ValueError):
-        return None
+        pid, host, since = holder["pid"], holder["host"], holder["started"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return "another minitune run"
+    return f"another minitune run (PID {pid} on {host}, since {since})"
 
 
-def release_lock(out: Path) -> None:
-    lock = Path(out) / LOCK_FILE
-    holder = _holder(lock) if lock.is_file() else None
-    if holder is not None and holder.get("pid") == os.getpid():
-        lock.unlink(missing_ok=True)
+def release_lock(out: Path, fd: int) -> None:
+    """Let the folder go: the lock file is removed while still held, so no one locks a file about to vanish."""
+    try:
+        (Path(out) / LOCK_FILE).unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """The folder locked for as long as the block runs (a command that rewrites files in a finished run)."""
+    fd = acquire_lock(out)
+    try:
+        yield
+    finally:
+        release_lock(out, fd)
+
+
+def debris(out: Path) -> list[Path]:
+    """What atomic writes a killed process was in the middle of left behind: hidden `.NAME.XXXX.tmp` files and
+    folders (and a model folder's `.old` copy) anywhere in the run folder."""
+    return [p for p in Path(out).rglob(".*") if is_debris(p)]
+
+
+def is_debris(p: Path) -> bool:
+    return p.name.startswith(".") and p.name.endswith((".tmp", ".old"))
+
+
+def clear_debris(out: Path) -> None:
+    for p in debris(out):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+
+
+def clear_folder(out: Path, keep: tuple[str, ...] = (RUN_FILE, LOCK_FILE)) -> None:
+    """Remove everything in `out` but `keep` (a link is removed, never what it points to)."""
+    for p in Path(out).iterdir():
+        if p.name not in keep:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
 def claim(out: Path, who: RunIdentity, resume: bool, overwrite: bool) -> None:
     """Make `out` this run's folder (its lock already held): check what it holds, clear it for `overwrite`, and
     mark it as this run's, unfinished. `resume`: the folder must hold an unfinished (or finished) run of the same
-    command, task and model."""
+    command, task and model; what a killed write left half-done there goes."""
     out = Path(out)
     held = describe_folder(out)
     if resume:
         _check_resumed(out, who, held)
+        clear_debris(out)
         return
-    if held is not None and not overwrite and not _nothing_to_lose(out):
+    if held == "files that are not a minitune run":
+        raise ConfigError(
+            f"`output_dir` {out} holds files that are not a minitune run"
+            + ("; `overwrite` clears run folders only" if overwrite else "")
+            + ": choose another `output_dir` (or an empty or new one)"
+        )
+    if held is not None and not overwrite and not nothing_to_lose(out):
         if held.startswith("a finished"):
             raise ConfigError(
                 f"`output_dir` {out} holds {held}: start over there with `overwrite`, or choose another `output_dir` "
@@ -149,23 +190,15 @@ def claim(out: Path, who: RunIdentity, resume: bool, overwrite: bool) -> None:
             f"`output_dir` {out} holds {held}: continue it with `resume` {out}, start over there with `overwrite`, "
             "or choose another `output_dir`"
         )
-    if held == "files that are not a minitune run" and overwrite:
-        raise ConfigError(
-            f"`output_dir` {out} holds files that are not a minitune run; `overwrite` clears run folders only: "
-            "choose another `output_dir`"
-        )
     mark(out, who, "running")  # first: from here on the folder is this run's, unfinished
-    for p in out.iterdir():
-        if p.name not in (RUN_FILE, LOCK_FILE):
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    clear_folder(out)
 
 
-def _nothing_to_lose(out: Path) -> bool:
-    """An unfinished run killed before its first checkpoint: nothing there to resume or to keep."""
+def nothing_to_lose(out: Path) -> bool:
+    """An unfinished run stopped before it wrote anything worth keeping (checkpoints/rundir.py `worth_keeping`): a
+    new run may take its folder, and a run that made the folder removes it when stopped."""
     run = read_run(out)
-    if run is None or run.get("status") == "finished":
-        return False
-    return not any(out.glob("**/checkpoint")) and not any(out.glob("**/fold_scores.npz"))
+    return run is not None and run.get("status") != "finished" and not worth_keeping(out)
 
 
 def _check_resumed(out: Path, who: RunIdentity, held: str | None) -> None:
@@ -194,17 +227,19 @@ def mark(out: Path, who: RunIdentity, status: str) -> None:
     atomic_write_text(out / RUN_FILE, json.dumps(run, indent=2) + "\n")
 
 
-def require_finished(path: Path, what: str = "model") -> None:
+def require_finished(path: Path, what: str | None = "model") -> None:
     """A run folder (or a model folder inside one) that a command reads must be finished: an unfinished run's files
     may be from the middle of its finishing writes. Folders without run.json (earlier runs, plain checkpoints)
-    pass."""
+    pass. `what`: the setting that named the folder (None: a command's positional argument)."""
     path = Path(path)
     for run_dir in (path, path.parent, path.parent.parent):
         if (run_dir / RUN_FILE).is_file():
             if not is_finished(run_dir):
+                run = read_run(run_dir) or {}
+                command = "" if run.get("command", "train") == "train" else f"{run['command']} "
                 raise ConfigError(
-                    f"`{what}` {path}: the run in {run_dir} has not finished; finish it with minitune --resume "
-                    f"{run_dir} (or pass a finished run)"
+                    f"{f'`{what}` ' if what else ''}{path}: the run in {run_dir} has not finished; finish it with "
+                    f"minitune {command}--resume {run_dir} (or pass a finished run)"
                 )
             return
 
@@ -216,11 +251,11 @@ def owned(out: Path, who: RunIdentity, resume: bool, overwrite: bool) -> Iterato
     error = None
     if is_main():
         try:
-            acquire_lock(out)
+            fd = acquire_lock(out)
             try:
                 claim(out, who, resume, overwrite)
             except BaseException:
-                release_lock(out)
+                release_lock(out, fd)
                 raise
         except ConfigError as e:
             error = e
@@ -230,7 +265,7 @@ def owned(out: Path, who: RunIdentity, resume: bool, overwrite: bool) -> Iterato
         yield
     finally:
         if is_main():
-            release_lock(out)
+            release_lock(out, fd)
 
 
 def finished_before(out: Path) -> bool:
@@ -246,6 +281,7 @@ def finished_before(out: Path) -> bool:
 def finish(out: Path, who: RunIdentity, keep_checkpoints: bool) -> None:
     """The last write of a run: its marker says finished. Then what only a resume needed goes (the best weights'
     copy, and the checkpoints unless they are to be kept): a kill in between leaves a finished run with spare files."""
+    clear_debris(out)
     mark(out, who, "finished")
     if not keep_checkpoints:
         drop_checkpoints(out)

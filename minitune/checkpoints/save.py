@@ -38,10 +38,10 @@ def save_pretrained(
     family = family_for(model.hf_config.get("model_type"), out)
     cfg = dict(model.hf_config)
     names = label_names or model.label_names or [f"LABEL_{i}" for i in range(model.num_labels)]
-    if model.head == "sequence":
+    if model.task_head == "sequence":
         cfg["id2label"] = {str(i): n for i, n in enumerate(names)}
         cfg["label2id"] = {n: i for i, n in enumerate(names)}
-    cfg["architectures"] = [family.hf_architecture(cfg["model_type"], model.head)]
+    cfg["architectures"] = [family.hf_architecture(cfg["model_type"], model.task_head)]
     if problem_type:
         cfg["problem_type"] = problem_type
     pooled = getattr(model, "pooling", "cls") != "cls" or getattr(model, "choice_scorer", None) == "bi"

@@ -107,9 +107,7 @@ def make_config(config: str | None = None, **options) -> RunConfig:
     flat = {**defaults_for(chosen), **chosen}
     if flat.get("metric") is None:
         flat["metric"] = default_metric(flat["task"])
-    if flat.get("resume") and flat.get("output_dir") in (None, flat["resume"]):
-        flat["output_dir"] = flat["resume"]
-    elif flat.get("output_dir") is None and not flat.get("resume"):
+    if flat.get("output_dir") is None:
         flat["output_dir"] = default_output_dir(flat)
     return validate(build(flat))
 
@@ -123,8 +121,9 @@ def default_output_dir(flat: dict) -> str:
     return str(Path("runs") / f"{prefix}{name}{'-seeds' if flat.get('seeds') else ''}")
 
 
-# Settings a resumed run may change: where it runs and reads its files, not what it computes.
-CHANGE_ON_RESUME = {"resume", "output_dir", "device", "dist_timeout", "data_dir", "keep_checkpoints"}
+# Settings a resumed run may change: where it runs and reads its files, not what it computes (`overwrite` is kept
+# for config/validate.py to refuse it with `resume` in its own words).
+CHANGE_ON_RESUME = {"resume", "output_dir", "device", "dist_timeout", "data_dir", "keep_checkpoints", "overwrite"}
 
 
 def resumed_settings(chosen: dict) -> dict:
@@ -134,26 +133,47 @@ def resumed_settings(chosen: dict) -> dict:
     folder = Path(chosen["resume"])
     if not (folder / "config.json").is_file():
         raise ConfigError(f"`resume` {folder}: no config.json there, so no run to continue; start without `resume`")
-    saved = _migrated(flat_settings(read_json(folder / "config.json")))
-    saved = {k: coerce(f"{folder / 'config.json'}: ", k, v) for k, v in saved.items()}
+    saved = saved_settings(folder)
     command = saved.get("command", "train")
     if chosen.get("command", command) != command:
         run = "" if command == "train" else f"{command} "
         raise ConfigError(f"`resume` {folder} holds a {command} run: continue it with minitune {run}--resume {folder}")
-    given = {k: v for k, v in chosen.items() if k not in CHANGE_ON_RESUME}
-    differ = [k for k, v in given.items() if v != saved.get(k, default_of(k))]
-    if differ:
-        was = lambda k: _shown(saved.get(k, default_of(k)))  # noqa: E731
-        listed = ", ".join(f"`{k}` {_shown(given[k])} (the run has {was(k)})" for k in differ)
+    if chosen.get("output_dir") and Path(chosen["output_dir"]).resolve() != folder.resolve():
+        raise ConfigError(
+            f"`output_dir` {chosen['output_dir']}: a resumed run goes on in its own folder ({folder}): drop "
+            "`output_dir`"
+        )
+    listed = differing(saved, chosen)
+    if listed:
         raise ConfigError(
             f"`resume` {folder} continues the run with its own settings, and {listed} differ: drop them to continue, "
             "or start a new run in another `output_dir`"
         )
     kept = {k: v for k, v in chosen.items() if k in CHANGE_ON_RESUME}
-    return saved | kept | {"output_dir": str(folder), "resume": str(folder)}
+    # The saved `overwrite` said how that run began (clearing the folder); continuing it must not clear it again.
+    return saved | {"overwrite": False} | kept | {"output_dir": str(folder), "resume": str(folder)}
+
+
+def saved_settings(folder: Path) -> dict:
+    """A run's saved settings (its config.json), flat, in their types."""
+    saved = _migrated(flat_settings(read_json(folder / "config.json")))
+    return {k: coerce(f"{folder / 'config.json'}: ", k, v) for k, v in saved.items()}
+
+
+def differing(saved: dict, given: dict) -> str:
+    """The given settings a saved run disagrees with, as "`lr` 0.1 (the run has 0.001), ..."; "" when none do.
+    Where a run happens (CHANGE_ON_RESUME) is not part of what it computed."""
+    was = lambda k: saved.get(k, default_of(k))  # noqa: E731
+    differ = [k for k, v in given.items() if k not in CHANGE_ON_RESUME and v != was(k)]
+    return ", ".join(f"`{k}` {_shown(given[k])} (the run has {_shown(was(k))})" for k in differ)
 
 
 def _shown(value) -> str:
+    """A setting's value as a person types it (a flag's words, TOML's true/false), None as unset."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
     return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 

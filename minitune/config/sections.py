@@ -62,6 +62,13 @@ class DataSettings:
         (None, "tab", "comma", "semicolon", "bar"),
     )
     max_length: int = opt(128, "truncate inputs to this many tokens")
+    long_text: str = opt(
+        "truncate",
+        "texts longer than max_length: truncate them, or chunk them into overlapping windows of max_length whose "
+        "logits are averaged (encoders; data/long_text.py)",
+        ("truncate", "chunk"),
+    )
+    chunk_overlap: int = opt(None, "long_text chunk: tokens each window shares with the next (default max_length / 4)")
     max_train_samples: int = opt(None, "use only the first N training examples (after a seeded shuffle)")
     max_eval_samples: int = opt(
         None,
@@ -79,6 +86,12 @@ class DataSettings:
         "small data sets, see README); bucketed for decoders, which have no unpadded path",
         (None, "fixed", "dynamic", "bucketed"),
     )
+
+    def window_overlap(self) -> int | None:
+        """Tokens consecutive windows share when texts are chunked; None when they are truncated."""
+        if self.long_text != "chunk":
+            return None
+        return self.max_length // 4 if self.chunk_overlap is None else self.chunk_overlap
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,7 @@ def _check_combinations(s: dict) -> None:
         "past them (some -inf): drop one",
     )
     _check_distributed(s)
+    _check_long_text(s)
     _check(
         s["max_tokens"] is None or s["max_tokens"] >= s["max_length"],
         f"`max_tokens` {s['max_tokens']} is below `max_length` {s['max_length']}: a batch must hold "
@@ -171,6 +172,28 @@ def _check_combinations(s: dict) -> None:
         not (s["resume"] and s["overwrite"]),
         "`resume` continues the run in its folder and `overwrite` starts it over: drop one",
     )
+
+
+def _check_long_text(s: dict) -> None:
+    chunk = s["long_text"] == "chunk"
+    _check(
+        s["chunk_overlap"] is None or chunk,
+        "`chunk_overlap` sets how `long_text` chunk windows overlap: add `long_text` chunk, or drop it",
+    )
+    _check(
+        s["chunk_overlap"] is None or 0 <= s["chunk_overlap"] <= s["max_length"] // 2,
+        f"`chunk_overlap` {s['chunk_overlap']} must be from 0 to half of `max_length` ({s['max_length'] // 2}), "
+        "so each window moves on by at least half its length",
+    )
+    if not chunk:
+        return
+    for refused, why in (
+        (s["model"] == "ffnn", "`model` ffnn reads every token already"),
+        (s["head"] == "generative", "`head` generative reads its prompt whole"),
+        (bool(s["pair_col"]), "`pair_col` gives two texts, not one to cut"),
+        (s["task"] == "recipe-mpr", "recipe-mpr's options are short texts of their own"),
+    ):
+        _check(not refused, f"`long_text` chunk cuts one long text per example for an encoder; {why}: drop `long_text`")
 
 
 def _check_distributed(s: dict) -> None:
@@ -268,6 +291,16 @@ def resolve(cfg: RunConfig, facts: Facts) -> RunConfig:
         f"{facts.usable_positions}",
     )
     _check_task_protocol(s, facts)
+    _check(
+        s["long_text"] != "chunk" or facts.model_type not in DECODER_TYPES,
+        f"`long_text` chunk averages an encoder's windows over one text; {s['model']} is a decoder, which reads as "
+        "far as its positions go: drop `long_text` and `chunk_overlap`, and raise `max_length` instead",
+    )
+    _check(
+        s["long_text"] != "chunk" or facts.kind != MULTIPLE_CHOICE,
+        "`long_text` chunk cuts one long text per example; a multiple-choice task pairs a query with each option: "
+        "drop `long_text`",
+    )
     if s["padding"] is None:
         padding = "bucketed" if facts.model_type in DECODER_TYPES else "dynamic"
         cfg = replace(cfg, data=replace(cfg.data, padding=padding))

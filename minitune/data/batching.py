@@ -41,14 +41,22 @@ PADDING_SIDES = ("left", "right")
 
 def is_multiple_choice(feature: Feature) -> bool:
     ids = feature["input_ids"]
-    return len(ids) > 0 and isinstance(ids[0], (list, tuple))
+    return not feature.get("windows") and len(ids) > 0 and isinstance(ids[0], (list, tuple))
 
 
 def length_of(feature: Feature) -> int:
-    """Tokens in one example; for multiple choice the longest choice (all choices share one padded length)."""
+    """Tokens in one example, as the samplers weigh it; for multiple choice the longest choice (all choices share
+    one padded length); for a text in windows, its windows times the longest one (the rows it brings)."""
+    if feature.get("windows"):
+        return len(feature["input_ids"]) * longest_row(feature)
+    return longest_row(feature)
+
+
+def longest_row(feature: Feature) -> int:
+    """The longest sequence of one example: itself, its longest choice, or its longest window."""
     ids = feature["input_ids"]
-    if is_multiple_choice(feature):
-        return max(len(choice) for choice in ids)
+    if is_multiple_choice(feature) or feature.get("windows"):
+        return max(len(row) for row in ids)
     return len(ids)
 
 
@@ -104,11 +112,15 @@ def _row_keys(features: list[Feature]) -> list[str]:
 def _gather_rows(
     features: list[Feature], keys: list[str], multiple_choice: bool
 ) -> tuple[dict[str, list[Sequence[int]]], int]:
-    """Each key's sequences, one row per example (B rows) or per choice (B * C rows, example-major), and C."""
+    """Each key's sequences, one row per example (B rows) or per choice (B * C rows, example-major), and C. A text
+    in windows (data/long_text.py) gives one row per window, however many it has."""
     rows: dict[str, list[Sequence[int]]] = {k: [] for k in keys}
     num_choices = len(features[0]["input_ids"]) if multiple_choice else 1
     for f in features:
-        if multiple_choice:
+        if f.get("windows"):
+            for k in keys:
+                rows[k].extend(f[k])
+        elif multiple_choice:
             if len(f["input_ids"]) != num_choices:
                 raise ValueError(f"multiple-choice batch mixes {num_choices} and {len(f['input_ids'])} choices")
             for k in keys:
@@ -139,7 +151,7 @@ def collate(
         raise ParameterError(f"`padding_side` {padding_side!r} is not a side: use left or right")
     left = padding_side == "left"
     multiple_choice = is_multiple_choice(features[0])
-    length = _padded_length(max(length_of(f) for f in features), padding, max_length, pad_to_multiple_of)
+    length = _padded_length(max(longest_row(f) for f in features), padding, max_length, pad_to_multiple_of)
     rows, num_choices = _gather_rows(features, _row_keys(features), multiple_choice)
     batch = {
         "input_ids": torch.tensor(_pad_rows(rows["input_ids"], length, pad_id, left), dtype=torch.int64),
@@ -149,6 +161,9 @@ def collate(
         batch["token_type_ids"] = torch.tensor(_pad_rows(rows["token_type_ids"], length, 0, left), dtype=torch.int64)
     if multiple_choice:
         batch = {k: v.view(len(features), num_choices, length) for k, v in batch.items()}  # (B, C, T)
+    if features[0].get("windows"):  # (W, T) rows; the text of each window, for long_text.pool_windows
+        counts = torch.tensor([len(f["input_ids"]) for f in features])
+        batch["window_of"] = torch.repeat_interleave(torch.arange(len(features)), counts)  # (W,)
     labels = _labels(features)
     if labels is not None:
         batch["labels"] = labels

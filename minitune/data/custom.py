@@ -112,10 +112,14 @@ def _jsonl_rows(path: Path, columns: Columns) -> list[Row]:
             if key not in record:
                 present = ", ".join(repr(k) for k in record)
                 raise data_error(path, line, f"missing key {key!r} (keys present: {present})", _column_fix(columns))
-        text = _string(path, line, record, columns.text)
+        # null is a missing text, as an empty CSV cell: skipped in training, kept in place by predict
+        text = "" if record[columns.text] is None else _string(path, line, record, columns.text)
         pair = _string(path, line, record, columns.pair) if columns.pair else None
         tokens, multi = _json_label(path, line, record[columns.label]) if columns.label else ([], False)
-        flat = {k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False) for k, v in record.items()}
+        flat = {
+            k: v if isinstance(v, str) else "" if v is None else json.dumps(v, ensure_ascii=False)
+            for k, v in record.items()
+        }
         rows.append(Row(line, text, pair, tokens, multi, flat))
     return rows
 

@@ -11,12 +11,23 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from minitune.data.long_text import window_features
 from minitune.data.tasks import MULTI_LABEL, MULTIPLE_CHOICE, Example
 
 
-def tokenize(examples: Sequence[Example], tokenizer, kind: str, max_length: int, bi: bool = False) -> list[dict]:
+def tokenize(
+    examples: Sequence[Example],
+    tokenizer,
+    kind: str,
+    max_length: int,
+    bi: bool = False,
+    chunk_overlap: int | None = None,
+) -> list[dict]:
     """`bi` (multiple choice for a bi-encoder): row 0 is the query alone and rows 1..C the options alone, so the
-    model embeds each text separately (models/pooling.bi_scores)."""
+    model embeds each text separately (models/pooling.bi_scores). `chunk_overlap` set: each text whole, as
+    overlapping windows (data/long_text.py); None: truncated to max_length."""
+    if chunk_overlap is not None:
+        return window_features(examples, tokenizer, kind, max_length, chunk_overlap)
     if kind == MULTIPLE_CHOICE:
         make = _bi_feature if bi else _choice_feature
         return [make(ex, tokenizer, max_length) for ex in examples]

@@ -81,7 +81,8 @@ def read_delimited(
 ) -> Table:
     """Parse a CSV/TSV file; every data row must have as many fields as the header (or ``n_fields``).
 
-    Blank lines are ignored. Quoted fields may span lines, so the line reported is where the row starts.
+    Blank lines are ignored (in a one-column file, a line of spaces or `""` is a row whose one cell is empty).
+    Quoted fields may span lines, so the line reported is where the row starts.
     """
     reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter, quoting=quoting, strict=True)
     rows: list[tuple[int, list[str]]] = []
@@ -89,19 +90,22 @@ def read_delimited(
     try:
         for fields in reader:
             line, start = start, reader.line_num + 1
-            if not fields or (len(fields) == 1 and not fields[0].strip()):
-                continue
-            rows.append((line, fields))
+            if fields:
+                rows.append((line, fields))
     except csv.Error as exc:
         raise data_error(
             path, start, f"malformed {_kind(delimiter)} ({exc})", "check the quoting on that line"
         ) from None
     names = None
     if header:
+        while rows and len(rows[0][1]) == 1 and not rows[0][1][0].strip():
+            rows.pop(0)  # blank lines above the header
         if not rows:
             raise data_error(path, None, "the file is empty", "give a file with a header and data rows")
         names = [name.strip() for name in rows.pop(0)[1]]
         n_fields = len(names)
+    if n_fields != 1:  # a line of spaces is blank; in a one-column file it is a row whose text is empty
+        rows = [(line, fields) for line, fields in rows if len(fields) > 1 or fields[0].strip()]
     if not rows:
         raise data_error(path, None, "no data rows (only a header)", "add data rows below the header")
     for line, fields in rows:

@@ -162,6 +162,23 @@ class Tokenizer:
             {"input_ids": e.ids, "token_type_ids": e.type_ids, "attention_mask": e.attention_mask} for e in encodings
         ]
 
+    def encode_windows(self, texts: Sequence[str], max_length: int, overlap: int) -> list[list[dict[str, list[int]]]]:
+        """Each text as overlapping windows of at most max_length tokens with its special tokens, consecutive
+        windows sharing `overlap` tokens (data/long_text.py): a list of windows per text, a short text's one."""
+        limit = self._limit(max_length, pair=False)
+        room = limit - self.num_special_tokens(False)
+        if not 0 <= overlap < room:
+            raise ConfigError(
+                f"chunk_overlap={overlap} must be below the {room} text tokens of a {limit}-token window; lower it"
+            )
+        self._set_padding(None, limit)
+        self._tok.enable_truncation(limit, stride=overlap, strategy="longest_first", direction="right")
+        try:
+            encodings = self._tok.encode_batch_fast(list(texts), add_special_tokens=True)
+        finally:
+            self._tok.no_truncation()  # `_set_truncation` restores the usual setting on the next call
+        return [[{"input_ids": w.ids, "token_type_ids": w.type_ids} for w in (e, *e.overflowing)] for e in encodings]
+
     def __call__(
         self,
         texts: str | Sequence[str],

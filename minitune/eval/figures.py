@@ -253,11 +253,13 @@ def draw_groups(by_group: dict[str, dict], n_options: int, split: str) -> Figure
 
 
 def main_split(results: dict) -> str:
-    """The split the figures describe: dev (selection), else cv's out-of-fold predictions, else the pooled fold test
+    """The split the figures describe: cv's out-of-fold predictions (every training example, each scored by a model
+    that did not see it; its predictions file is the one cv writes), else dev (selection), else the pooled fold test
     parts (Recipe-MPR)."""
-    if isinstance(results.get("dev"), dict):
-        return "dev"
-    return "oof" if isinstance(results.get("oof"), dict) else "test"
+    for split in ("oof", "dev"):
+        if isinstance(results.get(split), dict):
+            return split
+    return "test"
 
 
 def read_metrics(run_dir: Path) -> dict[str, list[dict]]:

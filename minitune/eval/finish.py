@@ -41,14 +41,10 @@ def tune_thresholds_on(
     if task.kind != MULTI_LABEL:
         return None, None
     examples, scores = split
-    split = settings.threshold_split if on == "held_out" else None
-    chosen = choose_thresholds(label_array(task, examples), scores, task.label_names, settings.threshold, metric, split)
-    if on == "oof":
-        chosen["tuned_on"] = "out-of-fold predictions"
-        chosen["notes"][0] = (
-            f"tuned on the {len(examples)} out-of-fold predictions: no model saw the examples its thresholds were "
-            "tuned on, so the tuned score is honest"
-        )
+    fraction = settings.threshold_split if on == "held_out" else None
+    chosen = choose_thresholds(
+        label_array(task, examples), scores, task.label_names, settings.threshold, metric, on, fraction
+    )
     return chosen, np.array(list(chosen["per_label"].values()))
 
 

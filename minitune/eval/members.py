@@ -18,6 +18,7 @@ from minitune.checkpoints.rundir import trained_max_length
 from minitune.data.batching import make_collate
 from minitune.data.features import tokenize
 from minitune.data.kinds import MULTIPLE_CHOICE
+from minitune.data.long_text import chunk_overlap_of
 from minitune.data.tasks import Example
 from minitune.eval.scoring import predict_scores
 
@@ -51,7 +52,8 @@ def member_scores(member: Member, examples: list[Example], kind: str, batch_size
             out[rows, :c] = member_scores(member, [examples[i] for i in rows], kind, batch_size, device)
         return out
     bi = getattr(member.model, "choice_scorer", None) == "bi"  # a bi-encoder embeds query and options alone
-    features = tokenize(examples, member.tokenizer, kind, member.max_length, bi)
+    windows = chunk_overlap_of(member.model.hf_config)  # trained on windows of long texts: read the same
+    features = tokenize(examples, member.tokenizer, kind, member.max_length, bi, windows)
     collate_fn = make_collate("dynamic", member.max_length, member.tokenizer.pad_token_id)
     return predict_scores(member.model, features, collate_fn, kind, batch_size, device)
 

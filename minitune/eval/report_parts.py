@@ -216,9 +216,16 @@ def train_tables(t: dict) -> list[Table]:
             continue
         found = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "start_is_chance"]  # said above
         keys = [k for k in ROW_KEYS if k in found] + [k for k in found if k.startswith(ROW_PREFIXES)]
-        table_rows = [[plain(r.get(k)) for k in keys] for r in rows]
+        table_rows = [[_cell(k, r.get(k)) for k in keys] for r in rows]
         tables.append(Table(key.replace("_", " "), keys, table_rows))
     return tables
+
+
+def _cell(key: str, v: Any) -> str:
+    """A table cell: scores and losses to 4 decimals, so a column lines up; seconds to one."""
+    if isinstance(v, float) and not isinstance(v, bool):
+        return f"{v:.1f}" if "seconds" in key else f"{v:.4f}"
+    return plain(v)
 
 
 def train_scalars(t: dict) -> list[str]:

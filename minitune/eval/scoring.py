@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from minitune.data.batching import length_of
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE
+from minitune.data.long_text import pool_windows
 from minitune.data.tasks import Example, TaskData, label_array
 from minitune.eval.metrics import classification_report
 from minitune.train.amp import autocast_context
@@ -39,6 +40,7 @@ def predict_logits(
         batch = {k: v.to(device) for k, v in collate_fn([features[i] for i in idx]).items()}
         with autocast_context(precision, device.type):
             logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")).float()
+        logits = pool_windows(logits, batch)  # a long text's windows -> one row per text (data/long_text.py)
         for i, row in zip(idx, logits.cpu().numpy()):
             out[i] = row
     return np.stack(out)

@@ -125,31 +125,31 @@ def guard_thresholds(y_true, probs, tuned, default: float) -> tuple[np.ndarray, 
     return np.where(keep, tuned, default), {k: np.flatnonzero(v & ~keep).tolist() for k, v in reasons.items()}
 
 
+TUNED_ON = {"dev": "dev", "oof": "out-of-fold predictions", "held_out": "held-out {split:g} of train"}
+
+
 def choose_thresholds(
-    y_true, probs, label_names: list[str], threshold: float, metric: str, threshold_split: float | None = None
+    y_true, probs, label_names: list[str], threshold: float, metric: str, on: str = "dev", split: float | None = None
 ) -> dict:
-    """Per-label thresholds tuned for each label's F1 on dev, guarded by `guard_thresholds`; used for prediction
-    ("use": "tuned") only if they also do at least as well as the fixed `threshold` on `metric` over all labels and
-    some label kept its tuned value. Both are recorded either way, with notes saying what was rejected and why.
-    `threshold_split`: the examples are that fraction of train, held out from training, not dev."""
+    """Per-label thresholds tuned for each label's F1 on the examples given, guarded by `guard_thresholds`; used for
+    prediction ("use": "tuned") only if they also do at least as well as the fixed `threshold` on `metric` over all
+    labels and some label kept its tuned value. Both are recorded either way, with notes saying what was rejected
+    and why. `on`: what the examples are (TUNED_ON): dev, cv's out-of-fold predictions, or the fraction `split` of
+    train held out from training (--threshold-split)."""
     y, p = _check(y_true, probs)
     chosen, rejected = guard_thresholds(y, p, tune_thresholds(y, p, default=threshold), threshold)
     rep = classification_report(MULTI_LABEL, y, p, label_names, threshold=threshold, tuned_thresholds=chosen)
     kept = int((chosen != threshold).sum())
     use = "tuned" if kept and rep["tuned"][metric] >= rep[metric] else "fixed"
     names = lambda idx: ", ".join(label_names[i] for i in idx)  # noqa: E731
-    notes = [f"tuned on the {len(y)} dev examples and scored on them: the tuned dev score is optimistic"]
-    if threshold_split:
-        notes = [
-            f"tuned on {len(y)} training examples held out from training ({threshold_split:g} of train, stratified; "
-            "--threshold-split), not on dev: the tuned dev score is an honest estimate"
-        ]
+    where = TUNED_ON[on].format(split=split or 0)
+    notes = [_first_note(on, len(y), split)]
     if rejected["few_positives"]:
-        notes.append(
-            f"fewer than {MIN_POSITIVES} positives on dev, fixed threshold kept: {names(rejected['few_positives'])}"
-        )
-    if rejected["degenerate"] or rejected["no_gain"]:
-        weak = sorted(set(rejected["degenerate"]) | set(rejected["no_gain"]))
+        among = {"dev": "on dev", "oof": "in the out-of-fold predictions", "held_out": "in the held-out examples"}[on]
+        notes.append(f"fewer than {MIN_POSITIVES} positives {among}, fixed threshold kept: "
+                     f"{names(rejected['few_positives'])}")  # fmt: skip
+    weak = sorted((set(rejected["degenerate"]) | set(rejected["no_gain"])) - set(rejected["few_positives"]))
+    if weak:
         notes.append(
             f"tuning did no better than the fixed threshold or than predicting the label for every example "
             f"(the model does not rank these yet), fixed threshold kept: {names(weak)}"
@@ -165,6 +165,17 @@ def choose_thresholds(
         "use": use,
         "metric": metric,
         "tuned_labels": kept,
-        "tuned_on": f"held-out {threshold_split:g} of train" if threshold_split else "dev",
+        "tuned_on": where,
         "notes": notes,
     }
+
+
+def _first_note(on: str, n: int, split: float | None) -> str:
+    """Where the thresholds were tuned, and so how far their tuned score can be trusted."""
+    if on == "oof":
+        return (f"tuned on the {n} out-of-fold predictions: no model saw the examples its thresholds were tuned on, "
+                "so the tuned score is honest")  # fmt: skip
+    if on == "held_out":
+        return (f"tuned on {n} training examples held out from training ({split:g} of train, stratified; "
+                "--threshold-split), not on dev: the tuned dev score is an honest estimate")  # fmt: skip
+    return f"tuned on the {n} dev examples and scored on them: the tuned dev score is optimistic"

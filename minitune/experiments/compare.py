@@ -73,7 +73,7 @@ def run_kind(run_dir: Path, results: dict) -> str:
 
 
 def compare_row(run_dir: Path) -> dict:
-    require_finished(Path(run_dir), "run_dirs")
+    require_finished(Path(run_dir), None)
     results = read_results(run_dir)
     metric = results.get("config", {}).get("metric") or "macro_f1"
     row = {

@@ -27,7 +27,7 @@ import torch
 
 from minitune.checkpoints.atomic import atomic_write, atomic_write_text
 from minitune.checkpoints.rundir import member_model_dirs, read_npz, read_results
-from minitune.checkpoints.runlock import require_finished
+from minitune.checkpoints.runlock import RunIdentity, finish, finished_before, locked, require_finished
 from minitune.config.sections import RunConfig, default_of
 from minitune.config.validate import resolve_device
 from minitune.data.kinds import MULTIPLE_CHOICE
@@ -37,6 +37,7 @@ from minitune.eval.finish import headline, uses_tuned
 from minitune.eval.members import ensemble_scores, load_member, member_scores
 from minitune.eval.metrics import classification_report
 from minitune.eval.predictions import read_prediction_records
+from minitune.train.distributed import is_main
 
 CACHE = "teacher_probs.npz"
 
@@ -130,10 +131,16 @@ def run_distill(cfg: RunConfig, train: Callable[..., dict]) -> dict:
         check_alone(cfg, alone_dir, read_results(alone_dir))
     distilled = train(cfg, teacher=teacher)
     if d.alone is None:
-        resume = str(alone_dir) if cfg.outputs.resume and alone_dir.is_dir() else None
+        started = finished_before(alone_dir) or any(alone_dir.glob("**/checkpoint"))
+        resume = str(alone_dir) if cfg.outputs.resume and started else None
         no_teacher = {k: default_of(k) for k in ("teacher", "distill_alpha", "temperature", "alone")}
         train(cfg.with_settings(command="train", output_dir=str(alone_dir), resume=resume, **no_teacher))
-    return compare_distillation(cfg, teacher, out, alone_dir, distilled)
+    if not is_main():
+        return compare_distillation(cfg, teacher, out, alone_dir, distilled)
+    with locked(out):  # the run is finished once the comparison is written: until then `resume` continues it
+        summary = compare_distillation(cfg, teacher, out, alone_dir, distilled)
+        finish(out, RunIdentity(cfg.command, cfg.data.task, cfg.model.model), cfg.loop.keep_checkpoints is not None)
+    return summary
 
 
 def check_alone(cfg: RunConfig, alone_dir: Path, alone: dict) -> None:

@@ -154,7 +154,8 @@ def _shared_features(cfg: RunConfig, task: TaskData, tokenizer, sets: list[list[
         return None
     bi = bi_encoder(cfg.model, task.kind)
     every = [ex for examples in sets for ex in examples]
-    return dict(zip(map(id, every), tokenize(every, tokenizer, task.kind, cfg.data.max_length, bi)))
+    features = tokenize(every, tokenizer, task.kind, cfg.data.max_length, bi, cfg.data.window_overlap())
+    return dict(zip(map(id, every), features))
 
 
 def run_folds(cfg: RunConfig, task: TaskData, tokenizer, test_ex, out: Path, device, teacher=None) -> dict:

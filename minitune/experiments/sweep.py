@@ -29,7 +29,6 @@ import dataclasses
 import itertools
 import json
 import re
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,15 +36,32 @@ from tqdm.auto import tqdm
 
 from minitune.checkpoints.atomic import atomic_write_text
 from minitune.checkpoints.rundir import read_json, read_results
-from minitune.checkpoints.runlock import LOCK_FILE, acquire_lock, describe_folder, finished_before, release_lock
-from minitune.config.load import COMMAND_ONLY, checked_keys, flat_dict, make_config, parse_toml
+from minitune.checkpoints.runlock import (
+    LOCK_FILE,
+    clear_debris,
+    clear_folder,
+    describe_folder,
+    finished_before,
+    is_debris,
+    locked,
+)
+from minitune.config.load import (
+    CHANGE_ON_RESUME,
+    COMMAND_ONLY,
+    checked_keys,
+    differing,
+    flat_dict,
+    make_config,
+    parse_toml,
+    saved_settings,
+)
 from minitune.config.sections import FLAT, RunConfig
 from minitune.data.tasks import BUILTIN_KINDS
 from minitune.errors import ConfigError
 from minitune.eval.metrics import SELECTION_METRICS
 from minitune.experiments.compare import markdown_table, ranking_metric, split_metric
 
-SWEEP_FILE = "sweep.json"  # the sweep's definition, checked on a rerun
+SWEEP_FILE, LEADERBOARD = "sweep.json", "leaderboard.json"  # the sweep's definition, checked on a rerun
 TOP_KEYS = {"base", "variations", "grid", "phases", "rank_by", "output_dir"}
 PHASE_ONLY = {"advance"}
 FIELDS = set(FLAT) - COMMAND_ONLY  # a trial is a training run: every setting but the commands' own
@@ -126,30 +142,52 @@ def definition(sweep: Sweep) -> dict:
     for phase in range(len(sweep.phases)):
         for name, settings in sweep.trials:
             flat = flat_dict(trial_config(sweep, phase, name, settings))
-            trials[f"phase{phase + 1}-{name}"] = {k: v for k, v in flat.items() if k not in ("output_dir", "resume")}
+            trials[f"phase{phase + 1}-{name}"] = {k: v for k, v in flat.items() if k not in CHANGE_ON_RESUME}
     advance = [ph.get("advance") for ph in sweep.phases]
     return {"rank_by": sweep.rank_by, "advance": advance, "trials": trials}
 
 
 def claim_sweep(sweep: Sweep, overwrite: bool) -> None:
-    """The sweep's folder holds this sweep's trials only: sweep.json records its definition, and a rerun with another
-    one refuses in one line naming what changed (or, with `overwrite`, starts over). The folder is locked."""
+    """The sweep's folder (locked) holds this sweep's trials only: sweep.json records its definition, and a rerun
+    with another one refuses in one line naming what changed (or, with `overwrite`, starts over). A folder that
+    holds anything else is refused, `overwrite` or not: it clears a sweep's own files only."""
     out, now = sweep.output_dir, definition(sweep)
     saved_path = out / SWEEP_FILE
-    saved = read_json(saved_path) if saved_path.is_file() else None
-    held = None if (out / "leaderboard.json").is_file() else describe_folder(out)  # an earlier sweep: its own
-    if saved is None and held is not None and not overwrite:
-        raise ConfigError(f"`output_dir` {out} holds {held}, not this sweep: choose another output_dir")
-    if saved is not None and saved != now and not overwrite:
-        raise ConfigError(
-            f"`output_dir` {out} holds a sweep with other settings ({_changed(saved, now)}): its trials are not this "
-            "sweep's; choose another output_dir, or start over with --overwrite"
-        )
-    if overwrite or saved is None:
-        for p in out.iterdir():
-            if p.name != LOCK_FILE:
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    saved = None
+    if saved_path.is_file():
+        try:
+            saved = read_json(saved_path, fix="start the sweep over with --overwrite")
+        except ConfigError:
+            if not overwrite:
+                raise
+            saved = {}  # damaged, and the sweep starts over anyway
+    if saved is not None or (out / LEADERBOARD).is_file():  # a sweep's folder (an earlier one: no sweep.json)
+        strays = sorted(p.name for p in out.iterdir() if not _sweep_part(p))
+        if strays:
+            raise ConfigError(
+                f"`output_dir` {out} holds files that are not this sweep's ({', '.join(strays[:3])}): move them, or "
+                "choose another output_dir"
+            )
+        if saved is not None and saved != now and not overwrite:
+            raise ConfigError(
+                f"`output_dir` {out} holds a sweep with other settings ({_changed(saved, now)}): its trials are not "
+                "this sweep's; choose another output_dir, or start over with --overwrite"
+            )
+    else:
+        held = describe_folder(out)
+        if held is not None and (not overwrite or held == "files that are not a minitune run"):
+            raise ConfigError(f"`output_dir` {out} holds {held}, not a sweep: choose another output_dir")
+    clear_debris(out)
+    if overwrite:
+        clear_folder(out, keep=(LOCK_FILE,))
+    if overwrite or saved != now:
         atomic_write_text(saved_path, json.dumps(now, indent=2) + "\n")
+
+
+def _sweep_part(p: Path) -> bool:
+    """A sweep's own: its definition, leaderboard and lock, and its trials' folders (phase<N>-<trial>)."""
+    own = (SWEEP_FILE, LEADERBOARD, "leaderboard.md", LOCK_FILE)
+    return p.name in own or (p.is_dir() and re.fullmatch(r"phase\d+-.+", p.name) is not None) or is_debris(p)
 
 
 def _changed(saved: dict, now: dict) -> str:
@@ -162,10 +200,13 @@ def _changed(saved: dict, now: dict) -> str:
     return "settings " + ", ".join(keys[:5])
 
 
+def _budget(sweep: Sweep, phase: int) -> dict:
+    return {k: v for k, v in sweep.phases[phase].items() if k not in PHASE_ONLY}
+
+
 def trial_config(sweep: Sweep, phase: int, name: str, settings: dict) -> RunConfig:
-    budget = {k: v for k, v in sweep.phases[phase].items() if k not in PHASE_ONLY}
     out = sweep.output_dir / f"phase{phase + 1}-{name}"
-    cfg = make_config(**(sweep.base | settings | budget | {"output_dir": str(out)}))
+    cfg = make_config(**(sweep.base | settings | _budget(sweep, phase) | {"output_dir": str(out)}))
     if any(c.is_dir() for c in out.glob("**/checkpoint")) and not finished_before(out):
         cfg = cfg.with_settings(resume=str(out))  # stopped part-way: continue it
     return cfg
@@ -174,12 +215,9 @@ def trial_config(sweep: Sweep, phase: int, name: str, settings: dict) -> RunConf
 def run_sweep(sweep: Sweep, train: Callable[[RunConfig], dict], overwrite: bool = False) -> list[dict]:
     """Every phase in turn in the sweep's locked folder; returns the leaderboard rows. `train` trains one run
     (runner.run_train)."""
-    acquire_lock(sweep.output_dir)
-    try:
+    with locked(sweep.output_dir):
         claim_sweep(sweep, overwrite)
         return _phases(sweep, train)
-    finally:
-        release_lock(sweep.output_dir)
 
 
 def _phases(sweep: Sweep, train: Callable[[RunConfig], dict]) -> list[dict]:
@@ -191,6 +229,8 @@ def _phases(sweep: Sweep, train: Callable[[RunConfig], dict]) -> list[dict]:
             cfg = trial_config(sweep, phase, name, settings)
             out = Path(cfg.outputs.output_dir)
             finished = finished_before(out)
+            if finished:
+                _check_trial(sweep, out, sweep.base | settings | _budget(sweep, phase))
             results = read_results(out) if finished else train(cfg)
             metric = sweep.rank_by or cfg.loop.metric
             rows.append(
@@ -204,8 +244,19 @@ def _phases(sweep: Sweep, train: Callable[[RunConfig], dict]) -> list[dict]:
     return rows
 
 
+def _check_trial(sweep: Sweep, out: Path, given: dict) -> None:
+    """A finished trial is read, not trained, only if it was trained with the settings the sweep gives it now (a
+    folder whose sweep.json was removed may hold trials of another sweep)."""
+    listed = differing(saved_settings(out), given)
+    if listed:
+        raise ConfigError(
+            f"`output_dir` {sweep.output_dir}: trial {out.name} was trained with other settings ({listed}): it is "
+            "not this sweep's; start the sweep over with --overwrite, or choose another output_dir"
+        )
+
+
 def leaderboard_row(sweep, phase, name, settings, results, metric, status) -> dict:
-    budget = {k: v for k, v in sweep.phases[phase].items() if k not in PHASE_ONLY}
+    budget = _budget(sweep, phase)
     return {
         "phase": phase + 1,
         "trial": name,
@@ -223,7 +274,7 @@ def leaderboard_row(sweep, phase, name, settings, results, metric, status) -> di
 def write_leaderboard(out: Path, rows: list[dict]) -> None:
     ordered = sorted(rows, key=lambda r: (-r["phase"], r["value"] is None, -(r["value"] or 0.0)))
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "leaderboard.json", json.dumps(ordered, indent=2) + "\n")
+    atomic_write_text(out / LEADERBOARD, json.dumps(ordered, indent=2) + "\n")
     atomic_write_text(
         out / "leaderboard.md", "# Leaderboard (latest phase first, best first)\n\n" + markdown_table(ordered)
     )

@@ -6,9 +6,9 @@ from pathlib import Path
 from types import ModuleType
 
 from minitune.errors import ConfigError
-from minitune.models import bert, deberta, decoder, distilbert, ffnn
+from minitune.models import bert, deberta, decoder, distilbert, ffnn, modernbert
 
-_FAMILIES: list[ModuleType] = [bert, distilbert, deberta, decoder, ffnn]
+_FAMILIES: list[ModuleType] = [bert, distilbert, deberta, modernbert, decoder, ffnn]
 
 FAMILIES: dict[str, ModuleType] = {t: fam for fam in _FAMILIES for t in fam.MODEL_TYPES}
 

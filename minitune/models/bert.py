@@ -182,7 +182,7 @@ class BertClassifier(Classifier):
 
     def __init__(self, cfg: BertConfig, head: str, num_labels: int, pooling: str = "cls", choice_scorer: str = "cross"):
         super().__init__()
-        self.cfg, self.head, self.num_labels = cfg, head, num_labels
+        self.cfg, self.task_head, self.num_labels = cfg, head, num_labels
         self.pooling, self.normalize = pooling, False
         self.choice_scorer = choice_scorer if head == "multiple_choice" else None
         self.in_batch_negatives = False  # bi: the batch's other options as negatives while training (bi_scores)

@@ -335,7 +335,7 @@ class DebertaClassifier(Classifier):
 
     def __init__(self, cfg: DebertaConfig, head: str, num_labels: int):
         super().__init__()
-        self.cfg, self.head, self.num_labels = cfg, head, num_labels
+        self.cfg, self.task_head, self.num_labels = cfg, head, num_labels
         # Absolute positions some checkpoints carry though the config turns them off; the reference skips them too.
         self.ignored_checkpoint_keys = () if cfg.position_biased_input else ("embeddings.position_embeddings.weight",)
         self.deberta = DebertaModel(cfg)

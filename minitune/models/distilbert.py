@@ -119,7 +119,7 @@ class DistilBertClassifier(Classifier):
 
     def __init__(self, cfg: DistilBertConfig, head: str, num_labels: int):
         super().__init__()
-        self.cfg, self.head, self.num_labels = cfg, head, num_labels
+        self.cfg, self.task_head, self.num_labels = cfg, head, num_labels
         self.distilbert = DistilBertModel(cfg)
         self.pre_classifier = nn.Linear(cfg.dim, cfg.dim)
         self.classifier = nn.Linear(cfg.dim, 1 if head == "multiple_choice" else num_labels)

@@ -39,7 +39,7 @@ class BagOfEmbeddings(Classifier):
 
     def __init__(self, cfg: FFNNConfig, head: str, num_labels: int):
         super().__init__()
-        self.cfg, self.head, self.num_labels = cfg, head, num_labels
+        self.cfg, self.task_head, self.num_labels = cfg, head, num_labels
         self.encoder = nn.ModuleDict(
             {"embed": nn.Embedding(cfg.vocab_size, cfg.embed_dim), "hidden": nn.Linear(cfg.embed_dim, cfg.hidden_dim)}
         )
@@ -75,7 +75,7 @@ def build_ffnn(vocab_size: int, num_labels: int, head: str, pad_token_id: int | 
         if isinstance(module, nn.Linear):
             nn.init.zeros_(module.bias)
     model.hf_config = {k: getattr(cfg, k) for k in (f.name for f in fields(FFNNConfig))}
-    model.head = head
+    model.task_head = head
     return model
 
 

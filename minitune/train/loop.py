@@ -7,8 +7,7 @@ batch of 32 (up to float summation order), whatever their padded lengths. One ex
 cross-entropy normalises each micro-batch by its own sum of weights (as torch does), so under accumulation its
 micro-batches are weighted by examples, not by class weight.
 
-A non-finite loss or gradient, in any precision, is counted and its step skipped, never applied; with fp16 the
-dynamic loss scaler also backs off.
+A non-finite loss or gradient, in any precision, is counted and its step skipped (fp16: the loss scaler backs off).
 
 Under torchrun the same loop trains one shard of each global batch per process (train/distributed.py) through DDP
 or FSDP2 (train/parallel.py): micro-batch weights, the gradient sync on a window's last micro-batch, the window
@@ -30,6 +29,7 @@ from tqdm.auto import tqdm
 
 from minitune.checkpoints.atomic import atomic_write
 from minitune.config.sections import DistributedSettings, LoopSettings
+from minitune.data.long_text import pool_windows
 from minitune.train.amp import DynamicLossScaler, autocast_context
 from minitune.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from minitune.train.distributed import (
@@ -89,6 +89,7 @@ def forward_loss(model, loss_fn, batch: dict, precision: str, device: torch.devi
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     with autocast_context(precision, device.type):
         logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+    logits = pool_windows(logits, batch)  # a long text's windows -> one row per text (data/long_text.py)
     return loss_fn(logits.float(), batch["labels"]), int(batch["attention_mask"].sum())
 
 
