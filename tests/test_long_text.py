@@ -116,6 +116,8 @@ def test_predict_reads_a_chunked_models_windows_as_it_trained(chunked_run, tmp_p
         (["--long-text", "chunk", "--model", "ffnn"], "`--model` ffnn reads every token already"),
         (["--long-text", "chunk", "--model", "smollm2"], "smollm2 is a decoder"),
         (["--long-text", "chunk", "--task", "recipe-mpr"], "recipe-mpr's options are short texts"),
+        (["--long-text", "chunk", "--pair-col", "b"], "`--pair-col` gives two texts, not one to cut"),
+        (["--long-text", "chunk", "--head", "generative"], "`--head` generative reads its prompt whole"),
     ],
 )
 def test_chunk_options_that_cannot_apply_are_refused_in_one_line(extra, words, tmp_path, data_dir, capsys):

@@ -92,6 +92,12 @@ def test_predict_on_a_recipe_mpr_run_is_the_mean_of_its_fold_models(tmp_path, da
         each.append(np.array([probs(r, 5) for r in read_csv(tmp_path / f"fold{k}.csv")]))
     rows = read_csv(tmp_path / "all.csv")
     np.testing.assert_allclose(np.array([probs(r, 5) for r in rows]), np.mean(each, axis=0), atol=2e-6)
+    # minitune.Predictor takes the questions with their options and gives what the CLI wrote
+    asked = minitune.Predictor(out).predict_choices(
+        [it["query"] for it in items], [list(it["options"].values()) for it in items]
+    )
+    np.testing.assert_allclose(asked.probabilities, np.array([probs(r, 5) for r in rows]), atol=1e-6)
+    assert [list(it["options"])[c] for c, it in zip(asked.choice, items)] == [r["choice"] for r in rows]
     assert {"query", "options", "answer", "query_type", "correctness_explanation"} <= set(rows[0])  # input kept
     assert all(r["choice_text"] == item["options"][r["choice"]] for r, item in zip(rows, items))
     # The run scored the same file with its fold ensemble (options shuffled): the same answers, in any order.

@@ -273,6 +273,13 @@ def test_resume_dir_alone_continues_with_the_saved_settings_and_names_only_what_
     assert f"holds a train run: continue it with minitune --resume {out}" in last_error(capsys)
 
 
+def test_seeds_resumed_with_other_seeds_is_refused(tmp_path, data_dir, capsys):
+    out = tmp_path / "seeds"
+    assert run(data_dir, out, "--seeds", "1", "2") == 0
+    assert main(["--resume", str(out), "--seeds", "1", "2", "3"]) == 2
+    assert "--seeds 1 2 3 (the run has 1 2) differ" in last_error(capsys)  # as the flags are written
+
+
 def test_cv_resumed_with_another_fold_count_is_refused(tmp_path, data_dir, capsys):
     out = tmp_path / "cv"
     base = ["cv", "--task", "humor", *TINY, "--data-dir", str(data_dir), "--output-dir", str(out)]
@@ -344,6 +351,26 @@ def test_run_files_are_read_defensively(finished, tmp_path, damage, capsys):
     assert f"rerun the command that made {run_dir} with --overwrite" in said and "--resume" not in said
     assert main(["compare", str(run_dir), "--output", str(tmp_path / "c")]) == 2
     assert f"{path}: {expected}" in last_error(capsys)
+
+
+def test_a_damaged_file_of_an_unfinished_run_is_rewritten_by_resume_and_a_lost_model_config_is_named(
+    finished, tmp_path, capsys
+):
+    from minitune.checkpoints.rundir import damaged_fix
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(finished, run_dir)
+    marker = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps(marker | {"status": "running"}))
+    assert (
+        damaged_fix(run_dir / "results.json") == f"continue the run, which writes it again: minitune --resume {run_dir}"
+    )
+    (run_dir / "run.json").write_text(json.dumps(marker))
+    (run_dir / "model" / "config.json").unlink()
+    src = tmp_path / "in.csv"
+    src.write_text("text\nA pun a day.\n")
+    assert main(["predict", "--model", str(run_dir), "--input", str(src), "--output", str(tmp_path / "p.csv")]) == 2
+    assert "its model/ has no config.json (damaged or deleted)" in last_error(capsys)
 
 
 def test_damaged_thresholds_are_refused_in_one_line(tmp_path):
