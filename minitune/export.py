@@ -30,6 +30,7 @@ from minitune.checkpoints.atomic import atomic_write
 from minitune.checkpoints.load import load_model
 from minitune.checkpoints.rundir import MEMBERS, member_model_dirs, model_dir_of
 from minitune.checkpoints.runlock import require_finished
+from minitune.data.long_text import CHUNK_KEY
 from minitune.errors import ConfigError
 from minitune.predict import thresholds_for
 
@@ -75,6 +76,9 @@ def onnx_metadata(model: nn.Module, model_dir: Path) -> dict[str, str]:
     }
     if problem == "multi_label_classification":
         meta["thresholds"] = json.dumps([float(t) for t in thresholds_for(model_dir, names, None)])
+    if model.hf_config.get(CHUNK_KEY):  # trained on windows of long texts: the graph scores windows, not texts
+        meta["long_text_chunk"] = json.dumps(model.hf_config[CHUNK_KEY])
+        meta["outputs"] += "; one row per window: a text's logits are the mean of its windows' (data/long_text.py)"
     return meta
 
 

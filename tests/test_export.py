@@ -117,6 +117,12 @@ def test_metadata_holds_labels_and_saved_thresholds(tmp_path):
         None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": types.numpy()}
     )
     np.testing.assert_allclose(probs, 1 / (1 + np.exp(-logits)), atol=1e-6)  # sigmoid, not softmax
+    # a model trained on windows of long texts says so, with its windows
+    hf = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps(hf | {"minitune_chunk": {"max_length": 64, "overlap": 16}}))
+    assert main(["export", "--model", str(model_dir), "--format", "onnx", "--output", str(tmp_path / "w.onnx")]) == 0
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "w.onnx")).metadata_props}
+    assert json.loads(meta["long_text_chunk"]) == {"max_length": 64, "overlap": 16} and "per window" in meta["outputs"]
 
 
 def test_export_of_a_base_checkpoint_is_one_clear_error(tmp_path, capsys):

@@ -109,6 +109,21 @@ def test_logits_and_every_gradient_match_transformers_padded_and_unpadded(case, 
             assert_close_scaled(grads[name], g, atol=1e-5, rtol=1e-5, name=f"{name} (unpadded={unpadded})")
 
 
+def test_left_padded_choices_read_their_first_real_token_as_the_reference_does(tmp_path):
+    """Left padding (an API caller's choice; minitune's batches pad right): the multiple-choice head reads each row's
+    first real token, as transformers' does. (Its sequence head reads column 0 whatever it holds, a pad's state
+    under left padding, which no path here computes alike.)"""
+    ref = reference(tmp_path, "multiple_choice")
+    ours = minitune.load_model(tmp_path, head="multiple_choice")
+    ids, mask = batch()
+    ids, mask = ids.flip(-1)[None], mask.flip(-1)[None]  # (1, 5, T), pads first
+    with torch.no_grad():
+        expected = ref(input_ids=ids, attention_mask=mask).logits
+        for unpadded in (True, False):
+            ours.set_unpadded(unpadded)
+            assert_close(ours(ids, mask), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_windows_decide_what_a_token_sees(tmp_path):
     """A token beyond the window of every sliding layer and not seen by a global layer changes nothing: with one
     global layer (the first) only, a change at the last position reaches position 0's final state through the

@@ -352,6 +352,10 @@ class ModernBertClassifier(Classifier):
         input_ids, attention_mask, _ = flatten_choices(input_ids, attention_mask, None)  # (B*C, T) for choices
         hidden = self.model(input_ids, attention_mask)  # (B, T, H)
         pooled = pool(hidden, attention_mask, self.classifier_pooling)  # (B, H)
+        if self.classifier_pooling == "cls" and len(shape) == 3 and attention_mask is not None:
+            # The reference's multiple-choice head reads each row's first real token (column 0 unless left-padded);
+            # its sequence head reads column 0 whatever the padding.
+            pooled = hidden[torch.arange(len(hidden), device=hidden.device), attention_mask.argmax(-1)]  # (B, H)
         x = self.head["norm"](self.act(self.head["dense"](pooled)))
         return unflatten_choices(self.classifier(self.drop(x)), shape)
 
