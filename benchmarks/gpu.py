@@ -241,21 +241,34 @@ def time_steps(model, stack: str, batches: list[dict], kind: str, warmup: int, d
     return out
 
 
+SHAPES = {"xlm-roberta-large": XLMR_LARGE, "deberta-v3-large": DEBERTA_V3_LARGE, "modernbert-large": MODERNBERT_LARGE}
+
+
+def shape_config(shape_name: str, attn_dropout: float, dry_run: bool) -> dict:
+    """The shape's config.json with this attention dropout; --dry-run: the tiny sizes."""
+    key = DROPOUT_KEY.get(SHAPES[shape_name]["model_type"], "attention_probs_dropout_prob")
+    hub = dict(SHAPES[shape_name], **{key: attn_dropout})
+    if dry_run:
+        hub.update(TINY, **({"position_buckets": 16} if "deberta" in shape_name else {}))
+        hub.update({"pad_token_id": 0} if "modernbert" in shape_name else {})  # inside the tiny vocabulary
+    return hub
+
+
+def lengths_for(args, hist: dict, task: str, batching: str) -> list[list[int]]:
+    """Each batch's lengths: drawn from the task's histogram, or a long-input set (LONG_BATCHES)."""
+    n = args.warmup + args.steps
+    if batching in LONG_BATCHES:  # long inputs, where the sliding window matters
+        count, length = LONG_BATCHES[batching]
+        return [[length // (16 if args.dry_run else 1)] * count] * n
+    return batch_lengths(hist[task], batching, n, args.batch, seed=1)
+
+
 def encoder_rows(args, device: torch.device, peak: float) -> list[dict]:
     hist = json.loads(LENGTHS.read_text(encoding="utf-8"))["histograms"]
-    shapes = {
-        "xlm-roberta-large": XLMR_LARGE,
-        "deberta-v3-large": DEBERTA_V3_LARGE,
-        "modernbert-large": MODERNBERT_LARGE,
-    }
     rows = []
     for shape_name in args.shapes:
         for attn_dropout in (0.1, 0.0):
-            key = DROPOUT_KEY.get(shapes[shape_name]["model_type"], "attention_probs_dropout_prob")
-            hub = dict(shapes[shape_name], **{key: attn_dropout})
-            if args.dry_run:
-                hub.update(TINY, **({"position_buckets": 16} if "deberta" in shape_name else {}))
-                hub.update({"pad_token_id": 0} if "modernbert" in shape_name else {})  # inside the tiny vocabulary
+            hub = shape_config(shape_name, attn_dropout, args.dry_run)
             for stack in args.stacks:
                 torch.manual_seed(0)
                 with torch.device(device):
@@ -267,12 +280,7 @@ def encoder_rows(args, device: torch.device, peak: float) -> list[dict]:
                 for task, (n_labels, kind) in TASK_LABELS.items():
                     long = tuple(LONG_BATCHES) if "modernbert" in shape_name and task == "humor" else ()
                     for batching in ("bucketed", "random", *long):
-                        n = args.warmup + args.steps
-                        if batching in LONG_BATCHES:  # long inputs, where the sliding window matters
-                            count, length = LONG_BATCHES[batching]
-                            lens = [[length // (16 if args.dry_run else 1)] * count] * n
-                        else:
-                            lens = batch_lengths(hist[task], batching, n, args.batch, seed=1)
+                        lens = lengths_for(args, hist, task, batching)
                         # The same ids for both stacks. One 28-wide head serves both tasks: humor's labels are
                         # 0 or 1 under cross-entropy over its logits (the head's width costs nothing measurable).
                         vocab = hub["vocab_size"]
