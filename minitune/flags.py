@@ -27,9 +27,12 @@ def add_setting(p, name: str, **kw) -> None:
     kw = dict(help=_help(name), dest=name) | kw
     if typ is bool:
         p.add_argument(flag(name), action=argparse.BooleanOptionalAction, **kw)
-    elif typ is tuple:  # --seeds 42 123 456, --teacher DIR DIR
-        element = int if name == "seeds" else str
-        p.add_argument(flag(name), type=element, nargs="+", metavar="N" if element is int else "DIR", **kw)
+    elif name == "add_train":  # repeatable: --add-train semeval --add-train isear.toml
+        p.add_argument(flag(name), type=str, nargs="+", action="extend", metavar="SOURCE", **kw)
+    elif typ is tuple:  # --seeds 42 123 456, --teacher DIR DIR, --source-weights 0.5 1
+        element = {"seeds": int, "source_weights": float}.get(name, str)
+        metavar = {int: "N", float: "W"}.get(element, "DIR")
+        p.add_argument(flag(name), type=element, nargs="+", metavar=metavar, **kw)
     else:
         p.add_argument(flag(name), type=typ, metavar=name.upper(), **kw)
 

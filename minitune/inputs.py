@@ -17,6 +17,7 @@ from minitune.config.sections import DataSettings, RunConfig
 from minitune.config.validate import Facts, resolve
 from minitune.data.custom import DELIMITERS_BY_NAME, Columns, Row, read_rows
 from minitune.data.kinds import MULTIPLE_CHOICE
+from minitune.data.sources import add_sources
 from minitune.data.tasks import Example, TaskData, label_array, load_eval_file, load_task, resolve_data_dir
 from minitune.data.tokenizer import Tokenizer
 from minitune.errors import ConfigError
@@ -58,20 +59,27 @@ def prepare(cfg: RunConfig) -> tuple[RunConfig, RunInputs]:
 
 
 def read_task(data: DataSettings, seed: int) -> TaskData:
-    """The task's examples from the data settings (a custom task's file, columns and separator)."""
+    """The task's examples from the data settings (a custom task's file, columns and separator), with the examples
+    of its extra training sources carried into its labels (`task.added`)."""
     custom = {}
     if data.task == "custom":
         delimiter = DELIMITERS_BY_NAME.get(data.delimiter)
         custom = dict(text_col=data.text_col, label_col=data.label_col, pair_col=data.pair_col, delimiter=delimiter)
-    return load_task(
+    data_dir = resolve_data_dir(data.data_dir)
+    task = load_task(
         data.task,
-        resolve_data_dir(data.data_dir),
+        data_dir,
         seed=seed,
         train_file=data.train_file,
         dev_file=data.dev_file,
         label_names=data.label_names,
+        taxonomy=data.taxonomy,
         **custom,
     )
+    if data.add_train:
+        read_source = lambda name, **files: load_task(name, data_dir, seed=seed, **files)  # noqa: E731
+        add_sources(task, data.add_train, data.source_weights, read_source, seed)
+    return task
 
 
 def tokenizer_name(cfg: RunConfig) -> str:

@@ -61,6 +61,23 @@ class DataSettings:
         "custom task: field separator of .csv/.tsv/.txt files (default: sniffed from the header)",
         (None, "tab", "comma", "semicolon", "bar"),
     )
+    taxonomy: str = opt(
+        None,
+        "goemotions: train and score in a coarser taxonomy the data set publishes: ekman (6 emotions + neutral) or "
+        "sentiment (positive, negative, ambiguous + neutral)",
+        (None, "ekman", "sentiment"),
+    )
+    add_train: tuple = opt(
+        None,
+        "extra training data, repeatable: a built-in task carried into this task's labels by the map that ships "
+        "(semeval into goemotions), or a source .toml naming a data file and its label map (data/sources.py). The "
+        "extra examples are trained on, never evaluated on: scores stay on this task's dev set",
+    )
+    source_weights: tuple = opt(
+        None,
+        "one weight per --add-train source: its examples count W times (W < 1: a seeded W share of them, W > 1: "
+        "repeated), so a large set does not drown the target; default 1 each",
+    )
     max_length: int = opt(128, "truncate inputs to this many tokens")
     long_text: str = opt(
         "truncate",

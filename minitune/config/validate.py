@@ -158,6 +158,7 @@ def _check_combinations(s: dict) -> None:
     )
     _check_distributed(s)
     _check_long_text(s)
+    _check_sources(s)
     _check(
         s["max_tokens"] is None or s["max_tokens"] >= s["max_length"],
         f"`max_tokens` {s['max_tokens']} is below `max_length` {s['max_length']}: a batch must hold "
@@ -171,6 +172,35 @@ def _check_combinations(s: dict) -> None:
     _check(
         not (s["resume"] and s["overwrite"]),
         "`resume` continues the run in its folder and `overwrite` starts it over: drop one",
+    )
+
+
+def _check_sources(s: dict) -> None:
+    """Extra training sources, their weights and GoEmotions' taxonomies (the files are read and checked later)."""
+    _check(
+        s["taxonomy"] is None or s["task"] == "goemotions",
+        f"`taxonomy` regroups GoEmotions' labels; `task` is {s['task']}: drop `taxonomy`",
+    )
+    sources, weights = s["add_train"] or (), s["source_weights"]
+    _check(
+        all(isinstance(x, (str, dict)) for x in sources),
+        "`add_train` takes built-in task names, source .toml files or source tables",
+    )
+    for refused, why in (
+        (s["task"] == "recipe-mpr", "recipe-mpr is multiple choice, with no labels to map into"),
+        (s["head"] == "generative", "`head` generative is not trained on mapped sources (not supported)"),
+    ):
+        _check(not (sources and refused), f"`add_train` brings labelled examples into a classifier's labels; {why}")
+    if weights is None:
+        return
+    _check(bool(sources), "`source_weights` weighs `add_train` sources: add them, or drop `source_weights`")
+    _check(
+        len(weights) == len(sources),
+        f"`source_weights` gives {len(weights)} weights for {len(sources)} `add_train` sources: give one each",
+    )
+    _check(
+        all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in weights),
+        f"`source_weights` must be positive numbers (1: each example once), got {' '.join(map(str, weights))}",
     )
 
 

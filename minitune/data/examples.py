@@ -29,8 +29,10 @@ class Example:
 class TaskData:
     """A loaded task. ``folds`` (recipe-mpr) holds (train, val, test) index lists into ``train``.
 
-    ``source`` records how the files were read (paths, columns, seed) so that ``load_eval_file`` can read a
-    test file the same way.
+    ``source`` records how the files were read (paths, columns, seed, GoEmotions' taxonomy) so that
+    ``load_eval_file`` can read a test file the same way. ``added`` holds the examples of extra training sources,
+    already in this task's label space, and ``added_counts`` what their mapping did (data/sources.py): protocols
+    train on them and never evaluate on them.
     """
 
     name: str
@@ -40,6 +42,8 @@ class TaskData:
     dev: list[Example]
     folds: list[tuple[list[int], list[int], list[int]]] | None = None
     source: dict[str, Any] = field(default_factory=dict)
+    added: list[Example] = field(default_factory=list)
+    added_counts: list[dict] = field(default_factory=list)
 
     @property
     def num_labels(self) -> int:

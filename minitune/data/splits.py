@@ -177,13 +177,21 @@ def holdout_examples(examples: list, labels: np.ndarray, share: float, seed: int
 
 
 SELECTION_SHARE = 0.1  # of train held out to select on when a task has no dev set
+# With extra training sources and no dev file, the merged data is split 80/20, as the GoEmotions source system split
+# its merged data sets (data/sources.py).
+MERGED_SELECTION_SHARE = 0.2
 
 
 def selection_split(
-    train: list, dev: list, train_labels: np.ndarray, max_eval_samples: int | None, seed: int
+    train: list,
+    dev: list,
+    train_labels: np.ndarray,
+    max_eval_samples: int | None,
+    seed: int,
+    share: float | None = None,
 ) -> tuple[list, list]:
-    """(train, dev) to train on and select on, the same rule in every protocol: the dev set given, else 10% of train
-    held out (stratified); either capped at its first `max_eval_samples`."""
+    """(train, dev) to train on and select on, the same rule in every protocol: the dev set given, else `share`
+    (default 10%) of train held out (stratified); either capped at its first `max_eval_samples`."""
     if not dev:
-        train, dev = holdout_examples(train, train_labels, SELECTION_SHARE, seed)
+        train, dev = holdout_examples(train, train_labels, share or SELECTION_SHARE, seed)
     return train, subsample(dev, max_eval_samples, None)

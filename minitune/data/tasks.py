@@ -40,6 +40,7 @@ from minitune.data.builtin_tasks import (
 from minitune.data.download import ensure_task_files
 from minitune.data.examples import Example, TaskData
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE, SINGLE_LABEL
+from minitune.data.label_maps import TAXONOMIES, regroup_examples, taxonomy_labels
 from minitune.data.readers import data_error
 from minitune.errors import ConfigError, DataError
 
@@ -91,6 +92,7 @@ def load_task(
     pair_col: str | None = None,
     label_names: Sequence[str] | str | None = None,
     delimiter: str | None = None,
+    taxonomy: str | None = None,
 ) -> TaskData:
     """Read a task's train and dev examples.
 
@@ -98,7 +100,8 @@ def load_task(
     ``train_file`` / ``dev_file`` replace the default files with others in the same format. ``custom`` needs
     ``train_file``; its dev file is optional (``dev`` is then empty and the caller holds out a split).
     Column options and ``delimiter`` (default: sniffed) apply to ``custom`` only. ``seed`` drives the Recipe-MPR
-    option shuffle.
+    option shuffle. ``taxonomy`` (goemotions: ekman or sentiment) relabels every example in one of the data set's
+    published coarser taxonomies (data/label_maps.py).
     """
     if name not in TASKS:
         raise ConfigError(f"`task` {name!r} is not a task; choose one of {', '.join(TASKS)}")
@@ -119,7 +122,23 @@ def load_task(
     task = TaskData(name, "", [], [], [], source=source)
     _read_builtin_train(task, root, train_path, default_files=train_file is None)
     task.dev = load_eval_file(task, dev_path) if dev_path is not None else []
+    if taxonomy is not None:
+        _regroup(task, taxonomy)
     return task
+
+
+def _regroup(task: TaskData, taxonomy: str) -> None:
+    """GoEmotions in a coarser taxonomy: the labels become its groups, train and dev relabelled; `load_eval_file`
+    relabels a test file the same way."""
+    if task.name != "goemotions" or taxonomy not in TAXONOMIES:
+        raise ConfigError(
+            f"`taxonomy` {taxonomy!r}: goemotions takes {' or '.join(TAXONOMIES)}; drop it for {task.name}"
+        )
+    fine = task.label_names
+    task.label_names = taxonomy_labels(taxonomy, fine)
+    task.source |= {"taxonomy": taxonomy, "fine_labels": fine}
+    task.train = regroup_examples(task.train, fine, taxonomy, task.label_names)
+    task.dev = regroup_examples(task.dev, fine, taxonomy, task.label_names)
 
 
 def _builtin_files(
@@ -173,7 +192,9 @@ def load_eval_file(task: TaskData, path: str | Path) -> list[Example]:
             )
         return examples
     if task.name == "goemotions":
-        return read_goemotions(path, task.num_labels)
+        taxonomy, fine = task.source.get("taxonomy"), task.source.get("fine_labels", task.label_names)
+        examples = read_goemotions(path, len(fine))
+        return regroup_examples(examples, fine, taxonomy, task.label_names) if taxonomy else examples
     if task.name == "recipe-mpr":
         examples = read_recipe_mpr(path, task.source["seed"])
         if len(examples[0].choices or []) != task.num_labels:
@@ -234,3 +255,13 @@ def label_array(task: TaskData, examples: Sequence[Example] | None = None) -> np
     if task.kind == MULTI_LABEL:
         return np.array([ex.label for ex in chosen], dtype=np.uint8).reshape(len(chosen), task.num_labels)
     return np.array([ex.label for ex in chosen], dtype=np.int64)
+
+
+def label_counts(kind: str, labels: np.ndarray, names: Sequence[str]) -> dict[str, int]:
+    """Examples per label: of class ids (N,) or of a multi-hot matrix (N, L)."""
+    labels = np.asarray(labels)
+    if kind == MULTI_LABEL:
+        counts = labels.reshape(len(labels), len(names)).sum(axis=0)
+    else:
+        counts = np.bincount(labels.astype(np.int64), minlength=len(names))
+    return {name: int(c) for name, c in zip(names, counts)}

@@ -162,6 +162,28 @@ def draw_label_frequency(counts: dict[str, int]) -> Figure:
     return fig
 
 
+def draw_source_counts(sources: dict) -> Figure:
+    """Positive training examples per label, stacked by the source they came from (the target's own first), with
+    each label's count after oversampling marked where the run oversampled."""
+    merged, parts = sources["label_counts"]["merged"], sources["label_counts"]["by_source"]
+    names = sorted(merged, key=lambda k: merged[k])
+    fig = new_figure(figsize=(9, _bar_height(len(names))), layout="constrained")
+    ax = fig.subplots()
+    start = np.zeros(len(names))
+    for source, counts in parts.items():
+        width = np.array([counts.get(k, 0) for k in names], dtype=float)
+        ax.barh(range(len(names)), width, left=start, label=source)
+        start += width
+    after = sources["label_counts"].get("oversampled")
+    if after:
+        ax.scatter([after[k] for k in names], range(len(names)), marker="|", s=120, color="black", label="oversampled")
+    ax.set_yticks(range(len(names)), names)
+    ax.set(xlabel="positive training examples per label", title="training labels by source")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    return fig
+
+
 def threshold_curves(gold: np.ndarray, probs: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """F1 of each label at each threshold: (G, L), predicting a label when its probability >= threshold."""
     y = gold.astype(bool)
@@ -296,6 +318,10 @@ def draw_run(run_dir: Path, results: dict) -> list[RunFigure]:
     counts = results.get("train", {}).get("label_counts")
     if counts and (kind == MULTI_LABEL or (kind == SINGLE_LABEL and _imbalanced(counts))):
         figs.append(RunFigure("label_frequency", "Label frequency in train", draw_label_frequency(counts), svg=True))
+    sources = results.get("sources")
+    if sources and kind != MULTIPLE_CHOICE:
+        fig = draw_source_counts(sources)
+        figs.append(RunFigure("label_sources", "Training labels by source", fig, svg=True))
     records = read_prediction_records(run_dir, split)
     if records:
         gold, probs = _labels(kind, records, len(names))

@@ -38,6 +38,7 @@ from minitune.eval.report_parts import (
     train_tables,
     training_lines,
 )
+from minitune.eval.sources import source_tables
 
 TOP_ERRORS = 25  # misclassified examples listed
 STYLE = """
@@ -206,6 +207,13 @@ def _training_section(results: dict) -> str:
     return "<h2>Models trained</h2>" + lead + "".join(map(_html_table, tables))
 
 
+def _sources_section(results: dict) -> str:
+    """Several training sources: what each brought, and the scores on the labels they feed."""
+    if not results.get("sources"):
+        return ""
+    return "<h2>Training sources</h2>" + "".join(map(_html_table, source_tables(results["sources"])))
+
+
 def _settings_section(results: dict) -> str:
     rows = settings_rows(results.get("settings") or {})
     table = _html_table(Table("", ["setting", "value"], rows, left=2)) if rows else ""
@@ -227,6 +235,7 @@ def render_html(results: dict, figures: list[tuple[str, Path]], records: list[di
         f"<meta name=viewport content='width=device-width, initial-scale=1'><style>{STYLE}</style></head><body>",
         f"<h1>{_e(title)}</h1><p class=meta>{meta}</p>",
         _headline_section(results),
+        _sources_section(results),
         "<h2>Figures</h2>",
         *(_figure(t, p) for t, p in figures),
         _split_sections(results),

@@ -22,7 +22,7 @@ import numpy as np
 from minitune.checkpoints.atomic import atomic_write, atomic_write_text
 from minitune.checkpoints.rundir import read_jsonl
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE
-from minitune.data.tasks import Example, TaskData, label_array
+from minitune.data.tasks import Example, TaskData, label_array, label_counts
 
 
 def label_predictions(scores: np.ndarray, names: list[str], thresholds: np.ndarray | None) -> list[str]:
@@ -141,9 +141,4 @@ def read_prediction_records(run_dir: Path, split: str) -> list[dict] | None:
 
 def train_label_counts(kind: str, labels: np.ndarray, names: Sequence[str]) -> dict[str, int]:
     """Examples per label in the training labels: class ids (N,) or a multi-hot matrix (N, L)."""
-    labels = np.asarray(labels)
-    if kind == MULTI_LABEL:
-        counts = labels.reshape(len(labels), len(names)).sum(axis=0)
-    else:
-        counts = np.bincount(labels.astype(np.int64), minlength=len(names))
-    return {name: int(c) for name, c in zip(names, counts)}
+    return label_counts(kind, labels, names)

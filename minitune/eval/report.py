@@ -23,6 +23,7 @@ from minitune.eval.report_parts import (
     train_tables,
     training_lines,
 )
+from minitune.eval.sources import source_tables
 
 RULE = "=" * 72
 
@@ -96,6 +97,8 @@ def format_report(results: dict, settings: bool = True) -> str:
         raise ValueError("results hold no split report (a dict from metrics.classification_report)")
     tuned_on = (results.get("thresholds") or {}).get("tuned_on")
     lines = _header(results, found[0][1], settings)
+    for table in source_tables(results["sources"]) if results.get("sources") else []:
+        lines += [f"{table.title}:", *("  " + ln for ln in text_table(Table("", table.header, table.rows, table.left)))]
     for name, rep in found:
         lines += _split_section(name, rep, tuned_on)
     return "\n".join(lines + [RULE]) + "\n"

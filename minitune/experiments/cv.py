@@ -31,6 +31,7 @@ from minitune.data.tasks import Example, TaskData, label_array
 from minitune.errors import ConfigError
 from minitune.eval.finish import finish_splits, headline, mean_start, mean_std, start_row
 from minitune.eval.scoring import task_report
+from minitune.eval.sources import sources_results
 from minitune.experiments.folds import FoldOutcome, train_folds
 from minitune.train.distributed import is_main
 
@@ -88,6 +89,8 @@ def run_cv(cfg: RunConfig, task: TaskData, tokenizer, test: list[Example] | None
     }
     if done.thresholds is not None:
         results["thresholds"] = done.thresholds
+    if task.added_counts:  # each fold trained on its part and every source's examples
+        results["sources"] = sources_results(task, done.reports, examples + task.added, 0, cfg.seed)
     if is_main():
         save_oof_index(out, index[order])
         save_scores(out, oof=oof, **mean)

@@ -65,12 +65,13 @@ class FoldOutcome:
 
 def fold_split(cfg: RunConfig, task: TaskData, examples: list, train: list[int], val: list[int]) -> tuple[list, list]:
     """(train, validation) examples of one fold, capped by `max_train_samples` / `max_eval_samples` (the cap applies
-    to selection only; each fold's held-out part is always scored whole)."""
+    to selection only; each fold's held-out part is always scored whole). Extra training sources (`task.added`)
+    join every fold's training part, never its validation or held-out part."""
     fold_train, fold_val = [examples[i] for i in train], [examples[i] for i in val]
     fold_train, fold_val = selection_split(
         fold_train, fold_val, label_array(task, fold_train), cfg.data.max_eval_samples, cfg.seed
     )
-    return subsample(fold_train, cfg.data.max_train_samples, cfg.seed), fold_val
+    return subsample(fold_train, cfg.data.max_train_samples, cfg.seed) + task.added, fold_val
 
 
 def finished_fold(fold_dir: Path, held_out, sizes: dict[str, int]) -> FoldOutcome | None:
@@ -121,7 +122,7 @@ def train_folds(
 ) -> list[FoldOutcome]:
     """One fine-tuned model per (train, validation, held-out) index triple into `examples`, each scored on its
     held-out part and on `extra_sets`. `teacher`: distillation (experiments/distill.py), as in finetune."""
-    tokenized = _shared_features(cfg, task, tokenizer, [examples, *extra_sets.values()])
+    tokenized = _shared_features(cfg, task, tokenizer, [examples, task.added, *extra_sets.values()])
     lm = causal_lm(cfg.model, cfg.seed, device) if cfg.model.head == "generative" and cfg.loop.epochs == 0 else None
 
     def train_fold(k: int, fold: tuple, fold_dir: Path, resume: bool) -> FoldOutcome:

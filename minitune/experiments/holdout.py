@@ -12,16 +12,18 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from minitune.checkpoints.rundir import loss_at_best, save_scores, write_prompt_example
 from minitune.config.sections import RunConfig
 from minitune.data.custom import Row
 from minitune.data.kinds import MULTI_LABEL
-from minitune.data.splits import holdout_examples, selection_split, subsample
+from minitune.data.splits import MERGED_SELECTION_SHARE, holdout_examples, selection_split, subsample
 from minitune.data.tasks import Example, TaskData, label_array
 from minitune.eval.finish import finish_splits
 from minitune.eval.predictions import label_predictions, rows_predicted, train_label_counts, write_predictions
+from minitune.eval.sources import by_source, sources_results
 from minitune.finetune import Tuned, finetune
 from minitune.inputs import RunInputs
 from minitune.train.distributed import is_main
@@ -30,16 +32,21 @@ log = logging.getLogger("minitune")
 
 
 def holdout_splits(cfg: RunConfig, task: TaskData) -> tuple[list[Example], list[Example], list[Example]]:
-    """(train, dev, examples held out to tune thresholds on: `threshold_split`, else none)."""
+    """(train, dev, examples held out to tune thresholds on: `threshold_split`, else none). The examples of extra
+    training sources (`task.added`) join train; without a dev file the merged data is split 80/20 instead."""
     generative = cfg.model.head == "generative"
     pool = task.train if generative else subsample(task.train, cfg.data.max_train_samples, cfg.seed)
-    train, dev = selection_split(pool, task.dev, label_array(task, pool), cfg.data.max_eval_samples, cfg.seed)
+    added, share = task.added, None
+    if added and not task.dev:
+        pool, added, share = pool + added, [], MERGED_SELECTION_SHARE
+    d = cfg.data
+    train, dev = selection_split(pool, task.dev, label_array(task, pool), d.max_eval_samples, cfg.seed, share)
     if not task.dev:
         log.info("no dev file: holding out %d of %d training examples for selection", len(dev), len(pool))
     tune: list[Example] = []
     if cfg.eval.threshold_split and task.kind == MULTI_LABEL:  # thresholds tuned on train held out, not on dev
         train, tune = holdout_examples(train, label_array(task, train), cfg.eval.threshold_split, cfg.seed)
-    return train, dev, tune
+    return train + added, dev, tune
 
 
 def run_holdout(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.device) -> dict:
@@ -65,6 +72,8 @@ def run_holdout(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.devi
     if done.thresholds is not None:
         results["thresholds"] = done.thresholds
     _generation_notes(tuned, results, inputs.test, test_scores, test_texts)
+    if task.added_counts:  # several training sources: what each brought, and the scores on the labels they feed
+        results["sources"] = _sources(cfg, task, tuned, done, dev_ex)
     if is_main():
         save_scores(out, **{name: scores for name, (_, scores) in splits.items()})  # for ensembles and teachers
         if tuned.prompt_example is not None:
@@ -73,6 +82,13 @@ def run_holdout(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.devi
     if inputs.unlabelled is not None:
         predict_unlabelled(task, tuned, inputs.unlabelled, done.use, out)
     return results
+
+
+def _sources(cfg: RunConfig, task: TaskData, tuned: Tuned, done, dev_ex: list[Example]) -> dict:
+    record = sources_results(task, done.reports, tuned.trained_on, cfg.data.oversample_rare, cfg.seed)
+    tuned_at = None if done.thresholds is None else np.array(list(done.thresholds["per_label"].values()))
+    mixed = by_source(task, dev_ex, tuned.dev_scores, cfg.eval.threshold, tuned_at)
+    return record | ({"dev_by_source": mixed} if mixed else {})
 
 
 def _generation_notes(tuned: Tuned, results: dict, test, test_scores, test_texts) -> None:
