@@ -37,6 +37,7 @@ from minitune.data.batching import length_of, make_collate, make_sampler
 from minitune.data.features import oversample_rare, tokenize
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE
 from minitune.data.long_text import CHUNK_KEY
+from minitune.data.sources import trained_on_text
 from minitune.data.tasks import Example, TaskData, label_array
 from minitune.eval.metrics import selection_metrics
 from minitune.eval.scoring import predict_logits, predict_scores, probabilities, task_report
@@ -135,7 +136,8 @@ def _tuned(cfg: RunConfig, task: TaskData, model, tokenizer, featurize, collate,
             whole.hf_config.pop(CHUNK_KEY, None)
             if cfg.data.long_text == "chunk":
                 whole.hf_config[CHUNK_KEY] = {"max_length": cfg.data.max_length, "overlap": cfg.data.window_overlap()}
-            save_model_dir(run_dir, whole, tokenizer, task.kind, task.label_names, thresholds, trained_on=task.name)
+            card = trained_on_text(task)
+            save_model_dir(run_dir, whole, tokenizer, task.kind, task.label_names, thresholds, trained_on=card)
 
     return Tuned(model, summary, scores, predict, save, lambda run_dir, fold_dir, k: save(fold_dir, None))
 

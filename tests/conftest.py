@@ -93,6 +93,7 @@ SLOW = {
     "test_sources.py::test_a_source_files_own_mistakes_name_it": 0,  # 4.4 s
     "test_sources.py::test_a_taxonomy_relabels_train_dev_and_a_test_file_as_the_union_of_groups": 1,  # 3.1 s each
     "test_sources.py::test_source_mistakes_are_one_line_and_exit_2": 2,  # 0.3-1.5 s each
+    "test_sources.py::test_an_interrupted_run_with_sources_resumes_from_its_settings_alone": 0,  # 2 runs
 }
 
 

@@ -22,7 +22,7 @@ from minitune.inputs import read_task
 
 REPO = Path(__file__).resolve().parents[1]
 
-# GoEmotions' published groupings (google-research goemotions/data/ekman_mapping.json, sentiment_mapping.json),
+# GoEmotions' published groupings (google-research goemotions/data/ekman_mapping.json, sentiment_dict.json),
 # written here from the published files, independently of the TOML files that ship.
 EKMAN = {
     "anger": ["anger", "annoyance", "disapproval"],
@@ -300,6 +300,10 @@ def test_without_a_dev_file_the_merge_is_split_80_20_and_scored_by_source(tmp_pa
     assert results["dev"]["n_examples"] == round(0.2 * (120 + 40))
     by_source = results["sources"]["dev_by_source"]
     assert set(by_source) == {"(target)", "extra"} and sum(v["n"] for v in by_source.values()) == 32
+    own, extra = results["sources"]["sources"]
+    assert own["trained_on"] + by_source["(target)"]["n"] == 120  # what went to dev is not counted as trained on
+    assert extra["trained_on"] + by_source["extra"]["n"] == 40
+    assert sum(results["sources"]["label_counts"]["by_source"]["extra"].values()) == extra["trained_on"]
 
 
 def test_cv_adds_the_sources_to_every_fold_and_scores_only_the_target(tmp_path):
@@ -325,6 +329,11 @@ def test_seeds_sweep_distill_and_predict_with_sources(tmp_path, capsys):
     assert main(["distill", "--teacher", str(tmp_path / "seeds"), *a]) == 0
     for run in (tmp_path / "student", tmp_path / "student" / "alone"):  # the distilled student, and it alone
         assert json.loads((run / "results.json").read_text())["sources"]["sources"][1]["trained_on"] == 40
+    assert main(_run(tmp_path / "plain", train, "--dev-file", str(dev))) == 0  # the student's data without the source
+    b = _run(tmp_path / "student2", train, "--dev-file", str(dev), "--add-train", str(source))
+    capsys.readouterr()
+    assert main(["distill", "--teacher", str(tmp_path / "seeds"), "--alone", str(tmp_path / "plain"), *b]) == 2
+    assert "trained with --add-train None, the student with" in capsys.readouterr().err
     sweep = tmp_path / "sweep.toml"
     sweep.write_text(
         f'output_dir = "{tmp_path / "sweep"}"\n[base]\ntask = "custom"\ntrain_file = "{train}"\ndev_file = "{dev}"\n'
@@ -348,6 +357,7 @@ def test_goemotions_ekman_with_semeval_runs_and_predicts_in_the_taxonomy(tmp_pat
     out = tmp_path / "run"
     flags = ["--task", "goemotions", "--taxonomy", "ekman", "--add-train", "semeval", "--source-weights", "0.02"]
     flags += [*TINY, "--data-dir", str(data_dir), "--max-train-samples", "300", "--max-eval-samples", "60"]
+    flags += ["--test-file", str(data_dir / "goemotions" / "dev.tsv")]
     assert main([*flags, "--oversample-rare", "60", "--output-dir", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     merged, after = (results["sources"]["label_counts"][k] for k in ("merged", "oversampled"))
@@ -358,20 +368,29 @@ def test_goemotions_ekman_with_semeval_runs_and_predicts_in_the_taxonomy(tmp_pat
     assert results["sources"]["sources"][0]["name"] == "goemotions (ekman)"
     assert results["sources"]["sources"][1]["trained_on"] == round(0.02 * results["sources"]["sources"][1]["mapped"])
     config = json.loads((out / "model" / "config.json").read_text())
-    assert list(config["id2label"].values()) == names
+    assert list(config["id2label"].values()) == names and results["test"]["label_names"] == names
+    assert results["test"]["n_examples"] == 5426  # --test-file relabelled in the taxonomy, every example kept
+    card = (out / "model" / "README.md").read_text()
+    assert "goemotions (ekman taxonomy) with semeval mapped into its labels" in card
 
 
 @pytest.mark.parametrize(
     "flags, message",
     [
+        (["--task", "goemotions", "--add-train", "semeval", "--source-weights", "inf"], "positive finite numbers"),
+        (["--task", "goemotions", "--add-train", "semeval", "--source-weights", "1e-5"], "keeps none of the 6743"),
         (["--task", "humor", "--taxonomy", "ekman"], "--taxonomy regroups GoEmotions' labels; --task is humor"),
         (["--task", "recipe-mpr", "--add-train", "semeval"], "recipe-mpr is multiple choice"),
         (["--task", "goemotions", "--add-train", "x.csv"], "--add-train x.csv: give a built-in task"),
         (["--task", "humor", "--add-train", "semeval"], "no label map ships from semeval to humor"),
         (["--task", "goemotions", "--source-weights", "2"], "--source-weights weighs --add-train sources"),
         (["--task", "goemotions", "--add-train", "semeval", "--source-weights", "1", "2"], "gives 2 weights for 1"),
-        (["--task", "goemotions", "--add-train", "semeval", "--source-weights", "0"], "must be positive numbers"),
+        (
+            ["--task", "goemotions", "--add-train", "semeval", "--source-weights", "0"],
+            "must be positive finite numbers",
+        ),
         (["--task", "goemotions", "--add-train", "nope.toml"], "nope.toml: no such file"),
+        (["--task", "goemotions", "--add-train", "."], "give a built-in task"),
         (["--task", "goemotions", "--add-train", "semeval", "--head", "generative"], "--head generative is not"),
     ],
 )
@@ -389,11 +408,53 @@ def test_a_source_files_own_mistakes_name_it(tmp_path, data_dir, capsys):
         ('task = "semeval"\ncolumns = 1\n', "unknown key 'columns'"),
         ('task = "semeval"\nempty = "drop"\n[map]\njoy = "happiness"\n', "names 'happiness', which is not a label"),
         ('task = "recipe-mpr"\n', "task = 'recipe-mpr'; choose one of humor, semeval, goemotions"),
+        ('file = "x.csv"\nlabel_names = 5\n', "label_names = 5 should be a list of label names"),
+        ('file = "x.csv"\ndelimiter = "pipe"\n', "delimiter = 'pipe'; choose one of tab, comma, semicolon, bar"),
+        ("file = 3\n", "file = 3 should be a string"),
+        ('file = "x.csv"\ntext_col = "TEXT"\nempty = "drop"\n[map]\na = "joy"\n', "(set in "),
     ):
+        (tmp_path / "x.csv").write_text("text,label\nhello,a\n", encoding="utf-8")
         bad.write_text(text, encoding="utf-8")
         assert main(["--task", "goemotions", "--add-train", str(bad), "--data-dir", str(data_dir)]) == 2
         err = capsys.readouterr().err
-        assert f"{bad}: " in err and message in err and err.count("\n") == 1
+        assert str(bad) in err and message in err and err.count("\n") == 1
+    (tmp_path / "d.toml").mkdir()
+    assert main(["--task", "goemotions", "--add-train", str(tmp_path / "d.toml"), "--data-dir", str(data_dir)]) == 2
+    assert "d.toml: cannot be read" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_with_sources_resumes_from_its_settings_alone(tmp_path, monkeypatch, capsys):
+    import itertools
+    import os
+    import signal
+
+    from minitune import finetune
+    from minitune.train.loop import TrainData
+
+    train, dev, source = _custom(tmp_path)
+    flags = ["--dev-file", str(dev), "--add-train", str(source), "--epochs", "2", "--checkpoint"]
+    straight = tmp_path / "straight"
+    assert main([*_run(straight, train, *flags)]) == 0
+    real_fit = finetune.fit
+
+    def fit_stopped_in_epoch2(model, loss_fn, data, evaluate, cfg, out_dir, device, **kw):
+        if not kw["resume"]:  # Ctrl-C while the 3rd batch of the 2nd epoch (10 batches each) is prepared
+            calls, collate = itertools.count(), data.collate
+
+            def collate_then_stop(features):
+                if next(calls) == 12:
+                    os.kill(os.getpid(), signal.SIGINT)
+                return collate(features)
+
+            data = TrainData(data.features, data.sampler, collate_then_stop)
+        return real_fit(model, loss_fn, data, evaluate, cfg, out_dir, device, **kw)
+
+    monkeypatch.setattr(finetune, "fit", fit_stopped_in_epoch2)
+    out = tmp_path / "stopped"
+    assert main([*_run(out, train, *flags)]) == 130
+    assert main(["--resume", str(out)]) == 0  # add_train and its weights come back from config.json
+    a, b = (json.loads((d / "results.json").read_text()) for d in (out, straight))
+    assert a["sources"]["sources"] == b["sources"]["sources"] and a["dev"]["macro_f1"] == b["dev"]["macro_f1"]
 
 
 def test_add_train_repeats_and_reaches_the_config(tmp_path, data_dir):

@@ -46,8 +46,8 @@ def coerce(where: str, key: str, value):
     typ = field_type(key)
     if typ is tuple and isinstance(value, list):
         value = tuple(value)
-    elif typ is tuple and isinstance(value, (str, dict)):  # one source, one teacher: add_train = "semeval"
-        value = (value,)
+    elif typ is tuple and isinstance(value, (str, dict, int, float)) and not isinstance(value, bool):
+        value = (value,)  # one of a list: add_train = "semeval", source_weights = 0.5, seeds = 42
     if value is None or isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
         return value
     if typ is float and isinstance(value, int) and not isinstance(value, bool):

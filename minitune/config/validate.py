@@ -199,8 +199,8 @@ def _check_sources(s: dict) -> None:
         f"`source_weights` gives {len(weights)} weights for {len(sources)} `add_train` sources: give one each",
     )
     _check(
-        all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in weights),
-        f"`source_weights` must be positive numbers (1: each example once), got {' '.join(map(str, weights))}",
+        all(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < float("inf") for w in weights),
+        f"`source_weights` must be positive finite numbers (1: each example once), got {' '.join(map(str, weights))}",
     )
 
 

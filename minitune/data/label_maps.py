@@ -19,8 +19,8 @@ Rules, the same for every source and target:
   maps to; a multi-label source's gets the union.
 
 Taxonomies regroup GoEmotions' 27 emotions, keeping neutral apart, as the data set's authors published them
-(google-research/google-research, goemotions/data/ekman_mapping.json and sentiment_mapping.json; Demszky et al.,
-2020, "GoEmotions: A Dataset of Fine-Grained Emotions", ACL, section 6): Ekman's six basic emotions, and sentiment
+(google-research/google-research, goemotions/data/ekman_mapping.json and sentiment_dict.json; Demszky et al.,
+2020, "GoEmotions: A Dataset of Fine-Grained Emotions", ACL): Ekman's six basic emotions, and sentiment
 (positive, negative, ambiguous). They are label maps too, shipped in data/maps/ beside the SemEval-2018 E-c map.
 """
 
@@ -90,9 +90,14 @@ def read_map_file(path: Path) -> dict:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file; give the path of a label map (.toml)") from None
+        raise ConfigError(
+            f"{path}: no such file; give the path of a source file or label map (.toml; a relative path starts in "
+            "the folder the run was started from)"
+        ) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror}); give the path of a .toml file") from None
 
 
 def shipped(name: str) -> LabelMap:

@@ -18,9 +18,10 @@ A source is one of:
 - the same table inline in a run's TOML config (`[[data.add_train]]`), its `file` relative to the working folder.
 
 The target's own examples stay in `task.train`; the sources' go to `task.added`, which every protocol adds to what
-it trains on and never to what it evaluates on (experiments/holdout.py, experiments/cv.py). A source weight W counts
-each of its examples W times in expectation: W < 1 keeps a seeded W share of them, W > 1 repeats them (whole copies
-and a seeded share), so a large set cannot drown the target however the loss averages.
+it trains on and never to what it evaluates on (experiments/holdout.py, experiments/cv.py; only a target without a
+dev file has its merged data split 80/20, as the GoEmotions source system did). A source weight W makes the source
+count W times its size: W < 1 keeps a seeded W share of its examples (one share for the whole run), W > 1 repeats
+them (whole copies and a seeded share), so a large set cannot drown the target however the loss averages.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from minitune.data.label_maps import (
     taxonomy_map,
 )
 from minitune.data.tasks import label_array, label_counts
-from minitune.errors import ConfigError
+from minitune.errors import ConfigError, DataError
 
 BUILTIN_SOURCES = ("humor", "semeval", "goemotions")
 READ_KEYS = {"task", "file", "text_col", "label_col", "pair_col", "label_names", "delimiter", "name"}
@@ -66,6 +67,10 @@ def add_sources(task: TaskData, specs, weights, read_task, seed: int) -> None:
         tag = {"source": name}
         mapped = map_examples(source.train, source.kind, source.label_names, lmap, task.label_names, task.kind, tag)
         examples = weighted(mapped.examples, weight, seed + n)
+        if mapped.examples and not examples:
+            raise ConfigError(
+                f"`source_weights` {weight:g} keeps none of the {len(mapped.examples)} examples of {where}: raise it"
+            )
         task.added += examples
         task.added_counts.append(_counts(name, where, source, mapped, weight, examples, task))
 
@@ -98,6 +103,7 @@ def read_source(table: dict, where: str, base: Path, read_task) -> TaskData:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}; a source's keys are {keys}")
     if ("task" in table) == ("file" in table):
         raise ConfigError(f'{where}: say where the examples come from with task = "semeval" or file = "data.csv"')
+    _check_types(table, where)
     if "task" in table:
         if table["task"] not in BUILTIN_SOURCES:
             raise ConfigError(f"{where}: task = {table['task']!r}; choose one of {', '.join(BUILTIN_SOURCES)}")
@@ -105,11 +111,27 @@ def read_source(table: dict, where: str, base: Path, read_task) -> TaskData:
     else:
         options = {k: table[k] for k in ("text_col", "label_col", "pair_col", "label_names") if k in table}
         if "delimiter" in table:
-            options["delimiter"] = DELIMITERS_BY_NAME.get(table["delimiter"], table["delimiter"])
-        source = read_task("custom", train_file=base / str(table["file"]), **options)
+            options["delimiter"] = DELIMITERS_BY_NAME[table["delimiter"]]
+        try:
+            source = read_task("custom", train_file=base / table["file"], **options)
+        except DataError as e:  # a column the file lacks: the fix is this source's keys, not the run's flags
+            message = str(e).replace("--text-col", "text_col").replace("--label-col", "label_col")
+            raise DataError(f"{message} (set in {where})") from None
     if source.kind == MULTIPLE_CHOICE:
         raise ConfigError(f"{where}: a multiple-choice data set has no labels to map; add a classification set")
     return source
+
+
+def _check_types(table: dict, where: str) -> None:
+    """Each key of a source table holds what it names: a string, or label names as a list of strings."""
+    for key in ("task", "file", "text_col", "label_col", "pair_col", "name"):
+        if key in table and not isinstance(table[key], str):
+            raise ConfigError(f"{where}: {key} = {table[key]!r} should be a string (in quotes)")
+    names = table.get("label_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise ConfigError(f'{where}: label_names = {names!r} should be a list of label names, e.g. ["joy", "fear"]')
+    if "delimiter" in table and table["delimiter"] not in DELIMITERS_BY_NAME:
+        raise ConfigError(f"{where}: delimiter = {table['delimiter']!r}; choose one of {', '.join(DELIMITERS_BY_NAME)}")
 
 
 def source_map(table: dict, where: str, source: TaskData, task: TaskData) -> LabelMap:
@@ -167,3 +189,11 @@ def fed_labels(task: TaskData) -> list[str]:
     for record in task.added_counts:
         counts.update({k: v for k, v in record["label_counts"].items() if v})
     return [name for name in task.label_names if counts[name]]
+
+
+def trained_on_text(task: TaskData) -> str:
+    """The training data in words, for the model card: the task, its taxonomy and its extra sources."""
+    taxonomy = task.source.get("taxonomy")
+    text = f"{task.name} ({taxonomy} taxonomy)" if taxonomy else task.name
+    names = [r["source"] for r in task.added_counts]
+    return f"{text} with {', '.join(names)} mapped into its labels" if names else text

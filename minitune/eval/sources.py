@@ -6,6 +6,8 @@ split mixes sources (no dev file: the merged data was split), each source's own 
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 from minitune.data.examples import Example, TaskData
@@ -32,9 +34,13 @@ def sources_results(task: TaskData, reports: dict[str, dict], trained_on: list[E
         rows = oversample_rare(labels, oversample, seed)
         counts["oversampled"] = train_label_counts(task.kind, labels[rows], task.label_names)
     fed = fed_labels(task)
-    own = {"source": TARGET, "name": _target_name(task), "read": len(task.train), "trained_on": _own(trained_on)}
+    # What each source trained on, counted in what the model trained on: without a dev file part of every source
+    # went to the dev split.
+    trained = Counter(ex.meta.get("source", TARGET) for ex in trained_on)
+    own = {"source": TARGET, "name": _target_name(task), "read": len(task.train), "trained_on": trained[TARGET]}
+    added = [r | {"trained_on": trained[r["source"]]} for r in task.added_counts]
     return {
-        "sources": [own, *task.added_counts],
+        "sources": [own, *added],
         "fed_labels": fed,
         "label_counts": counts,
         "fed_scores": {name: fed_scores(rep, fed) for name, rep in reports.items()},
@@ -44,10 +50,6 @@ def sources_results(task: TaskData, reports: dict[str, dict], trained_on: list[E
 def _target_name(task: TaskData) -> str:
     taxonomy = task.source.get("taxonomy")
     return f"{task.name} ({taxonomy})" if taxonomy else task.name
-
-
-def _own(examples: list[Example]) -> int:
-    return sum("source" not in ex.meta for ex in examples)
 
 
 def fed_scores(report: dict, fed: list[str]) -> dict:

@@ -89,8 +89,9 @@ def run_cv(cfg: RunConfig, task: TaskData, tokenizer, test: list[Example] | None
     }
     if done.thresholds is not None:
         results["thresholds"] = done.thresholds
-    if task.added_counts:  # each fold trained on its part and every source's examples
-        results["sources"] = sources_results(task, done.reports, examples + task.added, 0, cfg.seed)
+    if task.added_counts:  # each fold trained on its part and every source's examples: counted over all folds
+        trained = examples + task.added
+        results["sources"] = sources_results(task, done.reports, trained, cfg.data.oversample_rare, cfg.seed)
     if is_main():
         save_oof_index(out, index[order])
         save_scores(out, oof=oof, **mean)

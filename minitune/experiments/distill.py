@@ -151,6 +151,15 @@ def check_alone(cfg: RunConfig, alone_dir: Path, alone: dict) -> None:
             f"`alone` {alone_dir} is a run of {theirs[0]} with {theirs[1]}, not of the student ({cfg.data.task} "
             f"with {cfg.model.model}): pass a run of the same task and model, or leave `alone` out to train one"
         )
+    saved = alone.get("config") or {}
+    for name in ("taxonomy", "add_train", "source_weights"):  # the same labels and the same training data
+        mine = getattr(cfg.data, name)
+        mine = list(mine) if isinstance(mine, tuple) else mine
+        if saved.get(name) != mine:
+            raise ConfigError(
+                f"`alone` {alone_dir} trained with `{name}` {saved.get(name)}, the student with {mine}: pass a run "
+                "on the same data, or leave `alone` out to train one"
+            )
 
 
 def scored_split(results: dict) -> str:

@@ -36,11 +36,13 @@ def holdout_splits(cfg: RunConfig, task: TaskData) -> tuple[list[Example], list[
     training sources (`task.added`) join train; without a dev file the merged data is split 80/20 instead."""
     generative = cfg.model.head == "generative"
     pool = task.train if generative else subsample(task.train, cfg.data.max_train_samples, cfg.seed)
-    added, share = task.added, None
-    if added and not task.dev:
-        pool, added, share = pool + added, [], MERGED_SELECTION_SHARE
-    d = cfg.data
-    train, dev = selection_split(pool, task.dev, label_array(task, pool), d.max_eval_samples, cfg.seed, share)
+    added, d = task.added, cfg.data
+    if added and not task.dev:  # the merged data split 80/20; its dev part is in source order, so capped at random
+        pool, added = pool + added, []
+        train, dev = selection_split(pool, [], label_array(task, pool), None, cfg.seed, MERGED_SELECTION_SHARE)
+        dev = subsample(dev, d.max_eval_samples, cfg.seed)
+    else:
+        train, dev = selection_split(pool, task.dev, label_array(task, pool), d.max_eval_samples, cfg.seed)
     if not task.dev:
         log.info("no dev file: holding out %d of %d training examples for selection", len(dev), len(pool))
     tune: list[Example] = []
