@@ -160,3 +160,29 @@ def _remove_module_temp(request, tmp_path_factory):
     if not getattr(request.module, "_minitune_failed", False):
         for path in set(base.iterdir()) - before:
             shutil.rmtree(path, ignore_errors=True)
+
+
+def interrupt_fit(monkeypatch, batch: int, when) -> None:
+    """finetune.fit, but a Ctrl-C (SIGINT) arrives while batch number `batch` (0-based, counted across epochs) is
+    prepared, in the runs `when(out_dir, resume)` picks: a run stopped part-way, as a user stops one."""
+    import itertools
+    import signal
+
+    from minitune import finetune
+    from minitune.train.loop import TrainData
+
+    real_fit = finetune.fit
+
+    def fit(model, loss_fn, data, evaluate, cfg, out_dir, device, **kw):
+        if when(out_dir, kw["resume"]):
+            calls, collate = itertools.count(), data.collate
+
+            def collate_then_stop(features):
+                if next(calls) == batch:
+                    os.kill(os.getpid(), signal.SIGINT)
+                return collate(features)
+
+            data = TrainData(data.features, data.sampler, collate_then_stop)
+        return real_fit(model, loss_fn, data, evaluate, cfg, out_dir, device, **kw)
+
+    monkeypatch.setattr(finetune, "fit", fit)

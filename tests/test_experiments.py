@@ -3,16 +3,14 @@ predictions and folds, seed ensembles and predict on them, a resumed cv against 
 twice, distillation (alpha 0, a teacher that is the student), compare over every task kind, and one-line errors."""
 
 import csv
-import itertools
 import json
-import os
-import signal
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import interrupt_fit
 from minitune.cli import main
 from minitune.data.splits import kfold
 from minitune.eval.thresholds import choose_thresholds
@@ -131,24 +129,8 @@ def test_ensemble_is_the_mean_of_its_members_and_predict_averages_them(humor_see
 
 
 def test_resumed_cv_equals_an_uninterrupted_one(humor_cv, data_dir, tmp_path, monkeypatch, capsys):
-    from minitune import finetune
-    from minitune.train.loop import TrainData
-
-    real_fit = finetune.fit
-
-    def fit_stopped_in_fold1(model, loss_fn, data, evaluate, cfg, out_dir, device, **kw):
-        if out_dir.name == "fold1" and not kw["resume"]:  # Ctrl-C while the 2nd batch of fold 1 is prepared
-            calls, collate = itertools.count(), data.collate
-
-            def collate_then_stop(features):
-                if next(calls) == 1:
-                    os.kill(os.getpid(), signal.SIGINT)
-                return collate(features)
-
-            data = TrainData(data.features, data.sampler, collate_then_stop)
-        return real_fit(model, loss_fn, data, evaluate, cfg, out_dir, device, **kw)
-
-    monkeypatch.setattr(finetune, "fit", fit_stopped_in_fold1)
+    # Ctrl-C while the 2nd batch of fold 1 is prepared
+    interrupt_fit(monkeypatch, 1, lambda out_dir, resume: out_dir.name == "fold1" and not resume)
     out = tmp_path / "stopped"
     assert main(["cv", *args(data_dir, out), "--folds", "3"]) == 130
     assert "fold1/checkpoint" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import interrupt_fit
 from minitune.cli import main
 from minitune.config.load import make_config
 from minitune.data.examples import Example
@@ -424,32 +425,12 @@ def test_a_source_files_own_mistakes_name_it(tmp_path, data_dir, capsys):
 
 
 def test_an_interrupted_run_with_sources_resumes_from_its_settings_alone(tmp_path, monkeypatch, capsys):
-    import itertools
-    import os
-    import signal
-
-    from minitune import finetune
-    from minitune.train.loop import TrainData
-
     train, dev, source = _custom(tmp_path)
     flags = ["--dev-file", str(dev), "--add-train", str(source), "--epochs", "2", "--checkpoint"]
     straight = tmp_path / "straight"
     assert main([*_run(straight, train, *flags)]) == 0
-    real_fit = finetune.fit
-
-    def fit_stopped_in_epoch2(model, loss_fn, data, evaluate, cfg, out_dir, device, **kw):
-        if not kw["resume"]:  # Ctrl-C while the 3rd batch of the 2nd epoch (10 batches each) is prepared
-            calls, collate = itertools.count(), data.collate
-
-            def collate_then_stop(features):
-                if next(calls) == 12:
-                    os.kill(os.getpid(), signal.SIGINT)
-                return collate(features)
-
-            data = TrainData(data.features, data.sampler, collate_then_stop)
-        return real_fit(model, loss_fn, data, evaluate, cfg, out_dir, device, **kw)
-
-    monkeypatch.setattr(finetune, "fit", fit_stopped_in_epoch2)
+    # Ctrl-C while the 3rd batch of the 2nd epoch (10 batches each) is prepared
+    interrupt_fit(monkeypatch, 12, lambda out_dir, resume: not resume)
     out = tmp_path / "stopped"
     assert main([*_run(out, train, *flags)]) == 130
     assert main(["--resume", str(out)]) == 0  # add_train and its weights come back from config.json
