@@ -274,6 +274,7 @@ def test_holdout_trains_on_the_merge_and_scores_on_the_targets_dev(tmp_path, mon
     assert results["train"]["label_counts"] == s["label_counts"]["merged"]
     report = (out / "report.txt").read_text()
     assert "training sources:" in report and "boredom 20" in report and "macro-F1 fed labels" in report
+    assert "from_no_label" in report and "training examples per label, by source" in report
     assert "Training sources" in (out / "report.html").read_text()
     assert (out / "figures" / "label_sources.png").is_file()
 
