@@ -18,11 +18,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from minitune.checkpoints.rundir import write_results
 from minitune.cli import main
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE, SINGLE_LABEL
-from minitune.data.tasks import Example
+from minitune.data.tasks import Example, label_counts
 from minitune.eval.figures import draw_run, reliability_bins
 from minitune.eval.html import write_html_report
 from minitune.eval.metrics import classification_report
-from minitune.eval.predictions import train_label_counts, write_prediction_records
+from minitune.eval.predictions import write_prediction_records
 from minitune.eval.report_parts import headline
 from minitune.eval.thresholds import choose_thresholds, per_label_f1
 
@@ -92,7 +92,7 @@ def make_run(tmp_path: Path, kind: str, names: list[str], n: int = 120, seed: in
     else:
         results[split] = classification_report(kind, gold, probs, names, groups=groups if split == "test" else None)
     if kind != MULTIPLE_CHOICE:
-        results["train"]["label_counts"] = train_label_counts(kind, train, names)
+        results["train"]["label_counts"] = label_counts(kind, train, names)
     write_results(out / "results.json", results)
     write_prediction_records(out, split, examples, gold, probs)
     _metrics_jsonl(out / "metrics.jsonl", metric)

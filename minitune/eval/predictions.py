@@ -6,8 +6,8 @@ let figures and report.html be redrawn without the model.
 - `predictions_<split>.jsonl`: one JSON object per example, in the split's order:
     {"text": ..., "pair": ... (if any), "choices": [...] (multiple choice), "gold": label id | multi-hot list,
      "probs": [probability per class / label / option]}
-  Probabilities are rounded to 6 decimals (as in the CSV files). `train_label_counts` gives the training label
-  counts that results.json keeps under train.label_counts (the class-imbalance chart).
+  Probabilities are rounded to 6 decimals (as in the CSV files). The training label counts that results.json keeps
+  under train.label_counts (the class-imbalance chart) come from data/tasks.label_counts.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 from minitune.checkpoints.atomic import atomic_write, atomic_write_text
 from minitune.checkpoints.rundir import read_jsonl
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE
-from minitune.data.tasks import Example, TaskData, label_array, label_counts
+from minitune.data.tasks import Example, TaskData, label_array
 
 
 def label_predictions(scores: np.ndarray, names: list[str], thresholds: np.ndarray | None) -> list[str]:
@@ -137,8 +137,3 @@ def read_prediction_records(run_dir: Path, split: str) -> list[dict] | None:
     if not path.is_file():
         return None
     return read_jsonl(path)
-
-
-def train_label_counts(kind: str, labels: np.ndarray, names: Sequence[str]) -> dict[str, int]:
-    """Examples per label in the training labels: class ids (N,) or a multi-hot matrix (N, L)."""
-    return label_counts(kind, labels, names)

@@ -14,8 +14,7 @@ from minitune.data.examples import Example, TaskData
 from minitune.data.features import oversample_rare
 from minitune.data.kinds import MULTI_LABEL
 from minitune.data.sources import fed_labels
-from minitune.data.tasks import label_array
-from minitune.eval.predictions import train_label_counts
+from minitune.data.tasks import label_array, label_counts
 from minitune.eval.report_parts import Table, plain
 from minitune.eval.scoring import task_report
 
@@ -25,14 +24,14 @@ TARGET = "(target)"  # the target task's own examples, in a source's column
 def sources_results(task: TaskData, reports: dict[str, dict], trained_on: list[Example], oversample: int, seed: int):
     """results.json's `sources`: the merge counted, and every split's macro-F1 on the labels the sources feed."""
     labels = label_array(task, trained_on)
-    counts = {"merged": train_label_counts(task.kind, labels, task.label_names), "by_source": {}}
+    counts = {"merged": label_counts(task.kind, labels, task.label_names), "by_source": {}}
     for name in dict.fromkeys(ex.meta.get("source", TARGET) for ex in trained_on):
         rows = [i for i, ex in enumerate(trained_on) if ex.meta.get("source", TARGET) == name]
         shown = _target_name(task) if name == TARGET else name
-        counts["by_source"][shown] = train_label_counts(task.kind, labels[rows], task.label_names)
+        counts["by_source"][shown] = label_counts(task.kind, labels[rows], task.label_names)
     if oversample and task.kind == MULTI_LABEL:  # the rows finetune.training_features trains on, drawn again
         rows = oversample_rare(labels, oversample, seed)
-        counts["oversampled"] = train_label_counts(task.kind, labels[rows], task.label_names)
+        counts["oversampled"] = label_counts(task.kind, labels[rows], task.label_names)
     fed = fed_labels(task)
     # What each source trained on, counted in what the model trained on: without a dev file part of every source
     # went to the dev split.

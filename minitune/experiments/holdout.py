@@ -20,9 +20,9 @@ from minitune.config.sections import RunConfig
 from minitune.data.custom import Row
 from minitune.data.kinds import MULTI_LABEL
 from minitune.data.splits import MERGED_SELECTION_SHARE, holdout_examples, selection_split, subsample
-from minitune.data.tasks import Example, TaskData, label_array
+from minitune.data.tasks import Example, TaskData, label_array, label_counts
 from minitune.eval.finish import finish_splits
-from minitune.eval.predictions import label_predictions, rows_predicted, train_label_counts, write_predictions
+from minitune.eval.predictions import label_predictions, rows_predicted, write_predictions
 from minitune.eval.sources import by_source, sources_results
 from minitune.finetune import Tuned, finetune
 from minitune.inputs import RunInputs
@@ -69,7 +69,7 @@ def run_holdout(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.devi
     summary = tuned.summary | {"losses": loss_at_best(out, tuned.summary.get("best_step"))}
     if tuned.trained_on:  # the class balance of what it trained on (nothing, for a model only asked)
         trained = label_array(task, tuned.trained_on)
-        summary["label_counts"] = train_label_counts(task.kind, trained, task.label_names)
+        summary["label_counts"] = label_counts(task.kind, trained, task.label_names)
     results = {"train": summary, **done.reports}
     if done.thresholds is not None:
         results["thresholds"] = done.thresholds
