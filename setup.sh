@@ -4,7 +4,7 @@
 #
 #   ./setup.sh              development: runtime + test + lint dependencies, into .venv
 #   ./setup.sh --runtime    runtime only (no pytest, transformers, peft, gguf, bitsandbytes, ruff, tensorboard,
-#                           onnx, onnxruntime; no SmolLM2)
+#                           onnx, onnxruntime, optuna, mlflow; no SmolLM2)
 #   VENV=DIR ./setup.sh     another environment directory (.ci/run uses .venv-ci); PYTHON=... another python3
 #
 # Then `. .venv/bin/activate`. Running it again on an existing environment only tops it up.

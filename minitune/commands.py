@@ -12,7 +12,9 @@ from minitune.config.validate import check_generative_settings
 from minitune.errors import ConfigError
 from minitune.eval.html import write_html_report
 from minitune.experiments.compare import compare, markdown_table, write_comparison
-from minitune.experiments.sweep import read_sweep, run_sweep
+from minitune.experiments.search import run_search
+from minitune.experiments.search_space import Search, read_plan
+from minitune.experiments.sweep import run_sweep
 from minitune.export import export_onnx
 from minitune.flags import CommandParser, add_setting, choices_of, setting_field
 from minitune.predict import predict_file
@@ -161,7 +163,8 @@ def sweep_parser() -> argparse.ArgumentParser:
         prog="minitune sweep",
         allow_abbrev=False,
         description="Train the trials of a sweep file (a base config, a list or grid of variations, phases with "
-        "their own budgets and how many trials advance); finished trials are skipped on a rerun, and "
+        "their own budgets and how many trials advance; or, with `method`, a TPE search on Optuna that prunes "
+        "losing trials and that any number of workers share); finished trials are skipped on a rerun, and "
         "leaderboard.md/.json is rewritten after every trial. The file's format: minitune/experiments/sweep.py "
         "and configs/goemotions-loss-sweep.toml.",
     )
@@ -169,16 +172,27 @@ def sweep_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="start over in an output folder that holds another sweep (or one with other settings)",
+        help="start over in an output folder that holds another sweep (or one with other settings); a search: "
+        "delete its study from the storage too",
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="a search (method = \"tpe\"): the study's storage, instead of the file's: a database URL "
+        "(sqlite:///study.db, postgresql://...) or a journal file; workers given the same one share the study",
     )
     return p
 
 
 def run_sweep_command(argv: list[str]) -> list[dict]:
     args = sweep_parser().parse_args(argv)
-    sweep = read_sweep(args.file)
-    rows = run_sweep(sweep, run_train, overwrite=args.overwrite)
-    print(f"leaderboard of {len(rows)} trials: {sweep.output_dir / 'leaderboard.md'}")
+    plan = read_plan(args.file, args.storage)
+    if isinstance(plan, Search):
+        rows = run_search(plan, run_train, overwrite=args.overwrite)
+        print(f"leaderboard of the study's {len(rows)} trials: {plan.output_dir / 'leaderboard.md'}")
+        return rows
+    rows = run_sweep(plan, run_train, overwrite=args.overwrite)
+    print(f"leaderboard of {len(rows)} trials: {plan.output_dir / 'leaderboard.md'}")
     return rows
 
 
@@ -189,7 +203,12 @@ def compare_parser() -> argparse.ArgumentParser:
         description="One table of finished runs (task, model, parameters, dev/out-of-fold/test scores, thresholds, "
         "training time), sorted by each task's metric; printed and written as Markdown and JSON.",
     )
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="output directories of finished runs")
+    p.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="output directories of finished runs; a sweep's or a search's folder stands for its finished trials",
+    )
     p.add_argument("--output", default="comparison", help="writes OUTPUT.md and OUTPUT.json (default: comparison)")
     return p
 

@@ -84,11 +84,13 @@ def finetune(
     tokenized: dict | None = None,
     teacher=None,
     lm=None,
+    judge=None,
 ) -> Tuned:
     """Fine-tune one model on train_ex, selecting on dev_ex, checkpointing in `out` (`resume`: continue from its
     checkpoint). `tokenized` (id(example) -> features) lets the folds of one run share one tokenization. `teacher`
     (experiments/distill.Teacher): learn its probabilities too; dev is still scored with the task loss. `lm`: a
-    causal LM already loaded, which the generative head reuses when nothing trains."""
+    causal LM already loaded, which the generative head reuses when nothing trains. `judge`: a search's pruner, which
+    sees each dev evaluation (train/loop.fit)."""
     out.mkdir(parents=True, exist_ok=True)
     if cfg.model.head == "generative":
         return _generative(cfg, task, train_ex, dev_ex, tokenizer, out, device, resume, lm)
@@ -113,7 +115,7 @@ def finetune(
     data = TrainData(train_f, shard_sampler(sampler), collate)  # torchrun: this rank's shard of each batch
     # fit: the loop trains, evaluates on dev and keeps the best weights with their dev probabilities
     evaluate = dev_evaluator(cfg, task, dev_ex, dev_f, collate, loss_fn, device)
-    kw = dict(resume=resume, signature=run_signature(cfg), distributed=cfg.distributed)
+    kw = dict(resume=resume, signature=run_signature(cfg), distributed=cfg.distributed, judge=judge)
     fitted = fit(model, train_loss, data, evaluate, cfg.loop, out, device, **kw)
     # scores: the best weights' dev probabilities came back with fit; more examples are scored the same way
     summary = loop_summary(cfg.loop, fitted.state, not getattr(model, "head_trained", False), t0)

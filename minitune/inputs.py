@@ -33,14 +33,15 @@ TEXT_COLUMNS = {"semeval": "Tweet"}
 
 @dataclass
 class RunInputs:
-    """The task, the tokenizer, --test-file's examples, --predict-file's rows, and a distillation teacher
-    (experiments/distill.Teacher) when one teaches."""
+    """The task, the tokenizer, --test-file's examples, --predict-file's rows, a distillation teacher
+    (experiments/distill.Teacher) when one teaches, and a search's pruner (experiments/search.py) when one judges."""
 
     task: TaskData
     tokenizer: Tokenizer
     test: list[Example] | None = None
     unlabelled: list[Row] | None = None
     teacher: object = None
+    judge: object = None  # (k-th evaluation, step, value) -> why to stop the run, or None
 
 
 def prepare(cfg: RunConfig) -> tuple[RunConfig, RunInputs]:

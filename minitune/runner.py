@@ -31,6 +31,7 @@ from minitune.experiments.seeds import run_seeds
 from minitune.inputs import RunInputs, prepare
 from minitune.train import distributed
 from minitune.train.interrupt import TrainingInterrupted
+from minitune.train.mlflow_tracking import tracked, tracking
 
 
 @dataclass
@@ -52,12 +53,13 @@ def train(**options) -> TrainResult:
     return TrainResult(results, out, out / "model")
 
 
-def run_train(cfg: RunConfig, teacher=None) -> dict:
+def run_train(cfg: RunConfig, teacher=None, judge=None) -> dict:
     """One run of `cfg.command` (train or cv; distill trains its student through here with `teacher`, an
-    experiments/distill.Teacher whose probabilities the model also learns)."""
+    experiments/distill.Teacher whose probabilities the model also learns; a search's trial with `judge`, its pruner,
+    which sees each dev evaluation of a single run)."""
     device = check_launch(cfg)
     cfg, inputs = prepare(cfg)
-    inputs.teacher = teacher
+    inputs.teacher, inputs.judge = teacher, judge
     device = distributed.setup(device, cfg.distributed.dist_timeout).device  # torchrun: join after the checks
     try:
         results = _run(cfg, inputs, device)
@@ -87,7 +89,9 @@ def _run(cfg: RunConfig, inputs: RunInputs, device: torch.device) -> dict:
         return report_finished(out)
     fresh = not out.exists()
     who = RunIdentity(cfg.command, cfg.data.task, cfg.model.model)
-    with owned(out, who, resume, cfg.outputs.overwrite):
+    report_to = cfg.loop.report_to if distributed.is_main() else None  # an MLflow run (in a sweep's), rank 0's
+    mlflow = tracking(report_to, cfg.loop.tracking_uri, who.task)
+    with owned(out, who, resume, cfg.outputs.overwrite), tracked(mlflow, out, flat_dict(cfg), resume=resume) as mlf:
         if distributed.is_main():  # rank 0 alone writes and prints
             print_config(cfg)
             atomic_write_text(out / "config.json", dump(cfg) + "\n")
@@ -108,6 +112,7 @@ def _run(cfg: RunConfig, inputs: RunInputs, device: torch.device) -> dict:
         }
         if distributed.is_main():
             _write_reports(cfg, out, results, inputs.task.kind)
+            mlf.log_files(out)
             if cfg.command != "distill":  # distill finishes once its student alone and comparison are written too
                 finish(out, who, keep_checkpoints=cfg.loop.keep_checkpoints is not None)
     return results

@@ -126,6 +126,7 @@ def default_output_dir(flat: dict) -> str:
 # Settings a resumed run may change: where it runs and reads its files, not what it computes (`overwrite` is kept
 # for config/validate.py to refuse it with `resume` in its own words).
 CHANGE_ON_RESUME = {"resume", "output_dir", "device", "dist_timeout", "data_dir", "keep_checkpoints", "overwrite"}
+CHANGE_ON_RESUME |= {"tracking_uri"}
 
 
 def resumed_settings(chosen: dict) -> dict:

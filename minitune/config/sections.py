@@ -210,8 +210,14 @@ class LoopSettings:
     )
     report_to: str = opt(
         None,
-        "also write metrics.jsonl's scalars as TensorBoard events in OUTPUT_DIR/tensorboard",
-        (None, "tensorboard"),
+        "also write metrics.jsonl's scalars as TensorBoard events in OUTPUT_DIR/tensorboard, or log the run (settings, "
+        "metrics, reports and figures) to MLflow",
+        (None, "tensorboard", "mlflow"),
+    )
+    tracking_uri: str = opt(
+        None,
+        "with report_to mlflow: the MLflow store (sqlite:///mlflow.db, http://host:5000; default: "
+        "MLFLOW_TRACKING_URI, else MLflow's own)",
     )
 
 

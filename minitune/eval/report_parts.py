@@ -189,7 +189,9 @@ def training_lines(t: dict) -> list[str]:
         + (f", {t['seconds']} s" if "seconds" in t else "")
     ]
     lines += start_lines(t)
-    if t.get("stopped_early"):
+    if t.get("pruned"):
+        lines.append(f"pruned at step {t['step']} of {total} by the search: {t['pruned']}")
+    elif t.get("stopped_early"):
         lines.append(
             f"stopped early at step {t['step']} of {total}: no improvement in {t.get('patience')} "
             "evaluations (patience counts evaluations, not epochs)"

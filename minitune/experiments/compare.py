@@ -17,7 +17,7 @@ from safetensors import safe_open
 
 from minitune.checkpoints.atomic import atomic_write_text
 from minitune.checkpoints.rundir import MEMBERS, member_model_dirs, read_json, read_results
-from minitune.checkpoints.runlock import require_finished
+from minitune.checkpoints.runlock import finished_before, require_finished
 from minitune.errors import ConfigError
 
 SPLITS = ("dev", "oof", "test")
@@ -93,9 +93,33 @@ def compare_row(run_dir: Path) -> dict:
     return row
 
 
+def sweep_runs(folder: Path) -> list[Path]:
+    """The finished runs of a sweep's or a search's folder, as its leaderboard.json lists them (a search: every
+    worker's trials, pruned ones too). A run listed under another path (the sweep was moved, or written from
+    another working directory) is looked for in the folder by name."""
+    path = folder / "leaderboard.json"
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        rows = None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ConfigError(f"{path}: not a leaderboard minitune writes: rerun the sweep, or give its run folders")
+    runs = []
+    for row in rows:
+        run = Path(row.get("run") or "")
+        run = run if run.is_dir() or not row.get("run") else folder / run.name
+        if row.get("run") and finished_before(run) and run not in runs:
+            runs.append(run)
+    return runs
+
+
 def compare(run_dirs: list[Path]) -> list[dict]:
-    """Rows sorted by task, then by the task's metric (best first; runs without a value last)."""
-    rows = [compare_row(Path(d)) for d in run_dirs]
+    """Rows sorted by task, then by the task's metric (best first; runs without a value last). A sweep's or a
+    search's folder stands for its finished trials."""
+    dirs = []
+    for d in map(Path, run_dirs):
+        dirs += sweep_runs(d) if (d / "leaderboard.json").is_file() and not (d / "results.json").is_file() else [d]
+    rows = [compare_row(d) for d in dirs]
     return sorted(rows, key=lambda r: (r["task"] or "", r["value"] is None, -(r["value"] or 0.0)))
 
 

@@ -55,7 +55,8 @@ def run_holdout(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.devi
     task = inputs.task
     train_ex, dev_ex, tune_ex = holdout_splits(cfg, task)
     resume = bool(cfg.outputs.resume)
-    tuned = finetune(cfg, task, train_ex, dev_ex, inputs.tokenizer, out, device, resume=resume, teacher=inputs.teacher)
+    kw = dict(resume=resume, teacher=inputs.teacher, judge=inputs.judge)
+    tuned = finetune(cfg, task, train_ex, dev_ex, inputs.tokenizer, out, device, **kw)
     splits = {"dev": (dev_ex, tuned.dev_scores)}
     test_scores = test_texts = None
     if inputs.test is not None:

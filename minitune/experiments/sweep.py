@@ -19,8 +19,11 @@ phase before it.
 
 Every trial is an ordinary run directory, OUTPUT/phase{P}-{name}/ (a single run, or with `seeds` an ensemble), ranked
 by its metric on dev (experiments/compare.ranking_metric). A trial with results.json is finished and is read, not
-trained, on a rerun; one with a checkpoint continues from it. leaderboard.md and leaderboard.json (the settings
-that differ from the base, the scores, the time and the phase of every trial) are rewritten after every trial.
+trained, on a rerun; one with a checkpoint continues from it. leaderboard.md and leaderboard.json (the settings that
+differ from the base, the scores, the time and the phase of every trial) are rewritten after every trial.
+
+A file with `method = "tpe"` is a search instead: trials drawn by Optuna, pruned, shared by workers
+(experiments/search.py).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ from minitune.data.tasks import BUILTIN_KINDS
 from minitune.errors import ConfigError
 from minitune.eval.metrics import SELECTION_METRICS
 from minitune.experiments.compare import markdown_table, ranking_metric, split_metric
+from minitune.train.mlflow_tracking import tracked, tracking
 
 SWEEP_FILE, LEADERBOARD = "sweep.json", "leaderboard.json"  # the sweep's definition, checked on a rerun
 TOP_KEYS = {"base", "variations", "grid", "phases", "rank_by", "output_dir"}
@@ -77,7 +81,7 @@ class Sweep:
     output_dir: Path
 
 
-def _keys(path: Path, where: str, table: dict, allowed: set[str]) -> dict:
+def setting_keys(path: Path, where: str, table: dict, allowed: set[str]) -> dict:
     """A table's keys under their flat names (dashes or underscores; `[section]` tables dissolved), each checked."""
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: {where} must be a table of settings, got {table!r}")
@@ -96,12 +100,12 @@ def safe_name(text: str) -> str:
 def read_sweep(path: str) -> Sweep:
     p = Path(path)
     raw = parse_toml(path, f"sweep file {path}: ")
-    _keys(p, "the top level", raw, TOP_KEYS)
-    base = _keys(p, "[base]", raw.get("base", {}), FIELDS | {"config"})
+    setting_keys(p, "the top level", raw, TOP_KEYS)
+    base = setting_keys(p, "[base]", raw.get("base", {}), FIELDS | {"config"})
     if "config" in base:
         base["config"] = str((p.parent / base["config"]).resolve())
-    listed = [_keys(p, "[[variations]]", v, FIELDS | {"name"}) for v in raw.get("variations", [])] or [{}]
-    grid = _keys(p, "[grid]", raw.get("grid", {}), FIELDS)
+    listed = [setting_keys(p, "[[variations]]", v, FIELDS | {"name"}) for v in raw.get("variations", [])] or [{}]
+    grid = setting_keys(p, "[grid]", raw.get("grid", {}), FIELDS)
     for k, values in grid.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{p}: [grid] {k} must be a list of values, e.g. {k} = [1, 2]")
@@ -115,7 +119,9 @@ def read_sweep(path: str) -> Sweep:
     names = [n for n, _ in trials]
     if len(set(names)) != len(names):
         raise ConfigError(f"{p}: two trials share a name ({sorted(n for n in names if names.count(n) > 1)[0]})")
-    phases = [_keys(p, f"[[phases]] {i + 1}", ph, FIELDS | PHASE_ONLY) for i, ph in enumerate(raw.get("phases", []))]
+    phases = [
+        setting_keys(p, f"[[phases]] {i + 1}", ph, FIELDS | PHASE_ONLY) for i, ph in enumerate(raw.get("phases", []))
+    ]
     phases = phases or [{}]
     for i, ph in enumerate(phases[:-1]):
         if not isinstance(ph.get("advance"), int) or ph["advance"] < 1:
@@ -123,11 +129,11 @@ def read_sweep(path: str) -> Sweep:
     out = Path(raw.get("output_dir") or Path("runs") / f"sweep-{p.stem}")
     sweep = Sweep(p, base, trials, phases, raw.get("rank_by"), out)
     configs = [trial_config(sweep, 0, name, settings) for name, settings in trials]  # all checked before training
-    _check_rank_by(p, sweep.rank_by, configs[0].data.task)
+    check_rank_by(p, sweep.rank_by, configs[0].data.task)
     return sweep
 
 
-def _check_rank_by(path: Path, rank_by: str | None, task: str) -> None:
+def check_rank_by(path: Path, rank_by: str | None, task: str) -> None:
     """`rank_by` is a metric every trial reports: one of the task kind's selection metrics."""
     kind = BUILTIN_KINDS.get(task)
     known = SELECTION_METRICS[kind] if kind else sorted({m for ms in SELECTION_METRICS.values() for m in ms})
@@ -217,7 +223,12 @@ def run_sweep(sweep: Sweep, train: Callable[[RunConfig], dict], overwrite: bool 
     (runner.run_train)."""
     with locked(sweep.output_dir):
         claim_sweep(sweep, overwrite)
-        return _phases(sweep, train)
+        base = make_config(**sweep.base)  # report_to mlflow: the sweep is a run, its trials nested in it
+        mlflow = tracking(base.loop.report_to, base.loop.tracking_uri, base.data.task)
+        with tracked(mlflow, sweep.output_dir, {"sweep": str(sweep.path)}) as mlf:
+            rows = _phases(sweep, train)
+            mlf.log_files(sweep.output_dir, (LEADERBOARD, "leaderboard.md"))
+        return rows
 
 
 def _phases(sweep: Sweep, train: Callable[[RunConfig], dict]) -> list[dict]:

@@ -46,6 +46,7 @@ from minitune.train.distributed import (
 from minitune.train.embedding_grads import sparse_embedding_grads, zero_grads
 from minitune.train.interrupt import StopRequest, TrainingInterrupted
 from minitune.train.metrics_log import MetricsLog, peak_memory_bytes
+from minitune.train.mlflow_tracking import MlflowSink
 from minitune.train.optim import build_optimizer, build_scheduler
 from minitune.train.parallel import (
     full_trainable_state,
@@ -75,6 +76,8 @@ class LoopState:
     start: dict | None = None  # evaluate()'s dict before the first step; saved with checkpoints, never re-evaluated
     window_loss: float = 0.0  # the steps' losses since the last log, summed (the log is their mean, as the Trainer's)
     window_steps: int = 0
+    evals: int = 0  # evaluations after training steps (the score before training is not one)
+    pruned: str | None = None  # why a search's pruner stopped the run (experiments/search.py), if it did
 
 
 @dataclass
@@ -126,6 +129,7 @@ class Loop:
     def __init__(self, model, loss_fn, data: TrainData, evaluate, cfg: LoopSettings, out_dir: Path, device, run: dict):
         self.model, self.loss_fn, self.data, self.evaluate, self.cfg = model, loss_fn, data, evaluate, cfg
         self.out_dir, self.device, self.resume, self.signature = Path(out_dir), device, run["resume"], run["signature"]
+        self.judge = run["judge"]
         self.total, self.epochs = self._plan(cfg)
         dist = run["distributed"]  # DDP, or FSDP2 sharding in place (so before the optimizer sees the parameters)
         self.train_model = wrap_model(model, device, dist.fsdp, cfg.precision, dist.fsdp_cpu_offload)
@@ -141,8 +145,11 @@ class Loop:
         self.state = self._resumed_state() if self.resume else LoopState()
         self.state.total_steps = self.total
         resume_step = self.state.step if self.resume else None
-        tensorboard = cfg.report_to == "tensorboard" and is_main()  # distributed: rank 0 alone writes events
-        sink = TensorBoardSink(self.out_dir / "tensorboard", resume_step) if tensorboard else None
+        sink = None  # distributed: rank 0 alone writes events and logs metrics
+        if cfg.report_to == "tensorboard" and is_main():
+            sink = TensorBoardSink(self.out_dir / "tensorboard", resume_step)
+        elif cfg.report_to == "mlflow" and is_main():
+            sink = MlflowSink(self.out_dir)
         self.log = MetricsLog(self.out_dir / "metrics.jsonl", resume_step, sink) if is_main() else Silent()
         bar = dict(desc="train", unit="step", dynamic_ncols=True, disable=not is_main())
         self.bar = tqdm(total=self.total, initial=self.state.step, **bar)
@@ -227,7 +234,7 @@ class Loop:
         """Evaluate; keep the weights if they are the best so far; count toward early stopping."""
         state, metric = self.state, self.cfg.metric
         metrics, payload = self.evaluate(self.model)
-        state.last_eval_step = state.step
+        state.last_eval_step, state.evals = state.step, state.evals + 1
         value = metrics[metric]
         improved = state.best is None or value > state.best
         if improved:
@@ -248,6 +255,12 @@ class Loop:
                 f"early stop at step {state.step} of {self.total}: no improvement in {self.cfg.patience} evaluations "
                 f"(patience counts evaluations); best {metric}={state.best:.4f} at step {state.best_step}"
             )
+        # A search's pruner sees every evaluation (its k-th, with the score) and may stop a losing run; the run then
+        # ends as an early stop does, with its best weights, report and results.
+        reason = self.judge(state.evals, state.step, value) if self.judge is not None else None
+        if reason and not self.done():
+            state.stopped_early, state.pruned = True, reason
+            say(f"pruned at step {state.step} of {self.total}: {reason}")
 
     def evaluate_start(self) -> None:
         """The untrained model's score, recorded as step 0 (`before_training`); not a candidate for the best weights
@@ -322,6 +335,7 @@ def fit(
     resume: bool = False,
     signature: dict | None = None,
     distributed: DistributedSettings | None = None,
+    judge: Callable[[int, int, float], str | None] | None = None,
 ) -> Fitted:
     """Train `model` in place; at the end it holds the best weights seen by `evaluate` (on cfg.metric).
 
@@ -329,8 +343,9 @@ def fit(
     (e.g. the dev probabilities) comes back in the result. Evaluation (and a checkpoint) comes after every epoch, or
     every `cfg.eval_every` steps, and once before the first step: the starting score, in state.start and as step 0
     of metrics.jsonl, never the best. `resume` continues from out_dir/checkpoint (its settings must equal
-    `signature`), and evaluates the restored best weights again if their evaluation was in an earlier process."""
-    run = dict(resume=resume, signature=signature or {}, distributed=distributed or DistributedSettings())
+    `signature`), and evaluates the restored best weights again if their evaluation was in an earlier process.
+    `judge(k, step, value)`, a search's pruner, sees the k-th evaluation and returns why to stop the run, or None."""
+    run = dict(resume=resume, signature=signature or {}, distributed=distributed or DistributedSettings(), judge=judge)
     loop = Loop(model, loss_fn, data, evaluate, cfg, out_dir, device, run)
     stop = StopRequest()
     with stop:
