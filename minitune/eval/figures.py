@@ -53,7 +53,7 @@ def new_figure(**kw) -> Figure:
     return Figure(**kw)
 
 
-def _bar_height(n: int) -> float:
+def bar_height(n: int) -> float:
     return max(2.5, 1.2 + ROW_INCHES * n)
 
 
@@ -134,7 +134,7 @@ def draw_per_class(per_class: dict[str, dict], split: str, sort: bool = True) ->
     names = list(per_class)
     if sort:
         names.sort(key=lambda k: (per_class[k]["f1"], per_class[k]["support"]))
-    fig = new_figure(figsize=(9, _bar_height(len(names)) + 0.6), layout="constrained")
+    fig = new_figure(figsize=(9, bar_height(len(names)) + 0.6), layout="constrained")
     ax = fig.subplots()
     y, h = np.arange(len(names)), 0.27
     for offset, key in zip((h, 0, -h), ("precision", "recall", "f1")):
@@ -151,7 +151,7 @@ def draw_label_frequency(counts: dict[str, int]) -> Figure:
     """Training examples per label, most frequent on top, each bar labelled with its count and share."""
     names = sorted(counts, key=lambda k: counts[k])
     total = sum(counts.values()) or 1
-    fig = new_figure(figsize=(9, _bar_height(len(names))), layout="constrained")
+    fig = new_figure(figsize=(9, bar_height(len(names))), layout="constrained")
     ax = fig.subplots()
     bars = ax.barh(range(len(names)), [counts[k] for k in names], color="#8172B3")
     ax.bar_label(bars, [f"{counts[k]} ({100 * counts[k] / total:.1f}%)" for k in names], padding=3, fontsize=8)
@@ -167,7 +167,7 @@ def draw_source_counts(sources: dict) -> Figure:
     each label's count after oversampling marked where the run oversampled."""
     merged, parts = sources["label_counts"]["merged"], sources["label_counts"]["by_source"]
     names = sorted(merged, key=lambda k: merged[k])
-    fig = new_figure(figsize=(9, _bar_height(len(names))), layout="constrained")
+    fig = new_figure(figsize=(9, bar_height(len(names))), layout="constrained")
     ax = fig.subplots()
     start = np.zeros(len(names))
     for source, counts in parts.items():
@@ -261,7 +261,7 @@ def draw_reliability(kind: str, gold: np.ndarray, probs: np.ndarray, split: str)
 def draw_groups(by_group: dict[str, dict], n_options: int, split: str) -> Figure:
     """Accuracy per query type, sorted, each bar labelled correct/n; chance (1 / options) dashed."""
     names = sorted(by_group, key=lambda k: by_group[k]["accuracy"])
-    fig = new_figure(figsize=(8, _bar_height(len(names))), layout="constrained")
+    fig = new_figure(figsize=(8, bar_height(len(names))), layout="constrained")
     ax = fig.subplots()
     bars = ax.barh(range(len(names)), [by_group[k]["accuracy"] for k in names], color="#4C72B0")
     labels = [f"{by_group[k]['accuracy']:.3f}  ({by_group[k]['correct']}/{by_group[k]['n']})" for k in names]
@@ -355,5 +355,5 @@ def save_figures(figs: list[RunFigure], out_dir: Path) -> dict[str, Path]:
     keep = {p.name for p in paths.values()} | {f"{f.name}.svg" for f in figs if f.svg}
     for old in out_dir.glob("*"):
         if old.suffix in (".png", ".svg") and old.name not in keep:
-            old.unlink()
+            old.unlink(missing_ok=True)  # a search's workers may redraw the same figures at once
     return paths

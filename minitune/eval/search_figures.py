@@ -9,7 +9,7 @@ import json
 import math
 from typing import TYPE_CHECKING
 
-from minitune.eval.figures import COLORS, _bar_height, new_figure
+from minitune.eval.figures import COLORS, bar_height, new_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -46,7 +46,7 @@ def draw_history(rows: list[dict], metric: str) -> Figure:
 def draw_importance(weights: dict[str, float]) -> Figure:
     """Each setting's importance, largest on top."""
     names = sorted(weights, key=weights.get)
-    fig = new_figure(figsize=(6, _bar_height(len(names))), layout="constrained")
+    fig = new_figure(figsize=(6, bar_height(len(names))), layout="constrained")
     ax = fig.add_subplot()
     ax.barh(names, [weights[n] for n in names], color=COLORS["precision"])
     for i, n in enumerate(names):

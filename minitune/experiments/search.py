@@ -43,7 +43,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from minitune.checkpoints.rundir import read_results
-from minitune.checkpoints.runlock import LOCK_FILE, clear_debris, clear_folder, finished_before, is_debris
+from minitune.checkpoints.runlock import LOCK_FILE, clear_folder, finished_before, is_debris
 from minitune.config.load import make_config
 from minitune.errors import ConfigError, MinituneError
 from minitune.experiments.compare import ranking_metric
@@ -62,7 +62,7 @@ def optuna_module():
         import optuna
     except ImportError:
         raise ConfigError("a search (method = ...) runs on Optuna: pip install 'minitune[search]'") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # minitune prints each trial's run itself
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # minitune prints each trial's run, and errors, itself
     return optuna
 
 
@@ -77,7 +77,9 @@ def _experimental(optuna):
 def _retry(optuna, retries: int):
     """Queues a failed trial again, with its settings and its retry history (its first try first)."""
     with _experimental(optuna):
-        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retries)
+        # The retry keeps the evaluations its first try reported: it resumes from that try's checkpoint, whose
+        # evaluation count goes on from them, so the pruner compares the same evaluations.
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=retries, inherit_intermediate_values=True)
 
 
 def open_storage(search: Search):
@@ -153,13 +155,16 @@ def run_search(search: Search, train, overwrite: bool = False) -> list[dict]:
     optuna = optuna_module()
     if env_world_size() > 1:
         raise ConfigError("a search trains one process per trial: start several workers instead of torchrun (README)")
-    _claim_folder(search, overwrite)
-    study, storage = open_study(search, overwrite)
-    search.output_dir.mkdir(parents=True, exist_ok=True)
     base = make_config(**search.base)
     metric = search.rank_by or base.loop.metric
     # report_to mlflow: the study is one MLflow run, which every worker continues; each trial is nested in it
     mlflow = tracking(base.loop.report_to, base.loop.tracking_uri, base.data.task)
+    _check_folder(search)
+    study, storage = open_study(search, overwrite)  # with overwrite, the study is deleted and started again
+    if overwrite and search.output_dir.is_dir():  # the study's trials go with it; its storage file stays
+        kept = tuple(p.name for p in search.output_dir.iterdir() if _storage_file(search, p))
+        clear_folder(search.output_dir, keep=kept)
+    search.output_dir.mkdir(parents=True, exist_ok=True)
     params = {"study": search.study, "method": search.method, "trials": search.trials, "storage": search.storage}
     with tracked(mlflow, search.output_dir, params, study.user_attrs.get(MLFLOW_ATTR)) as mlf:
         if mlflow is not None and MLFLOW_ATTR not in study.user_attrs:
@@ -180,6 +185,8 @@ def _work(optuna, search: Search, study, storage, train, metric: str) -> int:
             break
         try:
             study.optimize(lambda trial: _objective(optuna, search, trial, train, metric), n_trials=1)
+        except _OverBudget:  # another worker took the study's last trial as this one asked for it
+            break
         except (KeyboardInterrupt, TrainingInterrupted):
             # Optuna has marked the trial failed; it is retried (from its checkpoint) by the next worker, or a rerun
             last = _mine(study)
@@ -189,6 +196,10 @@ def _work(optuna, search: Search, study, storage, train, metric: str) -> int:
         trained += 1
         write_search_report(search, study, metric)
     return trained
+
+
+class _OverBudget(Exception):  # noqa: N818 (not an error: the trial is told failed and never trains)
+    pass
 
 
 def _counted(optuna, study) -> int:
@@ -208,17 +219,29 @@ def _worker() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _process(pid: int | str = "self") -> list[str]:
+    """A process told apart from every other on every machine: host, boot, PID namespace (containers on one host
+    share its name), PID and start time (a PID is reused). Without Linux's /proc, host and PID only."""
+    me = [socket.gethostname()]
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # the name may hold spaces
+        me += [boot, os.readlink("/proc/self/ns/pid"), str(os.getpid() if pid == "self" else pid), stat[19]]
+    except OSError:
+        me += ["", "", str(os.getpid() if pid == "self" else pid), ""]
+    return me
+
+
 def _fail_dead_trials(optuna, study, storage, retries: int) -> None:
     """A running trial whose worker ran on this host and is gone (killed: it could not tell the study) is failed
     and retried. Database storage also fails trials whose heartbeat stopped, on any host (Optuna does it as each
     trial starts)."""
     with _experimental(optuna):
         optuna.storages.fail_stale_trials(study)  # database storage: trials whose heartbeat stopped, on any host
-    host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        where = t.user_attrs.get("worker", "").split(":")
-        # The worker attribute is set by the trial's own process; a retry inherits its first try's until then.
-        if len(where) != 3 or where[0] != host or where[2] != str(t.number) or _alive(int(where[1])):
+        # The process attribute is set by the trial's own process; a retry inherits its first try's until then.
+        *process, number = t.user_attrs.get("process", []) or [None]
+        if number != t.number or not _gone(process):
             continue
         try:  # Optuna has no public trial id; fail_stale_trials uses the same call
             if not storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL):
@@ -228,24 +251,39 @@ def _fail_dead_trials(optuna, study, storage, retries: int) -> None:
         _retry(optuna, retries)(study, storage.get_trial(t._trial_id))
 
 
-def _alive(pid: int) -> bool:
+def _gone(process: list[str]) -> bool:
+    """Whether a process recorded by `_process` has ended; False when this one cannot tell (another machine,
+    container or boot, where Optuna's heartbeats decide)."""
+    here = _process()
+    if len(process) != len(here) or process[:3] != here[:3]:
+        return False
+    pid, started = int(process[3]), process[4]
+    if started:  # /proc: the PID's process now, if any, must be the one that started then
+        return _process(pid)[4] != started
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
         return True
-    return True
+    except PermissionError:  # someone else's process
+        return False
+    return False
 
 
 def _objective(optuna, search: Search, trial, train, metric: str) -> float:
     """One trial: its settings drawn, its run trained (or resumed, when it retries a failed trial), its value the
     run's ranking metric on dev; a run the pruner stopped is told as pruned, with the pruner's reason."""
+    states = optuna.trial.TrialState
+    trials = trial.study.get_trials(deepcopy=False)
+    counted = [t for t in trials[: trial.number] if t.state in (states.COMPLETE, states.PRUNED, states.RUNNING)]
+    if len(counted) >= search.trials:  # workers that counted together: the later trial yields, untrained
+        trial.set_user_attr("error", "over the study's trials: another worker took the last one")
+        raise _OverBudget
     settings = {k: _suggest(trial, k, dim) for k, dim in search.space.items()}
-    frozen = trial.study.get_trials(deepcopy=False)[trial.number]
+    frozen = trials[trial.number]
     first = (frozen.system_attrs.get("retry_history") or [trial.number])[0]  # the retry callback's record
     out = search.output_dir / f"trial-{first:04d}"
-    trial.set_user_attr("worker", f"{_worker()}:{trial.number}")
+    trial.set_user_attr("worker", f"{_worker()}:{trial.number}")  # shown in the leaderboard
+    trial.set_user_attr("process", [*_process(), trial.number])  # tells whether it is still alive
     trial.set_user_attr("run", str(out.resolve()))
     cfg = make_config(**(search.base | settings | {"output_dir": str(out)}))
     if finished_before(out):  # a retry of a trial whose run finished before its worker could tell the study
@@ -282,46 +320,51 @@ def _suggest(trial, key: str, dim: dict):
 def _judge(optuna, trial, pruner: dict, metric: str):
     """The loop's judge (train/loop.fit): report the k-th evaluation to the study, and say why the pruner stops
     the run, if it does."""
-    seen: list[float] = []
 
     def judge(k: int, step: int, value: float) -> str | None:
-        seen.append(value)
         trial.report(value, k)
         if not trial.should_prune():
             return None
-        states = optuna.trial.TrialState
-        finished = trial.study.get_trials(deepcopy=False, states=(states.COMPLETE,))
-        there = [t.intermediate_values[k] for t in finished if k in t.intermediate_values]
         where = f"{pruner['kind']} pruner at evaluation {k}"
-        if pruner["kind"] == "median" and there:
-            median = statistics.median(there)
-            return (
-                f"{where}: best {metric} so far {max(seen):.4f} is below the median {median:.4f} of {len(there)} "
-                "finished trial(s) there"
-            )
-        return f"{where}: {metric} {value:.4f} is not among the best 1/{pruner['reduction']} of the trials there"
+        if pruner["kind"] == "halving":
+            return f"{where}: {metric} {value:.4f} is not among the best 1/{pruner['reduction']} of the trials there"
+        states = optuna.trial.TrialState
+        trials = trial.study.get_trials(deepcopy=False)
+        there = [t.intermediate_values[k] for t in trials if t.state == states.COMPLETE and k in t.intermediate_values]
+        best = max(trials[trial.number].intermediate_values.values())  # with a retry's first try's (inherited)
+        return (
+            f"{where}: best {metric} so far {best:.4f} is below the median {statistics.median(there):.4f} of "
+            f"{len(there)} finished trial(s) there"
+        )
 
     return judge
 
 
-def _claim_folder(search: Search, overwrite: bool) -> None:
-    """The search's folder holds its study's parts only: trial runs, the leaderboard, figures and the study file."""
+def _check_folder(search: Search) -> None:
+    """The search's folder holds its study's parts only: trial runs, the leaderboard, figures and the study's
+    storage file when it lies there. Nothing is cleared: other workers may be writing in it."""
     out = search.output_dir
     blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise ConfigError(f"`output_dir` {out}: {blocker} is a file: choose a folder")
     if not out.is_dir():
         return  # made once the study opens: a study that is refused leaves nothing behind
-    strays = sorted(p.name for p in out.iterdir() if not _search_part(p))
+    strays = sorted(p.name for p in out.iterdir() if not _search_part(search, p))
     if strays:
-        raise ConfigError(f"`output_dir` {out} holds files that are not this search's ({', '.join(strays[:3])}): move "
-                          "them, or choose another output_dir")  # fmt: skip
-    clear_debris(out)
-    if overwrite:
-        clear_folder(out, keep=(LOCK_FILE, "study.db"))
+        raise ConfigError(
+            f"`output_dir` {out} holds files that are not this search's ({', '.join(strays[:3])}): move them, or "
+            "choose another output_dir"
+        )
 
 
-def _search_part(p: Path) -> bool:
+def _search_part(search: Search, p: Path) -> bool:
     own = ("leaderboard.json", "leaderboard.md", "figures", LOCK_FILE)
-    study_file = p.name.startswith("study.db")  # the default SQLite file and its journal
-    return p.name in own or study_file or (p.is_dir() and p.name.startswith("trial-")) or is_debris(p)
+    trial = p.is_dir() and p.name.startswith("trial-")
+    return p.name in own or trial or _storage_file(search, p) or is_debris(p)
+
+
+def _storage_file(search: Search, p: Path) -> bool:
+    """The study's SQLite or journal file, with the files its database or lock keeps beside it (-journal, -wal)."""
+    url = search.storage
+    path = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") or "://" not in url else None
+    return path is not None and p.parent.resolve() == path.parent.resolve() and p.name.startswith(path.name)

@@ -26,7 +26,7 @@ ORDER = {"complete": 0, "pruned": 1, "running": 2, "waiting": 3, "fail": 4}
 def trial_row(trial, metric: str) -> dict:
     """A trial as the leaderboard shows it; scores from its run's results.json where this machine can read it."""
     run, state = trial.user_attrs.get("run"), trial.state.name.lower()
-    results = _results(Path(run)) if run else None
+    results = _results(Path(run)) if run and state != "fail" else None  # a failed try's folder is its retry's
     value = ranking_metric(results, metric) if results else None
     history = trial.system_attrs.get("retry_history") or []
     return {

@@ -68,6 +68,12 @@ def read_search(path: str, raw: dict, storage: str | None = None) -> Search:
     if not space:
         raise ConfigError(f"{p}: [space] is empty: give each setting to search a distribution, e.g. lr = {{low = 1e-5, "
                           "high = 1e-3, log = true}")  # fmt: skip
+    for key in ("output_dir", "storage", "study", "rank_by"):
+        if key in raw and not (isinstance(raw[key], str) and raw[key]):
+            raise ConfigError(f"{p}: {key} must be a non-empty string, got {raw[key]!r}")
+    seed = raw.get("sampler_seed")
+    if seed is not None:
+        _positive(p, "sampler_seed", seed, 0)
     out = Path(raw.get("output_dir") or Path("runs") / f"sweep-{p.stem}")
     storage = storage or raw.get("storage") or f"sqlite:///{out / 'study.db'}"
     search = Search(
@@ -81,16 +87,32 @@ def read_search(path: str, raw: dict, storage: str | None = None) -> Search:
         base=base,
         rank_by=raw.get("rank_by"),
         output_dir=out,
-        sampler_seed=raw.get("sampler_seed"),
+        sampler_seed=seed,
         heartbeat=_positive(p, "heartbeat", raw.get("heartbeat", 60)),
         retries=_positive(p, "retries", raw.get("retries", 2), 0),
     )
     template = _check_space(search)
     check_rank_by(p, search.rank_by, template.data.task)
-    if search.pruner["kind"] != "none" and (template.seeds or template.command == "cv"):
-        raise ConfigError(f"{p}: a pruner judges a single run's evaluations; set [pruner] kind = \"none\" to search "
-                          "over ensembles (seeds)")  # fmt: skip
+    if search.pruner["kind"] != "none":
+        _check_pruned(search, template)
     return search
+
+
+def _check_pruned(search: Search, template) -> None:
+    """A pruner compares each trial's dev metric after each evaluation of one run: the metric the study ranks by,
+    the same for every trial."""
+    p, none = search.path, '; or set [pruner] kind = "none"'
+    if template.seeds or template.command == "cv":
+        raise ConfigError(f"{p}: a pruner judges a single run's evaluations, not an ensemble's (seeds){none}")
+    if template.model.head == "generative":
+        raise ConfigError(f"{p}: a pruner judges a classifier's evaluations; the generative head has none{none}")
+    if "metric" in search.space:
+        raise ConfigError(f"{p}: a pruner compares trials on one metric: remove metric from [space]{none}")
+    if search.rank_by not in (None, template.loop.metric):
+        raise ConfigError(
+            f"{p}: the pruner sees each evaluation's {template.loop.metric} (the base's metric), but the study ranks "
+            f"by {search.rank_by}: set metric = {search.rank_by!r} in [base]{none}"
+        )
 
 
 def _positive(p: Path, key: str, value, least: int = 1) -> int:
@@ -129,6 +151,8 @@ def _dimension(p: Path, key: str, spec) -> dict:
         raise ConfigError(f"{where}: a log distribution needs low > 0, got {low}")
     if log and step is not None:
         raise ConfigError(f"{where}: give log or step, not both")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
+        raise ConfigError(f"{where}: step must be a positive number, got {step!r}")
     if kind == "int" and not all(isinstance(x, int) for x in (low, high, step or 1)):
         raise ConfigError(f"{where}: an int distribution needs integer low, high and step")
     return {"distribution": kind, "low": low, "high": high, "log": log, "step": step}

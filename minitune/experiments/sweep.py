@@ -223,8 +223,8 @@ def run_sweep(sweep: Sweep, train: Callable[[RunConfig], dict], overwrite: bool 
     (runner.run_train)."""
     with locked(sweep.output_dir):
         claim_sweep(sweep, overwrite)
-        base = make_config(**sweep.base)  # report_to mlflow: the sweep is a run, its trials nested in it
-        mlflow = tracking(base.loop.report_to, base.loop.tracking_uri, base.data.task)
+        first = trial_config(sweep, 0, *sweep.trials[0])  # report_to mlflow: the sweep is a run, its trials nested
+        mlflow = tracking(first.loop.report_to, first.loop.tracking_uri, first.data.task)
         with tracked(mlflow, sweep.output_dir, {"sweep": str(sweep.path)}) as mlf:
             rows = _phases(sweep, train)
             mlf.log_files(sweep.output_dir, (LEADERBOARD, "leaderboard.md"))

@@ -257,10 +257,11 @@ class Loop:
             )
         # A search's pruner sees every evaluation (its k-th, with the score) and may stop a losing run; the run then
         # ends as an early stop does, with its best weights, report and results.
-        reason = self.judge(state.evals, state.step, value) if self.judge is not None else None
-        if reason and not self.done():
-            state.stopped_early, state.pruned = True, reason
-            say(f"pruned at step {state.step} of {self.total}: {reason}")
+        if self.judge is not None:  # distributed: rank 0 asks, every rank stops with it
+            reason = self.judge(state.evals, state.step, value) if is_main() else None
+            if any_rank(reason is not None) and not self.done():
+                state.stopped_early, state.pruned = True, reason or "pruned (rank 0's judge)"
+                say(f"pruned at step {state.step} of {self.total}: {reason}")
 
     def evaluate_start(self) -> None:
         """The untrained model's score, recorded as step 0 (`before_training`); not a candidate for the best weights
