@@ -89,8 +89,7 @@ def finetune(
     """Fine-tune one model on train_ex, selecting on dev_ex, checkpointing in `out` (`resume`: continue from its
     checkpoint). `tokenized` (id(example) -> features) lets the folds of one run share one tokenization. `teacher`
     (experiments/distill.Teacher): learn its probabilities too; dev is still scored with the task loss. `lm`: a
-    causal LM already loaded, which the generative head reuses when nothing trains. `judge`: a search's pruner, which
-    sees each dev evaluation (train/loop.fit)."""
+    causal LM already loaded, which the generative head reuses when nothing trains. `judge`: a search's pruner."""
     out.mkdir(parents=True, exist_ok=True)
     if cfg.model.head == "generative":
         return _generative(cfg, task, train_ex, dev_ex, tokenizer, out, device, resume, lm)

@@ -113,6 +113,21 @@ def test_a_losing_trial_is_pruned_and_the_reason_recorded(tmp_path, data_dir):
     assert "| pruned |" in (out / "leaderboard.md").read_text()
 
 
+def test_the_halving_pruner_stops_a_trial_outside_the_top_of_its_rung(tmp_path, data_dir):
+    top = {"method": "tpe", "trials": 2, "output_dir": str(tmp_path / "study")}
+    pruner = {"kind": "halving", "reduction": 2}
+    search = read_plan(str(write_search(tmp_path / "h.toml", data_dir, top, {"lr": [0.1, 0.01]}, pruner=pruner)))
+    study, _ = open_study(search, overwrite=False)
+    for lr in (0.1, 0.01):
+        study.enqueue_trial({"lr": lr})
+    rows = run_search(search, scripted_train({0.1: [0.5, 0.6], 0.01: [0.3, 0.9]}))
+    (losing,) = [r for r in rows if r["state"] == "pruned"]
+    assert losing["trial"] == 1 and losing["evals"] == 1  # its later 0.9 was never reached
+    assert (
+        losing["why"] == "halving pruner at evaluation 1: macro_f1 0.3000 is not among the best 1/2 of the trials there"
+    )
+
+
 @pytest.mark.slow  # a small training run
 def test_the_loops_judge_stops_a_run_which_then_finishes_as_pruned(tmp_path, data_dir):
     from minitune.config.load import make_config
@@ -269,6 +284,14 @@ def test_a_study_name_with_another_search_space_is_refused(tmp_path, data_dir, c
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "study 'shared'" in err and "another space" in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["study.db"]  # the first file's study only
+
+
+def test_a_study_with_other_base_settings_is_refused(tmp_path, data_dir, capsys):
+    top = {"method": "tpe", "trials": 1, "output_dir": str(tmp_path / "out"), "study": "shared"}
+    open_study(read_plan(str(write_search(tmp_path / "a.toml", data_dir, top, {"lr": [0.1]}))), overwrite=False)
+    path = write_search(tmp_path / "b.toml", data_dir, top, {"lr": [0.1]}, base={"epochs": 7})
+    assert main(["sweep", str(path)]) == 2
+    assert "study 'shared' in " in (err := capsys.readouterr().err) and "another base" in err
 
 
 def test_the_shipped_search_config_reads():

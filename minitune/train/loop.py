@@ -45,8 +45,7 @@ from minitune.train.distributed import (
 )
 from minitune.train.embedding_grads import sparse_embedding_grads, zero_grads
 from minitune.train.interrupt import StopRequest, TrainingInterrupted
-from minitune.train.metrics_log import MetricsLog, peak_memory_bytes
-from minitune.train.mlflow_tracking import MlflowSink
+from minitune.train.metrics_log import metrics_log, peak_memory_bytes
 from minitune.train.optim import build_optimizer, build_scheduler
 from minitune.train.parallel import (
     full_trainable_state,
@@ -57,7 +56,6 @@ from minitune.train.parallel import (
     sync_context,
     wrap_model,
 )
-from minitune.train.tensorboard import TensorBoardSink
 
 
 @dataclass
@@ -145,12 +143,8 @@ class Loop:
         self.state = self._resumed_state() if self.resume else LoopState()
         self.state.total_steps = self.total
         resume_step = self.state.step if self.resume else None
-        sink = None  # distributed: rank 0 alone writes events and logs metrics
-        if cfg.report_to == "tensorboard" and is_main():
-            sink = TensorBoardSink(self.out_dir / "tensorboard", resume_step)
-        elif cfg.report_to == "mlflow" and is_main():
-            sink = MlflowSink(self.out_dir)
-        self.log = MetricsLog(self.out_dir / "metrics.jsonl", resume_step, sink) if is_main() else Silent()
+        # distributed: rank 0 alone writes metrics.jsonl (and TensorBoard events or MLflow metrics)
+        self.log = metrics_log(self.out_dir, resume_step, cfg.report_to) if is_main() else Silent()
         bar = dict(desc="train", unit="step", dynamic_ncols=True, disable=not is_main())
         self.bar = tqdm(total=self.total, initial=self.state.step, **bar)
         self.t0, self.tokens0 = time.perf_counter(), self.state.tokens

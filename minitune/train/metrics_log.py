@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 
 from minitune.checkpoints.atomic import atomic_write_text
+from minitune.train.mlflow_tracking import MlflowSink
+from minitune.train.tensorboard import TensorBoardSink
 
 
 def peak_memory_bytes(device: torch.device) -> int:
@@ -52,3 +54,14 @@ class MetricsLog:
         self.file.close()
         if self.sink is not None:
             self.sink.close()
+
+
+def metrics_log(out_dir: Path, resume_step: int | None, report_to: str | None) -> MetricsLog:
+    """OUT/metrics.jsonl, its records also sent where `report_to` says: TensorBoard events in OUT/tensorboard, or
+    the active MLflow run's metrics."""
+    sink = None
+    if report_to == "tensorboard":
+        sink = TensorBoardSink(out_dir / "tensorboard", resume_step)
+    elif report_to == "mlflow":
+        sink = MlflowSink(out_dir)
+    return MetricsLog(out_dir / "metrics.jsonl", resume_step, sink)
