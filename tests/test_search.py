@@ -219,10 +219,14 @@ def test_a_trial_whose_heartbeat_stopped_is_failed_and_retried(tmp_path, data_di
 
 
 @pytest.mark.slow  # MLflow imports itself and makes its database (about 5 s)
-def test_report_to_mlflow_nests_each_trial_in_the_studys_run(tmp_path, data_dir, monkeypatch):
+@pytest.mark.parametrize("store", ["sqlite", "folder"])
+def test_report_to_mlflow_nests_each_trial_in_the_studys_run(tmp_path, data_dir, monkeypatch, store):
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.chdir(tmp_path)  # MLflow keeps a SQLite store's artifacts in ./mlruns
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    if store == "folder":  # MLflow's plain-folder store, which it keeps behind this switch since 3.x
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+        uri = (tmp_path / "mlruns").as_uri()
     out = tmp_path / "study"
     base = {"report_to": "mlflow", "tracking_uri": uri, "log_every": 2, "epochs": 2}
     top = {"method": "random", "trials": 2, "output_dir": str(out)}
