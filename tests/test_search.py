@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import optuna
@@ -296,6 +297,17 @@ def test_a_study_with_other_base_settings_is_refused(tmp_path, data_dir, capsys)
     path = write_search(tmp_path / "b.toml", data_dir, top, {"lr": [0.1]}, base={"epochs": 7})
     assert main(["sweep", str(path)]) == 2
     assert "study 'shared' in " in (err := capsys.readouterr().err) and "another base" in err
+
+
+def test_a_seeded_worker_started_again_draws_on_instead_of_repeating_its_draws(tmp_path, data_dir):
+    top = {"method": "tpe", "trials": 1, "output_dir": str(tmp_path / "out"), "sampler_seed": 3}
+    space = {"lr": {"low": 1e-4, "high": 1e-1, "log": True}}
+    train = scripted_train(defaultdict(lambda: [0.5]))
+    first = run_search(read_plan(str(write_search(tmp_path / "s.toml", data_dir, top, space))), train)
+    top["trials"] = 2
+    both = run_search(read_plan(str(write_search(tmp_path / "s.toml", data_dir, top, space))), train)
+    drawn = [json.loads(r["settings"])["lr"] for r in sorted(both, key=lambda r: r["trial"])]
+    assert drawn[0] == json.loads(first[0]["settings"])["lr"] and drawn[1] != drawn[0]
 
 
 def test_the_shipped_search_config_reads():

@@ -5,7 +5,8 @@ sampler), stops losing trials early, and shares one study between any number of 
     trials = 20                 # the study's trials, all workers together (pruned ones count, failed ones do not)
     study = "semeval-lr"        # default: the file's name
     storage = "sqlite:///runs/semeval-lr.db"   # default: study.db in output_dir. A database URL, or a journal file
-    sampler_seed = 0            # default: none, so workers started together draw different trials
+    sampler_seed = 0            # default: none, so workers started together draw different trials (a worker's
+                                # seed is this + the trials the study holds when it starts)
     heartbeat = 60              # seconds (database storage): a trial silent for twice this is failed and retried
     retries = 2                 # how often a failed (killed) trial is tried again, resuming from its checkpoint
     [base]                      # any training setting, as for lists and grids
@@ -118,13 +119,15 @@ def open_study(search: Search, overwrite: bool):
     storage, now = open_storage(search), definition(search)
     if overwrite and search.study in optuna.get_all_study_names(storage):
         optuna.delete_study(study_name=search.study, storage=storage)
-    seed = search.sampler_seed
-    sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True) if search.method == "tpe" else None
-    sampler = sampler or optuna.samplers.RandomSampler(seed=seed)
+    pruner = _optuna_pruner(optuna, search.pruner)
     study = optuna.create_study(
-        storage=storage, sampler=sampler, pruner=_optuna_pruner(optuna, search.pruner), study_name=search.study,
+        storage=storage, sampler=_sampler(optuna, search, 0), pruner=pruner, study_name=search.study,
         direction="maximize", load_if_exists=True,
     )  # fmt: skip
+    if study.trials and search.sampler_seed is not None:  # a worker joining later draws on from where the study is
+        study = optuna.load_study(
+            study_name=search.study, storage=storage, sampler=_sampler(optuna, search, len(study.trials)), pruner=pruner
+        )
     saved = study.user_attrs.get(STUDY_ATTR)
     if saved is None:
         study.set_user_attr(STUDY_ATTR, now)
@@ -135,6 +138,16 @@ def open_study(search: Search, overwrite: bool):
             "another study name, or start it over with --overwrite"
         )
     return study, storage
+
+
+def _sampler(optuna, search: Search, offset: int):
+    """TPE (with `constant_liar`: the trials other workers are training count as middling results, so they draw
+    elsewhere) or random. `sampler_seed` + the trials the study already has: a worker started again does not
+    draw its first trials again."""
+    seed = None if search.sampler_seed is None else search.sampler_seed + offset
+    if search.method == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def _optuna_pruner(optuna, spec: dict):
