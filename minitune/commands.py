@@ -166,7 +166,8 @@ def sweep_parser() -> argparse.ArgumentParser:
         "their own budgets and how many trials advance; or, with `method`, a TPE search on Optuna that prunes "
         "losing trials and that any number of workers share); finished trials are skipped on a rerun, and "
         "leaderboard.md/.json is rewritten after every trial. The file's format: minitune/experiments/sweep.py "
-        "and configs/goemotions-loss-sweep.toml.",
+        "and configs/goemotions-loss-sweep.toml; a search's: minitune/experiments/search.py and "
+        "configs/semeval-minilm-search.toml.",
     )
     p.add_argument("file", help="the sweep's TOML file")
     p.add_argument(
