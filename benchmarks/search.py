@@ -65,9 +65,23 @@ def compute(run: str) -> dict:
     }
 
 
+def started(run: str) -> str:
+    return json.loads((Path(run) / "run.json").read_text())["started"]
+
+
+def anytime(used: list[dict]) -> list[list[float]]:
+    """[training examples so far, best score so far] after each trial, in the order they were trained."""
+    curve, spent, best = [], 0, -1.0
+    for u in sorted(used, key=lambda u: u["started"]):
+        spent, best = spent + u["train_examples"], max(best, u["value"] if u["value"] is not None else -1.0)
+        curve.append([spent, round(best, 4)])
+    return curve
+
+
 def side(rows: list[dict], metric: str) -> dict:
     """The best dev score a side reached, and its compute, summed over its trials."""
     used = [compute(r["run"]) | {"value": r["value"], "state": r.get("state", "complete")} for r in rows]
+    used = [u | {"started": started(r["run"])} for u, r in zip(used, rows)]
     best = max(rows, key=lambda r: r["value"] if r["value"] is not None else -1.0)
     return {
         "trials": len(rows),
@@ -77,6 +91,7 @@ def side(rows: list[dict], metric: str) -> dict:
         "metric": metric,
         **{k: round(sum(u[k] for u in used), 1) for k in ("train_examples", "dev_examples", "seconds")},
         "values": [round(u["value"], 4) if u["value"] is not None else None for u in used],
+        "anytime": anytime(used),
     }
 
 
@@ -128,6 +143,8 @@ def main() -> None:
         for name, s in sides.items():
             print(f"{name:5} {s['trials']:>6} {s['pruned']:>6} {s['best']:>7.4f} {s['train_examples']:>9.0f} "
                   f"{s['dev_examples']:>7.0f} {s['seconds']:>8.1f}")  # fmt: skip
+        for name, s in sides.items():
+            print(f"{name} best so far by training examples:", ", ".join(f"{int(x)}: {b:.4f}" for x, b in s["anytime"]))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def draw_history(rows: list[dict], metric: str) -> Figure:
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.grid(alpha=0.3)
     if done or pruned:
-        ax.legend(loc="lower right")
+        ax.legend(loc="best")
     return fig
 
 
