@@ -169,10 +169,11 @@ def test_two_workers_on_one_sqlite_study_train_disjoint_trials(tmp_path, data_di
     trained = [int(log.split("this worker trained ")[1].split(" ")[0]) for log in logs]
     rows = trials_of(out)
     assert sum(trained) == len(rows) == 6 and all(r["state"] in ("complete", "pruned") for r in rows)
-    # Each worker's trials, as the study records them, are as many as it says it trained, and both trained some.
+    # Each worker's trials, as the study records them, are as many as it says it trained (how the 6 split between
+    # them depends on the machine's speed, so it is not asserted).
     pids = [str(w.pid) for w in workers]
     counts = [sum(r["worker"].split(":")[1] == pid for r in rows) for pid in pids]
-    assert counts == trained and min(trained) > 0
+    assert counts == trained
     for r in rows:  # and each trial's folder was trained once, from the start: one score before training
         records = [json.loads(x) for x in (Path(r["run"]) / "metrics.jsonl").read_text().splitlines()]
         assert sum(x.get("before_training", False) for x in records) == 1, r["run"]
@@ -214,7 +215,7 @@ def test_a_trial_whose_heartbeat_stopped_is_failed_and_retried(tmp_path, data_di
     storage.record_heartbeat(lost._trial_id)
     rows = run_search(search, scripted_train({0.1: [0.5]}))
     assert [(r["trial"], r["state"]) for r in rows] == [(0, "running")]  # its heartbeat is fresh: still training
-    time.sleep(2.5)  # older than the grace period (2 heartbeats)
+    time.sleep(4)  # older than the grace period (2 heartbeats), in SQLite's whole seconds
     rows = run_search(search, scripted_train({0.1: [0.5]}))
     assert sorted((r["trial"], r["state"], r["retry_of"]) for r in rows) == [(0, "fail", None), (1, "complete", 0)]
 
