@@ -204,9 +204,11 @@ def test_a_worker_killed_with_sigkill_leaves_a_study_the_next_worker_resumes(tmp
     assert json.loads((out / "trial-0000" / "run.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow  # waits for a heartbeat to go stale (8 s)
 def test_a_trial_whose_heartbeat_stopped_is_failed_and_retried(tmp_path, data_dir):
     out = tmp_path / "study"
-    top = {"method": "random", "trials": 1, "output_dir": str(out), "heartbeat": 1}
+    # A grace period of 6 s: the first look, at once, must find the heartbeat fresh even on a loaded machine.
+    top = {"method": "random", "trials": 1, "output_dir": str(out), "heartbeat": 3}
     search = read_plan(str(write_search(tmp_path / "h.toml", data_dir, top, {"lr": [0.1]}, pruner={"kind": "none"})))
     study, storage = open_study(search, overwrite=False)
     with pytest.warns(UserWarning, match="Heartbeat"):  # Optuna's: a study with heartbeats is meant for optimize
@@ -215,7 +217,7 @@ def test_a_trial_whose_heartbeat_stopped_is_failed_and_retried(tmp_path, data_di
     storage.record_heartbeat(lost._trial_id)
     rows = run_search(search, scripted_train({0.1: [0.5]}))
     assert [(r["trial"], r["state"]) for r in rows] == [(0, "running")]  # its heartbeat is fresh: still training
-    time.sleep(4)  # older than the grace period (2 heartbeats), in SQLite's whole seconds
+    time.sleep(8)  # older than the grace period (2 heartbeats), in SQLite's whole seconds
     rows = run_search(search, scripted_train({0.1: [0.5]}))
     assert sorted((r["trial"], r["state"], r["retry_of"]) for r in rows) == [(0, "fail", None), (1, "complete", 0)]
 
