@@ -1,7 +1,8 @@
 """`--report-to mlflow`: a run as an MLflow run, where many teams already look. Its settings are the run's params,
 every metrics.jsonl record is logged as metrics at its optimizer step (`<type>/<key>`: train/loss, eval/macro_f1;
-a protocol's inner fits, such as cv folds or seed members, under their folder's name: fold0/eval/macro_f1), and
-results.json, the reports, config.json and figures/ are its artifacts once the run has written them.
+the fits of a folds protocol, such as cv's, under their folder's name: fold0/eval/macro_f1; a `--seeds` member is
+a run of its own, nested), and results.json, the reports, config.json and figures/ are its artifacts once the run
+has written them.
 
 The store is MLflow's own choice (MLFLOW_TRACKING_URI, else its default), or `tracking_uri`: a local SQLite file
 (sqlite:///mlflow.db) or a tracking server (http://host:5000). The experiment is MLFLOW_EXPERIMENT_NAME, else
@@ -98,7 +99,7 @@ def _param(value) -> str:
 
 class MlflowSink:
     """metrics.jsonl's records as metrics of the active MLflow run; `write(record)` and `close()`, as MetricsLog
-    calls them (train/metrics_log.py). A fit inside a run's folder (a fold, a seed member) prefixes its folder."""
+    calls them (train/metrics_log.py). A fit inside a run's folder (a cv fold) prefixes its folder."""
 
     def __init__(self, out_dir: Path):
         import mlflow
