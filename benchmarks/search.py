@@ -112,7 +112,7 @@ def run_tpe(runs: Path, data_dir: Path, budget: float) -> dict:
         trials = len(done) + 1
 
 
-def grid_budget(data_dir: Path) -> float:
+def grid_budget() -> float:
     """The grid's training examples, known before it runs: every trial trains all its epochs on the subset."""
     return float(len(GRID["lr"]) * len(GRID["batch_size"]) * BASE["max_train_samples"] * BASE["epochs"])
 
@@ -131,7 +131,7 @@ def main() -> None:
         sides["grid"] = run_grid(a.runs, data_dir)
         (a.runs / "grid.json").write_text(json.dumps(sides["grid"], indent=2) + "\n")
     if a.only in (None, "tpe"):
-        sides["tpe"] = run_tpe(a.runs, data_dir, grid_budget(data_dir))
+        sides["tpe"] = run_tpe(a.runs, data_dir, grid_budget())
         (a.runs / "tpe.json").write_text(json.dumps(sides["tpe"], indent=2) + "\n")
     for name in ("grid", "tpe"):
         if name not in sides and (a.runs / f"{name}.json").is_file():

@@ -6,7 +6,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from minitune.cli import main
-from minitune.train.tensorboard import check_available
+from minitune.train.metrics_log import check_report_to
 
 
 def test_events_equal_metrics_jsonl(tmp_path):
@@ -43,8 +43,8 @@ def test_events_equal_metrics_jsonl(tmp_path):
 def test_missing_tensorboard_is_one_clear_error(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "tensorboard" else object())
     with pytest.raises(Exception, match="pip install tensorboard==2.21.0"):
-        check_available("tensorboard")
-    check_available(None)  # not asked for: never looked up
+        check_report_to("tensorboard")
+    check_report_to(None)  # not asked for: never looked up
     assert main(["--task", "humor", "--report-to", "tensorboard", "--output-dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert (
@@ -60,11 +60,11 @@ def test_resume_drops_the_events_past_the_checkpoint(tmp_path):
 
     first = TensorBoardSink(tmp_path)
     for step in range(1, 7):
-        first.write({"type": "train", "step": step, "loss": float(step)})
+        first.write(step, {"train/loss": float(step)})
     first.close()
     resumed = TensorBoardSink(tmp_path, resume_step=3)
     for step in range(4, 7):
-        resumed.write({"type": "train", "step": step, "loss": 10.0 * step})
+        resumed.write(step, {"train/loss": 10.0 * step})
     resumed.close()
     events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
     events.Reload()

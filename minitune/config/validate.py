@@ -21,10 +21,10 @@ from minitune.data.batching import check_batch_size
 from minitune.data.kinds import MULTIPLE_CHOICE
 from minitune.errors import ConfigError, did_you_mean
 from minitune.eval.metrics import SELECTION_METRICS
-from minitune.train import mlflow_tracking, tensorboard
 from minitune.train.distill_loss import check_distill_args
 from minitune.train.distributed import check_launch as check_distributed_launch
 from minitune.train.losses import loss_for
+from minitune.train.metrics_log import check_report_to
 from minitune.train.optim import check_optimizer_args, check_warmup_steps
 
 DECODER_TYPES = ("llama", "qwen2", "gemma")  # the families that can answer in text (`head` generative)
@@ -73,12 +73,7 @@ POSITIVE_OR_UNSET = (
 def _check_values(s: dict) -> None:
     """Each setting on its own: a number within its bounds."""
     check_batch_size(s["batch_size"])
-    tensorboard.check_available(s["report_to"])
-    mlflow_tracking.check_available(s["report_to"])
-    _check(
-        s["tracking_uri"] is None or s["report_to"] == "mlflow",
-        "`tracking_uri` is where MLflow logs: it needs report_to mlflow",
-    )
+    check_report_to(s["report_to"], s["tracking_uri"])
     _check(
         isinstance(s["epochs"], int) and s["epochs"] >= 0,
         f"`epochs` must be a non-negative integer (0: evaluate without training), got {s['epochs']!r}",

@@ -85,8 +85,16 @@ def by_source(task: TaskData, examples: list[Example], scores: np.ndarray, thres
 
 def source_tables(sources: dict) -> list[Table]:
     """The report's tables: the sources, and the scores on the fed labels."""
-    keys = ["read", "mapped", "weight", "trained_on", "dropped_empty", "kept_negative", "dropped_ambiguous"]
-    keys.append("from_no_label")
+    keys = [
+        "read",
+        "mapped",
+        "weight",
+        "trained_on",
+        "dropped_empty",
+        "kept_negative",
+        "dropped_ambiguous",
+        "from_no_label",
+    ]
     rows = [
         [r.get("name", r["source"]), *(plain(r.get(k, "")) for k in keys), plain(r.get("unmapped_labels") or "")]
         for r in sources["sources"]

@@ -48,7 +48,7 @@ from minitune.checkpoints.runlock import LOCK_FILE, clear_folder, finished_befor
 from minitune.config.load import make_config
 from minitune.errors import ConfigError, MinituneError
 from minitune.experiments.compare import ranking_metric
-from minitune.experiments.search_report import write_search_report
+from minitune.experiments.search_report import leaderboard, write_search_report
 from minitune.experiments.search_space import Search, definition
 from minitune.train.distributed import env_world_size
 from minitune.train.interrupt import TrainingInterrupted
@@ -182,8 +182,8 @@ def run_search(search: Search, train, overwrite: bool = False) -> list[dict]:
     with tracked(mlflow, search.output_dir, params, study.user_attrs.get(MLFLOW_ATTR)) as mlf:
         if mlflow is not None and MLFLOW_ATTR not in study.user_attrs:
             study.set_user_attr(MLFLOW_ATTR, mlflow.active_run().info.run_id)
-        trained = _work(optuna, search, study, storage, train, metric)
-        rows = write_search_report(search, study, metric)
+        trained = _work(optuna, search, study, storage, train, metric)  # the report rewritten after each trial
+        rows = write_search_report(search, study, metric) if not trained else leaderboard(study, metric)
         mlf.log_files(search.output_dir, ("leaderboard.json", "leaderboard.md"))
     print(f"this worker trained {trained} trial(s); the study has {_counted(optuna, study)} of {search.trials}")
     return rows

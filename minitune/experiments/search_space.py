@@ -45,7 +45,7 @@ def read_plan(path: str, storage: str | None = None):
     if "method" not in raw:
         if storage is not None:
             raise ConfigError(f'--storage is for a search (method = "tpe" in {path}); lists and grids need none')
-        return read_sweep(path)
+        return read_sweep(path, raw)
     return read_search(path, raw, storage)
 
 

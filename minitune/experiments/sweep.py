@@ -97,9 +97,10 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.,=+:-]", "_", text)[:100] or "base"
 
 
-def read_sweep(path: str) -> Sweep:
+def read_sweep(path: str, raw: dict | None = None) -> Sweep:
+    """The sweep file at `path` (`raw`: its table, when it was read already), every trial's settings checked."""
     p = Path(path)
-    raw = parse_toml(path, f"sweep file {path}: ")
+    raw = parse_toml(path, f"sweep file {path}: ") if raw is None else raw
     setting_keys(p, "the top level", raw, TOP_KEYS)
     base = setting_keys(p, "[base]", raw.get("base", {}), FIELDS | {"config"})
     if "config" in base:

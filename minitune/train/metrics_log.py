@@ -3,6 +3,7 @@ the checkpoint's step on resume so no step is logged twice; and the peak memory 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import resource
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import torch
 
 from minitune.checkpoints.atomic import atomic_write_text
+from minitune.errors import ConfigError
 from minitune.train.mlflow_tracking import MlflowSink
 from minitune.train.tensorboard import TensorBoardSink
 
@@ -32,8 +34,8 @@ class MetricsLog:
 
     def __init__(self, path: Path, resume_step: int | None = None, sink=None):
         """A fresh log, or on resume the old one cut back to the checkpoint's step: the steps logged after it
-        are about to be trained again, and would otherwise appear twice. `sink` (write(record), close()) receives
-        every record too (train/tensorboard.py)."""
+        are about to be trained again, and would otherwise appear twice. `sink` (write(step, scalars), close())
+        receives every record's numbers too (train/tensorboard.py, train/mlflow_tracking.py)."""
         if resume_step is not None and path.exists():
             kept = [
                 line
@@ -48,12 +50,38 @@ class MetricsLog:
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         if self.sink is not None:
-            self.sink.write(record)
+            self.sink.write(int(record.get("step", 0)), scalars(record))
 
     def close(self) -> None:
         self.file.close()
         if self.sink is not None:
             self.sink.close()
+
+
+# report_to -> the package its sink needs, and how to install it
+SINK_PACKAGES = {
+    "tensorboard": ("tensorboard", "pip install tensorboard==2.21.0"),
+    "mlflow": ("mlflow", "pip install 'minitune[mlflow]'"),
+}
+
+
+def check_report_to(report_to: str | None, tracking_uri: str | None = None) -> None:
+    """`report_to`'s package is installed (checked before a run writes anything); `tracking_uri` is MLflow's."""
+    if report_to in SINK_PACKAGES and importlib.util.find_spec(SINK_PACKAGES[report_to][0]) is None:
+        package, install = SINK_PACKAGES[report_to]
+        raise ConfigError(f"`report_to` {report_to} needs the {package} package: {install}, or drop it")
+    if tracking_uri is not None and report_to != "mlflow":
+        raise ConfigError("`tracking_uri` is where MLflow logs: it needs report_to mlflow")
+
+
+def scalars(record: dict) -> dict[str, float]:
+    """A record's numbers as the sinks name them: `<type>/<key>` (train/loss, eval/macro_f1), the step aside."""
+    kind = record.get("type", "log")
+    return {
+        f"{kind}/{k}": v
+        for k, v in record.items()
+        if k not in ("type", "step") and isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def metrics_log(out_dir: Path, resume_step: int | None, report_to: str | None) -> MetricsLog:

@@ -13,7 +13,6 @@ asks for it without it stops before writing anything.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,15 +20,8 @@ from pathlib import Path
 
 from minitune.errors import ConfigError
 
-INSTALL = "pip install 'minitune[mlflow]'"
 RUN_FILES = ("results.json", "report.txt", "report.html", "config.json")
 DIR_TAG = "minitune.output_dir"  # the run's folder, so an inner fit names its metrics relative to it
-NOT_METRICS = ("type", "step")
-
-
-def check_available(report_to: str | None) -> None:
-    if report_to == "mlflow" and importlib.util.find_spec("mlflow") is None:
-        raise ConfigError(f"`report_to` mlflow needs the mlflow package: {INSTALL}, or drop it")
 
 
 def tracking(report_to: str | None, tracking_uri: str | None, task: str):
@@ -98,7 +90,7 @@ def _param(value) -> str:
 
 
 class MlflowSink:
-    """metrics.jsonl's records as metrics of the active MLflow run; `write(record)` and `close()`, as MetricsLog
+    """metrics.jsonl's records as metrics of the active MLflow run; `write(step, scalars)` and `close()`, as MetricsLog
     calls them (train/metrics_log.py). A fit inside a run's folder (a cv fold) prefixes its folder."""
 
     def __init__(self, out_dir: Path):
@@ -114,17 +106,9 @@ class MlflowSink:
         if top and here != Path(top) and here.is_relative_to(top):
             self.prefix = here.relative_to(top).as_posix() + "/"
 
-    def write(self, record: dict) -> None:
-        if self.mlflow is None:
-            return
-        kind, step = record.get("type", "log"), int(record.get("step", 0))
-        values = {
-            f"{self.prefix}{kind}/{k}": float(v)
-            for k, v in record.items()
-            if k not in NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)
-        }
-        if values:
-            self.mlflow.log_metrics(values, step=step)
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if self.mlflow is not None and scalars:
+            self.mlflow.log_metrics({self.prefix + name: float(v) for name, v in scalars.items()}, step=step)
 
     def close(self) -> None:
         pass
