@@ -157,7 +157,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     import minitune
     from minitune.train.amp import DynamicLossScaler
     from minitune.train.embedding_grads import sparse_embedding_grads, zero_grads
-    from minitune.train.loop import accumulate_gradients
+    from minitune.train.gradients import accumulate_gradients
     from minitune.train.losses import build_loss
     from minitune.train.optim import build_optimizer
 

@@ -5,6 +5,7 @@
     minitune predict --model runs/humor-minilm/model --input texts.csv --output preds.csv
     minitune predict --model smollm2 --head generative --task semeval --input tweets.csv --output preds.csv
     minitune predict --model runs/recipe-mpr-minilm --input questions.jsonl --output answers.csv
+    minitune explain --model runs/humor-minilm --input texts.csv --output tokens.jsonl  # integrated gradients
     minitune report runs/humor-minilm                          # redraw figures/ and report.html, no model
     minitune export --model runs/humor-minilm/model --format onnx --output model.onnx
 
@@ -23,10 +24,12 @@ from pathlib import Path
 from minitune.checkpoints.rundir import interruption_note
 from minitune.commands import (
     compare_parser,
+    explain_parser,
     export_parser,
     predict_parser,
     report_parser,
     run_compare,
+    run_explain,
     run_export,
     run_predict,
     run_report,
@@ -100,6 +103,7 @@ def run_distill_command(argv: list[str]) -> dict:
 # Every command but training (the default): its function and its parser, whose flags errors are rendered with.
 COMMANDS = {
     "predict": (run_predict, predict_parser),
+    "explain": (run_explain, explain_parser),
     "report": (run_report, report_parser),
     "export": (run_export, export_parser),
     "cv": (run_cv_command, cv_parser),

@@ -1,23 +1,31 @@
-"""The commands that read finished runs: predict, report, export, compare, and sweep (which trains its trials
-through runner.run_train). Each is a parser and a function taking its arguments; cli.py dispatches to them."""
+"""The commands that read finished runs: predict, explain, report, export, compare, and sweep (which trains its
+trials through runner.run_train). Each is a parser and a function taking its arguments; cli.py dispatches to them."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
+from minitune.checkpoints.atomic import atomic_write_text
 from minitune.checkpoints.runlock import locked, require_finished
 from minitune.config.sections import GenerativeSettings
 from minitune.config.validate import check_generative_settings
-from minitune.errors import ConfigError
+from minitune.data.custom import Columns, read_rows
+from minitune.data.examples import Example
+from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE, SINGLE_LABEL
+from minitune.errors import ConfigError, did_you_mean
+from minitune.eval.attributions import BASELINES, attribution_record, check_steps, explain_texts, top_tokens
 from minitune.eval.html import write_html_report
+from minitune.eval.predictions import label_predictions
+from minitune.eval.scoring import probabilities
 from minitune.experiments.compare import compare, markdown_table, write_comparison
 from minitune.experiments.search import run_search
 from minitune.experiments.search_space import Search, read_plan
 from minitune.experiments.sweep import run_sweep
 from minitune.export import export_onnx
 from minitune.flags import CommandParser, add_setting, choices_of, setting_field
-from minitune.predict import predict_file
+from minitune.predict import Predictor, head_tokenizer, predict_file
 from minitune.predict_generative import PlainAsk
 from minitune.runner import run_train
 
@@ -106,6 +114,107 @@ def run_predict(argv: list[str]) -> Path:
     )
     print(f"wrote {n} predictions to {path}")
     return path
+
+
+SHOWN_ROWS = 20  # explain prints each row's top tokens up to this many rows; more go to the file only
+
+
+def explain_parser() -> argparse.ArgumentParser:
+    p = CommandParser(
+        prog="minitune explain",
+        description="Score each token of each text by integrated gradients (eval/attributions.py): how much it moved "
+        "the explained label's logit from the baseline's. Writes one JSON line per input row (text, predicted and "
+        "explained label, tokens, scores, completeness gap) and prints the top tokens of a few rows.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,
+    )
+    p.add_argument("--model", required=True, help="a classifier run's output directory (or its model/ folder)")
+    p.add_argument("--input", required=True, help=".csv, .tsv, .txt or .jsonl file with the texts")
+    p.add_argument("--output", default="attributions.jsonl", help="JSONL file to write")
+    p.add_argument("--text-col", default=None, help="column holding the text (default: text)")
+    p.add_argument("--pair-col", default=None, help="column holding the second segment, if the model used one")
+    p.add_argument("--steps", type=int, default=setting_field("ig_steps").default, help="path points (quadrature)")
+    baseline = setting_field("ig_baseline").default
+    p.add_argument(
+        "--baseline", choices=BASELINES, default=baseline, help=setting_field("ig_baseline").metadata["help"]
+    )
+    p.add_argument(
+        "--label", default=None, help="the label to explain in every row (unset: each text's most probable label)"
+    )
+    p.add_argument(
+        "--max-length", type=int, default=None, help="truncate inputs to this many tokens (default: as the run trained)"
+    )
+    p.add_argument("--batch-size", type=int, default=32, help="path points per forward pass")
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    return p
+
+
+def run_explain(argv: list[str]) -> Path:
+    args = explain_parser().parse_args(argv)
+    output_file(args.output, "out.jsonl")
+    check_steps(args.steps, args.batch_size)
+    records = explain_file(Path(args.model), Path(args.input), args)
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    atomic_write_text(args.output, lines)
+    gaps = [r["completeness_gap"] for r in records if "completeness_gap" in r]
+    if len(records) <= SHOWN_ROWS:
+        for r in records:
+            if "completeness_gap" in r:
+                print(f"row {r['row']}: predicted {r['predicted']!r}, explained {r['target']!r}: {top_tokens(r)}")
+    print(f"wrote {len(records)} rows of token scores to {args.output} (completeness gap at most {max(gaps):.2g})")
+    return Path(args.output)
+
+
+def explain_file(model_path: Path, input_path: Path, args: argparse.Namespace) -> list[dict]:
+    """One record per row of `input_path`: a row whose text is empty keeps its line, with no tokens."""
+    predictor = Predictor(model_path, batch_size=args.batch_size, max_length=args.max_length, device=args.device)
+    _check_explainable(predictor, model_path)
+    names = predictor.label_names
+    if args.label is not None and args.label not in names:
+        raise ConfigError(
+            f"`label` {args.label!r} is not one of the model's labels ({', '.join(names)})"
+            f"{did_you_mean(args.label, names)}"
+        )
+    rows = read_rows(input_path, Columns(text=args.text_col or "text", label=None, pair=args.pair_col), keep_empty=True)
+    filled = [(i, r) for i, r in enumerate(rows) if r.text.strip()]
+    examples = [Example(r.text, pair=(r.pair or "") if args.pair_col else None) for _, r in filled]
+    target = None if args.label is None else names.index(args.label)
+    done = explain_texts(
+        predictor.model.to(predictor.device),
+        head_tokenizer(predictor.model_dir),
+        examples,
+        max_length=predictor.max_length,
+        targets=[target] * len(examples),
+        steps=args.steps,
+        baseline=args.baseline,
+        batch_size=args.batch_size,
+        progress=len(examples) > SHOWN_ROWS,
+    )
+    kind = MULTI_LABEL if predictor.multi_label else SINGLE_LABEL
+    explained, records = dict(zip((i for i, _ in filled), done)), []
+    for i, r in enumerate(rows):
+        rec = {"row": i} | ({"id": r.fields["id"]} if r.fields and "id" in r.fields else {}) | {"text": r.text}
+        rec |= {"pair": r.pair} if args.pair_col else {}
+        a = explained.get(i)
+        if a is None:  # an empty text keeps its line
+            records.append(rec | {"predicted": None, "tokens": [], "scores": []})
+            continue
+        predicted = label_predictions(probabilities(a.logits[None], kind), names, predictor.thresholds)[0]
+        records.append(rec | {"predicted": predicted} | attribution_record(a, names, args.steps, args.baseline))
+    return records
+
+
+def _check_explainable(predictor: Predictor, model_path: Path) -> None:
+    """One classifier of texts (or pairs): integrated gradients explain one class logit of one model."""
+    if predictor.members:
+        why = f"an ensemble of {len(predictor.members)} models: explain one of them, e.g. {predictor.members[0]}"
+    elif predictor.kind == MULTIPLE_CHOICE:
+        why = "a multiple-choice model, which explain does not cover: pass a classification run"
+    elif predictor.kind != "classifier":
+        why = "a --head generative model, which answers in words with no class logit: pass a classification run"
+    else:
+        return
+    raise ConfigError(f"`model` {model_path} is {why}")
 
 
 def report_parser() -> argparse.ArgumentParser:

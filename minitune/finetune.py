@@ -3,11 +3,11 @@
 
 Read top to bottom, `finetune` is the whole run of one model:
 
-    features  tokenize train and dev (and oversample rare labels)      data/features.py
+    features  augment train, tokenize train and dev, oversample rare    data/augment.py, data/features.py
     model     the checkpoint with its head, pooling, LoRA and NF4       checkpoints/load.py, adapters/
-    loss      the task's loss from the loss settings                    train/losses.py
+    loss      the task's loss (adaptive weights for a sum)              train/losses.py, train/loss_weighting.py
     batches   the sampler and the collate function                      data/batching.py
-    fit       the training loop, which keeps the best weights           train/loop.py
+    fit       the training loop, which keeps the best weights           train/loop.py (train/adversarial.py)
     scores    the best weights' dev probabilities, from fit             eval/scoring.py
 
 and returns them as a `Tuned`: the model, the loop's summary, the dev probabilities, and how to score more examples
@@ -33,6 +33,7 @@ from minitune.checkpoints.load import choice_scorer_for, load_model
 from minitune.checkpoints.save import save_adapter_dir, save_model_dir
 from minitune.config.load import run_signature
 from minitune.config.sections import ModelSettings, RunConfig
+from minitune.data.augment import augmented_copies
 from minitune.data.batching import length_of, make_collate, make_sampler
 from minitune.data.features import oversample_rare, tokenize
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE
@@ -45,6 +46,7 @@ from minitune.models.ffnn import build_ffnn
 from minitune.train.distill_loss import DistillLoss, with_soft_targets
 from minitune.train.distributed import gathered_scores, is_main, shard_sampler
 from minitune.train.loop import TrainData, fit, loop_summary
+from minitune.train.loss_weighting import adaptive_loss
 from minitune.train.losses import loss_for
 from minitune.train.parallel import consolidated, is_sharded
 from minitune.train.seeding import seed_everything
@@ -97,16 +99,19 @@ def finetune(
     t0 = time.perf_counter()
     # features: every example tokenized once; the training ones with a teacher's probabilities, rare labels repeated
     featurize = features_for(cfg, task, tokenizer, tokenized)
-    train_f = training_features(cfg, task, train_ex, featurize(train_ex), teacher, device)
+    copies = augmented_copies(cfg.data.augmentation, task.kind, train_ex, label_array(task, train_ex), cfg.seed, device)
+    trained = train_ex + copies  # augmentation: copies of training examples (data/augment.py), never of dev
+    train_f = training_features(cfg, task, trained, featurize(trained), teacher, device)
     dev_f = featurize(dev_ex)
     log.info("features for %d train / %d dev examples in %.1fs", len(train_f), len(dev_f), time.perf_counter() - t0)
     # model: the checkpoint with the task's head, pooling, LoRA and NF4 as the model settings say
     model = build_model(cfg.model, task, tokenizer).to(device)
     # loss: the task's, class weights from the training labels; distillation adds the teacher's term
+    # (dev is scored with the summed loss as written; training may weigh its terms adaptively)
     loss_fn = loss_for(cfg.loss, task.kind, task.num_labels, label_array(task, train_ex)).to(device)
-    train_loss = loss_fn
+    train_loss = adaptive_loss(cfg.loss, loss_fn).to(device)
     if teacher is not None:
-        train_loss = DistillLoss(loss_fn, task.kind == MULTI_LABEL, teacher.alpha, teacher.temperature).to(device)
+        train_loss = DistillLoss(train_loss, task.kind == MULTI_LABEL, teacher.alpha, teacher.temperature).to(device)
     # batches: which examples go together (random, bucketed or a token budget), and how they are padded
     d = cfg.data
     sampler = make_sampler([length_of(f) for f in train_f], d.batch_size, d.padding, d.max_tokens, cfg.seed)
@@ -118,6 +123,7 @@ def finetune(
     fitted = fit(model, train_loss, data, evaluate, cfg.loop, out, device, **kw)
     # scores: the best weights' dev probabilities came back with fit; more examples are scored the same way
     summary = loop_summary(cfg.loop, fitted.state, not getattr(model, "head_trained", False), t0)
+    summary["augmented_copies"] = len(copies)
     tuned = _tuned(cfg, task, model, tokenizer, featurize, collate, out, device, summary, fitted.payload)
     tuned.trained_on = train_ex
     return tuned

@@ -51,6 +51,7 @@ def add_settings(p, names) -> None:
 COMMANDS_HELP = """commands:
   minitune [train] --task T ...      fine-tune a model (the default command; its flags are below)
   minitune predict --model DIR ...   label a file with a trained model (minitune predict --help)
+  minitune explain --model DIR ...   each token's share of a prediction, by integrated gradients
   minitune report RUN_DIR            redraw a run's figures and report.html (no model needed)
   minitune export --model DIR ...    export a trained classifier to ONNX (minitune export --help)
   minitune cv --task T --folds K ... k-fold cross-validation with out-of-fold predictions (training flags)

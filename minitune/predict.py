@@ -243,11 +243,17 @@ def head_model(model_dir: Path, model_path):
     return model
 
 
-def _head_scores(model, model_dir: Path, examples: list[Example], batch_size: int, max_length: int, device):
-    """A classification head's probabilities (N, C) for the examples."""
+def head_tokenizer(model_dir: Path):
+    """The tokenizer saved with a classifier, padding with its eos token when it has no pad token (decoders)."""
     tokenizer = load_tokenizer(model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.set_pad_to_eos()
+    return tokenizer
+
+
+def _head_scores(model, model_dir: Path, examples: list[Example], batch_size: int, max_length: int, device):
+    """A classification head's probabilities (N, C) for the examples."""
+    tokenizer = head_tokenizer(model_dir)
     multi = model.hf_config.get("problem_type") == "multi_label_classification"
     kind = MULTI_LABEL if multi else SINGLE_LABEL
     windows = chunk_overlap_of(model.hf_config)  # trained on windows of long texts: read the same

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 import minitune
 from minitune.adapters.lora import apply_adapters
-from minitune.config.sections import AdapterSettings, DistributedSettings, LoopSettings
+from minitune.config.sections import AdapterSettings, AdversarySettings, DistributedSettings, LoopSettings
 from minitune.data.batching import (
     BucketedBatchSampler,
     RandomBatchSampler,
@@ -83,6 +83,7 @@ def main(args: dict) -> None:
         warmup_ratio=0.1,
         eval_every=args.get("eval_every"),
         log_every=1,
+        adversary=AdversarySettings(adversarial=args.get("adversarial")),
     )
     run = dict(resume=bool(args.get("resume")), signature=distributed.world_signature({}))
     run["distributed"] = DistributedSettings(fsdp=args.get("fsdp"))

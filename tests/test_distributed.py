@@ -160,6 +160,9 @@ CASES = [
     ("bucketed", {"fsdp": "full"}),
     ("token-budget", {"fsdp": "grad-op"}),
     ("bucketed", {"fsdp": "full", "lora": True, "grad_checkpointing": True}),
+    # per-example perturbations do not depend on how a batch is split: DDP with FGM / PGD ends where one process ends
+    ("random", {"adversarial": "fgm", "lora": True}),
+    ("token-budget", {"adversarial": "pgd"}),
 ]
 
 
@@ -190,6 +193,9 @@ def test_two_processes_train_the_weights_of_one(tmp_path, tiny_model, kind, opti
         if a["type"] == "train":
             assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)  # the global window's loss
             assert a["lr"] == pytest.approx(b["lr"], rel=1e-9)
+            assert ("adv_loss" in a) == ("adv_loss" in b) == bool(options.get("adversarial"))
+            if "adv_loss" in a:
+                assert a["adv_loss"] == pytest.approx(b["adv_loss"], rel=1e-5)  # the global window's too
         else:
             assert a["score"] == pytest.approx(b["score"], rel=1e-5)  # gathered evaluation
 

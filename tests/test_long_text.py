@@ -14,7 +14,7 @@ from minitune.data.batching import make_collate
 from minitune.data.examples import Example
 from minitune.data.features import tokenize
 from minitune.data.long_text import pool_windows
-from minitune.train.loop import forward_loss
+from minitune.train.gradients import forward_loss
 
 LONG = (
     "The committee met on a Tuesday to discuss the annual budget, and after three hours of debate about the "

@@ -12,7 +12,8 @@ from minitune.config.sections import LoopSettings
 from minitune.data.batching import BucketedBatchSampler, TokenBudgetBatchSampler, collate, length_of
 from minitune.train.amp import DynamicLossScaler
 from minitune.train.embedding_grads import SPARSE_MIN_ROWS, sparse_embedding_grads
-from minitune.train.loop import TrainData, accumulate_gradients, fit
+from minitune.train.gradients import accumulate_gradients
+from minitune.train.loop import TrainData, fit
 from minitune.train.losses import build_loss
 
 

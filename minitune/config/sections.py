@@ -2,9 +2,11 @@
 
     RunConfig
       data         the task, its files and columns, lengths, subsets and batching    -> data/, finetune.py
+        augmentation   extra training copies: token operations or paraphrases        -> data/augment.py
       model        the checkpoint, its head, pooling, adapter (LoRA) and quantization -> checkpoints/load.py, adapters/
       loss         the training loss and its options                                  -> train/losses.py
       loop         schedule, optimizer, precision, evaluation and checkpoint cadence -> train/loop.py
+        adversary      adversarial training: FGM, PGD or AWP                          -> train/adversarial.py
       eval         decision thresholds                                                -> eval/thresholds.py
       generative   how an instruct decoder is asked (`head` generative)               -> eval/answers.py
       distributed  torchrun: FSDP and the collective timeout                          -> train/parallel.py
@@ -34,6 +36,30 @@ def section(cls):
 
 
 TASK_NAMES = ("humor", "semeval", "goemotions", "recipe-mpr", "custom")
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """Augmented copies of training examples (data/augment.py); dev, test and predict files are never augmented."""
+
+    augment: str = opt(
+        None,
+        "add augmented copies of training examples: tokens (random word deletion, swap and insertion of words from "
+        "the training texts) or paraphrase (an instruct decoder rewrites each text; cached)",
+        (None, "tokens", "paraphrase"),
+    )
+    augment_ops: str = opt("delete,swap,insert", "augment tokens: the word operations, comma-separated")
+    augment_prob: float = opt(0.1, "augment tokens: each word's chance of each operation")
+    augment_copies: int = opt(1, "augmented copies per chosen training example")
+    augment_rare: int = opt(
+        0,
+        "augment only examples carrying a label with fewer than N training examples (0: every example); "
+        "--oversample-rare then counts the copies among the positives",
+    )
+    paraphrase_model: str = opt(None, "augment paraphrase: the instruct decoder that writes them (e.g. smollm2)")
+    paraphrase_cache: str = opt(
+        None, "augment paraphrase: JSONL cache of generated paraphrases (default: in the user cache, per model)"
+    )
 
 
 @dataclass(frozen=True)
@@ -103,6 +129,7 @@ class DataSettings:
         "small data sets, see README); bucketed for decoders, which have no unpadded path",
         (None, "fixed", "dynamic", "bucketed"),
     )
+    augmentation: AugmentSettings = section(AugmentSettings)
 
     def window_overlap(self) -> int | None:
         """Tokens consecutive windows share when texts are chunked; None when they are truncated."""
@@ -174,6 +201,35 @@ class LossSettings:
     asl_gamma_neg: float = opt(4.0, "asymmetric loss gamma for negatives")
     asl_gamma_pos: float = opt(1.0, "asymmetric loss gamma for positives")
     asl_clip: float = opt(0.05, "asymmetric loss probability margin for negatives")
+    loss_weighting: str = opt(
+        "fixed",
+        "a summed loss (bce:0.5+asl:0.5): keep its weights (fixed), learn them (uncertainty: learned log-variances, "
+        "Kendall et al. 2018) or move them linearly to --loss-weights-end over training (schedule)",
+        ("fixed", "uncertainty", "schedule"),
+    )
+    loss_weights_end: str = opt(None, "loss_weighting schedule: the weights at the end of training, e.g. 0.2,0.8")
+    loss_weight_lr: float = opt(0.01, "loss_weighting uncertainty: learning rate of the log-variances")
+
+
+@dataclass(frozen=True)
+class AdversarySettings:
+    """Adversarial training (train/adversarial.py): each micro-batch is trained on twice, as it is and perturbed."""
+
+    adversarial: str = opt(
+        None,
+        "train on perturbed inputs too: fgm (one step along the normalised gradient of the word embeddings), pgd "
+        "(adv_steps projected steps in an adv_eps ball) or awp (adversarial weight perturbation)",
+        (None, "fgm", "pgd", "awp"),
+    )
+    adv_eps: float = opt(
+        None,
+        "perturbation size: fgm/pgd the L2 norm per example of the word-embedding perturbation (default 0.1; 1.0 "
+        "wrecked MiniLM on humor, benchmarks/README.md), awp each weight's perturbation relative to its norm "
+        "(default 0.001)",
+    )
+    adv_alpha: float = opt(None, "pgd: the L2 size of each step (default 0.3 x adv_eps)")
+    adv_steps: int = opt(3, "pgd: steps of the attack")
+    adv_start_epoch: int = opt(1, "the epoch (from 1) at which adversarial training starts")
 
 
 @dataclass(frozen=True)
@@ -219,6 +275,7 @@ class LoopSettings:
         "with report_to mlflow: the MLflow store (sqlite:///mlflow.db, http://host:5000; default: "
         "MLFLOW_TRACKING_URI, else MLflow's own)",
     )
+    adversary: AdversarySettings = section(AdversarySettings)
 
 
 @dataclass(frozen=True)
@@ -228,6 +285,18 @@ class EvalSettings:
         None,
         "multi-label: tune the per-label thresholds on a stratified fraction F of train held out from training "
         "(an honest dev score) instead of on dev itself (optimistic: tuned and scored on the same examples)",
+    )
+    explain_errors: int = opt(
+        5,
+        "report.html: the N most confident dev errors, each token highlighted by its integrated-gradients "
+        "attribution (eval/attributions.py; 0: none)",
+    )
+    ig_steps: int = opt(32, "integrated gradients: points on the path from the baseline to the input")
+    ig_baseline: str = opt(
+        "pad",
+        "integrated gradients: the input it starts from: pad (every token but the special ones replaced by the pad "
+        "token) or zero (all-zero word embeddings)",
+        ("pad", "zero"),
     )
 
 
@@ -381,6 +450,8 @@ def build(flat: dict) -> RunConfig:
 
 __all__ = [
     "AdapterSettings",
+    "AdversarySettings",
+    "AugmentSettings",
     "DataSettings",
     "DistillSettings",
     "DistributedSettings",

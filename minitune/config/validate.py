@@ -17,12 +17,14 @@ import torch
 
 from minitune.config.defaults import DEFAULT_FOLDS
 from minitune.config.sections import RunConfig, setting_field
+from minitune.data.augment import check_ops
 from minitune.data.batching import check_batch_size
 from minitune.data.kinds import MULTIPLE_CHOICE
 from minitune.errors import ConfigError, did_you_mean
 from minitune.eval.metrics import SELECTION_METRICS
 from minitune.train.distill_loss import check_distill_args
 from minitune.train.distributed import check_launch as check_distributed_launch
+from minitune.train.loss_weighting import check_weighting
 from minitune.train.losses import loss_for
 from minitune.train.metrics_log import check_report_to
 from minitune.train.optim import check_optimizer_args, check_warmup_steps
@@ -107,6 +109,7 @@ def _check_values(s: dict) -> None:
         f"`device` {s['device']!r}: use cpu, cuda (or cuda:N), or auto",
     )
     _check_loss_values(s)
+    _check_robustness(s)
     if s["command"] == "distill":
         _check(bool(s["teacher"]), "distill needs `teacher`: the output directories of the runs to learn from")
         check_distill_args(s["distill_alpha"], s["temperature"])
@@ -124,6 +127,50 @@ def _check_loss_values(s: dict) -> None:
         "and 1)",
     )
     _check(0.0 <= s["asl_clip"] < 1.0, f"`asl_clip` must be in [0, 1), got {s['asl_clip']} (default 0.05)")
+
+
+def _check_robustness(s: dict) -> None:
+    """Adversarial training, augmentation, adaptive loss weights and attributions (issue: robust training)."""
+    adv = s["adversarial"]
+    _check(s["adv_eps"] is None or s["adv_eps"] > 0, f"`adv_eps` must be > 0, got {s['adv_eps']}")
+    _check(s["adv_alpha"] is None or s["adv_alpha"] > 0, f"`adv_alpha` must be > 0, got {s['adv_alpha']}")
+    for name in ("adv_steps", "adv_start_epoch", "augment_copies", "ig_steps"):
+        _check(isinstance(s[name], int) and s[name] >= 1, f"`{name}` must be a positive integer, got {s[name]!r}")
+    _check(
+        not adv or s["head"] == "classifier",
+        "`adversarial` perturbs a classifier's word embeddings or weights; `head` generative answers in text: use "
+        "`head` classifier or drop `adversarial`",
+    )
+    _check(not (adv and s["fsdp"]), "`adversarial` runs under DDP, not `fsdp` (not supported): drop one")
+    aug = s["augment"]
+    _check(
+        not aug or s["task"] != "recipe-mpr",
+        "`augment` rewrites one text per example; recipe-mpr is multiple choice (not supported): drop `augment`",
+    )
+    _check(
+        not aug or s["head"] == "classifier",
+        "`augment` adds training copies for a classifier head; `head` generative is not supported: drop `augment`",
+    )
+    _check(
+        aug != "paraphrase" or bool(s["paraphrase_model"]),
+        "`augment` paraphrase needs `paraphrase_model`, the instruct decoder that writes them (e.g. smollm2)",
+    )
+    _check(
+        not (s["paraphrase_model"] or s["paraphrase_cache"]) or aug == "paraphrase",
+        "`paraphrase_model` and `paraphrase_cache` go with `augment` paraphrase: add it or drop them",
+    )
+    _check(0 < s["augment_prob"] < 1, f"`augment_prob` must be in (0, 1), got {s['augment_prob']}")
+    if aug == "tokens":
+        check_ops(s["augment_ops"])
+    _check(
+        isinstance(s["augment_rare"], int) and s["augment_rare"] >= 0,
+        f"`augment_rare` must be an integer >= 0, got {s['augment_rare']}",
+    )
+    _check(
+        isinstance(s["explain_errors"], int) and s["explain_errors"] >= 0,
+        f"`explain_errors` must be an integer >= 0 (0: none), got {s['explain_errors']!r}",
+    )
+    check_weighting(s["loss"], s["loss_weighting"], s["loss_weights_end"], s["loss_weight_lr"])
 
 
 def _check_combinations(s: dict) -> None:

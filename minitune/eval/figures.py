@@ -97,6 +97,33 @@ def draw_training_curves(runs: dict[str, list[dict]], metric: str) -> Figure:
     return fig
 
 
+def robust_keys(runs: dict[str, list[dict]]) -> list[str]:
+    """The train records' adaptive loss weights (loss_weight_<term>) and perturbed loss (adv_loss), if logged."""
+    keys = dict.fromkeys(k for rs in runs.values() for r in rs if r.get("type") == "train" for k in r)
+    return [k for k in keys if k.startswith("loss_weight_") or k == "adv_loss"]
+
+
+def draw_loss_weights(runs: dict[str, list[dict]], keys: list[str]) -> Figure:
+    """The weights a summed loss's terms had at each logged step (train/loss_weighting.py), and the adversarial
+    loss beside the clean one (train/adversarial.py): the gap is how much the perturbation costs the model."""
+    weights = [k for k in keys if k != "adv_loss"]
+    panels = [("effective weight of each loss term", weights)] if weights else []
+    panels += [("training loss, clean and perturbed", ["loss", "adv_loss"])] if "adv_loss" in keys else []
+    names = {"loss": "clean (trained)", "adv_loss": "perturbed"}
+    fig = new_figure(figsize=(5.5 * len(panels), 3.8), layout="constrained")
+    for ax, (title, shown) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        for run, records in runs.items():
+            for key in shown:
+                pts = [(r["step"], r[key]) for r in records if r.get("type") == "train" and r.get(key) is not None]
+                label = names.get(key, key.removeprefix("loss_weight_"))
+                if pts:
+                    ax.plot(*zip(*pts), label=f"{run} {label}".strip())
+        ax.set(title=title, xlabel="optimizer step")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    return fig
+
+
 def draw_confusion(matrix: list[list[int]], names: list[str], split: str) -> Figure:
     """Counts and row-normalised (each gold row sums to 1); rows gold, columns predicted. Side by side up to
     STACK_ABOVE classes, one above the other beyond, so a many-class matrix keeps cells wide enough for its labels."""
@@ -310,6 +337,9 @@ def draw_run(run_dir: Path, results: dict) -> list[RunFigure]:
     runs = read_metrics(run_dir)
     if runs:
         figs.append(RunFigure("training_curves", "Training curves", draw_training_curves(runs, metric)))
+    if keys := robust_keys(runs):
+        title = "Loss weights and adversarial loss"
+        figs.append(RunFigure("loss_weights", title, draw_loss_weights(runs, keys)))
     if "confusion_matrix" in rep:
         cm = draw_confusion(rep["confusion_matrix"], names, split)
         figs.append(RunFigure("confusion_matrix", "Confusion matrix", cm, svg=True))

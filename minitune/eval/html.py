@@ -4,8 +4,10 @@ It opens with what a reader wants first: every split's headline scores, the trai
 training against the best) and what to look at, as HTML; then every figure of eval/figures.py (PNG embedded as a
 base64 data URI, so the file opens anywhere with no network and no JavaScript), each split's tables, the
 misclassified examples of the main split with the highest confidence (the first thing to read in error analysis),
-a protocol's models, and the settings that shape the run. The parts are report.txt's (eval/report_parts.py).
-Inputs: results.json, metrics.jsonl (or fold*/metrics.jsonl) and predictions_<split>.jsonl; figures/ is rewritten.
+the surest dev errors with each token coloured by its integrated-gradients attribution (when the run explained
+them: eval/attributions.py), a protocol's models, and the settings that shape the run. The parts are report.txt's
+(eval/report_parts.py). Inputs: results.json, metrics.jsonl (or fold*/metrics.jsonl), predictions_<split>.jsonl and
+attributions_dev.jsonl; figures/ is rewritten.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from minitune.checkpoints.atomic import atomic_write_text
 from minitune.checkpoints.rundir import read_results
 from minitune.data.kinds import MULTI_LABEL
 from minitune.errors import ConfigError
+from minitune.eval.attributions import read_attributions
 from minitune.eval.figures import draw_run, main_split, save_figures
 from minitune.eval.generations import format_generation_notes
 from minitune.eval.predictions import read_prediction_records
@@ -55,7 +58,10 @@ table.headline td:first-child { font-weight: bold; }
 ul.advice li { margin: .3em 0; } .story { margin: .2em 0; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-weight: bold; margin-bottom: .4em; }
+div.ig { margin: .8em 0; } div.ig p { margin: .2em 0; } p.tokens { line-height: 1.9; }
+span.tok { padding: .1em .15em; border-radius: 3px; white-space: pre; } span.special { color: #777; }
 """
+POSITIVE, NEGATIVE = "26,152,80", "215,48,39"  # green toward the explained label, red away from it
 
 
 def _e(x) -> str:
@@ -81,7 +87,8 @@ def _decision_thresholds(results: dict, rep: dict) -> np.ndarray:
 def confident_errors(results: dict, records: list[dict], top: int = TOP_ERRORS) -> list[dict]:
     """The wrongly predicted examples, most confident first. Single-label and multiple choice: the argmax is not
     gold, ranked by its probability. Multi-label: any label decided wrongly, ranked by the probability on the
-    wrong side of its threshold (a false positive's own, a false negative's complement)."""
+    wrong side of its threshold (a false positive's own, a false negative's complement). Each error's `target` is
+    the class its explanation is about (eval/attributions.py): the predicted one, multi-label the surest wrong."""
     rep = results[main_split(results)]
     names, kind = rep["label_names"], rep["kind"]
     probs = np.array([r["probs"] for r in records], dtype=np.float64).reshape(len(records), len(names))
@@ -97,6 +104,7 @@ def confident_errors(results: dict, records: list[dict], top: int = TOP_ERRORS) 
                     gold=", ".join(n for n, g in zip(names, gold[i]) if g) or "(none)",
                     predicted=", ".join(f"{n} {p:.2f}" for n, p, c in zip(names, probs[i], pred[i]) if c) or "(none)",
                     confidence=float(wrongness[i].max()),
+                    target=int(wrongness[i].argmax()),  # the label decided most surely wrong: the one to explain
                 )
             )
     else:
@@ -109,6 +117,7 @@ def confident_errors(results: dict, records: list[dict], top: int = TOP_ERRORS) 
                     gold=_choice(records[i], names, gold[i]),
                     predicted=_choice(records[i], names, pred[i]),
                     confidence=float(probs[i, pred[i]]),
+                    target=int(pred[i]),
                 )
             )
     return sorted(errors, key=lambda e: -e["confidence"])[:top]
@@ -140,6 +149,47 @@ def _errors_section(results: dict, records: list[dict] | None) -> str:
     return intro + _html_table(Table("", ["confidence", "text", "gold", "predicted"], rows, left=0)).replace(
         "<td class=num>", "<td>"
     )
+
+
+def _token_span(token: str, score: float, peak: float, special: bool) -> str:
+    """A token on a background as strong as its share of the example's largest |attribution|; its score on hover."""
+    share = abs(score) / peak if peak > 0 else 0.0
+    style = f"background:rgba({POSITIVE if score > 0 else NEGATIVE},{0.85 * share:.2f})"
+    cls = "tok special" if special else "tok"
+    shown = token.strip() or "\u2423"  # spans are spaced apart, so a token's own spaces go (a bare one: an open box)
+    return f'<span class="{cls}" style="{style}" title="{score:+.4f}">{_e(shown)}</span>'
+
+
+def _explained_section(explained: list[dict] | None) -> str:
+    """The surest errors with each token coloured by its integrated-gradients attribution (attributions_dev.jsonl)."""
+    if not explained:
+        return ""
+    first = explained[0]
+    legend = (
+        f'<span class=tok style="background:rgba({POSITIVE},.85)">pushes toward the explained label</span> '
+        f'<span class=tok style="background:rgba({NEGATIVE},.85)">pushes away from it</span>'
+    )
+    intro = (
+        f"<h3>Why: the {len(explained)} surest errors, token by token</h3><p>Integrated gradients "
+        f"(Sundararajan et al. 2017) of the explained label's logit (the predicted label; multi-label the label "
+        f"decided most surely wrong), {_e(first.get('steps'))} Gauss-Legendre points from the "
+        f"{_e(first.get('baseline'))} baseline. Each example's strongest token has the fullest colour; hover a "
+        "token for its score. The completeness gap is |sum of the scores - (F(x) - F(baseline))|: near zero, the "
+        f"scores account for the whole logit change.</p><p>{legend}</p>"
+    )
+    blocks = []
+    for r in explained:
+        scores, tokens = r.get("scores") or [], r.get("tokens") or []
+        special = r.get("special") or [False] * len(tokens)
+        peak = max((abs(v) for v in scores), default=0.0)
+        spans = " ".join(_token_span(t, v, peak, sp) for t, v, sp in zip(tokens, scores, special))
+        meta = (
+            f"confidence {r.get('confidence', 0):.3f}; gold {r.get('gold')}; predicted {r.get('predicted')}; "
+            f"explained label {r.get('target')}; completeness gap {r.get('completeness_gap', 0):.4f} (scores sum "
+            f"{r.get('attribution_sum', 0):.4f}, F(x) - F(baseline) {r.get('logit_difference', 0):.4f})"
+        )
+        blocks.append(f"<div class=ig><p class=meta>{_e(meta)}</p><p class=tokens>{spans}</p></div>")
+    return intro + "".join(blocks)
 
 
 def _html_table(table: Table) -> str:
@@ -223,7 +273,13 @@ def _settings_section(results: dict) -> str:
     )
 
 
-def render_html(results: dict, figures: list[tuple[str, Path]], records: list[dict] | None, run_dir: Path) -> str:
+def render_html(
+    results: dict,
+    figures: list[tuple[str, Path]],
+    records: list[dict] | None,
+    run_dir: Path,
+    explained: list[dict] | None = None,
+) -> str:
     title = f"minitune: {results.get('task', '?')} / {results.get('model', '?')}"
     first = splits(results)[0][1]
     kind = KIND_NAMES.get(first["kind"], first["kind"])
@@ -241,6 +297,7 @@ def render_html(results: dict, figures: list[tuple[str, Path]], records: list[di
         _split_sections(results),
         f"<h2>Most confident errors ({_e(main_split(results))})</h2>",
         _errors_section(results, records),
+        _explained_section(explained),
         _training_section(results),
         _settings_section(results),
         "</body></html>",
@@ -258,7 +315,8 @@ def write_html_report(run_dir: Path) -> Path:
     figs = draw_run(run_dir, results)
     pngs = save_figures(figs, run_dir / "figures")
     records = read_prediction_records(run_dir, main_split(results))
-    page = render_html(results, [(f.title, pngs[f.name]) for f in figs], records, run_dir)
+    explained = read_attributions(run_dir) if main_split(results) == "dev" else None
+    page = render_html(results, [(f.title, pngs[f.name]) for f in figs], records, run_dir, explained)
     out = run_dir / "report.html"
     atomic_write_text(out, page)
     return out

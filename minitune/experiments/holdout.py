@@ -5,6 +5,8 @@
 With `threshold_split` (multi-label) a stratified fraction of train is held out from training and the per-label
 thresholds are tuned on it instead of on dev. The classifier trains on at most `max_train_samples` examples; the
 generative head draws its shots from the whole train split and instruction-tunes on `max_train_samples` of it.
+A classifier's `explain_errors` surest dev errors are then explained token by token (eval/attributions.py) for
+report.html.
 """
 
 from __future__ import annotations
@@ -18,15 +20,18 @@ import torch
 from minitune.checkpoints.rundir import loss_at_best, save_scores, write_prompt_example
 from minitune.config.sections import RunConfig
 from minitune.data.custom import Row
-from minitune.data.kinds import MULTI_LABEL
+from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE
 from minitune.data.splits import MERGED_SELECTION_SHARE, holdout_examples, selection_split, subsample
 from minitune.data.tasks import Example, TaskData, label_array, label_counts
+from minitune.eval.attributions import ATTRIBUTIONS_FILE, explain_errors
 from minitune.eval.finish import finish_splits
-from minitune.eval.predictions import label_predictions, rows_predicted, write_predictions
+from minitune.eval.html import confident_errors
+from minitune.eval.predictions import label_predictions, read_prediction_records, rows_predicted, write_predictions
 from minitune.eval.sources import by_source, sources_results
 from minitune.finetune import Tuned, finetune
 from minitune.inputs import RunInputs
 from minitune.train.distributed import is_main
+from minitune.train.parallel import is_sharded
 
 log = logging.getLogger("minitune")
 
@@ -82,9 +87,26 @@ def run_holdout(cfg: RunConfig, inputs: RunInputs, out: Path, device: torch.devi
         if tuned.prompt_example is not None:
             write_prompt_example(out, tuned.prompt_example)
     tuned.save(out, done.thresholds)
+    explain_dev_errors(cfg, task, tuned, inputs.tokenizer, out, results)
     if inputs.unlabelled is not None:
         predict_unlabelled(task, tuned, inputs.unlabelled, done.use, out)
     return results
+
+
+def explain_dev_errors(cfg: RunConfig, task: TaskData, tuned: Tuned, tokenizer, out: Path, results: dict) -> None:
+    """report.html's highlighted errors: integrated gradients of the `explain_errors` surest dev errors with the
+    best weights (eval/attributions.py). A classifier head only; rank 0 alone, and not under FSDP, where a forward
+    pass needs every rank."""
+    if not is_main():
+        return
+    path = out / ATTRIBUTIONS_FILE
+    path.unlink(missing_ok=True)  # a resumed run explains anew, or not at all: never an earlier run's errors
+    classifier = cfg.model.head != "generative" and task.kind != MULTIPLE_CHOICE
+    if not cfg.eval.explain_errors or not classifier or is_sharded(tuned.model):
+        return
+    errors = confident_errors(results, read_prediction_records(out, "dev") or [], cfg.eval.explain_errors)
+    ig = dict(max_length=cfg.data.max_length, steps=cfg.eval.ig_steps, baseline=cfg.eval.ig_baseline)
+    explain_errors(tuned.model, tokenizer, errors, task.label_names, path, **ig)
 
 
 def _sources(cfg: RunConfig, task: TaskData, tuned: Tuned, done, dev_ex: list[Example]) -> dict:

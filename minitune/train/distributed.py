@@ -203,6 +203,17 @@ def reduce_window(loss: float, tokens: int) -> tuple[float, int]:
     return float(t[0]) / world_size(), int(t[1])
 
 
+def average_grads(params: list[torch.Tensor]) -> None:
+    """The mean of each parameter's gradient over ranks, in place: for parameters outside the DDP-wrapped model (a
+    loss's learned weights), which DDP does not reduce."""
+    if world_size() == 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world_size()
+
+
 def any_rank(flag: bool) -> bool:
     """True on every rank when it is true on one (a step skipped for a non-finite loss is skipped everywhere)."""
     if world_size() == 1:

@@ -1,11 +1,8 @@
 """The one training loop: accumulation, mixed precision, loss scaling, clipping, schedule, evaluation, early
 stopping, best-model keeping and resumable checkpoints. No callbacks: every step is written out below.
 
-Gradient accumulation equals the large-batch update: each micro-batch's mean loss is weighted by its share of the
-examples in the accumulation window (n_micro / n_window), so 4 micro-batches of 8 give exactly the gradient of one
-batch of 32 (up to float summation order), whatever their padded lengths. One exception: class-weighted
-cross-entropy normalises each micro-batch by its own sum of weights (as torch does), so under accumulation its
-micro-batches are weighted by examples, not by class weight.
+One optimizer step's gradient, over its accumulation window of micro-batches (and their adversarial passes), is
+train/gradients.py's.
 
 A non-finite loss or gradient, in any precision, is counted and its step skipped (fp16: the loss scaler backs off).
 
@@ -29,12 +26,13 @@ from tqdm.auto import tqdm
 
 from minitune.checkpoints.atomic import atomic_write
 from minitune.config.sections import DistributedSettings, LoopSettings
-from minitune.data.long_text import pool_windows
-from minitune.train.amp import DynamicLossScaler, autocast_context
+from minitune.train.adversarial import Adversary
+from minitune.train.amp import DynamicLossScaler
 from minitune.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from minitune.train.distributed import (
     Silent,
     any_rank,
+    average_grads,
     barrier,
     gather_rng,
     is_main,
@@ -44,7 +42,9 @@ from minitune.train.distributed import (
     world_size,
 )
 from minitune.train.embedding_grads import sparse_embedding_grads, zero_grads
+from minitune.train.gradients import accumulate_gradients
 from minitune.train.interrupt import StopRequest, TrainingInterrupted
+from minitune.train.loss_weighting import AdaptiveLoss
 from minitune.train.metrics_log import metrics_log, peak_memory_bytes
 from minitune.train.optim import build_optimizer, build_scheduler
 from minitune.train.parallel import (
@@ -53,7 +53,6 @@ from minitune.train.parallel import (
     load_full_state,
     load_sharded_checkpoint,
     save_sharded_checkpoint,
-    sync_context,
     wrap_model,
 )
 
@@ -76,6 +75,7 @@ class LoopState:
     window_steps: int = 0
     evals: int = 0  # evaluations after training steps (the score before training is not one)
     pruned: str | None = None  # why a search's pruner stopped the run (experiments/search.py), if it did
+    loss_log_vars: list | None = None  # loss_weighting uncertainty: the learned log-variances (train/loss_weighting.py)
 
 
 @dataclass
@@ -83,42 +83,6 @@ class TrainData:
     features: Sequence[dict]
     sampler: object  # a batching sampler: set_epoch, __iter__ -> list[int], __len__, state_dict
     collate: Callable[[list[dict]], dict[str, torch.Tensor]]
-
-
-def forward_loss(model, loss_fn, batch: dict, precision: str, device: torch.device):
-    """Mean loss of one micro-batch (in fp32) and its number of real tokens."""
-    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    with autocast_context(precision, device.type):
-        logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-    logits = pool_windows(logits, batch)  # a long text's windows -> one row per text (data/long_text.py)
-    return loss_fn(logits.float(), batch["labels"]), int(batch["attention_mask"].sum())
-
-
-def accumulate_gradients(
-    model,
-    loss_fn,
-    micro_batches: list[dict],
-    precision: str,
-    device: torch.device,
-    scaler: DynamicLossScaler,
-    shares: list[float] | None = None,
-) -> tuple[float, int]:
-    """Backward over one accumulation window; the summed gradient equals the gradient of the window's mean loss.
-
-    Each micro-batch's mean loss is weighted by its share of the window's examples, so unequal micro-batches
-    (the last one of an epoch, token-budget batches) are weighted correctly. Returns (window loss, real tokens).
-    `shares` overrides the weights (distributed.window_shares: each rank's share of the global window); gradients
-    are all-reduced across ranks on the last micro-batch only.
-    """
-    n = sum(len(b["labels"]) for b in micro_batches)
-    shares = shares or [len(b["labels"]) / n for b in micro_batches]
-    loss, tokens = 0.0, 0
-    for i, (batch, share) in enumerate(zip(micro_batches, shares)):
-        with sync_context(model, i == len(micro_batches) - 1):
-            micro, t = forward_loss(model, loss_fn, batch, precision, device)
-            scaler.scale(micro * share).backward()
-        loss, tokens = loss + micro.item() * share, tokens + (t if share else 0)
-    return loss, tokens
 
 
 class Loop:
@@ -132,7 +96,15 @@ class Loop:
         dist = run["distributed"]  # DDP, or FSDP2 sharding in place (so before the optimizer sees the parameters)
         self.train_model = wrap_model(model, device, dist.fsdp, cfg.precision, dist.fsdp_cpu_offload)
         self.sharded = is_sharded(self.train_model)
-        self.optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.llrd)
+        # a summed loss's adaptive weights (train/loss_weighting.py), in an AdamW group of their own when learned
+        modules = loss_fn.modules() if isinstance(loss_fn, nn.Module) else ()
+        self.weighting = next((m for m in modules if isinstance(m, AdaptiveLoss)), None)
+        self.loss_params = [p for p in self.weighting.parameters() if p.requires_grad] if self.weighting else []
+        group = {"name": "loss_weights", "params": self.loss_params, "param_names": ["loss.log_vars"]}
+        group["weight_decay"] = 0.0
+        extra = [group | {"lr": self.weighting.lr}] if self.loss_params else []
+        self.optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.llrd, extra_groups=extra)
+        self.adversary = Adversary(model, cfg.adversary) if cfg.adversary.adversarial else None
         # Warmup rounds up, as the reference does: a short run still gets a warmup step.
         warmup = cfg.warmup_steps if cfg.warmup_steps is not None else math.ceil(cfg.warmup_ratio * self.total)
         self.scheduler = build_scheduler(self.optimizer, cfg.scheduler, self.total, warmup)
@@ -141,6 +113,8 @@ class Loop:
         # CPU only: CUDA's caching allocator has no page faults to save, and its sparse add is not deterministic.
         self.kept_grads = sparse_embedding_grads(model) if device.type == "cpu" and world_size() == 1 else []
         self.state = self._resumed_state() if self.resume else LoopState()
+        if self.weighting is not None and self.state.loss_log_vars is not None:
+            self.weighting.load_state(self.state.loss_log_vars)
         self.state.total_steps = self.total
         resume_step = self.state.step if self.resume else None
         # distributed: rank 0 alone writes metrics.jsonl (and TensorBoard events or MLflow metrics)
@@ -179,10 +153,21 @@ class Loop:
         """One optimizer step over an accumulation window of batches; False when it was skipped (non-finite)."""
         self.train_model.train()
         batches = [self.data.collate([self.data.features[i] for i in idx]) for idx in window]
+        if self.weighting is not None:
+            self.weighting.set_progress(self.state.step / max(self.total, 1))
+        adversary = self.adversary if self.adversary and self.adversary.active(self.epoch) else None
         loss, tokens = accumulate_gradients(
-            self.train_model, self.loss_fn, batches, self.cfg.precision, self.device, self.scaler, window_shares(window)
+            self.train_model,
+            self.loss_fn,
+            batches,
+            self.cfg.precision,
+            self.device,
+            self.scaler,
+            window_shares(window),
+            adversary,
         )
         loss, tokens = reduce_window(loss, tokens)  # distributed: the global window's, on every rank
+        average_grads(self.loss_params)  # distributed: DDP reduces the model's gradients, not the loss's
         found_inf = any_rank(self.scaler.unscale_(self.optimizer) or not math.isfinite(loss))
         clip = self.cfg.clip_grad if self.cfg.clip_grad > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
@@ -199,12 +184,13 @@ class Loop:
         self.state.window_loss, self.state.window_steps = self.state.window_loss + loss, self.state.window_steps + 1
         self.bar.update(1)
         if self.state.step % self.cfg.log_every == 0 or self.state.step == self.total:
-            self.log_step(float(norm), lr)
+            extra = {"adv_loss": reduce_window(adversary.loss, 0)[0]} if adversary else {}  # distributed: global
+            self.log_step(float(norm), lr, extra | (self.weighting.logged() if self.weighting else {}))
         return True
 
-    def log_step(self, grad_norm: float, lr: float) -> None:
+    def log_step(self, grad_norm: float, lr: float, extra: dict) -> None:
         """One train record: the mean loss of the steps since the last one (the logging window, kept across a
-        resume), and this step's learning rate and gradient norm."""
+        resume), and this step's learning rate and gradient norm (and perturbed loss, adaptive loss weights)."""
         loss = self.state.window_loss / self.state.window_steps
         self.state.window_loss, self.state.window_steps = 0.0, 0
         now = time.perf_counter()
@@ -222,6 +208,7 @@ class Loop:
             tokens_per_s=tps,
             peak_mem_bytes=peak_memory_bytes(self.device),
             skipped_steps=self.state.skipped_steps,
+            **extra,
         )
 
     def evaluate_and_keep(self) -> None:
@@ -270,6 +257,8 @@ class Loop:
         if not self.cfg.checkpoint:
             return
         self.saved_step = self.state.step
+        if self.weighting is not None:
+            self.state.loss_log_vars = self.weighting.state()
         rngs = gather_rng(rng_state())  # distributed: every rank's RNG, saved by rank 0
         if not (is_main() or self.sharded):
             return
