@@ -10,7 +10,9 @@ finished runs are read back, so the script can be stopped and rerun, and `--work
 process per core). Jobs go seed by seed, so a stopped measurement still has every variant at the first seeds.
 The table is written from whatever has finished: per variant, the dev score's mean and standard deviation over
 seeds, the paired difference to the base run at the same seed (mean, and how many seeds it is positive), the typo
-score, and the fit's seconds (training plus the two dev evaluations every variant makes) relative to the base.
+score and what typos cost (dev - typo dev) against what they cost the base, and the fit's seconds (training plus
+the two dev evaluations every variant makes) relative to the base's at the same seed. Those seconds come from two
+workers sharing two cores with other work: ratios, not absolute times, and noisy ones.
 """
 
 from __future__ import annotations
@@ -136,6 +138,10 @@ def summary(runs: Path, seeds: list[int]) -> dict:
             dev = [rows[s]["dev"] for s in paired]
             diff = [rows[s]["dev"] - bases[s]["dev"] for s in paired]
             typos = [rows[s]["typos"] - bases[s]["typos"] for s in paired]
+            # what typos cost each model (dev - typo dev), against what they cost the base run at the same seed:
+            # below 0, the variant loses less to typos (robustness, apart from any gain on clean text)
+            drop = [rows[s]["dev"] - rows[s]["typos"] for s in paired]
+            drop_diff = [d - (bases[s]["dev"] - bases[s]["typos"]) for d, s in zip(drop, paired)]
             table[f"{task}/{variant}"] = {
                 "metric": rows[paired[0]]["metric"],
                 "seeds": paired,
@@ -144,6 +150,9 @@ def summary(runs: Path, seeds: list[int]) -> dict:
                 "dev_std": statistics.stdev(dev) if len(dev) > 1 else None,
                 "vs": base,
                 "diff_mean": statistics.mean(diff),
+                "diff_std": statistics.stdev(diff) if len(diff) > 1 else None,
+                "typo_drop_mean": statistics.mean(drop),
+                "typo_drop_diff_mean": statistics.mean(drop_diff),
                 "diff_positive": sum(d > 0 for d in diff),
                 "typo_score": [rows[s]["typos"] for s in paired],
                 "typo_diff_mean": statistics.mean(typos),
@@ -154,16 +163,18 @@ def summary(runs: Path, seeds: list[int]) -> dict:
 
 def markdown(table: dict) -> str:
     lines = [
-        "| task / variant | metric | dev mean ± std | vs | paired diff (seeds up) | typo dev | typo diff | time × |",
-        "|---|---|---|---|---|---|---|---|",
+        "| task / variant | metric | dev mean ± std | vs | paired diff ± std (seeds up) | typo dev | typo drop "
+        "| drop vs base | time × |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in table.items():
         std = f"{r['dev_std']:.4f}" if r["dev_std"] is not None else "-"
         typo_cell = f"{statistics.mean(r['typo_score']):.4f}"
-        typo_diff = f"{r['typo_diff_mean']:+.4f}"
+        dstd = f" ± {r['diff_std']:.4f}" if r["diff_std"] is not None else ""
         lines.append(
-            f"| {name} | {r['metric']} | {r['dev_mean']:.4f} ± {std} | {r['vs']} | {r['diff_mean']:+.4f} "
-            f"({r['diff_positive']}/{len(r['seeds'])}) | {typo_cell} | {typo_diff} | {r['time_ratio']:.2f} |"
+            f"| {name} | {r['metric']} | {r['dev_mean']:.4f} ± {std} | {r['vs']} | {r['diff_mean']:+.4f}{dstd} "
+            f"({r['diff_positive']}/{len(r['seeds'])}) | {typo_cell} | {r['typo_drop_mean']:.4f} "
+            f"| {r['typo_drop_diff_mean']:+.4f} | {r['time_ratio']:.2f} |"
         )
     return "\n".join(lines)
 

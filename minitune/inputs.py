@@ -17,6 +17,7 @@ from minitune.config.sections import DataSettings, RunConfig
 from minitune.config.validate import Facts, resolve
 from minitune.data.custom import DELIMITERS_BY_NAME, Columns, Row, read_rows
 from minitune.data.kinds import MULTIPLE_CHOICE
+from minitune.data.paraphrase import check_paraphrase_model
 from minitune.data.sources import add_sources
 from minitune.data.tasks import Example, TaskData, label_array, load_eval_file, load_task, resolve_data_dir
 from minitune.data.tokenizer import Tokenizer
@@ -52,6 +53,8 @@ def prepare(cfg: RunConfig) -> tuple[RunConfig, RunInputs]:
     unlabelled = read_unlabelled(cfg.data) if cfg.data.predict_file else None
     if cfg.outputs.resume:
         check_resume(cfg, task)
+    if cfg.data.augmentation.paraphrase_model:
+        check_paraphrase_model(cfg.data.augmentation.paraphrase_model)
     tokenizer = load_tokenizer(tokenizer_name(cfg))
     if tokenizer.pad_token_id is None:
         log.warning("%s has no pad token: using its eos token for padding", cfg.model.model)

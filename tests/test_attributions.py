@@ -19,9 +19,8 @@ from minitune.eval.attributions import (
     BASELINES,
     embeddings_replaced,
     integrated_gradients,
-    word_embedding,
 )
-from minitune.models import bert, modernbert
+from minitune.models import bert, modernbert, word_embedding
 from minitune.models import decoder as dec
 from minitune.predict import Predictor
 

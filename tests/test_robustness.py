@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import random
 import shutil
-from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -21,8 +20,9 @@ from minitune.config.sections import AdapterSettings, AdversarySettings, Augment
 from minitune.data.augment import augmented_copies, chosen_rows, word_ops
 from minitune.data.batching import BucketedBatchSampler, collate, length_of
 from minitune.data.examples import Example
+from minitune.models import word_embedding
 from minitune.train import adversarial
-from minitune.train.adversarial import Adversary, token_embedding
+from minitune.train.adversarial import Adversary
 from minitune.train.amp import DynamicLossScaler
 from minitune.train.gradients import accumulate_gradients
 from minitune.train.loop import TrainData, fit
@@ -76,7 +76,7 @@ def manual(model, batch, loss_fn, delta=None):
         kept["e"] = out
         return out
 
-    handle = token_embedding(model).register_forward_hook(hook)
+    handle = word_embedding(model).register_forward_hook(hook)
     loss = loss_fn(model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]), batch["labels"])
     handle.remove()
     (g,) = torch.autograd.grad(loss, kept["e"])
@@ -129,7 +129,7 @@ def test_fgm_gradient_is_the_clean_plus_the_perturbed_gradient(tiny_dir):
     r = 0.5 * g / g.flatten(1).norm(dim=1)[:, None, None]
     loss = loss_fn(ref(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]), batch["labels"])
     loss.backward()
-    handle = token_embedding(ref).register_forward_hook(lambda m, a, out: out + r)
+    handle = word_embedding(ref).register_forward_hook(lambda m, a, out: out + r)
     loss_fn(ref(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]), batch["labels"]).backward()
     handle.remove()
     for n, p in ref.named_parameters():
@@ -151,7 +151,7 @@ def test_weights_and_embeddings_are_bit_identical_after_each_attack(tiny_dir, ki
 
 def test_frozen_embeddings_under_lora_are_perturbed_too(tiny_dir, monkeypatch):
     model, batch = tiny(tiny_dir, lora=True), collate(features(3), 0)
-    assert not token_embedding(model).weight.requires_grad
+    assert not word_embedding(model).weight.requires_grad
     seen = recorded_deltas(monkeypatch)
     attack_once(model, batch, "fgm")
     assert float(seen[0][0].flatten(1).norm(dim=1).min()) == pytest.approx(0.1, rel=1e-5)  # the default eps
@@ -176,15 +176,25 @@ def test_awp_moves_each_matrix_by_eps_times_its_norm(tiny_dir):
     loss_fn = build_loss("ce", "single_label", 3)
     loss_fn(model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]), batch["labels"]).backward()
     g, w0 = w.grad.clone(), w.detach().clone()
-    model.zero_grad()
-    seen = []
-    adv = Adversary(model, AdversarySettings(adversarial="awp", adv_eps=0.01))
-    with adv.watch():
-        loss_fn(model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]), batch["labels"]).backward()
-    record = lambda: seen.append(w.detach().clone()) or torch.tensor(0.0, requires_grad=True)  # noqa: E731
-    adv.attack(record, lambda x: x, nullcontext(), nullcontext)
-    torch.testing.assert_close(seen[0] - w0, 0.01 * w0.norm() * g / g.norm(), rtol=1e-4, atol=1e-8)
+    with Adversary(model, AdversarySettings(adversarial="awp", adv_eps=0.01)).weights_perturbed():
+        moved = w.detach().clone()
+    torch.testing.assert_close(moved - w0, 0.01 * w0.norm() * g / g.norm(), rtol=1e-4, atol=1e-8)
     assert torch.equal(w, w0)
+
+
+@pytest.mark.parametrize("kind", ["fgm", "awp"])
+def test_the_step_does_not_depend_on_how_the_window_is_cut(tiny_dir, kind):
+    """One batch of 8 and micro-batches of 3 and 5 give the same gradient: FGM's perturbation is per example, AWP's
+    comes from the window's whole clean gradient."""
+    feats = features(8)
+    loss_fn, scaler = build_loss("ce", "single_label", 3), DynamicLossScaler(enabled=False)
+    one, two = tiny(tiny_dir), tiny(tiny_dir)
+    settings = AdversarySettings(adversarial=kind, adv_eps=0.05 if kind == "awp" else None)
+    accumulate_gradients(one, loss_fn, [collate(feats, 0)], "fp32", CPU, scaler, None, Adversary(one, settings))
+    micro = [collate(feats[:3], 0), collate(feats[3:], 0)]
+    accumulate_gradients(two, loss_fn, micro, "fp32", CPU, scaler, None, Adversary(two, settings))
+    for (n, a), (_, b) in zip(one.named_parameters(), two.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-7, msg=n)
 
 
 def test_the_loss_scale_cancels_in_the_perturbation(tiny_dir, monkeypatch):
@@ -193,18 +203,6 @@ def test_the_loss_scale_cancels_in_the_perturbation(tiny_dir, monkeypatch):
     attack_once(tiny(tiny_dir), batch, "fgm")
     attack_once(tiny(tiny_dir), batch, "fgm", scale=2.0**12)  # fp16's scaler multiplies the loss
     torch.testing.assert_close(seen[0][0], seen[1][0], rtol=1e-5, atol=1e-7)
-
-
-def test_fgm_under_accumulation_equals_one_batch(tiny_dir):
-    feats = features(8)
-    loss_fn, scaler = build_loss("ce", "single_label", 3), DynamicLossScaler(enabled=False)
-    one, two = tiny(tiny_dir), tiny(tiny_dir)
-    settings = AdversarySettings(adversarial="fgm")
-    accumulate_gradients(one, loss_fn, [collate(feats, 0)], "fp32", CPU, scaler, None, Adversary(one, settings))
-    micro = [collate(feats[:3], 0), collate(feats[3:], 0)]
-    accumulate_gradients(two, loss_fn, micro, "fp32", CPU, scaler, None, Adversary(two, settings))
-    for (n, a), (_, b) in zip(one.named_parameters(), two.named_parameters()):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-7, msg=n)
 
 
 def fit_tiny(tiny_dir, out, loop: LoopSettings, loss_fn=None, feats=None):
@@ -345,14 +343,30 @@ def test_copies_keep_labels_and_do_not_depend_on_order():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--task", "humor", "--adversarial", "fgm", "--adv-eps", "0"], "--adv-eps must be > 0, got 0.0"),
-        (["--task", "humor", "--adversarial", "pgd", "--adv-eps", "-1"], "--adv-eps must be > 0"),
+        (
+            ["--task", "humor", "--adversarial", "fgm", "--adv-eps", "0"],
+            "--adv-eps must be a finite number > 0, got 0.0",
+        ),
+        (["--task", "humor", "--adversarial", "pgd", "--adv-eps", "-1"], "--adv-eps must be a finite number > 0"),
+        (["--task", "humor", "--adversarial", "pgd", "--adv-alpha", "inf"], "--adv-alpha must be a finite number > 0"),
+        (
+            ["--task", "humor", "--adversarial", "awp", "--adv-start-epoch", "9"],
+            "--adv-start-epoch 9 is after the last",
+        ),
+        (
+            ["--task", "semeval", "--loss", "bce+asl", "--loss-weighting", "schedule", "--loss-weights-end", "0,0"],
+            "every weight must be a finite number >= 0, and one above 0",
+        ),
         (
             ["--task", "humor", "--model", "smollm2", "--head", "generative", "--adversarial", "fgm"],
             "--head generative",
         ),
         (["--task", "recipe-mpr", "--augment", "tokens"], "recipe-mpr is multiple choice (not supported)"),
         (["--task", "humor", "--augment", "paraphrase"], "--augment paraphrase needs --paraphrase-model"),
+        (
+            ["--task", "humor", "--augment", "paraphrase", "--paraphrase-model", "minilm"],
+            "--paraphrase-model minilm: model_type bert is not a decoder",
+        ),
         (["--task", "humor", "--augment", "tokens", "--augment-ops", "delete,shout"], "--augment-ops 'delete,shout'"),
         (["--task", "semeval", "--loss-weighting", "uncertainty"], "--loss-weighting uncertainty weighs the terms"),
         (
@@ -362,8 +376,8 @@ def test_copies_keep_labels_and_do_not_depend_on_order():
         (["--task", "semeval", "--loss", "bce+asl", "--loss-weights-end", "1,0"], "--loss-weights-end goes with"),
     ],
 )
-def test_mistakes_end_in_one_line(tmp_path, capsys, args, message):
-    assert main([*args, "--output-dir", str(tmp_path / "o")]) == 2
+def test_mistakes_end_in_one_line(tmp_path, capsys, data_dir, args, message):
+    assert main([*args, "--data-dir", str(data_dir), "--output-dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and "Traceback" not in "\n".join(err)
     assert not (tmp_path / "o").exists()

@@ -281,6 +281,18 @@ def unused_settings(flat: dict) -> set[str]:
         unused |= {"lora_alpha", "lora_dropout", "lora_targets"}
     if flat["task"] != "custom":
         unused |= {"label_col", "label_names", "delimiter"}
+    if not flat["adversarial"]:
+        unused |= {"adv_eps", "adv_alpha", "adv_steps", "adv_start_epoch"}
+    elif flat["adversarial"] != "pgd":
+        unused |= {"adv_alpha", "adv_steps"}
+    if not flat["augment"]:
+        unused |= {"augment_ops", "augment_prob", "augment_copies", "augment_rare"}
+    if flat["augment"] != "tokens":
+        unused |= {"augment_ops", "augment_prob"}
+    if flat["loss_weighting"] != "uncertainty":
+        unused.add("loss_weight_lr")
+    if flat["command"] != "train" or flat["seeds"] or flat["head"] == "generative":
+        unused |= {"explain_errors", "ig_steps", "ig_baseline"}  # a holdout classifier's report explains its errors
     return unused
 
 

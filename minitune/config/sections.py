@@ -48,17 +48,19 @@ class AugmentSettings:
         "the training texts) or paraphrase (an instruct decoder rewrites each text; cached)",
         (None, "tokens", "paraphrase"),
     )
-    augment_ops: str = opt("delete,swap,insert", "augment tokens: the word operations, comma-separated")
-    augment_prob: float = opt(0.1, "augment tokens: each word's chance of each operation")
+    augment_ops: str = opt("delete,swap,insert", "--augment tokens: the word operations, comma-separated")
+    augment_prob: float = opt(0.1, "--augment tokens: each word's chance of each operation")
     augment_copies: int = opt(1, "augmented copies per chosen training example")
     augment_rare: int = opt(
         0,
         "augment only examples carrying a label with fewer than N training examples (0: every example); "
         "--oversample-rare then counts the copies among the positives",
     )
-    paraphrase_model: str = opt(None, "augment paraphrase: the instruct decoder that writes them (e.g. smollm2)")
+    paraphrase_model: str = opt(None, "--augment paraphrase: the instruct decoder that writes them (e.g. smollm2)")
     paraphrase_cache: str = opt(
-        None, "augment paraphrase: JSONL cache of generated paraphrases (default: in the user cache, per model)"
+        None,
+        "--augment paraphrase: JSONL cache of generated paraphrases, keyed by model, seed, text and copy (default: "
+        "in the user cache, per model)",
     )
 
 
@@ -203,12 +205,12 @@ class LossSettings:
     asl_clip: float = opt(0.05, "asymmetric loss probability margin for negatives")
     loss_weighting: str = opt(
         "fixed",
-        "a summed loss (bce:0.5+asl:0.5): keep its weights (fixed), learn them (uncertainty: learned log-variances, "
+        "a summed --loss (bce:0.5+asl:0.5): keep its weights (fixed), learn them (uncertainty: learned log-variances, "
         "Kendall et al. 2018) or move them linearly to --loss-weights-end over training (schedule)",
         ("fixed", "uncertainty", "schedule"),
     )
-    loss_weights_end: str = opt(None, "loss_weighting schedule: the weights at the end of training, e.g. 0.2,0.8")
-    loss_weight_lr: float = opt(0.01, "loss_weighting uncertainty: learning rate of the log-variances")
+    loss_weights_end: str = opt(None, "--loss-weighting schedule: the weights at the end of training, e.g. 0.2,0.8")
+    loss_weight_lr: float = opt(0.01, "--loss-weighting uncertainty: learning rate of the log-variances")
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,7 @@ class AdversarySettings:
     adversarial: str = opt(
         None,
         "train on perturbed inputs too: fgm (one step along the normalised gradient of the word embeddings), pgd "
-        "(adv_steps projected steps in an adv_eps ball) or awp (adversarial weight perturbation)",
+        "(--adv-steps projected steps in an --adv-eps ball) or awp (adversarial weight perturbation)",
         (None, "fgm", "pgd", "awp"),
     )
     adv_eps: float = opt(
@@ -227,7 +229,7 @@ class AdversarySettings:
         "wrecked MiniLM on humor, benchmarks/README.md), awp each weight's perturbation relative to its norm "
         "(default 0.001)",
     )
-    adv_alpha: float = opt(None, "pgd: the L2 size of each step (default 0.3 x adv_eps)")
+    adv_alpha: float = opt(None, "pgd: the L2 size of each step (default 0.3 x --adv-eps)")
     adv_steps: int = opt(3, "pgd: steps of the attack")
     adv_start_epoch: int = opt(1, "the epoch (from 1) at which adversarial training starts")
 

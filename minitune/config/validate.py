@@ -10,6 +10,7 @@ name, underscored); the CLI prints them as flags.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -132,8 +133,8 @@ def _check_loss_values(s: dict) -> None:
 def _check_robustness(s: dict) -> None:
     """Adversarial training, augmentation, adaptive loss weights and attributions (issue: robust training)."""
     adv = s["adversarial"]
-    _check(s["adv_eps"] is None or s["adv_eps"] > 0, f"`adv_eps` must be > 0, got {s['adv_eps']}")
-    _check(s["adv_alpha"] is None or s["adv_alpha"] > 0, f"`adv_alpha` must be > 0, got {s['adv_alpha']}")
+    for name in ("adv_eps", "adv_alpha"):
+        _check(s[name] is None or 0 < s[name] < math.inf, f"`{name}` must be a finite number > 0, got {s[name]}")
     for name in ("adv_steps", "adv_start_epoch", "augment_copies", "ig_steps"):
         _check(isinstance(s[name], int) and s[name] >= 1, f"`{name}` must be a positive integer, got {s[name]!r}")
     _check(
@@ -142,6 +143,16 @@ def _check_robustness(s: dict) -> None:
         "`head` classifier or drop `adversarial`",
     )
     _check(not (adv and s["fsdp"]), "`adversarial` runs under DDP, not `fsdp` (not supported): drop one")
+    _check(
+        not adv or s["max_steps"] is not None or s["adv_start_epoch"] <= s["epochs"],
+        f"`adv_start_epoch` {s['adv_start_epoch']} is after the last of `epochs` {s['epochs']}: nothing would be "
+        "trained adversarially; lower it",
+    )
+    _check(
+        s["loss_weighting"] == "fixed" or not s["fsdp"],
+        "`loss_weighting` learns or moves weights outside the model, which `fsdp` checkpoints cannot hold (not "
+        "supported): drop one",
+    )
     aug = s["augment"]
     _check(
         not aug or s["task"] != "recipe-mpr",

@@ -28,6 +28,7 @@ from minitune.data.examples import Example
 from minitune.data.kinds import MULTI_LABEL
 from minitune.data.paraphrase import paraphrases
 from minitune.errors import ConfigError
+from minitune.train.distributed import barrier, is_main
 
 log = logging.getLogger("minitune")
 
@@ -74,6 +75,17 @@ def chosen_rows(kind: str, labels: np.ndarray, rare: int) -> np.ndarray:
     return np.flatnonzero(counts[labels] < rare)
 
 
+def _paraphrased(texts: list[str], model: str, copies: int, seed: int, cache: str | None, device) -> list[list[str]]:
+    """data/paraphrase.py's paraphrases; under torch.distributed rank 0 writes them, then the others read its cache
+    (one writer per cache file)."""
+    if not is_main():
+        barrier()
+    out = paraphrases(texts, model, copies, seed, cache, device)
+    if is_main():
+        barrier()
+    return out
+
+
 def augmented_copies(
     s: AugmentSettings, kind: str, examples: list[Example], labels: np.ndarray, seed: int, device: torch.device
 ) -> list[Example]:
@@ -82,7 +94,7 @@ def augmented_copies(
         return []
     rows = chosen_rows(kind, labels, s.augment_rare)
     if s.augment == "paraphrase":
-        texts = paraphrases(
+        texts = _paraphrased(
             [examples[i].text for i in rows], s.paraphrase_model, s.augment_copies, seed, s.paraphrase_cache, device
         )
     else:

@@ -192,12 +192,22 @@ def _open_for_append(path: Path):
 # ---------------------------------------------------------------------------------------------- generation
 
 
-def _load(model: str, device: torch.device) -> tuple[torch.nn.Module, Tokenizer, ChatTemplate]:
-    """The decoder as a causal LM, its tokenizer and chat template; one `paraphrase_model` error if it is none."""
+def check_paraphrase_model(model: str) -> None:
+    """`paraphrase_model` names a decoder (read from its config alone): checked before a run writes anything."""
     try:
         model_type = model_type_of(model)[1]
         if model_type not in DECODER_TYPES:
             raise ConfigError(f"model_type {model_type or 'unknown'} is not a decoder ({', '.join(DECODER_TYPES)})")
+    except MinituneError as e:
+        raise ConfigError(
+            f"`paraphrase_model` {model}: {e}: use an instruct decoder, e.g. `paraphrase_model` smollm2"
+        ) from None
+
+
+def _load(model: str, device: torch.device) -> tuple[torch.nn.Module, Tokenizer, ChatTemplate]:
+    """The decoder as a causal LM, its tokenizer and chat template; one `paraphrase_model` error if it is none."""
+    check_paraphrase_model(model)
+    try:
         tok = load_tokenizer(model)
         chat = load_chat_template(model, tok)
         if chat is None:
@@ -238,6 +248,7 @@ class _RowSampler:
 
 def _write_paraphrases(jobs: list[_Job], model: str, path: Path, device: torch.device | None) -> dict[str, dict]:
     """Generate every job, appending each batch's lines to the cache as it finishes; key -> line."""
+    check_paraphrase_model(model)  # before the cache is created: a wrong model leaves no empty file behind
     out = _open_for_append(path)  # before loading: a bad path fails at once, not after the model loaded
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with out:

@@ -53,9 +53,9 @@ from minitune.data.features import tokenize
 from minitune.data.kinds import MULTIPLE_CHOICE, SINGLE_LABEL
 from minitune.data.tasks import Example
 from minitune.errors import ParameterError
+from minitune.models import word_embedding
 
 log = logging.getLogger("minitune")
-EMBEDDING_NAMES = ("word_embeddings", "embed_tokens", "tok_embeddings", "embed")  # per family, in models/
 BASELINES = ("pad", "zero")
 KEPT_SPECIALS = ("bos", "eos", "cls", "sep", "pad")  # the pad baseline keeps these tokens; [UNK] stands for a word
 ATTRIBUTIONS_FILE = "attributions_dev.jsonl"  # a run's explained dev errors, which report.html highlights
@@ -86,19 +86,6 @@ class Attribution:
     @property
     def gap(self) -> float:
         return abs(self.attribution_sum - self.logit_difference)
-
-
-def word_embedding(model: nn.Module) -> nn.Embedding:
-    """The model's token-embedding table: the one nn.Embedding named as some family names it."""
-    found = [
-        m for name, m in model.named_modules() if isinstance(m, nn.Embedding) and name.split(".")[-1] in EMBEDDING_NAMES
-    ]
-    if len(found) != 1:
-        raise ParameterError(
-            f"`model` {type(model).__name__}: {len(found)} token-embedding tables named {', '.join(EMBEDDING_NAMES)}; "
-            "integrated gradients needs exactly one: pass a minitune classifier"
-        )
-    return found[0]
 
 
 @contextmanager

@@ -106,7 +106,10 @@ def explain_dev_errors(cfg: RunConfig, task: TaskData, tuned: Tuned, tokenizer, 
         return
     errors = confident_errors(results, read_prediction_records(out, "dev") or [], cfg.eval.explain_errors)
     ig = dict(max_length=cfg.data.max_length, steps=cfg.eval.ig_steps, baseline=cfg.eval.ig_baseline)
-    explain_errors(tuned.model, tokenizer, errors, task.label_names, path, **ig)
+    try:  # path points batched as training batched examples, so they fit where training fitted
+        explain_errors(tuned.model, tokenizer, errors, task.label_names, path, batch_size=cfg.data.batch_size, **ig)
+    except (RuntimeError, MemoryError) as e:  # the run is trained and saved: its report goes without highlights
+        log.warning("could not explain the dev errors for report.html (%s); the run is complete without them", e)
 
 
 def _sources(cfg: RunConfig, task: TaskData, tuned: Tuned, done, dev_ex: list[Example]) -> dict:

@@ -4,13 +4,16 @@ perturbation, and the two gradients add up (the loss trained is L(x) + L(x + r))
 References and what must hold:
 - FGM, Miyato, Dai and Goodfellow 2017 ("Adversarial Training Methods for Semi-Supervised Text Classification"):
   the perturbation is on the word embeddings e (the token-embedding module's output), one step along the gradient,
-  normalised per example: r_i = eps * g_i / ||g_i||_2 with g_i = dL/de_i over all of example i's positions.
+  normalised per example: r_i = eps * g_i / ||g_i||_2 with g_i = dL/de_i over all of example i's positions. An
+  "example" is a row the model embeds: a multiple-choice item's options and a long text's windows are rows each.
 - PGD, Madry et al. 2018 ("Towards Deep Learning Models Resistant to Adversarial Attacks"), on embeddings as in
   FreeLB (Zhu et al. 2020): `adv_steps` steps of L2 size `adv_alpha` along the normalised gradient, each projected
   back into the ball ||r_i|| <= eps; the last perturbation is trained on.
-- AWP, Wu, Xia and Wang 2020 ("Adversarial Weight Perturbation Helps Robust Generalization"): every trainable
-  weight matrix W moves by eps * ||W|| * G / ||G|| (G its gradient so far in the window), the perturbed loss is
-  backpropagated, and W is restored.
+- AWP, Wu, Xia and Wang 2020 ("Adversarial Weight Perturbation Helps Robust Generalization"): once per
+  accumulation window, after every micro-batch's clean backward, each trainable weight matrix W moves by
+  eps * ||W|| * G / ||G|| (G its gradient over the window), every micro-batch's perturbed loss is backpropagated, and
+  W is restored. So the step does not depend on how the window is cut into micro-batches (tested); under DDP each
+  rank perturbs by its own shard's gradient (the perturbed gradients are then all-reduced as usual).
 
 Nothing is changed for good: FGM and PGD perturb an activation through a forward hook and never touch a weight,
 and AWP copies each weight back from a saved copy, so the weights after a step are bit for bit those the optimizer
@@ -30,17 +33,9 @@ import torch
 from torch import nn
 
 from minitune.config.sections import AdversarySettings
+from minitune.models import word_embedding
 
 DEFAULT_EPS = {"fgm": 0.1, "pgd": 0.1, "awp": 0.001}
-EMBEDDING_NAMES = ("word_embeddings", "embed_tokens", "tok_embeddings", "embed")
-
-
-def token_embedding(model: nn.Module) -> nn.Embedding:
-    """The module that turns token ids into word vectors (every minitune family names it one of EMBEDDING_NAMES)."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Embedding) and name.rsplit(".", 1)[-1] in EMBEDDING_NAMES:
-            return module
-    raise ValueError(f"{type(model).__name__} has no token-embedding module named one of {EMBEDDING_NAMES}")
 
 
 def per_example_unit(g: torch.Tensor) -> torch.Tensor:
@@ -61,7 +56,8 @@ def project(r: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class Adversary:
-    """One run's adversarial training; `attack` is called after each micro-batch's clean backward."""
+    """One run's adversarial training: FGM and PGD `attack` after each micro-batch's clean backward, AWP trains the
+    window again inside `weights_perturbed` (train/gradients.py)."""
 
     def __init__(self, model: nn.Module, settings: AdversarySettings):
         self.kind, self.start_epoch = settings.adversarial, settings.adv_start_epoch
@@ -71,7 +67,7 @@ class Adversary:
         if self.kind == "awp":  # matrices only: biases and norm scales are left alone, as in the paper
             self.weights = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
         else:
-            self.embedding = token_embedding(model)
+            self.embedding = word_embedding(model)
         self.seen: list[torch.Tensor] = []  # the word vectors of the clean pass, one tensor per embedding call
         self.loss = 0.0  # the last window's perturbed loss (as the loop weights micro-batches), for the log
 
@@ -95,13 +91,11 @@ class Adversary:
         return _hooked(self.embedding, keep)
 
     def attack(self, loss_of: Callable[[], torch.Tensor], scale, sync: AbstractContextManager, local) -> float:
-        """Backpropagate the perturbed loss (into the gradients the clean pass left) and return it.
+        """FGM, PGD: backpropagate the perturbed loss (into the gradients the clean pass left) and return it.
 
         `loss_of()` runs the micro-batch's forward and returns its mean loss; `scale(loss)` weights it as the loop
         weights the clean loss (window share, loss scaler); `sync` is the context of the backward that may
         all-reduce, `local()` a context that never does (PGD's inner steps)."""
-        if self.kind == "awp":
-            return self._awp(loss_of, scale, sync)
         grads = [v.grad for v in self.seen]
         if self.kind == "fgm":
             deltas = [fgm_perturbation(g, self.eps) for g in grads]
@@ -125,21 +119,21 @@ class Adversary:
                 grads = list(torch.autograd.grad(scale(loss_of()), deltas))
         return [d.detach() for d in deltas]
 
-    def _awp(self, loss_of, scale, sync) -> float:
+    @contextmanager
+    def weights_perturbed(self):
+        """AWP: within the block every weight matrix is moved along its gradient so far (the window's clean one);
+        on leaving it is copied back, bit for bit."""
         saved = [p.detach().clone() for p in self.weights]
         try:
             with torch.no_grad():
                 for p in self.weights:
                     if p.grad is not None:
                         p.add_(self.eps * p.norm() * p.grad / p.grad.norm().clamp_min(1e-12))
-            with sync:
-                loss = loss_of()
-                scale(loss).backward()
+            yield
         finally:
             with torch.no_grad():  # copied back, not subtracted: bit for bit the weights before the attack
                 for p, kept in zip(self.weights, saved):
                     p.copy_(kept)
-        return float(loss.detach())
 
 
 def _adding(deltas: list[torch.Tensor]):

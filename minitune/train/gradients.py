@@ -50,15 +50,16 @@ def accumulate_gradients(
     n = sum(len(b["labels"]) for b in micro_batches)
     shares = shares or [len(b["labels"]) / n for b in micro_batches]
     loss, tokens = 0.0, 0
+    each = adversary is not None and adversary.kind != "awp"  # FGM, PGD: each micro-batch attacked after its backward
     if adversary is not None:
         adversary.loss = 0.0
     for i, (batch, share) in enumerate(zip(micro_batches, shares)):
         last = i == len(micro_batches) - 1
         # adversarial training: the clean backward stays local, the perturbed one synchronises (train/adversarial.py)
-        with sync_context(model, last and adversary is None), adversary.watch() if adversary else nullcontext():
+        with sync_context(model, last and adversary is None), adversary.watch() if each else nullcontext():
             micro, t = forward_loss(model, loss_fn, batch, precision, device)
             scaler.scale(micro * share).backward()
-        if adversary is not None:
+        if each:
             adversary.loss += share * adversary.attack(
                 lambda b=batch: forward_loss(model, loss_fn, b, precision, device)[0],
                 lambda x, w=share: scaler.scale(x * w),
@@ -66,4 +67,11 @@ def accumulate_gradients(
                 lambda: sync_context(model, False),
             )
         loss, tokens = loss + micro.item() * share, tokens + (t if share else 0)
+    if adversary is not None and not each:  # AWP: the whole window again, under weights moved by its gradient
+        with adversary.weights_perturbed():
+            for i, (batch, share) in enumerate(zip(micro_batches, shares)):
+                with sync_context(model, i == len(micro_batches) - 1):
+                    perturbed = forward_loss(model, loss_fn, batch, precision, device)[0]
+                    scaler.scale(perturbed * share).backward()
+                adversary.loss += share * float(perturbed.detach())
     return loss, tokens

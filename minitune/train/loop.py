@@ -73,6 +73,7 @@ class LoopState:
     start: dict | None = None  # evaluate()'s dict before the first step; saved with checkpoints, never re-evaluated
     window_loss: float = 0.0  # the steps' losses since the last log, summed (the log is their mean, as the Trainer's)
     window_steps: int = 0
+    window_adv_loss: float = 0.0  # adversarial training: the perturbed losses of the same steps, summed
     evals: int = 0  # evaluations after training steps (the score before training is not one)
     pruned: str | None = None  # why a search's pruner stopped the run (experiments/search.py), if it did
     loss_log_vars: list | None = None  # loss_weighting uncertainty: the learned log-variances (train/loss_weighting.py)
@@ -182,17 +183,20 @@ class Loop:
         self.scheduler.step()
         self.state.step += 1
         self.state.window_loss, self.state.window_steps = self.state.window_loss + loss, self.state.window_steps + 1
+        if adversary is not None:  # distributed: the global window's, as the clean loss
+            self.state.window_adv_loss += reduce_window(adversary.loss, 0)[0]
         self.bar.update(1)
         if self.state.step % self.cfg.log_every == 0 or self.state.step == self.total:
-            extra = {"adv_loss": reduce_window(adversary.loss, 0)[0]} if adversary else {}  # distributed: global
+            extra = {"adv_loss": self.state.window_adv_loss / self.state.window_steps} if adversary else {}
             self.log_step(float(norm), lr, extra | (self.weighting.logged() if self.weighting else {}))
         return True
 
     def log_step(self, grad_norm: float, lr: float, extra: dict) -> None:
         """One train record: the mean loss of the steps since the last one (the logging window, kept across a
-        resume), and this step's learning rate and gradient norm (and perturbed loss, adaptive loss weights)."""
+        resume), and this step's learning rate and gradient norm; with adversarial training the mean perturbed loss of
+        the same steps, with adaptive loss weights this step's weights."""
         loss = self.state.window_loss / self.state.window_steps
-        self.state.window_loss, self.state.window_steps = 0.0, 0
+        self.state.window_loss, self.state.window_steps, self.state.window_adv_loss = 0.0, 0, 0.0
         now = time.perf_counter()
         tps = (self.state.tokens - self.tokens0) / max(now - self.t0, 1e-9)
         self.t0, self.tokens0 = now, self.state.tokens

@@ -36,8 +36,8 @@ def _end_weights(text: str) -> list[float]:
         weights = [float(x) for x in text.split(",")]
     except ValueError:
         raise ConfigError(f"`loss_weights_end` {text!r}: write numbers separated by commas, e.g. 0.2,0.8") from None
-    if not all(math.isfinite(w) and w >= 0 for w in weights):
-        raise ConfigError(f"`loss_weights_end` {text!r}: every weight must be a finite number >= 0")
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or not sum(weights) > 0:
+        raise ConfigError(f"`loss_weights_end` {text!r}: every weight must be a finite number >= 0, and one above 0")
     return weights
 
 
