@@ -21,11 +21,14 @@ import argparse
 import csv
 import json
 import os
+import platform
 import random
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["--model", "minilm", "--epochs", "1", "--lr", "1e-4", "--batch-size", "32", "--max-train-samples", "4000"]
@@ -50,11 +53,15 @@ VARIANTS = {  # name -> (flags, tasks)
         ["--loss", "bce:0.5+asl:0.5", "--loss-weighting", "schedule", "--loss-weights-end", "0.1,0.9"],
         ("semeval",),
     ),
-    "pgd": (["--adversarial", "pgd"], ("humor",)),  # last: it costs adv_steps + 1 passes
+    # the same number of optimizer steps as one copy per example: is augmentation more than more training?
+    "base-2ep": (["--epochs", "2"], ("humor", "semeval")),
+    "pgd": (["--adversarial", "pgd"], ("humor",)),  # it costs adv_steps + 1 passes
     "fgm-eps1": (["--adversarial", "fgm", "--adv-eps", "1.0"], ("humor",)),  # 10x the default (the first default)
 }
-LATE = ("pgd", "fgm-eps1")
+LATE = ("base-2ep", "pgd", "fgm-eps1")  # run after the others, in this order
+ONE_SEED = ("fgm-eps1",)  # the first seed only: it failed by 0.3
 BASELINE = {"sum-uncertainty": "sum-fixed", "sum-schedule": "sum-fixed"}  # else "base"
+ALSO = [("tokens", "base-2ep")]  # augmentation against training as many steps without it
 TYPO_RATE = 0.1  # each word's chance of one typo
 
 
@@ -94,18 +101,23 @@ def typo_file(data_dir: Path, task: str, runs: Path) -> Path:
 
 def jobs(seeds: list[int]) -> list[tuple[str, str, int]]:
     every = [(t, v, s) for s in seeds for t in TASKS for v, (_, tasks) in VARIANTS.items() if t in tasks]
-    return [j for j in every if j[1] not in LATE] + [j for j in every if j[1] in LATE]
+    every = [j for j in every if j[1] not in ONE_SEED or j[2] == seeds[0]]
+    return [j for j in every if j[1] not in LATE] + sorted(
+        (j for j in every if j[1] in LATE), key=lambda j: LATE.index(j[1])
+    )
 
 
 def run_job(task: str, variant: str, seed: int, data_dir: Path, runs: Path) -> None:
     out = runs / f"{task}-{variant}-s{seed}"
-    if (out / "results.json").exists():
+    log = runs / f"{out.name}.log"
+    if (
+        out / "results.json"
+    ).exists() or log.exists():  # done, or under way in another worker (delete a failed one's log)
         return
     flags = ["--task", task, "--data-dir", str(data_dir), "--seed", str(seed), "--output-dir", str(out), "--overwrite"]
     flags += ["--test-file", str(typo_file(data_dir, task, runs))] + COMMON + VARIANTS[variant][0]
     env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    log = runs / f"{out.name}.log"
-    with open(log, "w") as f:
+    with open(log, "x") as f:
         done = subprocess.run(
             [sys.executable, str(ROOT / "run.py"), *flags], env=env, stdout=f, stderr=subprocess.STDOUT
         )
@@ -124,47 +136,52 @@ def read_run(path: Path) -> dict | None:
 
 
 def summary(runs: Path, seeds: list[int]) -> dict:
+    """Every variant against its baseline (BASELINE, else base), and the extra pairs of ALSO, at the seeds both ran."""
     table = {}
     for task in TASKS:
-        for variant, (_, tasks) in VARIANTS.items():
-            if task not in tasks:
-                continue
-            base = BASELINE.get(variant, "base")
-            rows = {s: read_run(runs / f"{task}-{variant}-s{s}") for s in seeds}
-            bases = {s: read_run(runs / f"{task}-{base}-s{s}") for s in seeds}
-            paired = [s for s in seeds if rows[s] and bases[s]]
-            if not paired:
-                continue
-            dev = [rows[s]["dev"] for s in paired]
-            diff = [rows[s]["dev"] - bases[s]["dev"] for s in paired]
-            typos = [rows[s]["typos"] - bases[s]["typos"] for s in paired]
-            # what typos cost each model (dev - typo dev), against what they cost the base run at the same seed:
-            # below 0, the variant loses less to typos (robustness, apart from any gain on clean text)
-            drop = [rows[s]["dev"] - rows[s]["typos"] for s in paired]
-            drop_diff = [d - (bases[s]["dev"] - bases[s]["typos"]) for d, s in zip(drop, paired)]
-            table[f"{task}/{variant}"] = {
-                "metric": rows[paired[0]]["metric"],
-                "seeds": paired,
-                "dev": dev,
-                "dev_mean": statistics.mean(dev),
-                "dev_std": statistics.stdev(dev) if len(dev) > 1 else None,
-                "vs": base,
-                "diff_mean": statistics.mean(diff),
-                "diff_std": statistics.stdev(diff) if len(diff) > 1 else None,
-                "typo_drop_mean": statistics.mean(drop),
-                "typo_drop_diff_mean": statistics.mean(drop_diff),
-                "diff_positive": sum(d > 0 for d in diff),
-                "typo_score": [rows[s]["typos"] for s in paired],
-                "typo_diff_mean": statistics.mean(typos),
-                "time_ratio": statistics.mean(rows[s]["seconds"] / bases[s]["seconds"] for s in paired),
-            }
+        pairs = [(v, BASELINE.get(v, "base")) for v, (_, tasks) in VARIANTS.items() if task in tasks and v != "base"]
+        for variant, base in pairs + [p for p in ALSO if task in VARIANTS[p[0]][1]]:
+            row = compared(runs, task, variant, base, seeds)
+            if row:
+                name = f"{task}/{variant}" + (f" vs {base}" if (variant, base) in ALSO else "")
+                table[name] = row
     return table
+
+
+def compared(runs: Path, task: str, variant: str, base: str, seeds: list[int]) -> dict | None:
+    rows = {s: read_run(runs / f"{task}-{variant}-s{s}") for s in seeds}
+    bases = {s: read_run(runs / f"{task}-{base}-s{s}") for s in seeds}
+    paired = [s for s in seeds if rows[s] and bases[s]]
+    if not paired:
+        return None
+    dev = [rows[s]["dev"] for s in paired]
+    diff = [rows[s]["dev"] - bases[s]["dev"] for s in paired]
+    # what typos cost each model (dev - typo dev), against what they cost the base run at the same seed:
+    # below 0, the variant loses less to typos (robustness, apart from any gain on clean text)
+    drop = [rows[s]["dev"] - rows[s]["typos"] for s in paired]
+    drop_diff = [d - (bases[s]["dev"] - bases[s]["typos"]) for d, s in zip(drop, paired)]
+    return {
+        "metric": rows[paired[0]]["metric"],
+        "seeds": paired,
+        "dev": dev,
+        "dev_mean": statistics.mean(dev),
+        "dev_std": statistics.stdev(dev) if len(dev) > 1 else None,
+        "vs": base,
+        "vs_dev_mean": statistics.mean(bases[s]["dev"] for s in paired),
+        "diff_mean": statistics.mean(diff),
+        "diff_std": statistics.stdev(diff) if len(diff) > 1 else None,
+        "diff_positive": sum(d > 0 for d in diff),
+        "typo_score": [rows[s]["typos"] for s in paired],
+        "typo_drop_mean": statistics.mean(drop),
+        "typo_drop_diff_mean": statistics.mean(drop_diff),
+        "time_ratio": statistics.mean(rows[s]["seconds"] / bases[s]["seconds"] for s in paired),
+    }
 
 
 def markdown(table: dict) -> str:
     lines = [
-        "| task / variant | metric | dev mean ± std | vs | paired diff ± std (seeds up) | typo dev | typo drop "
-        "| drop vs base | time × |",
+        "| task / variant | metric | dev mean ± std | vs (its mean) | paired diff ± std (seeds up) | typo dev "
+        "| typo drop | drop vs base | time × |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in table.items():
@@ -172,7 +189,8 @@ def markdown(table: dict) -> str:
         typo_cell = f"{statistics.mean(r['typo_score']):.4f}"
         dstd = f" ± {r['diff_std']:.4f}" if r["diff_std"] is not None else ""
         lines.append(
-            f"| {name} | {r['metric']} | {r['dev_mean']:.4f} ± {std} | {r['vs']} | {r['diff_mean']:+.4f}{dstd} "
+            f"| {name} | {r['metric']} | {r['dev_mean']:.4f} ± {std} | {r['vs']} ({r['vs_dev_mean']:.4f}) "
+            f"| {r['diff_mean']:+.4f}{dstd} "
             f"({r['diff_positive']}/{len(r['seeds'])}) | {typo_cell} | {r['typo_drop_mean']:.4f} "
             f"| {r['typo_drop_diff_mean']:+.4f} | {r['time_ratio']:.2f} |"
         )
@@ -196,6 +214,7 @@ def main() -> None:
             run_job(task, variant, seed, args.data_dir.resolve(), args.runs.resolve())
     table = summary(args.runs, args.seeds)
     setup = {"common_flags": COMMON, "typo_rate": TYPO_RATE, "variants": {k: v[0] for k, v in VARIANTS.items()}}
+    setup |= {"machine": f"{os.cpu_count()} CPU cores, {platform.machine()}, torch {torch.__version__}"}
     args.out.write_text(json.dumps({"setup": setup, "results": table}, indent=1) + "\n")
     print(markdown(table))
 

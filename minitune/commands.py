@@ -124,7 +124,8 @@ def explain_parser() -> argparse.ArgumentParser:
         prog="minitune explain",
         description="Score each token of each text by integrated gradients (eval/attributions.py): how much it moved "
         "the explained label's logit from the baseline's. Writes one JSON line per input row (text, predicted and "
-        "explained label, tokens, scores, completeness gap) and prints the top tokens of a few rows.",
+        "explained label, tokens, scores, completeness gap), and prints each row's top tokens when there are at most "
+        "20 rows.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         allow_abbrev=False,
     )

@@ -23,6 +23,7 @@ from minitune.eval.attributions import (
 from minitune.models import bert, modernbert, word_embedding
 from minitune.models import decoder as dec
 from minitune.predict import Predictor
+from test_decoder import hub as decoder_hub  # tests/ is on sys.path under pytest
 
 # Completeness: |sum of the scores - (F(x) - F(x'))| at most GAP_TOL (1 + |F(x) - F(x')|) at 32 Gauss-Legendre points.
 # Measured on these tiny models: 1e-8 to 1e-7 from 16 points on (fp32 rounding), so 1e-4 leaves room for other BLAS
@@ -122,23 +123,8 @@ def test_modernbert_pad_baseline_completes_and_its_zero_baseline_is_degenerate()
 
 def save_decoder(tmp_path, model_type: str):
     """A tiny random decoder checkpoint (config.json + safetensors), for load_model's sequence head to read."""
-    hub = dict(
-        model_type=model_type,
-        vocab_size=100,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        rms_norm_eps=1e-6,
-        max_position_embeddings=128,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        rope_theta=10000.0,
-    )
-    if model_type == "gemma":
-        hub |= dict(head_dim=24, hidden_act="gelu", tie_word_embeddings=True)
+    gemma = dict(head_dim=24, hidden_act="gelu", tie_word_embeddings=True) if model_type == "gemma" else {}
+    hub = decoder_hub(model_type, rope_theta=10000.0, **gemma)  # test_decoder.py's tiny config
     lm = randomized(dec.DecoderForCausalLM(dec.config_from_hf(hub)))
     (tmp_path / "config.json").write_text(json.dumps(hub))
     save_file({k: v.contiguous() for k, v in lm.state_dict().items()}, str(tmp_path / "model.safetensors"))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from torch import nn
 
 import minitune
 from minitune.adapters.lora import apply_adapters
@@ -270,6 +271,18 @@ def test_scheduled_weights_move_linearly_with_progress():
     assert not [p for p in adaptive.parameters() if p.requires_grad]  # nothing learned
 
 
+def resumed_from_first_epoch(tiny_dir, tmp_path, loop: LoopSettings, loss_fn) -> nn.Module:
+    """The run of tmp_path / "a" (2 epochs, its first epoch's checkpoint kept) resumed from that checkpoint."""
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "b" / "checkpoint")
+    min((tmp_path / "b").glob("checkpoint-step*")).rename(tmp_path / "b" / "checkpoint")
+    model, feats = tiny(tiny_dir), features(24)
+    sampler = BucketedBatchSampler([length_of(f) for f in feats], 4, seed=1, window=2)
+    data = TrainData(feats, sampler, lambda b: collate(b, 0))
+    fit(model, loss_fn, data, lambda m: ({"score": 0.0}, None), loop, tmp_path / "b", CPU, resume=True)
+    return model
+
+
 def test_loss_weights_are_logged_learned_and_resumed_exactly(tiny_dir, tmp_path):
     """A run resumed from its first epoch's checkpoint ends with the log-variances and weights of the straight run."""
     settings = LossSettings(loss="focal:0.5+ce:0.5", loss_weighting="uncertainty", loss_weight_lr=0.05)
@@ -279,16 +292,25 @@ def test_loss_weights_are_logged_learned_and_resumed_exactly(tiny_dir, tmp_path)
     straight, state, train = fit_tiny(tiny_dir, tmp_path / "a", loop, straight_loss)
     assert len({r["loss_weight_focal"] for r in train}) == len(train)  # learned: a new weight every step
     assert state.loss_log_vars == straight_loss.state() != [0.0, 0.0]
-    shutil.copytree(tmp_path / "a", tmp_path / "b")
-    shutil.rmtree(tmp_path / "b" / "checkpoint")
-    min((tmp_path / "b").glob("checkpoint-step*")).rename(tmp_path / "b" / "checkpoint")
     resumed_loss = make()
-    model, feats = tiny(tiny_dir), features(24)
-    sampler = BucketedBatchSampler([length_of(f) for f in feats], 4, seed=1, window=2)
-    data = TrainData(feats, sampler, lambda b: collate(b, 0))
-    fit(model, resumed_loss, data, lambda m: ({"score": 0.0}, None), loop, tmp_path / "b", CPU, resume=True)
+    model = resumed_from_first_epoch(tiny_dir, tmp_path, loop, resumed_loss)
     assert resumed_loss.state() == straight_loss.state()
     assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), model.state_dict().values()))
+
+
+@pytest.mark.parametrize("kind", ["fgm", "pgd", "awp"])
+def test_adversarial_training_resumes_exactly(tiny_dir, tmp_path, kind):
+    adversary = AdversarySettings(kind, adv_eps=0.05 if kind == "awp" else 1.0)
+    loop = LoopSettings(metric="score", epochs=2, log_every=1, keep_checkpoints=2, grad_accum=2, adversary=adversary)
+    straight, _, _ = fit_tiny(tiny_dir, tmp_path / "a", loop)
+    model = resumed_from_first_epoch(tiny_dir, tmp_path, loop, build_loss("ce", "single_label", 3))
+    assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), model.state_dict().values()))
+    logged = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
+    assert [r["adv_loss"] for r in logged] == [r["adv_loss"] for r in _train_records(tmp_path / "a")]
+
+
+def _train_records(run) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
 
 
 # ----------------------------------------------------------------------------------------------- augmentation
