@@ -107,11 +107,7 @@ def finetune(
     # model: the checkpoint with the task's head, pooling, LoRA and NF4 as the model settings say
     model = build_model(cfg.model, task, tokenizer).to(device)
     # loss: the task's, class weights from the training labels; distillation adds the teacher's term
-    # (dev is scored with the summed loss as written; training may weigh its terms adaptively)
-    loss_fn = loss_for(cfg.loss, task.kind, task.num_labels, label_array(task, train_ex)).to(device)
-    train_loss = adaptive_loss(cfg.loss, loss_fn).to(device)
-    if teacher is not None:
-        train_loss = DistillLoss(train_loss, task.kind == MULTI_LABEL, teacher.alpha, teacher.temperature).to(device)
+    loss_fn, train_loss = losses_for(cfg, task, train_ex, teacher, device)
     # batches: which examples go together (random, bucketed or a token budget), and how they are padded
     d = cfg.data
     sampler = make_sampler([length_of(f) for f in train_f], d.batch_size, d.padding, d.max_tokens, cfg.seed)
@@ -147,6 +143,16 @@ def _tuned(cfg: RunConfig, task: TaskData, model, tokenizer, featurize, collate,
             save_model_dir(run_dir, whole, tokenizer, task.kind, task.label_names, thresholds, trained_on=card)
 
     return Tuned(model, summary, scores, predict, save, lambda run_dir, fold_dir, k: save(fold_dir, None))
+
+
+def losses_for(cfg: RunConfig, task: TaskData, train_ex: list[Example], teacher, device) -> tuple[nn.Module, nn.Module]:
+    """(dev loss, training loss). Dev is scored with the loss as written; training may weigh a sum's terms
+    adaptively (train/loss_weighting.py) and add a teacher's term."""
+    loss_fn = loss_for(cfg.loss, task.kind, task.num_labels, label_array(task, train_ex)).to(device)
+    train_loss = adaptive_loss(cfg.loss, loss_fn).to(device)
+    if teacher is not None:
+        train_loss = DistillLoss(train_loss, task.kind == MULTI_LABEL, teacher.alpha, teacher.temperature).to(device)
+    return loss_fn, train_loss
 
 
 def bi_encoder(model: ModelSettings, kind: str) -> bool:

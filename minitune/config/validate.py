@@ -131,12 +131,22 @@ def _check_loss_values(s: dict) -> None:
 
 
 def _check_robustness(s: dict) -> None:
-    """Adversarial training, augmentation, adaptive loss weights and attributions (issue: robust training)."""
+    """Adversarial training, augmentation, adaptive loss weights and attributions."""
+    for name in ("adv_steps", "adv_start_epoch", "augment_copies", "ig_steps"):
+        _check(isinstance(s[name], int) and s[name] >= 1, f"`{name}` must be a positive integer, got {s[name]!r}")
+    _check(
+        isinstance(s["explain_errors"], int) and s["explain_errors"] >= 0,
+        f"`explain_errors` must be an integer >= 0 (0: none), got {s['explain_errors']!r}",
+    )
+    _check_adversarial(s)
+    _check_augmentation(s)
+    check_weighting(s["loss"], s["loss_weighting"], s["loss_weights_end"], s["loss_weight_lr"])
+
+
+def _check_adversarial(s: dict) -> None:
     adv = s["adversarial"]
     for name in ("adv_eps", "adv_alpha"):
         _check(s[name] is None or 0 < s[name] < math.inf, f"`{name}` must be a finite number > 0, got {s[name]}")
-    for name in ("adv_steps", "adv_start_epoch", "augment_copies", "ig_steps"):
-        _check(isinstance(s[name], int) and s[name] >= 1, f"`{name}` must be a positive integer, got {s[name]!r}")
     _check(
         not adv or s["head"] == "classifier",
         "`adversarial` perturbs a classifier's word embeddings or weights; `head` generative answers in text: use "
@@ -148,11 +158,9 @@ def _check_robustness(s: dict) -> None:
         f"`adv_start_epoch` {s['adv_start_epoch']} is after the last of `epochs` {s['epochs']}: nothing would be "
         "trained adversarially; lower it",
     )
-    _check(
-        s["loss_weighting"] == "fixed" or not s["fsdp"],
-        "`loss_weighting` learns or moves weights outside the model, which `fsdp` checkpoints cannot hold (not "
-        "supported): drop one",
-    )
+
+
+def _check_augmentation(s: dict) -> None:
     aug = s["augment"]
     _check(
         not aug or s["task"] != "recipe-mpr",
@@ -177,11 +185,6 @@ def _check_robustness(s: dict) -> None:
         isinstance(s["augment_rare"], int) and s["augment_rare"] >= 0,
         f"`augment_rare` must be an integer >= 0, got {s['augment_rare']}",
     )
-    _check(
-        isinstance(s["explain_errors"], int) and s["explain_errors"] >= 0,
-        f"`explain_errors` must be an integer >= 0 (0: none), got {s['explain_errors']!r}",
-    )
-    check_weighting(s["loss"], s["loss_weighting"], s["loss_weights_end"], s["loss_weight_lr"])
 
 
 def _check_combinations(s: dict) -> None:
@@ -290,6 +293,11 @@ def _check_distributed(s: dict) -> None:
         "`fsdp` shards trainable weights; NF4 bases are not shardable here: drop `quantize` or `fsdp`",
     )
     _check(not s["fsdp_cpu_offload"] or bool(s["fsdp"]), "`fsdp_cpu_offload` needs `fsdp` full or grad-op")
+    _check(
+        s["loss_weighting"] == "fixed" or not s["fsdp"],
+        "`loss_weighting` learns or moves weights outside the model, which `fsdp` checkpoints cannot hold (not "
+        "supported): drop one",
+    )
     _check(
         not (s["fsdp"] and s["head"] == "generative"),
         "`head` generative decodes each rank's own prompts, which FSDP's collective forwards cannot do: drop "

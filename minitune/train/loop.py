@@ -157,16 +157,8 @@ class Loop:
         if self.weighting is not None:
             self.weighting.set_progress(self.state.step / max(self.total, 1))
         adversary = self.adversary if self.adversary and self.adversary.active(self.epoch) else None
-        loss, tokens = accumulate_gradients(
-            self.train_model,
-            self.loss_fn,
-            batches,
-            self.cfg.precision,
-            self.device,
-            self.scaler,
-            window_shares(window),
-            adversary,
-        )
+        how = (self.cfg.precision, self.device, self.scaler, window_shares(window), adversary)
+        loss, tokens = accumulate_gradients(self.train_model, self.loss_fn, batches, *how)
         loss, tokens = reduce_window(loss, tokens)  # distributed: the global window's, on every rank
         average_grads(self.loss_params)  # distributed: DDP reduces the model's gradients, not the loss's
         found_inf = any_rank(self.scaler.unscale_(self.optimizer) or not math.isfinite(loss))
