@@ -69,10 +69,12 @@ def source_fingerprint() -> dict:
     }
 
 
-def run_process(cmd: list[str], out_dir: Path, threads: int) -> dict:
-    """Run one training process; wall time to results.json and to exit, CPU time and peak RSS of the child."""
+def run_process(cmd: list[str], out_dir: Path, threads: int, run_dir: Path | None = None) -> dict:
+    """Run one training process; wall time to results.json and to exit, CPU time and peak RSS of the child. The log
+    goes to out_dir; results.json is read from run_dir (default out_dir): a minitune run owns its folder whole
+    (checkpoints/runlock.py), so its log cannot sit inside it."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = out_dir / "results.json"
+    results = (run_dir or out_dir) / "results.json"
     if results.exists():
         results.unlink()
     env = {

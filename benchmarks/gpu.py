@@ -9,6 +9,11 @@ What it measures, per model shape (random weights), length distribution, batchin
 - step time: forward, loss, backward, fused AdamW step, under bf16 autocast (run.py's --precision bf16), median over
   the timed steps after warm-up; each step ends with torch.cuda.synchronize;
 - real tokens/s: the batches' non-pad tokens over the timed steps' total time;
+- fraction of the measured peak: the step's FLOPs counted from its shapes (benchmarks/roofline.step_flops, attention
+  included) over the bf16 GEMM rate this device reaches at the shape's own products (roofline.gemm_peak, at
+  32 tokens a sequence). The count takes attention as full: it overcounts ModernBERT's windowed layers (two in
+  three see 128 keys; roughly a third too many FLOPs on the 4096-token batches) and leaves out DeBERTa's
+  relative-position products, so read those two shapes' fractions as bounds, not figures;
 - MFU: 6 x parameters x real tokens / time / the device's dense bf16 peak (PEAK_BF16, source printed). Parameters
   are those that multiply each token (every weight outside the embedding tables: the lookups cost no FLOPs), so
   the count is honest for a 250k-row vocabulary; the JSON also has the figure over all parameters;
@@ -30,19 +35,27 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import random
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.adapters import SHAPES as ADAPTER_SHAPES  # noqa: E402
+from benchmarks.roofline import (  # noqa: E402
+    XLMR_BASE,
+    batch_lengths,
+    build_minitune,
+    build_transformers,
+    gemm_peak,
+    make_batch,
+    matmul_parameters,
+    step_flops,
+    time_train_steps,
+)
 
 LENGTHS = ROOT / "benchmarks" / "lengths.json"
 # Dense bf16 tensor-core peaks, FLOP/s; NVIDIA quotes the sparse (2:4) figure first, twice these.
@@ -53,23 +66,7 @@ PEAK_BF16 = {
     "H100": (989e12, "NVIDIA H100 datasheet: H100 SXM BF16 1,979 TFLOPS with sparsity -> 989 dense"),
     "A100": (312e12, "NVIDIA A100 datasheet: BF16 Tensor Core 312 TFLOPS dense"),
 }
-XLMR_LARGE = dict(
-    model_type="xlm-roberta",
-    vocab_size=250002,
-    hidden_size=1024,
-    num_hidden_layers=24,
-    num_attention_heads=16,
-    intermediate_size=4096,
-    max_position_embeddings=514,
-    type_vocab_size=1,
-    pad_token_id=1,
-    bos_token_id=0,
-    eos_token_id=2,
-    layer_norm_eps=1e-5,
-    hidden_act="gelu",
-    hidden_dropout_prob=0.1,
-    attention_probs_dropout_prob=0.1,
-)
+XLMR_LARGE = dict(XLMR_BASE, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
 DEBERTA_V3_LARGE = dict(
     model_type="deberta-v2",
     vocab_size=128100,
@@ -142,103 +139,10 @@ def write_lengths(data_dir: str | None) -> dict:
     return doc
 
 
-def batch_lengths(hist: dict[str, int], batching: str, n_batches: int, batch: int, seed: int) -> list[list[int]]:
-    """Lengths of n_batches batches: random draws from the histogram, or (bucketed) sorted runs of a larger pool,
-    batch order shuffled."""
-    rng = random.Random(seed)
-    values, weights = [int(k) for k in hist], list(hist.values())
-    if batching == "random":
-        return [rng.choices(values, weights, k=batch) for _ in range(n_batches)]
-    pool = sorted(rng.choices(values, weights, k=batch * n_batches * 8))
-    runs = [pool[i : i + batch] for i in range(0, len(pool), batch)]
-    return rng.sample(runs, n_batches)
-
-
-def make_batch(lengths: list[int], vocab: int, labels: tuple[int, str], device, seed: int) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    t = max(lengths)
-    mask = (torch.arange(t)[None] < torch.tensor(lengths)[:, None]).long()  # (B, T), right padding
-    ids = torch.randint(5, vocab, mask.shape, generator=g) * mask
-    n, kind = labels
-    y = torch.randint(0, n, (len(lengths),), generator=g)
-    if kind == "multi":
-        y = F.one_hot(y, n).float()
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": y.to(device)}
-
-
 # ---------------------------------------------------------------------------------------------- models
 
 
-def build_minitune(hub: dict, num_labels: int) -> torch.nn.Module:
-    from minitune.models import family_for
-
-    family = family_for(hub["model_type"], "benchmark shape")
-    return family.build(family.config_from_hf(dict(hub)), "sequence", num_labels)
-
-
-def build_transformers(hub: dict, num_labels: int) -> tuple[torch.nn.Module, str]:
-    """transformers' classifier with sdpa attention where the family has it (DeBERTa-v2 has only eager)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    d = {k: v for k, v in hub.items() if k != "model_type"}
-    for impl in ("sdpa", "eager"):
-        cfg = AutoConfig.for_model(hub["model_type"], num_labels=num_labels, **d)
-        try:
-            return AutoModelForSequenceClassification.from_config(cfg, attn_implementation=impl), impl
-        except (ValueError, ImportError):
-            continue
-    raise RuntimeError(f"no attention implementation for {hub['model_type']}")
-
-
-def matmul_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(parameters outside embedding tables, all parameters)."""
-    emb = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
-    params = list(model.parameters())
-    return sum(p.numel() for p in params if id(p) not in emb), sum(p.numel() for p in params)
-
-
 # ---------------------------------------------------------------------------------------------- timing
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_steps(model, stack: str, batches: list[dict], kind: str, warmup: int, device: torch.device) -> dict:
-    """Train steps over `batches` (the first `warmup` untimed): seconds per timed step, real tokens, peak memory."""
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=True)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times, real = [], 0
-    for i, b in enumerate(batches):
-        sync(device)
-        t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            if stack == "minitune":
-                logits = model(b["input_ids"], b["attention_mask"])
-            else:
-                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        logits = logits.float()
-        if kind == "multi":
-            loss = F.binary_cross_entropy_with_logits(logits, b["labels"])
-        else:
-            loss = F.cross_entropy(logits, b["labels"])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-            real += int(b["attention_mask"].sum())
-    out = {"step_s": statistics.median(times), "total_s": sum(times), "real_tokens": real, "steps": len(times)}
-    if device.type == "cuda":
-        out["max_allocated_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-        out["max_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
-    del opt
-    return out
 
 
 SHAPES = {"xlm-roberta-large": XLMR_LARGE, "deberta-v3-large": DEBERTA_V3_LARGE, "modernbert-large": MODERNBERT_LARGE}
@@ -267,6 +171,12 @@ def encoder_rows(args, device: torch.device, peak: float) -> list[dict]:
     hist = json.loads(LENGTHS.read_text(encoding="utf-8"))["histograms"]
     rows = []
     for shape_name in args.shapes:
+        # The device's bf16 GEMM rate at this shape's products (benchmarks/roofline.py), for the fraction of the
+        # measured peak beside the datasheet's
+        shape_hub = shape_config(shape_name, 0.0, args.dry_run)
+        tokens = args.batch * 32
+        measured = gemm_peak(shape_hub, tokens, torch.bfloat16, device, min_s=0.01 if args.dry_run else 0.2)
+        measured_peak = measured["peak_gflops"] * 1e9
         for attn_dropout in (0.1, 0.0):
             hub = shape_config(shape_name, attn_dropout, args.dry_run)
             for stack in args.stacks:
@@ -285,8 +195,9 @@ def encoder_rows(args, device: torch.device, peak: float) -> list[dict]:
                         # 0 or 1 under cross-entropy over its logits (the head's width costs nothing measurable).
                         vocab = hub["vocab_size"]
                         batches = [make_batch(ls, vocab, (n_labels, kind), device, i) for i, ls in enumerate(lens)]
-                        r = time_steps(model, stack, batches, kind, args.warmup, device)
+                        r = time_train_steps(model, stack, batches, torch.bfloat16, args.warmup, device, kind, True)
                         tps = r["real_tokens"] / r["total_s"]
+                        flops = sum(step_flops(model, hub, ls) for ls in lens[args.warmup :]) / r["total_s"]
                         slots = sum(len(ls) * max(ls) for ls in lens[args.warmup :])
                         row = dict(
                             shape=shape_name,
@@ -301,6 +212,11 @@ def encoder_rows(args, device: torch.device, peak: float) -> list[dict]:
                             # fraction is tiny, and a fixed number of decimals would round it to 0
                             mfu=float(f"{6 * matmul * tps / peak:.4g}"),
                             mfu_all_params=float(f"{6 * total * tps / peak:.4g}"),
+                            # the step's FLOPs counted from its shapes (attention included) over the bf16 GEMM peak
+                            # this device reached at the shape's products
+                            shape_tflops=float(f"{flops / 1e12:.4g}"),
+                            measured_gemm_peak_tflops=float(f"{measured_peak / 1e12:.4g}"),
+                            fraction_of_measured_peak=float(f"{flops / measured_peak:.4g}"),
                             matmul_params=matmul,
                             params=total,
                             **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()},
@@ -317,7 +233,8 @@ def _row_line(r: dict) -> str:
     mem = f"  alloc {r['max_allocated_gib']:.1f} GiB" if "max_allocated_gib" in r else ""
     return (
         f"{r['shape']:18s} attn-drop {r['attn_dropout']:.1f} {r['stack']:12s} {r['task']:10s} {r['batching']:8s} "
-        f"step {1000 * r['step_s']:7.1f} ms  {r['tokens_per_s']:>9,d} tok/s  MFU {100 * r['mfu']:5.1f}%{mem}"
+        f"step {1000 * r['step_s']:7.1f} ms  {r['tokens_per_s']:>9,d} tok/s  MFU {100 * r['mfu']:5.1f}%  "
+        f"of measured GEMM peak {100 * r['fraction_of_measured_peak']:5.1f}%{mem}"
     )
 
 
@@ -341,7 +258,7 @@ def adapter_rows(args, device: torch.device) -> list[dict]:
         if config == "qlora":
             quantize_model_(model)
         _, trainable, total = apply_adapters(model, AdapterSettings(lora_r=16, lora_alpha=32.0, lora_dropout=0.0))
-        r = time_steps(model.to(device), "minitune", batches, "single", args.warmup, device)
+        r = time_train_steps(model.to(device), "minitune", batches, torch.bfloat16, args.warmup, device, fused=True)
         row = dict(shape="llama-3.2-1b", config=config, trainable=trainable, params=total)
         row.update({k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()})
         row["tokens_per_s"] = round(r["real_tokens"] / r["total_s"])
@@ -368,9 +285,9 @@ def device_peak(device: torch.device, override: float | None) -> tuple[float, st
 def markdown(doc: dict) -> str:
     lines = [
         "| shape | attention dropout | task | batching | pad share | minitune step (ms) | transformers step (ms) "
-        "| ×transformers | minitune tokens/s | minitune MFU | transformers MFU | peak alloc / reserved GiB "
-        "(minitune; transformers) |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| ×transformers | minitune tokens/s | minitune MFU | transformers MFU | minitune / transformers, of "
+        "the measured GEMM peak | peak alloc / reserved GiB (minitune; transformers) |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     rows = doc["encoders"]
     for r in (x for x in rows if x["stack"] == "minitune"):
@@ -379,10 +296,12 @@ def markdown(doc: dict) -> str:
         lines.append(
             f"| {r['shape']} | {r['attn_dropout']} | {r['task']} | {r['batching']} | {r['pad_share']:.2f} "
             f"| {1000 * r['step_s']:.1f} | {1000 * ref['step_s']:.1f} | {r['step_s'] / ref['step_s']:.2f} "
-            f"| {r['tokens_per_s']:,d} | {100 * r['mfu']:.1f}% | {100 * ref['mfu']:.1f}% | {mem} |"
+            f"| {r['tokens_per_s']:,d} | {100 * r['mfu']:.1f}% | {100 * ref['mfu']:.1f}% "
+            f"| {100 * r['fraction_of_measured_peak']:.1f}% / {100 * ref['fraction_of_measured_peak']:.1f}% | {mem} |"
             if ref
             else f"| {r['shape']} | {r['attn_dropout']} | {r['task']} | {r['batching']} | {r['pad_share']:.2f} "
-            f"| {1000 * r['step_s']:.1f} | - | - | {r['tokens_per_s']:,d} | {100 * r['mfu']:.1f}% | - | {mem} |"
+            f"| {1000 * r['step_s']:.1f} | - | - | {r['tokens_per_s']:,d} | {100 * r['mfu']:.1f}% | - "
+            f"| {100 * r['fraction_of_measured_peak']:.1f}% | {mem} |"
         )
     ad = {r["config"]: r for r in doc.get("adapters", [])}
     if {"lora", "qlora"} <= ad.keys():

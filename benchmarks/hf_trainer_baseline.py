@@ -39,7 +39,6 @@ import math
 import re
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace as Settings
 
@@ -53,10 +52,12 @@ sys.path.insert(0, str(ROOT))
 
 from minitune.checkpoints.hub import resolve_model
 from minitune.cli import parse_config
+from minitune.config.validate import resolve_device
 from minitune.data.splits import subsample
 from minitune.data.tasks import MULTI_LABEL, SINGLE_LABEL, TaskData, load_task, resolve_data_dir
 from minitune.eval.metrics import classification_report
 from minitune.eval.thresholds import tune_thresholds
+from minitune.train.amp import choose_precision
 
 _LAYER = re.compile(r"\.layer\.(\d+)\.")
 
@@ -317,12 +318,19 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Settings(**parse_config(rest).flat())  # minitune's settings, flat, as this script reads them
     if extra.no_llrd:
         cfg.llrd = None
+    cfg.precision = choose_precision(cfg.precision, resolve_device(cfg.device))[0]  # auto: as minitune chooses
     check_supported(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = train(cfg, out, extra.check_tokens, "group_by_length" if extra.group_by_length else "random")
     results["train"]["wall_seconds"] = round(time.perf_counter() - T_START, 1)
-    results = {"task": cfg.task, "model": cfg.model, "stack": "transformers.Trainer", "config": asdict(cfg), **results}
+    results = {
+        "task": cfg.task,
+        "model": cfg.model,
+        "stack": "transformers.Trainer",
+        "config": dict(vars(cfg)),
+        **results,
+    }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     dev = results["dev"]
     keys = ("accuracy", "binary_f1", "macro_f1") if dev["kind"] == SINGLE_LABEL else ("jaccard", "macro_f1", "micro_f1")

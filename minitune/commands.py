@@ -63,6 +63,12 @@ def predict_parser() -> argparse.ArgumentParser:
         "(default: the tuned per-label thresholds saved with the model, else 0.5)",
     )
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default=None,
+        help="autocast for the forward passes (default: the precision the run trained and scored dev in)",
+    )
     add_ask_flags(p)
     return p
 
@@ -111,6 +117,7 @@ def run_predict(argv: list[str]) -> Path:
         threshold=args.threshold,
         device=args.device,
         ask=ask,
+        precision=args.precision,
     )
     print(f"wrote {n} predictions to {path}")
     return path

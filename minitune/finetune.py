@@ -40,6 +40,7 @@ from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE
 from minitune.data.long_text import CHUNK_KEY
 from minitune.data.sources import trained_on_text
 from minitune.data.tasks import Example, TaskData, label_array
+from minitune.data.token_cache import cache_folder
 from minitune.eval.metrics import selection_metrics
 from minitune.eval.scoring import predict_logits, predict_scores, probabilities, task_report
 from minitune.models.ffnn import build_ffnn
@@ -113,12 +114,14 @@ def finetune(
     sampler = make_sampler([length_of(f) for f in train_f], d.batch_size, d.padding, d.max_tokens, cfg.seed)
     collate = make_collate(d.padding, d.max_length, tokenizer.pad_token_id)
     data = TrainData(train_f, shard_sampler(sampler), collate)  # torchrun: this rank's shard of each batch
-    # fit: the loop trains, evaluates on dev and keeps the best weights with their dev probabilities
+    # fit: the loop trains, evaluates on dev and keeps the best weights with their dev probabilities; a fresh head
+    # (chance level) is not scored before training, a loaded head or a bi-encoder's similarities are
     evaluate = dev_evaluator(cfg, task, dev_ex, dev_f, collate, loss_fn, device)
+    fresh_head = not getattr(model, "head_trained", False)
     kw = dict(resume=resume, signature=run_signature(cfg), distributed=cfg.distributed, judge=judge)
-    fitted = fit(model, train_loss, data, evaluate, cfg.loop, out, device, **kw)
+    fitted = fit(model, train_loss, data, evaluate, cfg.loop, out, device, score_start=not fresh_head, **kw)
     # scores: the best weights' dev probabilities came back with fit; more examples are scored the same way
-    summary = loop_summary(cfg.loop, fitted.state, not getattr(model, "head_trained", False), t0)
+    summary = loop_summary(cfg.loop, fitted.state, fresh_head, t0)
     summary["augmented_copies"] = len(copies)
     tuned = _tuned(cfg, task, model, tokenizer, featurize, collate, out, device, summary, fitted.payload)
     tuned.trained_on = train_ex
@@ -168,8 +171,8 @@ def features_for(cfg: RunConfig, task: TaskData, tokenizer, tokenized: dict | No
 
     def featurize(examples: list[Example]) -> list[dict]:
         missing = [ex for ex in examples if id(ex) not in known]
-        windows = cfg.data.window_overlap()
-        fresh = tokenize(missing, tokenizer, task.kind, cfg.data.max_length, bi, windows)
+        windows, cache = cfg.data.window_overlap(), cache_folder(cfg.data.token_cache)
+        fresh = tokenize(missing, tokenizer, task.kind, cfg.data.max_length, bi, windows, cache)
         fresh = dict(zip(map(id, missing), fresh))
         return [known[id(ex)] if id(ex) in known else fresh[id(ex)] for ex in examples]
 

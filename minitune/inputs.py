@@ -6,15 +6,16 @@ leaves nothing behind.
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from minitune.checkpoints.load import choice_scorer_for, load_tokenizer, model_type_of
 from minitune.checkpoints.runlock import finished_before
 from minitune.config.load import run_signature
 from minitune.config.sections import DataSettings, RunConfig
-from minitune.config.validate import Facts, resolve
+from minitune.config.validate import Facts, resolve, resolve_device
 from minitune.data.custom import DELIMITERS_BY_NAME, Columns, Row, read_rows
 from minitune.data.kinds import MULTIPLE_CHOICE
 from minitune.data.paraphrase import check_paraphrase_model
@@ -24,6 +25,7 @@ from minitune.data.tokenizer import Tokenizer
 from minitune.errors import ConfigError
 from minitune.models import family_for
 from minitune.train import distributed
+from minitune.train.amp import choose_precision
 from minitune.train.checkpoint import check_resumable
 
 log = logging.getLogger("minitune")
@@ -43,12 +45,15 @@ class RunInputs:
     unlabelled: list[Row] | None = None
     teacher: object = None
     judge: object = None  # (k-th evaluation, step, value) -> why to stop the run, or None
+    precision_reason: str = "set by `precision`"  # why the run computes in its precision (train/amp.py)
 
 
 def prepare(cfg: RunConfig) -> tuple[RunConfig, RunInputs]:
     """(the run's final config, what it reads), every input checked."""
     task = read_task(cfg.data, cfg.seed)
     cfg = resolve(cfg, facts(cfg, task))
+    precision, precision_reason = run_precision(cfg)
+    cfg = replace(cfg, loop=replace(cfg.loop, precision=precision))  # saved as chosen, so a resume keeps it
     test = load_eval_file(task, cfg.data.test_file) if cfg.data.test_file else None
     unlabelled = read_unlabelled(cfg.data) if cfg.data.predict_file else None
     if cfg.outputs.resume:
@@ -59,7 +64,24 @@ def prepare(cfg: RunConfig) -> tuple[RunConfig, RunInputs]:
     if tokenizer.pad_token_id is None:
         log.warning("%s has no pad token: using its eos token for padding", cfg.model.model)
         tokenizer.set_pad_to_eos()
-    return cfg, RunInputs(task, tokenizer, test, unlabelled)
+    return cfg, RunInputs(task, tokenizer, test, unlabelled, precision_reason=precision_reason)
+
+
+def run_precision(cfg: RunConfig) -> tuple[str, str]:
+    """(the precision the run computes in, why): as set, or for auto the hardware's choice (train/amp.py); a resumed
+    run that auto began keeps what it chose then, as its config.json saved it, on whatever machine it continues."""
+    if cfg.outputs.resume:
+        try:
+            saved = json.loads((Path(cfg.outputs.output_dir) / "config.json").read_text(encoding="utf-8"))
+            chosen = saved.get("loop", saved)["precision"]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            chosen = None
+        if chosen in ("fp32", "bf16", "fp16") and cfg.loop.precision in ("auto", chosen):
+            return chosen, f"as the resumed run began (its config.json: {chosen})"
+    if cfg.loop.precision == "auto" and cfg.model.head == "generative":
+        # its answers are generated and scored in fp32 (eval/answers.py), so it trains in fp32 too
+        return "fp32", "auto: the generative head generates and scores its answers in fp32"
+    return choose_precision(cfg.loop.precision, resolve_device(cfg.device))
 
 
 def read_task(data: DataSettings, seed: int) -> TaskData:

@@ -28,6 +28,7 @@ from minitune.checkpoints.rundir import (
     model_dir_of,
     read_json,
     trained_max_length,
+    trained_precision,
 )
 from minitune.checkpoints.runlock import RUN_FILE, require_finished
 from minitune.config.validate import resolve_device
@@ -49,6 +50,7 @@ from minitune.eval.predictions import (
 from minitune.eval.scoring import predict_scores
 from minitune.models import family_for
 from minitune.predict_generative import PlainAsk, generative_meta, label_task, predict_generative, predict_plain
+from minitune.train.amp import choose_precision, native_bf16, resolve_precision
 
 log = logging.getLogger("minitune")
 NOT_FOR_CHOICES = "`model` {model} answers questions with options: `pair_col` and `threshold` do not apply; drop them"
@@ -77,7 +79,9 @@ class Predictor:
     """A trained model ready to predict as `minitune predict` does; see the module docstring. `model`: a finished
     run's output directory, its model/ (or a fold's), or with `ask` a plain instruct checkpoint."""
 
-    def __init__(self, model, *, batch_size=64, max_length=None, threshold=None, device="auto", ask=None):
+    def __init__(
+        self, model, *, batch_size=64, max_length=None, threshold=None, device="auto", ask=None, precision=None
+    ):
         self.path, self.batch_size, self.ask, self.given_length = Path(model), batch_size, ask, max_length
         self.device = resolve_device(device)
         _check_numbers(batch_size, max_length, threshold)
@@ -96,6 +100,7 @@ class Predictor:
         self.max_length = max_length or (None if ask else trained_max_length(self.model_dir))
         if self.max_length and not self.generative and ask is None:
             _check_positions(self.model_dir, self.max_length)
+        self.precision = predict_precision(precision, self.model_dir, self.device, self.kind == "generative")
         self._prepare(threshold)
 
     def _kind(self) -> str:
@@ -152,8 +157,9 @@ class Predictor:
             return predict_generative(self.model_dir, examples, *args)[2]
         if self.members:  # each member at the length its own run trained with, unless one was given
             kind = MULTI_LABEL if self.multi_label else SINGLE_LABEL
-            return ensemble_scores(self.members, examples, kind, self.batch_size, self.device, self.given_length)[0]
-        return _head_scores(self.model, self.model_dir, examples, *args)
+            given = (self.given_length, self.precision)
+            return ensemble_scores(self.members, examples, kind, self.batch_size, self.device, *given)[0]
+        return _head_scores(self.model, self.model_dir, examples, *args, self.precision)
 
     def predict_choices(self, queries: list[str], options: list[list[str]]) -> ChoicePredictions:
         """A multiple-choice model's answers: the mean probabilities of its models (one, or a run's members)."""
@@ -161,7 +167,8 @@ class Predictor:
             raise ConfigError(f"`model` {self.path} labels texts, not questions with options: use predict")
         examples = [Example(q, choices=list(o)) for q, o in zip(queries, options)]
         dirs = self.members or [self.model_dir]
-        scores, _ = ensemble_scores(dirs, examples, MULTIPLE_CHOICE, self.batch_size, self.device, self.given_length)
+        given = (self.given_length, self.precision)
+        scores, _ = ensemble_scores(dirs, examples, MULTIPLE_CHOICE, self.batch_size, self.device, *given)
         return ChoicePredictions([int(np.nanargmax(p[: len(o)])) for p, o in zip(scores, options)], scores)
 
 
@@ -231,6 +238,23 @@ def _fraction(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0
 
 
+def predict_precision(given: str | None, model_dir: Path, device, generative: bool) -> str:
+    """The precision to score in: `given` (auto: this device's choice, as a run chooses), else the one the run
+    trained and scored dev in where this device computes it natively, else fp32 (a bf16 run predicted on a CPU
+    without native bf16 would only be slower). A generative model answers in fp32."""
+    if generative:
+        return "fp32"
+    if given is not None:
+        precision = choose_precision(given, device)[0]
+        resolve_precision(precision, device)  # a precision this device cannot run fails here, by name
+        return precision
+    trained = trained_precision(model_dir)
+    if trained == "fp32" or (trained == "bf16" and native_bf16(device)[0]) or (device.type == "cuda"):
+        return trained
+    log.info("the run trained in %s, which this device does not compute natively: predicting in fp32", trained)
+    return "fp32"
+
+
 def head_model(model_dir: Path, model_path):
     """The classifier in `model_dir`, refused in one line when it carries no trained sequence head."""
     model = load_model(model_dir)
@@ -251,7 +275,7 @@ def head_tokenizer(model_dir: Path):
     return tokenizer
 
 
-def _head_scores(model, model_dir: Path, examples: list[Example], batch_size: int, max_length: int, device):
+def _head_scores(model, model_dir: Path, examples: list[Example], batch_size, max_length, device, precision="fp32"):
     """A classification head's probabilities (N, C) for the examples."""
     tokenizer = head_tokenizer(model_dir)
     multi = model.hf_config.get("problem_type") == "multi_label_classification"
@@ -259,7 +283,7 @@ def _head_scores(model, model_dir: Path, examples: list[Example], batch_size: in
     windows = chunk_overlap_of(model.hf_config)  # trained on windows of long texts: read the same
     features = tokenize(examples, tokenizer, kind, max_length, chunk_overlap=windows)
     collate_fn = make_collate("dynamic", max_length, tokenizer.pad_token_id)
-    return predict_scores(model.to(device), features, collate_fn, kind, batch_size, device)
+    return predict_scores(model.to(device), features, collate_fn, kind, batch_size, device, precision)
 
 
 def predict_file(
@@ -275,12 +299,12 @@ def predict_file(
     threshold: float | None = None,
     device: str = "auto",
     ask: PlainAsk | None = None,
+    precision: str | None = None,
 ) -> tuple[Path, int]:
     """Label every row of `input_path` with the model at `model_path` (see Predictor); write the CSV; return (its
     path, rows). `text_col` defaults to text (multiple choice: query; `options_col` names the options there)."""
-    predictor = Predictor(
-        model_path, batch_size=batch_size, max_length=max_length, threshold=threshold, device=device, ask=ask
-    )
+    given = dict(threshold=threshold, device=device, ask=ask, precision=precision)
+    predictor = Predictor(model_path, batch_size=batch_size, max_length=max_length, **given)
     if predictor.kind == MULTIPLE_CHOICE:
         if pair_col is not None:
             raise ConfigError(NOT_FOR_CHOICES.format(model=model_path))

@@ -94,6 +94,7 @@ def _run(cfg: RunConfig, inputs: RunInputs, device: torch.device) -> dict:
     with owned(out, who, resume, cfg.outputs.overwrite), tracked(mlflow, out, flat_dict(cfg), resume=resume) as mlf:
         if distributed.is_main():  # rank 0 alone writes and prints
             print_config(cfg)
+            print(f"precision: {cfg.loop.precision} ({inputs.precision_reason})")
             atomic_write_text(out / "config.json", dump(cfg) + "\n")
         t0 = time.perf_counter()
         try:
@@ -107,6 +108,7 @@ def _run(cfg: RunConfig, inputs: RunInputs, device: torch.device) -> dict:
         results["train"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
         results = {"task": cfg.data.task, "model": cfg.model.model, "settings": used_settings(cfg)} | {
             "config": flat_dict(cfg),
+            "precision": {"used": cfg.loop.precision, "reason": inputs.precision_reason},
             **results,
             "world_size": distributed.world_size(),
         }

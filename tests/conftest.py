@@ -1,3 +1,4 @@
+import importlib
 import os
 import shutil
 from pathlib import Path
@@ -47,7 +48,7 @@ SLOW = {
     # Issue 14: sentence-transformers imports itself in about 5 s (the first test to use it pays it).
     "test_pooling.py::test_minilm_embedding_equals_sentence_transformers_encode": 0,  # 6.5 s
     "test_pooling.py::test_pooled_head_saves_in_the_sentence_transformers_layout_and_reloads_exactly": 0,
-    "test_before_training.py::test_every_run_records_its_start_in_metrics_results_and_report": 0,  # a CLI run
+    "test_before_training.py::test_a_fresh_head_is_not_scored_before_training_but_a_trained_one_is": 0,  # 2 runs
     "test_threshold_split.py::test_thresholds_tuned_on_held_out_train_not_on_dev": 0,  # a CLI run
     "test_pooling.py::test_mean_pooled_run_saves_and_predicts_with_its_head": 0,  # a CLI run
     # Issues 24-25, re-measured (fast tier 156 s on a loaded 2-core machine, target about 60 s):
@@ -127,6 +128,29 @@ def data_dir() -> Path:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_native_bf16():
+    """`precision` auto chooses as on a CPU without native bf16 (fp32) in every test and module fixture, so a test's
+    arithmetic is the same on every machine; tests/test_precision.py simulates both kinds through the flags. (A
+    run.py subprocess reads the machine's flags: tests that compare its numbers set `precision` themselves.)"""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(importlib.import_module("minitune.train.amp"), "cpu_flags", lambda: frozenset())
+        yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _token_cache(tmp_path_factory):
+    """Runs cache tokenized texts (data/token_cache.py) in one folder of the session's, not the user's ~/.cache;
+    through the environment, so run.py subprocesses use it too."""
+    old = os.environ.get("MINITUNE_CACHE_DIR")
+    os.environ["MINITUNE_CACHE_DIR"] = str(tmp_path_factory.mktemp("minitune-cache"))
+    yield
+    if old is None:
+        os.environ.pop("MINITUNE_CACHE_DIR", None)
+    else:
+        os.environ["MINITUNE_CACHE_DIR"] = old
 
 
 # Temporary space: runs write model folders (MiniLM: 90 MB each), so a passed test's tmp_path is removed when it

@@ -83,6 +83,7 @@ def main(args: dict) -> None:
         warmup_ratio=0.1,
         eval_every=args.get("eval_every"),
         log_every=1,
+        precision="fp32",  # as set: a subprocess would otherwise choose for its machine (auto)
         adversary=AdversarySettings(adversarial=args.get("adversarial")),
     )
     run = dict(resume=bool(args.get("resume")), signature=distributed.world_signature({}))

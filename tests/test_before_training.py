@@ -1,4 +1,5 @@
-"""Every run scores its model before the first optimizer step and reports it beside the best evaluation."""
+"""A run scores its model before the first optimizer step, and reports it beside the best evaluation, where that
+score means something: not for a freshly initialised head, whose score is chance."""
 
 import json
 
@@ -25,24 +26,41 @@ def test_report_lines_say_chance_level_and_a_run_that_got_worse():
     assert zero == ["before training: accuracy 0.4200 (nothing trained: this is the run's score)"]
 
 
-def test_every_run_records_its_start_in_metrics_results_and_report(tmp_path, data_dir):
-    out = tmp_path / "ffnn"
-    args = ["--task", "humor", "--model", "ffnn", "--data-dir", str(data_dir), "--output-dir", str(out), *SMALL]
-    assert main(args) == 0
+def test_a_fresh_head_is_not_scored_before_training_but_a_trained_one_is(tmp_path, data_dir, monkeypatch):
+    """A freshly initialised head scores chance: that pass over dev is skipped, so dev is scored once per epoch. A
+    checkpoint whose head was trained (here the first run's model, trained further) is scored before training."""
+    import minitune.finetune as finetune
+
+    calls = []
+    real = finetune.predict_logits
+    monkeypatch.setattr(finetune, "predict_logits", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    out = tmp_path / "fresh"
+    data = ["--task", "humor", "--data-dir", str(data_dir), *SMALL, "--epochs", "2"]
+    assert main([*data, "--model", "minilm", "--output-dir", str(out)]) == 0
+    assert calls == [24, 24]  # one dev pass per epoch, none before training
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert not any(r.get("before_training") for r in rows) and [r["step"] for r in rows if r["type"] == "eval"][0] > 0
+    train = json.loads((out / "results.json").read_text())["train"]
+    assert train["start"] is None and train["start_is_chance"] is True and train["best_step"] > 0
+    assert "before training" not in (out / "report.txt").read_text()
+
+    calls.clear()
+    again = tmp_path / "again"
+    assert main([*data, "--model", str(out / "model"), "--output-dir", str(again)]) == 0
+    assert calls == [24, 24, 24]  # before training, then each epoch
+    rows = [json.loads(line) for line in (again / "metrics.jsonl").read_text().splitlines()]
     start = rows[0]
     assert start["type"] == "eval" and start["step"] == 0 and start["before_training"] is True
-    assert [r["step"] for r in rows if r["type"] == "eval"][0] == 0 and sum(
-        r.get("before_training", 0) for r in rows
-    ) == 1
-    train = json.loads((out / "results.json").read_text())["train"]
-    assert train["start"]["macro_f1"] == start["macro_f1"] and train["start_is_chance"] is True
-    assert train["best_epoch"] == 1 and train["best_step"] > 0  # the start is never the selected weights
-    report = (out / "report.txt").read_text()
-    assert f"before training: macro_f1 {start['macro_f1']:.4f} (chance level: a fresh, untrained head)" in report
-    # --epochs 0: the one evaluation is the score before training, and nothing claims a best epoch.
+    train = json.loads((again / "results.json").read_text())["train"]
+    assert train["start"]["macro_f1"] == start["macro_f1"] and train["start_is_chance"] is False
+    report = (again / "report.txt").read_text()
+    assert f"before training: macro_f1 {start['macro_f1']:.4f}, best" in report
+
+
+def test_zero_epochs_score_the_model_once_as_the_runs_score(tmp_path, data_dir):
+    args = ["--task", "humor", "--model", "ffnn", "--data-dir", str(data_dir), *SMALL]
     zero = tmp_path / "zero"
-    assert main([*args[: -len(SMALL)], *SMALL, "--output-dir", str(zero), "--epochs", "0"]) == 0
+    assert main([*args, "--output-dir", str(zero), "--epochs", "0"]) == 0
     train = json.loads((zero / "results.json").read_text())["train"]
     assert train["best"] is None and train["start"]["macro_f1"] is not None
     assert "(nothing trained: this is the run's score)" in (zero / "report.txt").read_text()

@@ -53,7 +53,7 @@ def test_humor_run_writes_every_output(humor_run):
     out = humor_run
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["task"] == "humor" and cfg["lr"] == 2e-5 and cfg["label_smoothing"] == 0.1 and cfg["llrd"] == 0.95
-    assert cfg["padding"] == "dynamic"  # an encoder: random batches, run unpadded when padding-heavy
+    assert cfg["padding"] == "bucketed"  # the default: length-bucketed batches
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train_logs = [r for r in records if r["type"] == "train"]
     assert train_logs and all(
@@ -338,7 +338,7 @@ def run_cli(*args, cwd=REPO):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--task", "humor", "--precision", "fp8"], "--precision 'fp8': choose one of fp32, bf16, fp16"),
+        (["--task", "humor", "--precision", "fp8"], "--precision 'fp8': choose one of auto, fp32, bf16, fp16"),
         (["--task", "humor", "--lr", "-1"], "--lr must be positive"),
         (
             ["--task", "humor_"],

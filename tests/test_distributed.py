@@ -248,7 +248,8 @@ def start_cli(argv: list[str], world: int) -> list[subprocess.Popen]:
     for r in range(world):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "RANK": str(r), "LOCAL_RANK": str(r)}
         env |= dict(WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        cmd = [sys.executable, str(REPO / "run.py"), *argv]
+        # fp32 as set, not auto: the ranks are compared with each other and with FSDP, on any machine
+        cmd = [sys.executable, str(REPO / "run.py"), *argv, "--precision", "fp32"]
         procs.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     return procs
 

@@ -247,17 +247,23 @@ def test_compare_reads_runs_of_every_task_kind(humor_cv, humor_seeds, data_dir, 
     assert "| run | task | model |" in (tmp_path / "cmp.md").read_text() and "| run | task |" in capsys.readouterr().out
 
 
-def test_cv_members_predict_at_the_runs_max_length_and_reports_start(humor_cv, tmp_path):
+def test_cv_members_predict_at_the_runs_max_length_and_precision(humor_cv, tmp_path):
     """A cv fold's model/ has no run config beside it: predict must read the cv run's (max_length 32 here, not
-    the 128 fallback), so predict on the cv directory reproduces the run's own dev probabilities."""
-    from minitune.checkpoints.rundir import trained_max_length
+    the 128 fallback, and its precision), so predict on the cv directory reproduces the run's own dev
+    probabilities. Its folds' fresh heads were not scored before training (chance level), so no start is
+    reported."""
+    from minitune.checkpoints.rundir import trained_max_length, trained_precision
 
     assert trained_max_length(humor_cv / "fold0" / "model") == 32
+    assert trained_precision(humor_cv / "fold0" / "model") == "fp32"  # auto, on a CPU without native bf16
     results = json.loads((humor_cv / "results.json").read_text())
     folds = results["train"]["folds"]
-    assert all(f["start_macro_f1"] is not None for f in folds)  # every fold's score before training
-    assert results["train"]["start"]["macro_f1"] == pytest.approx(np.mean([f["start_macro_f1"] for f in folds]))
-    assert "before training: macro_f1" in (humor_cv / "report.txt").read_text()
+    assert all("start_macro_f1" not in f and f["start_is_chance"] for f in folds)
+    train = results["train"]
+    assert train.get("start") is None and train["metric"] == "macro_f1"
+    assert train["best"] == pytest.approx(np.mean([f["best"] for f in folds]))  # the mean best is still reported
+    report = (humor_cv / "report.txt").read_text()
+    assert "before training" not in report and f"best macro_f1: {train['best']:.4f}" in report
 
 
 def test_a_checkpoints_own_config_is_not_a_run_config(tmp_path):

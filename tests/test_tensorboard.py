@@ -33,11 +33,8 @@ def test_events_equal_metrics_jsonl(tmp_path):
         # TensorBoard stores float32: compare at its precision.
         assert [s for s, _ in got] == [s for s, _ in points], tag
         assert [v for _, v in got] == pytest.approx([v for _, v in points], rel=1e-6), tag
-    assert len(expected["train/loss"]) == 6 and [s for s, _ in expected["eval/macro_f1"]] == [
-        0,
-        6,
-        12,
-    ]  # step 0: before training
+    # each epoch's evaluation; none before training, where the fresh head would score chance
+    assert len(expected["train/loss"]) == 6 and [s for s, _ in expected["eval/macro_f1"]] == [6, 12]
 
 
 def test_missing_tensorboard_is_one_clear_error(monkeypatch, tmp_path, capsys):

@@ -192,15 +192,29 @@ def trained_max_length(model_dir: Path, default: int = 128) -> int:
         return int(json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))[CHUNK_KEY]["max_length"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
+    value = _run_setting(model_dir, "data", "max_length")
+    return default if value is None else int(value)
+
+
+def trained_precision(model_dir: Path, default: str = "fp32") -> str:
+    """The precision the run trained (and scored dev) in, as its config.json saved it (auto already chosen), else
+    `default`: predict scores in it too."""
+    value = _run_setting(model_dir, "loop", "precision")
+    return value if isinstance(value, str) and value != "auto" else default
+
+
+def _run_setting(model_dir: Path, section: str, key: str):
+    """A setting from the nearest run config.json above model/ (a cv fold's model sits in fold{k}/, its run's config
+    one or two levels up), or None. A run's config holds its sections (or, written by an earlier version, flat
+    settings); a checkpoint's own config.json, which has no `task`, is not a run's."""
     for run_dir in list(Path(model_dir).parents)[:4]:
         try:
             saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-            data = saved.get("data", saved)
-            if "task" in data:  # a run's config, not some checkpoint's (which may carry a generation max_length)
-                return int(data["max_length"])
+            if "task" in saved.get("data", saved):
+                return saved.get(section, saved)[key]
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
-    return default
+    return None
 
 
 def read_results(run_dir: Path) -> dict:

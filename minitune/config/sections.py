@@ -125,11 +125,16 @@ class DataSettings:
     max_tokens: int = opt(None, "token-budget batches: at most this many padded tokens per micro-batch")
     padding: str = opt(
         None,
-        "batching: random batches padded to max_length (fixed) or to their longest (dynamic), "
-        "or length-bucketed batches (least padding). Default: dynamic for encoders, which run "
-        "padding-heavy batches unpadded (length-sorted batches cost about a point of dev score on "
-        "small data sets, see README); bucketed for decoders, which have no unpadded path",
+        "batching: random batches padded to max_length (fixed) or to their longest (dynamic; encoders run "
+        "padding-heavy ones unpadded), or length-bucketed batches, the default: on full humor and SemEval they "
+        "train fastest at the dev score of random batches (benchmarks/README.md)",
         (None, "fixed", "dynamic", "bucketed"),
+    )
+    token_cache: str = opt(
+        "auto",
+        "where tokenized texts are kept for the next run with the same tokenizer and lengths (sweeps, cv, seeds, "
+        "resume): auto ($MINITUNE_CACHE_DIR/tokens, else $XDG_CACHE_HOME or ~/.cache, /minitune/tokens), a folder, "
+        "or off",
     )
     augmentation: AugmentSettings = section(AugmentSettings)
 
@@ -252,7 +257,10 @@ class LoopSettings:
     )
     clip_grad: float = opt(1.0, "clip the gradient norm to this (0 = off)")
     precision: str = opt(
-        "fp32", "mixed precision: bf16 autocast, fp16 autocast + loss scaler", ("fp32", "bf16", "fp16")
+        "auto",
+        "mixed precision: bf16 autocast, fp16 autocast + loss scaler, or auto: bf16 where the hardware computes bf16 "
+        "natively (CPU avx512_bf16 / amx_bf16, CUDA 8.0+), else fp32; dev scoring and predict use the same",
+        ("auto", "fp32", "bf16", "fp16"),
     )
     patience: int = opt(
         None, "stop after this many evaluations (not epochs) without improvement; default: never stop early"

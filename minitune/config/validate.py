@@ -3,15 +3,16 @@
 `validate(cfg)` needs no file: each setting within its choices and bounds, and the settings that do not go together
 (including what a protocol refuses: cv, `seeds` or distill with the generative head, ...). `resolve(cfg, facts)`
 takes what the files say (the task's kind and splits, the model's family and positions, how it scores options),
-checks what depends on them, and fills the one default that depends on the model (`padding`): the config it
-returns is the run's, and nothing changes it afterwards. Errors name settings between backticks (their flag's
-name, underscored); the CLI prints them as flags.
+checks what depends on them, and fills the one default that depends on them (`padding`): the config it returns is
+the run's (inputs.prepare then settles `precision` auto for the device), and nothing changes it afterwards. Errors
+name settings between backticks (their flag's name, underscored); the CLI prints them as flags.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -108,6 +109,11 @@ def _check_values(s: dict) -> None:
     _check(
         s["device"] in ("auto", "cpu") or s["device"].startswith("cuda"),
         f"`device` {s['device']!r}: use cpu, cuda (or cuda:N), or auto",
+    )
+    cache = str(s["token_cache"])
+    _check(
+        cache.lower() not in ("none", "false", "no", "0", "disable", "disabled", "") and not Path(cache).is_file(),
+        f"`token_cache` {cache!r} is not a folder: use auto, off, or the path of a folder",
     )
     _check_loss_values(s)
     _check_robustness(s)
@@ -372,8 +378,8 @@ class Facts:
 
 
 def resolve(cfg: RunConfig, facts: Facts) -> RunConfig:
-    """The checks that need the task's and the model's files, and the run's `padding` (encoders unpad
-    padding-heavy random batches; decoders have no such path, so they bucket): the run's final config."""
+    """The checks that need the task's and the model's files, and the run's `padding` (bucketed unless set, but
+    for an encoder's multiple choice): the run's final config."""
     s = cfg.flat()
     _check(
         s["metric"] in SELECTION_METRICS[facts.kind],
@@ -397,9 +403,10 @@ def resolve(cfg: RunConfig, facts: Facts) -> RunConfig:
         "`long_text` chunk cuts one long text per example; a multiple-choice task pairs a query with each option: "
         "drop `long_text`",
     )
-    if s["padding"] is None:
-        padding = "bucketed" if facts.model_type in DECODER_TYPES else "dynamic"
-        cfg = replace(cfg, data=replace(cfg.data, padding=padding))
+    if s["padding"] is None:  # length-bucketed batches (benchmarks/README.md, full-size runs); an encoder's
+        # multiple-choice items (bucketing would also group a bi-encoder's in-batch negatives by length) unpadded
+        mc_encoder = facts.kind == MULTIPLE_CHOICE and facts.model_type not in DECODER_TYPES
+        cfg = replace(cfg, data=replace(cfg.data, padding="dynamic" if mc_encoder else "bucketed"))
     return cfg
 
 

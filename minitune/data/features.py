@@ -1,4 +1,5 @@
-"""Examples -> token features, once per run; and rare-label oversampling for multi-label training.
+"""Examples -> token features, once per run (and across runs, through data/token_cache.py); and rare-label
+oversampling for multi-label training.
 
 A feature is what batching.collate pads: {"input_ids", "token_type_ids", "label"}; for multiple choice each key
 holds one list per choice, every choice encoded as the pair (query, option), or for a bi-encoder the query alone
@@ -8,11 +9,13 @@ followed by each option alone.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from minitune.data.long_text import window_features
 from minitune.data.tasks import MULTI_LABEL, MULTIPLE_CHOICE, Example
+from minitune.data.token_cache import TokenCache
 
 
 def tokenize(
@@ -22,20 +25,31 @@ def tokenize(
     max_length: int,
     bi: bool = False,
     chunk_overlap: int | None = None,
+    cache: Path | None = None,
 ) -> list[dict]:
     """`bi` (multiple choice for a bi-encoder): row 0 is the query alone and rows 1..C the options alone, so the
     model embeds each text separately (models/pooling.bi_scores). `chunk_overlap` set: each text whole, as
-    overlapping windows (data/long_text.py); None: truncated to max_length."""
-    if chunk_overlap is not None:
-        return window_features(examples, tokenizer, kind, max_length, chunk_overlap)
-    if kind == MULTIPLE_CHOICE:
-        make = _bi_feature if bi else _choice_feature
-        return [make(ex, tokenizer, max_length) for ex in examples]
-    pairs = [ex.pair for ex in examples] if examples and examples[0].pair is not None else None
-    encoded = tokenizer.encode_batch([ex.text for ex in examples], pairs, max_length=max_length)
+    overlapping windows (data/long_text.py); None: truncated to max_length. `cache`: a folder of tokenized texts
+    (data/token_cache.py) to read from and add to."""
+
+    def encode(some: list[Example]) -> list[dict]:
+        if chunk_overlap is not None:
+            return window_features(some, tokenizer, kind, max_length, chunk_overlap)
+        if kind == MULTIPLE_CHOICE:
+            return [(_bi_feature if bi else _choice_feature)(ex, tokenizer, max_length) for ex in some]
+        pairs = [ex.pair for ex in some] if some and some[0].pair is not None else None
+        return tokenizer.encode_batch([ex.text for ex in some], pairs, max_length=max_length)
+
+    if cache is None or not examples:
+        encoded = encode(list(examples))
+    else:
+        layout = {"max_length": max_length, "overlap": chunk_overlap, "choices": kind == MULTIPLE_CHOICE, "bi": bi}
+        encoded = TokenCache(cache, tokenizer, layout).encode(examples, encode)
     features = []
     for ex, enc in zip(examples, encoded):
         f = {"input_ids": enc["input_ids"], "token_type_ids": enc["token_type_ids"]}
+        if chunk_overlap is not None:
+            f["windows"] = True
         if ex.label is not None:
             f["label"] = [float(v) for v in ex.label] if kind == MULTI_LABEL else int(ex.label)
         features.append(f)
@@ -44,18 +58,12 @@ def tokenize(
 
 def _bi_feature(ex: Example, tokenizer, max_length: int) -> dict:
     enc = tokenizer.encode_batch([ex.text, *ex.choices], max_length=max_length)
-    f = {"input_ids": [e["input_ids"] for e in enc], "token_type_ids": [e["token_type_ids"] for e in enc]}
-    if ex.label is not None:
-        f["label"] = int(ex.label)
-    return f
+    return {"input_ids": [e["input_ids"] for e in enc], "token_type_ids": [e["token_type_ids"] for e in enc]}
 
 
 def _choice_feature(ex: Example, tokenizer, max_length: int) -> dict:
     enc = tokenizer.encode_batch([ex.text] * len(ex.choices), list(ex.choices), max_length=max_length)
-    f = {"input_ids": [e["input_ids"] for e in enc], "token_type_ids": [e["token_type_ids"] for e in enc]}
-    if ex.label is not None:
-        f["label"] = int(ex.label)
-    return f
+    return {"input_ids": [e["input_ids"] for e in enc], "token_type_ids": [e["token_type_ids"] for e in enc]}
 
 
 def oversample_rare(Y: np.ndarray, min_count: int, seed: int) -> np.ndarray:

@@ -103,23 +103,21 @@ def mean_std(rows: list[dict], name: str) -> list[dict]:
 
 
 def start_row(summary: dict, metric: str) -> dict:
-    """One trained model's score before training and its best, flat for a fold's or member's table row."""
-    return {
-        f"start_{metric}": (summary.get("start") or {}).get(metric),
-        "best": summary.get("best"),
-        "start_is_chance": summary.get("start_is_chance", False),
-    }
+    """One trained model's score before training (where it was scored: a fresh head is not) and its best, flat for
+    a fold's or member's table row."""
+    start = (summary.get("start") or {}).get(metric)
+    row = {f"start_{metric}": start} if start is not None else {}
+    return row | {"best": summary.get("best"), "start_is_chance": summary.get("start_is_chance", False)}
 
 
 def mean_start(rows: list[dict], metric: str) -> dict:
-    """The models' mean score before training and mean best (eval/report.start_lines prints them), or {}."""
+    """The models' mean best and, where they were scored before training, their mean start
+    (eval/report.start_lines prints them), or {} when no model has either."""
     starts = [r[f"start_{metric}"] for r in rows if r.get(f"start_{metric}") is not None]
-    if not starts:
-        return {}
     bests = [r["best"] for r in rows if r.get("best") is not None]
-    return {
-        "metric": metric,
-        "start": {metric: float(np.mean(starts))},
-        "best": float(np.mean(bests)) if bests else None,
-        "start_is_chance": rows[0].get("start_is_chance", False),
-    }
+    if not starts and not bests:
+        return {}
+    out = {"metric": metric, "best": float(np.mean(bests)) if bests else None}
+    if starts:
+        out["start"] = {metric: float(np.mean(starts))}
+    return out | {"start_is_chance": rows[0].get("start_is_chance", False)}

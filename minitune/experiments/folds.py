@@ -41,6 +41,7 @@ from minitune.config.sections import RunConfig
 from minitune.data.features import tokenize
 from minitune.data.splits import selection_split, subsample
 from minitune.data.tasks import Example, TaskData, label_array
+from minitune.data.token_cache import cache_folder
 from minitune.eval.answers import answer_stats
 from minitune.eval.finish import finish_splits, mean_start, start_row
 from minitune.eval.scoring import task_report
@@ -155,7 +156,8 @@ def _shared_features(cfg: RunConfig, task: TaskData, tokenizer, sets: list[list[
         return None
     bi = bi_encoder(cfg.model, task.kind)
     every = [ex for examples in sets for ex in examples]
-    features = tokenize(every, tokenizer, task.kind, cfg.data.max_length, bi, cfg.data.window_overlap())
+    d = cfg.data
+    features = tokenize(every, tokenizer, task.kind, d.max_length, bi, d.window_overlap(), cache_folder(d.token_cache))
     return dict(zip(map(id, every), features))
 
 

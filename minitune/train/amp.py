@@ -1,4 +1,10 @@
-"""Mixed precision: which autocast to run under, and a dynamic loss scaler for fp16.
+"""Mixed precision: which autocast to run under, `precision` auto's choice, and a dynamic loss scaler for fp16.
+
+- `precision` auto (the default) is bf16 autocast where the hardware multiplies bf16 natively, fp32 elsewhere:
+  a CPU whose flags name a bf16 instruction set (AVX512_BF16, AMX-BF16; oneDNN runs bf16 matmuls through them,
+  about 2.5x fp32 per thread at MiniLM's shapes, benchmarks/roofline.py), or a CUDA device of compute capability 8.0
+  (Ampere) or later. Without them torch still runs bf16, but by converting to fp32 around each matmul: slower than
+  fp32, so auto keeps fp32. fp16 is never chosen: it needs a loss scaler and its range can overflow.
 
 - Autocast (torch.autocast) runs matmuls in bf16/fp16 while the parameters, optimizer state and loss stay fp32.
   bf16 keeps fp32's exponent range and needs no loss scaling; fp16 does.
@@ -31,14 +37,66 @@ from minitune.errors import CheckpointError, ParameterError
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+# CPU flags (as /proc/cpuinfo spells them) that mean bf16 matmuls in hardware.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """This CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16(device: str | torch.device, flags: frozenset[str] | None = None) -> tuple[bool, str]:
+    """(whether `device` multiplies bf16 natively, why), reading the CPU's `flags` (default: this machine's) or the
+    CUDA device's compute capability."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return False, "no CUDA device is visible"
+        major, minor = torch.cuda.get_device_capability(device)
+        name = torch.cuda.get_device_name(device)
+        if major >= 8:
+            return True, f"{name} (compute capability {major}.{minor}) has bf16 tensor cores"
+        return False, f"{name} (compute capability {major}.{minor}) has no bf16 tensor cores (8.0 or later)"
+    if device.type != "cpu":
+        return False, f"auto picks bf16 on CPUs and CUDA only, not on {device.type}"
+    flags = cpu_flags() if flags is None else flags
+    found = [f for f in BF16_CPU_FLAGS if f in flags]
+    if found:
+        return True, f"this CPU computes bf16 natively ({', '.join(found)})"
+    return False, f"this CPU has no native bf16 ({' or '.join(BF16_CPU_FLAGS)} not among its flags)"
+
+
+def choose_precision(
+    precision: str, device: str | torch.device, flags: frozenset[str] | None = None
+) -> tuple[str, str]:
+    """(the precision a run uses, why): `precision` as set, or for auto bf16 where `native_bf16` and fp32 elsewhere."""
+    if precision != "auto":
+        return precision, "set by `precision`"
+    native, why = native_bf16(device, flags)
+    return ("bf16", f"auto: {why}") if native else ("fp32", f"auto: {why}")
+
+
 def _device_type(device: str | torch.device) -> str:
     return torch.device(device).type
 
 
 def resolve_precision(precision: str, device: str | torch.device) -> torch.dtype:
-    """The autocast dtype for `precision` on this device, or a ParameterError saying what to use instead."""
+    """The autocast dtype for `precision` on this device (auto: `choose_precision`'s; a run resolves it once, in
+    inputs.prepare, and saves it), or a ParameterError saying what to use instead."""
+    if precision == "auto":
+        precision = choose_precision(precision, device)[0]
     if precision not in PRECISIONS:
-        raise ParameterError(f"`precision` {precision!r} is not a precision: use one of {', '.join(PRECISIONS)}")
+        raise ParameterError(
+            f"`precision` {precision!r} is not a precision: use auto or one of {', '.join(PRECISIONS)}"
+        )
     dtype = PRECISIONS[precision]
     device_type = _device_type(device)
     if dtype == torch.float32:

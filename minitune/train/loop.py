@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from minitune.checkpoints.atomic import atomic_write
 from minitune.config.sections import DistributedSettings, LoopSettings
 from minitune.train.adversarial import Adversary
-from minitune.train.amp import DynamicLossScaler
+from minitune.train.amp import DynamicLossScaler, choose_precision
 from minitune.train.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from minitune.train.distributed import (
     Silent,
@@ -316,21 +316,23 @@ def fit(
     signature: dict | None = None,
     distributed: DistributedSettings | None = None,
     judge: Callable[[int, int, float], str | None] | None = None,
+    score_start: bool = True,
 ) -> Fitted:
     """Train `model` in place; at the end it holds the best weights seen by `evaluate` (on cfg.metric).
 
     `evaluate(model)` returns (metrics, payload): the metrics select and are logged; the best evaluation's payload
     (e.g. the dev probabilities) comes back in the result. Evaluation (and a checkpoint) comes after every epoch, or
-    every `cfg.eval_every` steps, and once before the first step: the starting score, in state.start and as step 0
-    of metrics.jsonl, never the best. `resume` continues from out_dir/checkpoint (its settings must equal
+    every `cfg.eval_every` steps, and (`score_start`) once before the first step: the starting score, in state.start
+    and as step 0 of metrics.jsonl, never the best. `resume` continues from out_dir/checkpoint (its settings must equal
     `signature`), and evaluates the restored best weights again if their evaluation was in an earlier process.
     `judge(k, step, value)`, a search's pruner, sees the k-th evaluation and returns why to stop the run, or None."""
+    cfg = replace(cfg, precision=choose_precision(cfg.precision, device)[0])  # auto, once (a run: done already)
     run = dict(resume=resume, signature=signature or {}, distributed=distributed or DistributedSettings(), judge=judge)
     loop = Loop(model, loss_fn, data, evaluate, cfg, out_dir, device, run)
     stop = StopRequest()
     with stop:
         try:
-            if loop.state.start is None and loop.state.step == 0 and not resume and loop.total:
+            if score_start and loop.state.start is None and loop.state.step == 0 and not resume and loop.total:
                 loop.evaluate_start()
             _train_epochs(loop, stop)
             if loop.state.best is None or loop.state.last_eval_step != loop.state.step:
