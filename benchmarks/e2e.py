@@ -19,6 +19,9 @@ Modes:
 Results go to benchmarks/results/e2e.json (e2e_quick.json for --quick); each mode's section is replaced, others
 kept; a replaced "compare" section moves to "compare_history".
 Threads: OMP_NUM_THREADS (and MKL_NUM_THREADS) = --threads for every subprocess.
+minitune runs at its defaults of the day unless flags after `--` say otherwise: the runs logged in E2E.md before
+issue 28 had fp32 and random batches run unpadded; since then `precision` auto (bf16 on a CPU with native bf16) and
+bucketed batches (pass `-- --precision fp32 --padding dynamic` to repeat them). Full-size runs: fullsize.py.
 """
 
 from __future__ import annotations

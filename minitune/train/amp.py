@@ -2,9 +2,9 @@
 
 - `precision` auto (the default) is bf16 autocast where the hardware multiplies bf16 natively, fp32 elsewhere:
   a CPU whose flags name a bf16 instruction set (AVX512_BF16, AMX-BF16; oneDNN runs bf16 matmuls through them,
-  about 2.5x fp32 per thread at MiniLM's shapes, benchmarks/roofline.py), or a CUDA device of compute capability 8.0
-  (Ampere) or later. Without them torch still runs bf16, but by converting to fp32 around each matmul: slower than
-  fp32, so auto keeps fp32. fp16 is never chosen: it needs a loss scaler and its range can overflow.
+  about 2.2x fp32 per thread at MiniLM's shapes, benchmarks/roofline.py), or a CUDA device of compute capability 8.0
+  (Ampere) or later. Without them torch emulates bf16 products, not expected to beat fp32 (unmeasured here), so
+  auto keeps fp32. fp16 is never chosen: it needs a loss scaler and its range can overflow.
 
 - Autocast (torch.autocast) runs matmuls in bf16/fp16 while the parameters, optimizer state and loss stay fp32.
   bf16 keeps fp32's exponent range and needs no loss scaling; fp16 does.
