@@ -126,8 +126,9 @@ class DataSettings:
     padding: str = opt(
         None,
         "batching: random batches padded to max_length (fixed) or to their longest (dynamic; encoders run "
-        "padding-heavy ones unpadded), or length-bucketed batches, the default: on full humor and SemEval they "
-        "train fastest at the dev score of random batches (benchmarks/README.md)",
+        "padding-heavy ones unpadded), or length-bucketed batches, the default (an encoder's multiple choice: "
+        "dynamic): on full humor and SemEval they train fastest at the dev score of random batches "
+        "(benchmarks/README.md)",
         (None, "fixed", "dynamic", "bucketed"),
     )
     token_cache: str = opt(
