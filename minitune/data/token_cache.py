@@ -102,7 +102,6 @@ class TokenCache:
             self._write(new)
         hits = len(examples) - sum(1 for k in keys if k in missing)
         log.info("token cache %s: %d of %d examples read, %d tokenized", self.folder, hits, len(keys), len(missing))
-        self.last_hits = hits
         return [{"input_ids": self.rows[k][0], "token_type_ids": self.rows[k][1]} for k in keys]
 
     def _write(self, rows: dict[bytes, list]) -> None:
