@@ -35,7 +35,7 @@ from minitune.config.load import run_signature
 from minitune.config.sections import ModelSettings, RunConfig
 from minitune.data.augment import augmented_copies
 from minitune.data.batching import length_of, make_collate, make_sampler
-from minitune.data.features import oversample_rare, tokenize
+from minitune.data.features import open_cache, oversample_rare, tokenize
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE
 from minitune.data.long_text import CHUNK_KEY
 from minitune.data.sources import trained_on_text
@@ -168,11 +168,14 @@ def bi_encoder(model: ModelSettings, kind: str) -> bool:
 def features_for(cfg: RunConfig, task: TaskData, tokenizer, tokenized: dict | None) -> Callable[[list], list[dict]]:
     """examples -> features: those tokenized already (`tokenized`, by id), the others tokenized now."""
     bi, known = bi_encoder(cfg.model, task.kind), tokenized or {}
+    d, cache = cfg.data, None  # the token cache: opened (its shards read) at the first miss, kept for later calls
 
     def featurize(examples: list[Example]) -> list[dict]:
+        nonlocal cache
         missing = [ex for ex in examples if id(ex) not in known]
-        windows, cache = cfg.data.window_overlap(), cache_folder(cfg.data.token_cache)
-        fresh = tokenize(missing, tokenizer, task.kind, cfg.data.max_length, bi, windows, cache)
+        if missing and cache is None:
+            cache = open_cache(cache_folder(d.token_cache), tokenizer, task.kind, d.max_length, bi, d.window_overlap())
+        fresh = tokenize(missing, tokenizer, task.kind, d.max_length, bi, d.window_overlap(), cache)
         fresh = dict(zip(map(id, missing), fresh))
         return [known[id(ex)] if id(ex) in known else fresh[id(ex)] for ex in examples]
 

@@ -10,9 +10,10 @@ import pytest
 
 from minitune import load_tokenizer
 from minitune.cli import main
-from minitune.data.features import tokenize
+from minitune.data.features import open_cache, tokenize
 from minitune.data.kinds import MULTI_LABEL, MULTIPLE_CHOICE, SINGLE_LABEL
 from minitune.data.tasks import Example
+from minitune.data.token_cache import TokenCache
 
 TEXTS = [
     "why did the chicken cross the road",
@@ -39,6 +40,12 @@ def counting(tokenizer, monkeypatch):
     return asked
 
 
+def cached(exs, tokenizer, kind, max_length, folder, bi=False, chunk_overlap=None):
+    """tokenize through the cache in `folder`, opened afresh as a new run would."""
+    cache = open_cache(folder, tokenizer, kind, max_length, bi, chunk_overlap)
+    return tokenize(exs, tokenizer, kind, max_length, bi, chunk_overlap, cache)
+
+
 def examples(texts=TEXTS, **kw):
     return [Example(text=t, label=i % 2, **kw) for i, t in enumerate(texts)]
 
@@ -47,48 +54,49 @@ def test_hits_equal_fresh_tokenization_for_any_subset_and_order(tokenizer, tmp_p
     exs = examples()
     fresh = tokenize(exs, tokenizer, SINGLE_LABEL, 16)
     asked = counting(tokenizer, monkeypatch)
-    assert tokenize(exs, tokenizer, SINGLE_LABEL, 16, cache=tmp_path) == fresh
+    assert cached(exs, tokenizer, SINGLE_LABEL, 16, tmp_path) == fresh
     assert len(asked) == len(exs)
     asked.clear()
-    assert tokenize(exs, tokenizer, SINGLE_LABEL, 16, cache=tmp_path) == fresh
+    assert cached(exs, tokenizer, SINGLE_LABEL, 16, tmp_path) == fresh
     subset = [exs[3], exs[0]]  # another seed's subset, another fold's order
-    assert tokenize(subset, tokenizer, SINGLE_LABEL, 16, cache=tmp_path) == [fresh[3], fresh[0]]
+    assert cached(subset, tokenizer, SINGLE_LABEL, 16, tmp_path) == [fresh[3], fresh[0]]
     assert asked == []  # nothing tokenized again
     # labels come from the examples, not the cache: the same text with another label keeps its own
     relabelled = [Example(text=TEXTS[0], label=[1.0, 0.0])]
-    assert tokenize(relabelled, tokenizer, MULTI_LABEL, 16, cache=tmp_path)[0]["label"] == [1.0, 0.0]
+    assert cached(relabelled, tokenizer, MULTI_LABEL, 16, tmp_path)[0]["label"] == [1.0, 0.0]
     assert asked == []
 
 
 def test_each_key_change_tokenizes_again(tokenizer, tmp_path, monkeypatch):
     exs = examples()
-    tokenize(exs, tokenizer, SINGLE_LABEL, 16, cache=tmp_path)
+    cached(exs, tokenizer, SINGLE_LABEL, 16, tmp_path)
     asked = counting(tokenizer, monkeypatch)
     # another length setting: another folder, everything tokenized at the new length
-    longer = tokenize(exs, tokenizer, SINGLE_LABEL, 32, cache=tmp_path)
+    longer = cached(exs, tokenizer, SINGLE_LABEL, 32, tmp_path)
     assert len(asked) == len(exs) and longer == tokenize(exs, tokenizer, SINGLE_LABEL, 32)
     assert len(list(tmp_path.iterdir())) == 2
     asked.clear()
     # a changed file: only the changed text is tokenized
     changed = examples([*TEXTS[:2], TEXTS[2] + " Really.", *TEXTS[3:]])
-    assert tokenize(changed, tokenizer, SINGLE_LABEL, 16, cache=tmp_path) == tokenize(
-        changed, tokenizer, SINGLE_LABEL, 16
-    )
+    assert cached(changed, tokenizer, SINGLE_LABEL, 16, tmp_path) == tokenize(changed, tokenizer, SINGLE_LABEL, 16)
     assert asked[:1] == [TEXTS[2] + " Really."] and len([t for t in asked if t == TEXTS[2] + " Really."]) == 2
     # pairs are part of an example's key
     asked.clear()
     paired = [Example(text=TEXTS[0], pair="a second segment", label=0)]
-    got = tokenize(paired, tokenizer, SINGLE_LABEL, 16, cache=tmp_path)
+    got = cached(paired, tokenizer, SINGLE_LABEL, 16, tmp_path)
     assert got == tokenize(paired, tokenizer, SINGLE_LABEL, 16) and 1 in got[0]["token_type_ids"]
+    # a cache opened for other settings is refused, not read
+    with pytest.raises(ValueError, match="opened for"):
+        tokenize(exs, tokenizer, SINGLE_LABEL, 32, cache=open_cache(tmp_path, tokenizer, SINGLE_LABEL, 16))
 
 
 def test_another_tokenizer_does_not_read_this_ones_rows(tokenizer, tmp_path, monkeypatch):
     exs = examples()
-    tokenize(exs, tokenizer, SINGLE_LABEL, 16, cache=tmp_path)
+    cached(exs, tokenizer, SINGLE_LABEL, 16, tmp_path)
     other = load_tokenizer("minilm")
     other._tok.add_tokens(["chick"])  # a changed vocabulary: other ids for the same text
     asked = counting(other, monkeypatch)
-    got = tokenize(exs, other, SINGLE_LABEL, 16, cache=tmp_path)
+    got = cached(exs, other, SINGLE_LABEL, 16, tmp_path)
     assert len(asked) == len(exs) and got == tokenize(exs, other, SINGLE_LABEL, 16)
     assert got[0]["input_ids"] != tokenize(exs, tokenizer, SINGLE_LABEL, 16)[0]["input_ids"]
     assert len(list(tmp_path.iterdir())) == 2
@@ -103,9 +111,9 @@ def test_nested_layouts_round_trip(tokenizer, tmp_path, monkeypatch, layout):
         exs, kind = [Example(text=t, choices=options, label=1) for t in TEXTS[:3]], MULTIPLE_CHOICE
         kw = {"bi": layout == "bi"}
     fresh = tokenize(exs, tokenizer, kind, 16, **kw)
-    tokenize(exs, tokenizer, kind, 16, cache=tmp_path, **kw)
+    cached(exs, tokenizer, kind, 16, tmp_path, **kw)
     asked = counting(tokenizer, monkeypatch)
-    assert tokenize(exs, tokenizer, kind, 16, cache=tmp_path, **kw) == fresh and asked == []
+    assert cached(exs, tokenizer, kind, 16, tmp_path, **kw) == fresh and asked == []
     if layout == "windows":
         assert len(fresh[0]["input_ids"]) > 1 and fresh[0]["windows"] is True
 
@@ -113,17 +121,17 @@ def test_nested_layouts_round_trip(tokenizer, tmp_path, monkeypatch, layout):
 def test_a_damaged_shard_is_skipped_and_an_unwritable_folder_only_warns(tokenizer, tmp_path, caplog, monkeypatch):
     exs = examples()
     fresh = tokenize(exs, tokenizer, SINGLE_LABEL, 16)
-    tokenize(exs, tokenizer, SINGLE_LABEL, 16, cache=tmp_path)
+    cached(exs, tokenizer, SINGLE_LABEL, 16, tmp_path)
     (shard,) = list(tmp_path.glob("*/*.npz"))
     shard.write_bytes(shard.read_bytes()[:50])  # a torn write from some other tool
     with caplog.at_level(logging.WARNING, logger="minitune"):
-        assert tokenize(exs, tokenizer, SINGLE_LABEL, 16, cache=tmp_path) == fresh
+        assert cached(exs, tokenizer, SINGLE_LABEL, 16, tmp_path) == fresh
     assert "token cache: skipped" in caplog.text
     caplog.clear()
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
     with caplog.at_level(logging.WARNING, logger="minitune"):
-        assert tokenize(exs, tokenizer, SINGLE_LABEL, 16, cache=blocked) == fresh
+        assert cached(exs, tokenizer, SINGLE_LABEL, 16, blocked) == fresh
     assert "could not write" in caplog.text
 
 
@@ -131,14 +139,18 @@ def test_runs_and_seed_members_reuse_the_cache_and_off_writes_none(tmp_path, dat
     cache = tmp_path / "cache"
     base = ["--task", "humor", "--model", "ffnn", "--data-dir", str(data_dir), "--max-train-samples", "40"]
     base += ["--max-eval-samples", "20", "--epochs", "1", "--max-length", "24", "--token-cache", str(cache)]
+    reads = []  # the cache is opened (its shards read) once per fine-tune, for train and dev together
+    monkeypatch.setattr(TokenCache, "_read", lambda self, _real=TokenCache._read: reads.append(1) or _real(self))
     with caplog.at_level(logging.INFO, logger="minitune"):
         assert main([*base, "--output-dir", str(tmp_path / "a")]) == 0
-    assert "0 of 40 examples read, 40 tokenized" in caplog.text
+    assert "0 of 40 examples read, 40 tokenized" in caplog.text and "0 of 20 examples read" in caplog.text
+    assert len(reads) == 1
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="minitune"):  # two seed members: other subsets of the same files
         assert main([*base, "--output-dir", str(tmp_path / "b"), "--seeds", "42", "43"]) == 0
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("token cache")]
     assert lines and "20 of 20 examples read, 0 tokenized" in lines[1]  # dev: the first run's
+    assert len(reads) == 1 + 2  # the first run, then one per member
     assert all("tokenized" in line for line in lines)
     seed_42 = [line for line in lines if "40 of 40 examples read" in line]
     assert seed_42  # seed 42's subset is the first run's

@@ -25,12 +25,12 @@ def tokenize(
     max_length: int,
     bi: bool = False,
     chunk_overlap: int | None = None,
-    cache: Path | None = None,
+    cache: TokenCache | None = None,
 ) -> list[dict]:
     """`bi` (multiple choice for a bi-encoder): row 0 is the query alone and rows 1..C the options alone, so the
     model embeds each text separately (models/pooling.bi_scores). `chunk_overlap` set: each text whole, as
-    overlapping windows (data/long_text.py); None: truncated to max_length. `cache`: a folder of tokenized texts
-    (data/token_cache.py) to read from and add to."""
+    overlapping windows (data/long_text.py); None: truncated to max_length. `cache`: tokenized texts to read from
+    and add to, opened by open_cache with the same settings."""
 
     def encode(some: list[Example]) -> list[dict]:
         if chunk_overlap is not None:
@@ -43,8 +43,9 @@ def tokenize(
     if cache is None or not examples:
         encoded = encode(list(examples))
     else:
-        layout = {"max_length": max_length, "overlap": chunk_overlap, "choices": kind == MULTIPLE_CHOICE, "bi": bi}
-        encoded = TokenCache(cache, tokenizer, layout).encode(examples, encode)
+        if cache.layout != _layout(kind, max_length, bi, chunk_overlap):
+            raise ValueError(f"the token cache was opened for {cache.layout}, not for these settings")
+        encoded = cache.encode(examples, encode)
     features = []
     for ex, enc in zip(examples, encoded):
         f = {"input_ids": enc["input_ids"], "token_type_ids": enc["token_type_ids"]}
@@ -54,6 +55,18 @@ def tokenize(
             f["label"] = [float(v) for v in ex.label] if kind == MULTI_LABEL else int(ex.label)
         features.append(f)
     return features
+
+
+def open_cache(
+    folder: Path | None, tokenizer, kind: str, max_length: int, bi: bool = False, chunk_overlap: int | None = None
+) -> TokenCache | None:
+    """The token cache (data/token_cache.py) in `folder` for tokenize with these settings; None: no cache. Open it
+    once per run: opening reads every shard of its folder."""
+    return None if folder is None else TokenCache(folder, tokenizer, _layout(kind, max_length, bi, chunk_overlap))
+
+
+def _layout(kind: str, max_length: int, bi: bool, chunk_overlap: int | None) -> dict:
+    return {"max_length": max_length, "overlap": chunk_overlap, "choices": kind == MULTIPLE_CHOICE, "bi": bi}
 
 
 def _bi_feature(ex: Example, tokenizer, max_length: int) -> dict:

@@ -7,10 +7,11 @@ is found by the hash of what the tokenizer reads of it (text, pair, options), so
 data set finds its rows; a changed file changes the changed rows' hashes only. Another tokenizer or length setting is
 another folder: nothing stale is ever read.
 
-Each run that tokenized something new adds one shard, `<hash of its rows>.npz`, written to a temporary name and
-renamed, so concurrent writers (sweep workers, torchrun ranks) never see half a file and never overwrite each other's.
-Shards hold integer arrays only and are read with allow_pickle=False. A shard that does not read (a torn disk, a
-foreign file) is skipped with a warning; a folder that cannot be written costs a warning, not the run.
+A run opens the cache once (data/features.open_cache), which reads every shard; each call that tokenized something
+new adds one shard, `<hash of its rows>.npz`, written to a temporary name and renamed, so concurrent writers (sweep
+workers, torchrun ranks) never see half a file and never overwrite each other's. Shards hold integer arrays only
+and are read with allow_pickle=False. A shard that does not read (a torn disk, a foreign file) is skipped with a
+warning; a folder that cannot be written costs a warning, not the run.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def example_key(ex) -> bytes:
 
 
 class TokenCache:
-    """The cached encodings of one tokenizer at one length setting and layout (see the module docstring)."""
+    """The cached encodings of one tokenizer at one length setting and layout (see the module docstring). Shards stay
+    as their arrays (a few bytes a token); a row becomes lists of ids only when an example asks for it."""
 
     def __init__(self, root: Path, tokenizer, layout: dict):
         name = hashlib.sha256(
@@ -74,7 +76,8 @@ class TokenCache:
         ).hexdigest()[:24]
         self.folder = Path(root) / name
         self.layout = layout
-        self.rows: dict[bytes, list] = {}
+        self.shards: list[_Shard] = []
+        self.index: dict[bytes, tuple[int, int]] = {}  # example key -> (shard, row)
         self._read()
 
     def _read(self) -> None:
@@ -83,9 +86,14 @@ class TokenCache:
         for shard in sorted(self.folder.glob("*.npz")):
             try:
                 with np.load(shard, allow_pickle=False) as z:
-                    self.rows.update(_unpack(z))
+                    self._add(_Shard({k: z[k] for k in ("keys", "counts", "lengths", "ids", "types")}))
             except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile) as err:
                 log.warning("token cache: skipped %s (%s); delete it if it stays", shard, err)
+
+    def _add(self, shard: _Shard) -> None:
+        n = len(self.shards)
+        self.shards.append(shard)
+        self.index.update((key, (n, row)) for row, key in enumerate(shard.keys))
 
     def encode(self, examples: Sequence, encode: Callable[[list], list[dict]]) -> list[dict]:
         """Each example's encoding ({"input_ids", "token_type_ids"}, lists or per-choice lists of ids): from the
@@ -93,19 +101,18 @@ class TokenCache:
         keys = [example_key(ex) for ex in examples]
         missing = {}
         for key, ex in zip(keys, examples):
-            if key not in self.rows:
+            if key not in self.index:
                 missing.setdefault(key, ex)
         if missing:
             fresh = encode(list(missing.values()))
-            new = {k: [f["input_ids"], f["token_type_ids"]] for k, f in zip(missing, fresh)}
-            self.rows.update(new)
-            self._write(new)
+            arrays = _pack({k: [f["input_ids"], f["token_type_ids"]] for k, f in zip(missing, fresh)})
+            self._add(_Shard(arrays))
+            self._write(arrays)
         hits = len(examples) - sum(1 for k in keys if k in missing)
         log.info("token cache %s: %d of %d examples read, %d tokenized", self.folder, hits, len(keys), len(missing))
-        return [{"input_ids": self.rows[k][0], "token_type_ids": self.rows[k][1]} for k in keys]
+        return [self.shards[i].row(r) for i, r in map(self.index.__getitem__, keys)]
 
-    def _write(self, rows: dict[bytes, list]) -> None:
-        arrays = _pack(rows)
+    def _write(self, arrays: dict[str, np.ndarray]) -> None:
         name = hashlib.sha256(arrays["keys"].tobytes()).hexdigest()[:24] + ".npz"
         tmp = self.folder / f".{name}.{os.getpid()}.tmp"
         try:
@@ -142,20 +149,27 @@ def _pack(rows: dict[bytes, list]) -> dict[str, np.ndarray]:
     }
 
 
-def _unpack(z) -> dict[bytes, list]:
-    keys, counts, lengths = z["keys"], z["counts"].tolist(), z["lengths"].tolist()
-    ids, types = z["ids"].tolist(), z["types"].tolist()
-    if keys.ndim != 2 or len(keys) != len(counts) or sum(lengths) != len(ids) or len(ids) != len(types):
-        raise ValueError("inconsistent arrays")
-    out, seq, pos = {}, 0, 0
-    for key, count in zip(keys, counts):
-        seqs, tseqs = [], []
-        for _ in range(max(count, 1)):
-            n = lengths[seq]
-            seqs.append(ids[pos : pos + n])
-            tseqs.append(types[pos : pos + n])
-            seq, pos = seq + 1, pos + n
-        out[key.tobytes()] = [seqs, tseqs] if count else [seqs[0], tseqs[0]]
-    if seq != len(lengths):
-        raise ValueError("inconsistent arrays")
-    return out
+class _Shard:
+    """One shard's arrays (as _pack lays them out), checked, with where each row's sequences start."""
+
+    def __init__(self, a: dict[str, np.ndarray]):
+        keys, counts, lengths = a["keys"], a["counts"].astype(np.int64), a["lengths"].astype(np.int64)
+        self.ids, self.types = a["ids"], a["types"]
+        seqs = np.maximum(counts, 1)  # a plain row (count 0) is one sequence
+        if keys.ndim != 2 or len(keys) != len(counts) or seqs.sum() != len(lengths):
+            raise ValueError("inconsistent arrays")
+        if lengths.sum() != len(self.ids) or len(self.ids) != len(self.types) or (lengths < 0).any():
+            raise ValueError("inconsistent arrays")
+        self.keys = [k.tobytes() for k in keys]
+        self.counts = counts.tolist()
+        self.first_seq = np.concatenate([[0], np.cumsum(seqs)]).tolist()  # row -> its first sequence
+        self.starts = np.concatenate([[0], np.cumsum(lengths)]).tolist()  # sequence -> its first id
+
+    def row(self, r: int) -> dict:
+        """Row r as an encoding: plain lists of ids, or one list per option or window."""
+        spans = [(self.starts[q], self.starts[q + 1]) for q in range(self.first_seq[r], self.first_seq[r + 1])]
+        ids = [self.ids[a:b].tolist() for a, b in spans]
+        types = [self.types[a:b].tolist() for a, b in spans]
+        if self.counts[r]:
+            return {"input_ids": ids, "token_type_ids": types}
+        return {"input_ids": ids[0], "token_type_ids": types[0]}

@@ -38,7 +38,7 @@ from minitune.checkpoints.rundir import (
 )
 from minitune.checkpoints.runlock import drop_checkpoints
 from minitune.config.sections import RunConfig
-from minitune.data.features import tokenize
+from minitune.data.features import open_cache, tokenize
 from minitune.data.splits import selection_split, subsample
 from minitune.data.tasks import Example, TaskData, label_array
 from minitune.data.token_cache import cache_folder
@@ -157,7 +157,8 @@ def _shared_features(cfg: RunConfig, task: TaskData, tokenizer, sets: list[list[
     bi = bi_encoder(cfg.model, task.kind)
     every = [ex for examples in sets for ex in examples]
     d = cfg.data
-    features = tokenize(every, tokenizer, task.kind, d.max_length, bi, d.window_overlap(), cache_folder(d.token_cache))
+    cache = open_cache(cache_folder(d.token_cache), tokenizer, task.kind, d.max_length, bi, d.window_overlap())
+    features = tokenize(every, tokenizer, task.kind, d.max_length, bi, d.window_overlap(), cache)
     return dict(zip(map(id, every), features))
 
 
