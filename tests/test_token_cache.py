@@ -6,6 +6,7 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from minitune import load_tokenizer
@@ -100,6 +101,9 @@ def test_another_tokenizer_does_not_read_this_ones_rows(tokenizer, tmp_path, mon
     assert len(asked) == len(exs) and got == tokenize(exs, other, SINGLE_LABEL, 16)
     assert got[0]["input_ids"] != tokenize(exs, tokenizer, SINGLE_LABEL, 16)[0]["input_ids"]
     assert len(list(tmp_path.iterdir())) == 2
+    # a cache opened for one tokenizer is refused with another: it would write the other's ids into its folder
+    with pytest.raises(ValueError, match="another tokenizer"):
+        tokenize(exs, other, SINGLE_LABEL, 16, cache=open_cache(tmp_path, tokenizer, SINGLE_LABEL, 16))
 
 
 @pytest.mark.parametrize("layout", ["choices", "bi", "windows"])
@@ -116,6 +120,35 @@ def test_nested_layouts_round_trip(tokenizer, tmp_path, monkeypatch, layout):
     assert cached(exs, tokenizer, kind, 16, tmp_path, **kw) == fresh and asked == []
     if layout == "windows":
         assert len(fresh[0]["input_ids"]) > 1 and fresh[0]["windows"] is True
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"counts": -1},  # would read a plain row as a list of sequences
+        {"counts": 1},  # a nested row in a plain cache
+        {"ids": lambda a: a[:, None]},  # 2-D ids: rows of one-id lists
+        {"ids": lambda a: a.astype(np.float32)},  # float ids compare equal to ints, and are not ids
+        {"counts": lambda a: np.int32(0)},  # 0-d
+        {"lengths": lambda a: -a},
+        {"keys": lambda a: a[:-1]},
+    ],
+)
+def test_a_shard_with_inconsistent_arrays_is_skipped(tokenizer, tmp_path, caplog, damage):
+    exs = examples()
+    fresh = tokenize(exs, tokenizer, SINGLE_LABEL, 16)
+    cached(exs, tokenizer, SINGLE_LABEL, 16, tmp_path)
+    (shard,) = list(tmp_path.glob("*/*.npz"))
+    with np.load(shard) as z:
+        arrays = {k: z[k] for k in z.files}
+    for name, change in damage.items():
+        arrays[name] = change(arrays[name]) if callable(change) else np.full_like(arrays[name], change)
+    with open(shard, "wb") as f:
+        np.savez(f, **arrays)
+    with caplog.at_level(logging.WARNING, logger="minitune"):
+        got = cached(exs, tokenizer, SINGLE_LABEL, 16, tmp_path)
+    assert "token cache: skipped" in caplog.text
+    assert got == fresh and all(type(i) is int for f in got for i in f["input_ids"])
 
 
 def test_a_damaged_shard_is_skipped_and_an_unwritable_folder_only_warns(tokenizer, tmp_path, caplog, monkeypatch):

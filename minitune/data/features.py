@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from minitune.data.long_text import window_features
+from minitune.data.long_text import window_encodings
 from minitune.data.tasks import MULTI_LABEL, MULTIPLE_CHOICE, Example
-from minitune.data.token_cache import TokenCache
+from minitune.data.token_cache import TokenCache, tokenizer_fingerprint
 
 
 def tokenize(
@@ -34,7 +34,7 @@ def tokenize(
 
     def encode(some: list[Example]) -> list[dict]:
         if chunk_overlap is not None:
-            return window_features(some, tokenizer, kind, max_length, chunk_overlap)
+            return window_encodings([ex.text for ex in some], tokenizer, max_length, chunk_overlap)
         if kind == MULTIPLE_CHOICE:
             return [(_bi_feature if bi else _choice_feature)(ex, tokenizer, max_length) for ex in some]
         pairs = [ex.pair for ex in some] if some and some[0].pair is not None else None
@@ -43,8 +43,12 @@ def tokenize(
     if cache is None or not examples:
         encoded = encode(list(examples))
     else:
-        if cache.layout != _layout(kind, max_length, bi, chunk_overlap):
-            raise ValueError(f"the token cache was opened for {cache.layout}, not for these settings")
+        same = (cache.tokenizer, cache.layout) == (
+            tokenizer_fingerprint(tokenizer),
+            _layout(kind, max_length, bi, chunk_overlap),
+        )
+        if not same:  # its rows would be another encoding's, and this call's would be written into its folder
+            raise ValueError(f"the token cache was opened for another tokenizer or other settings ({cache.layout})")
         encoded = cache.encode(examples, encode)
     features = []
     for ex, enc in zip(examples, encoded):
@@ -60,8 +64,8 @@ def tokenize(
 def open_cache(
     folder: Path | None, tokenizer, kind: str, max_length: int, bi: bool = False, chunk_overlap: int | None = None
 ) -> TokenCache | None:
-    """The token cache (data/token_cache.py) in `folder` for tokenize with these settings; None: no cache. Open it
-    once per run: opening reads every shard of its folder."""
+    """The token cache (data/token_cache.py) in `folder` for tokenize with this tokenizer and these settings; None:
+    no cache. Opening reads every shard of its folder, so a fine-tune opens it once for all its sets."""
     return None if folder is None else TokenCache(folder, tokenizer, _layout(kind, max_length, bi, chunk_overlap))
 
 

@@ -23,9 +23,6 @@ from collections.abc import Sequence
 
 import torch
 
-from minitune.data.examples import Example
-from minitune.data.kinds import MULTI_LABEL
-
 LONG_TEXT = ("truncate", "chunk")
 # In a saved model's config.json: it was trained on windows, {"max_length": window tokens, "overlap": tokens}.
 CHUNK_KEY = "minitune_chunk"
@@ -36,20 +33,14 @@ def chunk_overlap_of(hf_config: dict) -> int | None:
     return (hf_config.get(CHUNK_KEY) or {}).get("overlap")
 
 
-def window_features(examples: Sequence[Example], tokenizer, kind: str, max_length: int, overlap: int) -> list[dict]:
-    """One feature per text: "input_ids" and "token_type_ids" hold a list of windows, "windows" says so."""
-    encoded = tokenizer.encode_windows([ex.text for ex in examples], max_length, overlap)
-    features = []
-    for ex, windows in zip(examples, encoded):
-        f = {
-            "input_ids": [w["input_ids"] for w in windows],
-            "token_type_ids": [w["token_type_ids"] for w in windows],
-            "windows": True,
-        }
-        if ex.label is not None:
-            f["label"] = [float(v) for v in ex.label] if kind == MULTI_LABEL else int(ex.label)
-        features.append(f)
-    return features
+def window_encodings(texts: Sequence[str], tokenizer, max_length: int, overlap: int) -> list[dict]:
+    """One encoding per text: "input_ids" and "token_type_ids" hold a list of windows (data/features.tokenize adds
+    the label and marks the feature as windows)."""
+    encoded = tokenizer.encode_windows(list(texts), max_length, overlap)
+    return [
+        {"input_ids": [w["input_ids"] for w in windows], "token_type_ids": [w["token_type_ids"] for w in windows]}
+        for windows in encoded
+    ]
 
 
 def pool_windows(logits: torch.Tensor, batch: dict) -> torch.Tensor:

@@ -7,11 +7,12 @@ is found by the hash of what the tokenizer reads of it (text, pair, options), so
 data set finds its rows; a changed file changes the changed rows' hashes only. Another tokenizer or length setting is
 another folder: nothing stale is ever read.
 
-A run opens the cache once (data/features.open_cache), which reads every shard; each call that tokenized something
-new adds one shard, `<hash of its rows>.npz`, written to a temporary name and renamed, so concurrent writers (sweep
-workers, torchrun ranks) never see half a file and never overwrite each other's. Shards hold integer arrays only
-and are read with allow_pickle=False. A shard that does not read (a torn disk, a foreign file) is skipped with a
-warning; a folder that cannot be written costs a warning, not the run.
+A fine-tune opens the cache once for all its sets (data/features.open_cache), which reads every shard; each call
+that tokenized something new adds one shard, `<hash of its rows>.npz`, written to a temporary name and renamed, so
+concurrent writers (sweep workers, torchrun ranks) never see half a file and never overwrite each other's. Shards
+hold integer arrays only and are read with allow_pickle=False. A shard that does not read (a torn disk, a foreign
+file) or whose arrays do not fit together is skipped with a warning; a folder that cannot be written costs a
+warning, not the run.
 """
 
 from __future__ import annotations
@@ -68,14 +69,14 @@ def example_key(ex) -> bytes:
 
 class TokenCache:
     """The cached encodings of one tokenizer at one length setting and layout (see the module docstring). Shards stay
-    as their arrays (a few bytes a token); a row becomes lists of ids only when an example asks for it."""
+    as their arrays (~9 bytes a token, plus an index entry a row); a row becomes lists of ids only when asked for."""
 
     def __init__(self, root: Path, tokenizer, layout: dict):
-        name = hashlib.sha256(
-            json.dumps([VERSION, tokenizer_fingerprint(tokenizer), layout], sort_keys=True).encode()
-        ).hexdigest()[:24]
+        self.tokenizer = tokenizer_fingerprint(tokenizer)
+        name = hashlib.sha256(json.dumps([VERSION, self.tokenizer, layout], sort_keys=True).encode()).hexdigest()[:24]
         self.folder = Path(root) / name
         self.layout = layout
+        self.nested = bool(layout.get("choices") or layout.get("overlap") is not None)  # rows of several sequences
         self.shards: list[_Shard] = []
         self.index: dict[bytes, tuple[int, int]] = {}  # example key -> (shard, row)
         self._read()
@@ -86,8 +87,8 @@ class TokenCache:
         for shard in sorted(self.folder.glob("*.npz")):
             try:
                 with np.load(shard, allow_pickle=False) as z:
-                    self._add(_Shard({k: z[k] for k in ("keys", "counts", "lengths", "ids", "types")}))
-            except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile) as err:
+                    self._add(_Shard({k: z[k] for k in ("keys", "counts", "lengths", "ids", "types")}, self.nested))
+            except (OSError, ValueError, TypeError, KeyError, IndexError, EOFError, zipfile.BadZipFile) as err:
                 log.warning("token cache: skipped %s (%s); delete it if it stays", shard, err)
 
     def _add(self, shard: _Shard) -> None:
@@ -106,7 +107,7 @@ class TokenCache:
         if missing:
             fresh = encode(list(missing.values()))
             arrays = _pack({k: [f["input_ids"], f["token_type_ids"]] for k, f in zip(missing, fresh)})
-            self._add(_Shard(arrays))
+            self._add(_Shard(arrays, self.nested))
             self._write(arrays)
         hits = len(examples) - sum(1 for k in keys if k in missing)
         log.info("token cache %s: %d of %d examples read, %d tokenized", self.folder, hits, len(keys), len(missing))
@@ -150,15 +151,19 @@ def _pack(rows: dict[bytes, list]) -> dict[str, np.ndarray]:
 
 
 class _Shard:
-    """One shard's arrays (as _pack lays them out), checked, with where each row's sequences start."""
+    """One shard's arrays (as _pack lays them out), checked, with where each row's sequences start. `nested`: the
+    cache's rows hold one sequence per option or window; a plain cache's rows must all be plain (count 0)."""
 
-    def __init__(self, a: dict[str, np.ndarray]):
+    def __init__(self, a: dict[str, np.ndarray], nested: bool):
+        flat = (a[k] for k in ("counts", "lengths", "ids", "types"))
+        if a["keys"].ndim != 2 or any(v.ndim != 1 or v.dtype.kind not in "iu" for v in flat):
+            raise ValueError("arrays of the wrong shape or type")
         keys, counts, lengths = a["keys"], a["counts"].astype(np.int64), a["lengths"].astype(np.int64)
         self.ids, self.types = a["ids"], a["types"]
         seqs = np.maximum(counts, 1)  # a plain row (count 0) is one sequence
-        if keys.ndim != 2 or len(keys) != len(counts) or seqs.sum() != len(lengths):
+        if len(keys) != len(counts) or seqs.sum() != len(lengths) or (counts < 0).any() or (lengths < 0).any():
             raise ValueError("inconsistent arrays")
-        if lengths.sum() != len(self.ids) or len(self.ids) != len(self.types) or (lengths < 0).any():
+        if lengths.sum() != len(self.ids) or len(self.ids) != len(self.types) or (not nested and counts.any()):
             raise ValueError("inconsistent arrays")
         self.keys = [k.tobytes() for k in keys]
         self.counts = counts.tolist()
