@@ -1,20 +1,25 @@
 #!/usr/bin/env python
-"""Attention under CPU bf16 autocast: torch's bf16 kernel against the same attention computed in fp32
-(models/attention.sdpa, what minitune does on a CPU without AMX tiles).
+"""Attention under CPU bf16 autocast: torch's bf16 kernel against the same attention computed in fp32 (q, k, v cast
+up, autocast off inside, the output cast back to bf16). Tried in issue 28 as a way past the bf16 attention kernel's
+slowness on a CPU without AMX, and not kept: see benchmarks/README.md, "Attention in fp32 under bf16 autocast".
 
-    OMP_NUM_THREADS=1 python -m benchmarks.cpu_attention            # ~3 min
-    OMP_NUM_THREADS=1 python -m benchmarks.cpu_attention --quick    # seconds (tested)
+    OMP_NUM_THREADS=1 python -m benchmarks.cpu_attention                 # ~3 min
+    OMP_NUM_THREADS=1 python -m benchmarks.cpu_attention --scale 4       # texts four times humor's length
+    OMP_NUM_THREADS=1 python -m benchmarks.cpu_attention --quick         # seconds (tested)
 
-1. The kernel alone, forward and backward, at MiniLM's heads (12 x 32) over 32 sequences of 32, 64 and 128 tokens.
-2. MiniLM-shaped training steps (random weights, roofline.py's builders and timing) on the same bucketed batches of
-   humor's lengths, bf16 autocast, with attention in bf16 and in fp32, rounds alternating so that drift in the
-   machine's speed falls on both; transformers' model (sdpa) on the same batches for reference.
-Results: benchmarks/results/cpu_attention.json and a markdown table on stdout.
+1. The kernel alone, forward and backward, no dropout, at MiniLM's heads (12 x 32) over 32 sequences of 32, 64 and
+   128 tokens.
+2. MiniLM-shaped training steps (random weights, roofline.py's builders and timing, MiniLM's attention dropout 0.1)
+   and inference forwards (eval mode, batches of 64) on bucketed batches of humor's lengths, bf16 autocast, with
+   minitune's attention in bf16 and in fp32, rounds alternating so that drift in the machine's speed falls on both;
+   transformers' model (sdpa) on the same training batches for reference.
+Results: benchmarks/results/cpu_attention.json (--out) and markdown tables on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -22,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from roofline import (  # noqa: E402
@@ -35,41 +41,79 @@ from roofline import (  # noqa: E402
     time_train_steps,
 )
 
-from minitune.models import attention  # noqa: E402
-
 ROOT = Path(__file__).resolve().parents[1]
+KERNEL = F.scaled_dot_product_attention
 
 
-def kernel_row(t: int, in_fp32: bool, repeats: int, batch: int = 32, heads: int = 12, dim: int = 32) -> float:
+def in_fp32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kw) -> torch.Tensor:
+    """The kernel on fp32 copies of q, k, v with autocast off, the output in bf16 (what autocast would return)."""
+    if not torch.is_autocast_enabled("cpu"):
+        return KERNEL(q, k, v, **kw)
+    mask = kw.get("attn_mask")
+    if mask is not None and mask.is_floating_point():
+        kw["attn_mask"] = mask.float()
+    with torch.autocast("cpu", enabled=False):
+        return KERNEL(q.float(), k.float(), v.float(), **kw).to(torch.bfloat16)
+
+
+@contextlib.contextmanager
+def attention_in(precision: str):
+    """Every scaled_dot_product_attention call inside computes in `precision` (bf16: torch's kernel as it is)."""
+    F.scaled_dot_product_attention = in_fp32 if precision == "fp32" else KERNEL
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = KERNEL
+
+
+def kernel_seconds(t: int, precision: str, repeats: int, batch: int = 32, heads: int = 12, dim: int = 32) -> float:
     """Best seconds of one forward + backward of attention over (batch, heads, t, dim) under bf16 autocast."""
     g = torch.Generator().manual_seed(t)
     q, k, v = (torch.randn(batch, heads, t, dim, generator=g).requires_grad_() for _ in range(3))
-    attention.cpu_attention_in_fp32 = lambda: in_fp32
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            y = attention.sdpa(q, k, v)
+        with attention_in(precision), torch.autocast("cpu", dtype=torch.bfloat16):
+            y = F.scaled_dot_product_attention(q, k, v)
         y.float().sum().backward()
         best = min(best, time.perf_counter() - t0)
     return best
 
 
-def step_rows(args) -> dict:
-    lens = batch_lengths(humor_lengths(), "bucketed", args.warmup + args.steps, args.batch, seed=1)
-    lens = [[max(2, x // args.shrink) for x in ls] for ls in lens]
-    batches = [make_batch(ls, MINILM["vocab_size"], (2, "single"), torch.device("cpu"), i) for i, ls in enumerate(lens)]
+def forward_seconds(model, batches: list[dict]) -> float:
+    model.eval()
+    t0 = time.perf_counter()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for b in batches:
+            model(b["input_ids"], b["attention_mask"])
+    return (time.perf_counter() - t0) / len(batches)
+
+
+def batches_of(args, batch: int, n: int, seed: int) -> list[dict]:
+    lens = batch_lengths(humor_lengths(), "bucketed", n, batch, seed=seed)
+    lens = [[min(512, max(2, int(x * args.scale) // args.shrink)) for x in ls] for ls in lens]
+    return [make_batch(ls, MINILM["vocab_size"], (2, "single"), torch.device("cpu"), i) for i, ls in enumerate(lens)]
+
+
+def model_rows(args) -> dict:
+    train = batches_of(args, args.batch, args.warmup + args.steps, seed=1)
+    infer = batches_of(args, 2 * args.batch, args.steps, seed=2)
     torch.manual_seed(0)
     ours, theirs = build_minitune(MINILM, 2), build_transformers(MINILM, 2)[0]
-    times: dict[str, list[float]] = {"minitune, attention bf16": [], "minitune, attention fp32": [], "transformers": []}
+    rows = ("train, attention bf16", "train, attention fp32", "train, transformers", "infer, attention bf16")
+    times: dict[str, list[float]] = {name: [] for name in (*rows, "infer, attention fp32")}
     for _ in range(args.rounds):
         for name in times:
-            attention.cpu_attention_in_fp32 = lambda name=name: name.endswith("fp32")
-            model, stack = (theirs, "transformers") if name == "transformers" else (ours, "minitune")
-            r = time_train_steps(model, stack, batches, torch.bfloat16, args.warmup, torch.device("cpu"))
-            times[name].append(r["total_s"] / r["steps"])
+            precision = "fp32" if name.endswith("fp32") else "bf16"
+            with attention_in(precision):
+                if name.startswith("infer"):
+                    times[name].append(forward_seconds(ours, infer))
+                    continue
+                model, stack = (theirs, "transformers") if name.endswith("transformers") else (ours, "minitune")
+                r = time_train_steps(model, stack, train, torch.bfloat16, args.warmup, torch.device("cpu"))
+                times[name].append(r["total_s"] / r["steps"])
     return {
-        name: {"step_s_per_round": [round(x, 4) for x in ts], "median_step_s": statistics.median(ts)}
+        name: {"seconds_per_round": [round(x, 4) for x in ts], "median_s": statistics.median(ts)}
         for name, ts in times.items()
     }
 
@@ -77,38 +121,40 @@ def step_rows(args) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="short sequences and few steps: seconds, a check of the code")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--steps", type=int, default=8)
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--scale", type=float, default=1.0, help="stretch humor's lengths (longer texts)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     args.shrink, lengths, repeats = (8, [8, 16], 2) if args.quick else (1, [32, 64, 128], 5)
     if args.quick:
         args.rounds, args.steps, args.batch = 1, 1, 4
-    rule = attention.cpu_attention_in_fp32
-    try:  # each row sets the rule; the module's own comes back after
-        kernel = {t: {p: kernel_row(t, p == "fp32", repeats) for p in ("bf16", "fp32")} for t in lengths}
-        steps = step_rows(args)
-    finally:
-        attention.cpu_attention_in_fp32 = rule
-    base = steps["minitune, attention bf16"]["median_step_s"]
+    kernel = {t: {p: kernel_seconds(t, p, repeats) for p in ("bf16", "fp32")} for t in lengths}
+    models = model_rows(args)
     doc = {
         "machine": machine(),
         "kernel_fwd_bwd_s": {str(t): r | {"bf16_over_fp32": r["bf16"] / r["fp32"]} for t, r in kernel.items()},
-        "steps": {k: v | {"vs_attention_bf16": base / v["median_step_s"]} for k, v in steps.items()},
+        "model_s": models,
+        "fp32_speedup": {
+            what: models[f"{what}, attention bf16"]["median_s"] / models[f"{what}, attention fp32"]["median_s"]
+            for what in ("train", "infer")
+        },
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
     }
     lines = ["| tokens per sequence | bf16 kernel s | fp32 s | bf16 / fp32 |", "|---:|---:|---:|---:|"]
     lines += [f"| {t} | {r['bf16']:.4f} | {r['fp32']:.4f} | {r['bf16'] / r['fp32']:.2f}x |" for t, r in kernel.items()]
-    lines += ["", "| MiniLM train step, bf16 autocast, bucketed humor batches | median s | speed vs attention bf16 |"]
-    lines += ["|---|---:|---:|"]
-    lines += [f"| {k} | {v['median_step_s']:.3f} | {v['vs_attention_bf16']:.2f}x |" for k, v in doc["steps"].items()]
+    lines += ["", f"| MiniLM, bf16 autocast, humor's lengths x{args.scale:g} | median s per batch |", "|---|---:|"]
+    lines += [f"| {k} | {v['median_s']:.3f} |" for k, v in models.items()]
+    lines += [
+        "",
+        "fp32 attention speed-up: " + ", ".join(f"{k} {v:.2f}x" for k, v in doc["fp32_speedup"].items()),
+    ]
     print("\n".join(lines))
-    out = args.out or ROOT / "benchmarks" / "results" / (
-        "cpu_attention.quick.json" if args.quick else "cpu_attention.json"
-    )
+    name = "cpu_attention.quick.json" if args.quick else "cpu_attention.json"
+    out = args.out or ROOT / "benchmarks" / "results" / name
     out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     return doc
 

@@ -137,8 +137,6 @@ def _no_native_bf16():
     run.py subprocess reads the machine's flags: tests that compare its numbers set `precision` themselves.)"""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(importlib.import_module("minitune.train.amp"), "cpu_flags", lambda: frozenset())
-        # and CPU bf16 attention computes in fp32 (as on a CPU without AMX), whatever this one has
-        patch.setattr(importlib.import_module("minitune.models.attention"), "cpu_attention_in_fp32", lambda: True)
         yield
 
 

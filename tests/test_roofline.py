@@ -71,3 +71,17 @@ def test_quick_run_writes_every_table(tmp_path):
     assert all(shape["gemm"][p]["peak_gflops"] > 0 for p in ("fp32", "bf16"))
     assert all(r["fraction_of_peak"] > 0 and r["real_gflop_per_step"] > 0 for r in shape["steps"])
     assert {r["precision"] for r in shape["attention"]} == {"fp32", "bf16"}
+
+
+def test_cpu_attention_quick_run_measures_both_and_restores_the_kernel(tmp_path):
+    from benchmarks import cpu_attention
+
+    kernel = F.scaled_dot_product_attention
+    doc = cpu_attention.main(["--quick", "--out", str(tmp_path / "a.json")])
+    assert F.scaled_dot_product_attention is kernel
+    assert set(doc["fp32_speedup"]) == {"train", "infer"} and all(v > 0 for v in doc["fp32_speedup"].values())
+    # the fp32 variant computes in fp32 and returns what autocast would (bf16)
+    q = torch.randn(1, 2, 5, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = cpu_attention.in_fp32(q, q, q)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, kernel(q, q, q).to(torch.bfloat16))

@@ -27,8 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from minitune.hardware import cpu_flags
-
 
 def attention_bias(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     """(B, T) 1/0 mask -> (B, 1, 1, T) boolean mask for scaled_dot_product_attention (True = attend).
@@ -84,7 +82,7 @@ def _sdpa(
     def heads(t: torch.Tensor) -> torch.Tensor:
         return t.view(B, t.shape[1], n_heads, H // n_heads).transpose(1, 2)  # (B, nh, T, hd)
 
-    a = sdpa(heads(q), heads(k), heads(v), attn_mask=bias, dropout_p=dropout_p)
+    a = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=bias, dropout_p=dropout_p)
     return a.transpose(1, 2).reshape(B, Tq, H)  # (B, Tq, H)
 
 
@@ -150,28 +148,6 @@ def _flash_capable(index: int) -> bool:
     return torch.cuda.get_device_capability(index) >= (8, 0)
 
 
-@lru_cache(maxsize=1)
-def cpu_attention_in_fp32() -> bool:
-    """Whether attention under CPU bf16 autocast computes in fp32: on every CPU without AMX tiles (`amx_bf16`)."""
-    return "amx_bf16" not in cpu_flags()
-
-
-def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kw) -> torch.Tensor:
-    """F.scaled_dot_product_attention; on a CPU under bf16 autocast (without AMX: `cpu_attention_in_fp32`) computed
-    in fp32 and returned in bf16, as autocast would return it. Why: torch's CPU attention kernel multiplies bf16 fast
-    with AMX tiles only; elsewhere its bf16 path is slower than fp32 (3.4x for MiniLM's 32-wide heads on an AVX512-BF16
-    CPU, the whole training step 1.2-1.4x: benchmarks/README.md, "Roofline"), and fp32 is the more exact."""
-    on_cpu = q.device.type == "cpu" and torch.is_autocast_enabled("cpu")
-    if not (on_cpu and torch.get_autocast_dtype("cpu") == torch.bfloat16 and cpu_attention_in_fp32()):
-        return F.scaled_dot_product_attention(q, k, v, **kw)
-    mask = kw.get("attn_mask")
-    if mask is not None and mask.is_floating_point():
-        kw["attn_mask"] = mask.float()  # an additive bias must match the query's dtype
-    with torch.autocast("cpu", enabled=False):
-        y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kw)
-    return y.to(torch.bfloat16)
-
-
 def _autocast_dtype(q: torch.Tensor) -> torch.dtype:
     """The dtype attention computes in: autocast's where it is on (SDPA is on its low-precision list, so fp32 q, k, v
     after the decoders' fp32 RoPE tables are cast there too), else q's own."""
@@ -203,7 +179,9 @@ def _masked_block_attention(
     def block(t: torch.Tensor) -> torch.Tensor:
         return pack.pad(t.flatten(1)).view(pack.B, pack.T, t.shape[1], -1).transpose(1, 2)  # (B, h, T, D)
 
-    y = sdpa(block(q), block(k), block(v), attn_mask=allowed[:, None], dropout_p=dropout_p, scale=scale)  # (B, h, T, D)
+    y = F.scaled_dot_product_attention(
+        block(q), block(k), block(v), attn_mask=allowed[:, None], dropout_p=dropout_p, scale=scale
+    )  # (B, h, T, D)
     return pack.unpad(y.transpose(1, 2).reshape(pack.B, pack.T, -1)).view_as(q)  # (N, h, D)
 
 
@@ -244,7 +222,7 @@ def packed_attention(
         for qs, ks, vs in runs:  # (n, h, D) each
             # 4-D (1, h, n, D): torch's CPU flash kernel takes 4-D inputs only; 3-D ones fall back to the math
             # kernel, measured 1.6x slower at 60 tokens and 3.4x at 4,096 (one thread, forward and backward).
-            y = sdpa(
+            y = F.scaled_dot_product_attention(
                 *(t.transpose(0, 1)[None] for t in (qs, ks, vs)),
                 dropout_p=dropout_p,
                 is_causal=causal,
@@ -273,16 +251,16 @@ def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, half: in
     n = q.shape[1]
     q, k, v = q[None], k[None], v[None]  # (1, h, n, D): 4-D for the CPU flash kernel (see packed_attention)
     if n <= half + 1:  # every pair is within the window: no mask at all
-        return sdpa(q, k, v, dropout_p=dropout_p)[0]
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)[0]
     block = 2 * half
     if n <= 2 * block:
-        return sdpa(q, k, v, attn_mask=band(n, half, q.device), dropout_p=dropout_p)[0]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=band(n, half, q.device), dropout_p=dropout_p)[0]
     out = []
     for s in range(0, n, block):
         e = min(s + block, n)
         lo, hi = max(0, s - half), min(n, e + half)
         mask = band(n, half, q.device, slice(s, e), slice(lo, hi))  # (e - s, hi - lo)
-        out.append(sdpa(q[:, :, s:e], k[:, :, lo:hi], v[:, :, lo:hi], attn_mask=mask, dropout_p=dropout_p))
+        out.append(F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, lo:hi], v[:, :, lo:hi], mask, dropout_p))
     return torch.cat(out, dim=2)[0]  # (h, n, D)
 
 

@@ -37,7 +37,7 @@ from torch.utils.checkpoint import checkpoint
 
 from minitune.errors import ConfigError
 from minitune.models.activations import ACTIVATIONS
-from minitune.models.attention import UNPAD_MIN_SHARE, AttentionInputs, DecoderCache, choose_packing, sdpa
+from minitune.models.attention import UNPAD_MIN_SHARE, AttentionInputs, DecoderCache, choose_packing
 from minitune.models.decoder_config import MODEL_TYPES, DecoderConfig, config_from_hf  # noqa: F401 (re-exported)
 from minitune.models.decoder_unpadded import packed_self_attention, run_blocks_unpadded
 from minitune.models.heads import Classifier
@@ -100,10 +100,12 @@ class Attention(nn.Module):
         mask, dead = inputs.mask, inputs.dead_queries
         if mask is None:  # no padding: the causal flag lets SDPA pick its fastest kernel, GQA without copies
             # One new query after a cache sees every key; is_causal would align it with the first key instead.
-            y = sdpa(q, k, v, dropout_p=p, is_causal=t > 1, scale=scale, enable_gqa=self.groups > 1)
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=p, is_causal=t > 1, scale=scale, enable_gqa=self.groups > 1
+            )
         else:  # masked GQA would fall back to the slow math kernel on GPU; repeat kv instead
             k, v = _repeat_kv(k, self.groups), _repeat_kv(v, self.groups)
-            y = sdpa(q, k, v, attn_mask=mask, dropout_p=p, scale=scale)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=scale)
         y = y.transpose(1, 2).reshape(b, t, -1)  # (B, T, H*D)
         if dead is not None:  # left-pad queries see no key; the reference's SDPA returns 0 for them
             y = y.masked_fill(dead[..., None], 0.0)

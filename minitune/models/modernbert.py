@@ -41,7 +41,6 @@ from minitune.models.attention import (
     band,
     choose_packing,
     packed_attention,
-    sdpa,
     varlen_refusal,
 )
 from minitune.models.heads import Classifier, flatten_choices, unflatten_choices
@@ -172,7 +171,7 @@ class Attention(nn.Module):
         # The reference rotates in fp32 and casts back.
         q, k = (apply_rope(t.float(), cos, sin).to(v.dtype) for t in (q, k))
         if pack is None:
-            y = sdpa(*(t.transpose(1, 2) for t in (q, k, v)), attn_mask=mask, dropout_p=p)
+            y = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)), attn_mask=mask, dropout_p=p)
             y = y.transpose(1, 2).flatten(2)  # (B, T, H)
         else:
             y = packed_attention(q, k, v, pack, causal=False, dropout_p=p, window=self.half).flatten(1)  # (N, H)

@@ -33,13 +33,24 @@ import numpy as np
 import torch
 
 from minitune.errors import CheckpointError, ParameterError
-from minitune.hardware import cpu_flags
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # CPU flags (as /proc/cpuinfo spells them) that mean bf16 matmuls in hardware.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """This CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
 
 
 def native_bf16(device: str | torch.device, flags: frozenset[str] | None = None) -> tuple[bool, str]:
