@@ -43,6 +43,13 @@ from roofline import (  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL = F.scaled_dot_product_attention
+ROWS = (
+    "train, attention bf16",
+    "train, attention fp32",
+    "train, transformers",
+    "infer, attention bf16",
+    "infer, attention fp32",
+)
 
 
 def in_fp32(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kw) -> torch.Tensor:
@@ -100,8 +107,7 @@ def model_rows(args) -> dict:
     infer = batches_of(args, 2 * args.batch, args.steps, seed=2)
     torch.manual_seed(0)
     ours, theirs = build_minitune(MINILM, 2), build_transformers(MINILM, 2)[0]
-    rows = ("train, attention bf16", "train, attention fp32", "train, transformers", "infer, attention bf16")
-    times: dict[str, list[float]] = {name: [] for name in (*rows, "infer, attention fp32")}
+    times: dict[str, list[float]] = {name: [] for name in ROWS}
     for _ in range(args.rounds):
         for name in times:
             precision = "fp32" if name.endswith("fp32") else "bf16"
